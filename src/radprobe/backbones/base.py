@@ -1,0 +1,127 @@
+"""The backbone contract: preprocessing that travels with the model, and uniform feature outputs.
+
+Nothing outside ``radprobe.backbones`` knows whether a model came from timm, HF or open_clip: every
+backbone is a :class:`Backbone` whose ``forward`` returns a :class:`BackboneOutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Turn a dataset image (float32 in [0, 1], HxW or HxWxC) into a normalised (3, R, R) tensor.
+
+    The image is resized to ``resolution`` (a multiple of ``patch_size`` for ViTs) without cropping —
+    cropping can cut away the finding in a radiograph — grayscale is repeated to 3 channels, and
+    the model's own mean/std are applied.
+    """
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resolution: int = 224
+    patch_size: int | None = None
+    interpolation: str = "bicubic"
+
+    def __post_init__(self) -> None:
+        if self.patch_size and self.resolution % self.patch_size:
+            raise ValueError(
+                f"resolution {self.resolution} is not a multiple of patch size {self.patch_size}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, part of the feature-cache key."""
+        return asdict(self)
+
+    def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
+        if x.ndim == 2:
+            x = x[None]
+        elif x.ndim == 3:
+            x = x.permute(2, 0, 1)  # HWC -> CHW
+        else:
+            raise ValueError(f"expected an HxW or HxWxC image, got shape {tuple(x.shape)}")
+        c = x.shape[0]
+        if c == 1:
+            x = x.expand(3, -1, -1)
+        elif c == 4:
+            x = x[:3]
+        elif c != 3:
+            raise ValueError(f"expected 1, 3 or 4 channels, got {c}")
+        if tuple(x.shape[1:]) != (self.resolution, self.resolution):
+            x = F.interpolate(
+                x[None],
+                size=(self.resolution, self.resolution),
+                mode=self.interpolation,
+                align_corners=False,
+                antialias=self.interpolation in ("bilinear", "bicubic"),
+            )[0]
+        x = x.clamp(0.0, 1.0)
+        mean = torch.tensor(self.mean).view(3, 1, 1)
+        std = torch.tensor(self.std).view(3, 1, 1)
+        return (x - mean) / std
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a backbone is, for listings, result rows and cache keys."""
+
+    name: str  # registry name, e.g. "dinov2-s" or "timm:resnet50"
+    family: str  # e.g. "dinov2", "clip", "mae", "cnn", "test"
+    arch: str  # underlying architecture id, e.g. timm model name
+    source: str  # where weights come from: "timm:<tag>", "hf:<repo>", "file:<path>", "random-init"
+    embed_dim: int  # dimension of cls / pooled
+    patch_size: int | None  # None for CNNs
+    native_resolution: int
+    params: int
+    num_blocks: int  # transformer blocks (or CNN stages)
+    weights_digest: str = "random-init"  # sha256 of the checkpoint file, or the hub tag
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BackboneOutput:
+    """Uniform features for one batch.
+
+    cls:    (B, D) class token after the final norm (CNNs: global average pool).
+    pooled: (B, D) mean of the final-normed patch tokens (CNNs: same as ``cls``).
+    blocks: (B, n, 2, D) the last n blocks' (cls, patch mean), each after the final norm, oldest
+            first — the DINOv2 linear protocol's input (CNNs: n = 1, the pooled vector twice).
+    grid:   {layer: (B, D_l, h, w)} patch-token maps of the chosen layers (CNNs: stage maps).
+    """
+
+    cls: torch.Tensor
+    pooled: torch.Tensor
+    blocks: torch.Tensor
+    grid: dict[int, torch.Tensor] = field(default_factory=dict)
+
+
+class Backbone(nn.Module):
+    """A frozen-or-trainable feature extractor with its preprocessing attached."""
+
+    info: BackboneInfo
+    preprocess: Preprocess
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, n_blocks: int = 1, grid_layers: tuple[int, ...] = ()
+    ) -> BackboneOutput:
+        """Features of a preprocessed batch ``x`` (B, 3, R, R).
+
+        ``grid_layers`` indexes blocks like a Python list (-1 is the last block).
+        """
+        raise NotImplementedError
