@@ -1,0 +1,325 @@
+"""Command line: thin typer + rich wrappers over the package."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from radprobe.errors import RadprobeError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Measure how well vision foundation models serve radiology.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets.")
+app.add_typer(data_app, name="data")
+console = Console()
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors.")) -> None:
+    """radprobe: frozen-feature and fine-tuning evaluation of vision backbones on radiology data."""
+
+
+def _print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+@app.command("backbones")
+def backbones_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List every registered backbone."""
+    from radprobe.backbones import list_backbones
+
+    rows = list_backbones()
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title=f"{len(rows)} backbones")
+    for col in ("name", "family", "params", "patch", "res", "dim", "weights", "needs"):
+        t.add_column(col, justify="right" if col in ("params", "patch", "res", "dim") else "left")
+    for r in rows:
+        t.add_row(
+            r["name"],
+            r["family"],
+            f"{r['params'] / 1e6:,.1f}M",
+            str(r.get("patch_size") or "-"),
+            str(r["native_resolution"]),
+            str(r["embed_dim"]),
+            r["source"],
+            r.get("requires") or "",
+        )
+    console.print(t)
+
+
+@app.command("datasets")
+def datasets_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List known datasets and presets."""
+    from radprobe.data import list_datasets
+
+    rows = list_datasets()
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title=f"{len(rows)} datasets")
+    cols = [
+        c for c in ("name", "task", "modality", "ndim", "source", "description") if any(c in r for r in rows)
+    ]
+    for c in cols:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*(str(r.get(c, "")) for c in cols))
+    console.print(t)
+
+
+@data_app.command("check")
+def data_check_cmd(
+    spec: str = typer.Argument(..., help="Dataset spec, e.g. synthetic:cls2d-binary or csv:manifest.csv"),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """Validate a dataset and report every problem with file names. Exit 1 if any error."""
+    from radprobe.data import check_dataset
+
+    problems = check_dataset(spec)
+    errors = [p for p in problems if p.severity == "error"]
+    if as_json:
+        _print_json([{"severity": p.severity, "message": p.message} for p in problems])
+    else:
+        for p in problems:
+            style = "red" if p.severity == "error" else "yellow"
+            console.print(f"[{style}]{p.severity}[/]: {p.message}", highlight=False)
+        console.print(
+            f"{spec}: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)"
+            if problems
+            else f"{spec}: OK"
+        )
+    if errors:
+        raise typer.Exit(1)
+
+
+def _parse_protocols(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
+
+
+_BACKBONE = typer.Option(..., "--backbone", "-b", help="Registered name, timm:<name> or hf:<repo>.")
+_DATASET = typer.Option(..., "--dataset", "-d", help="Dataset spec (see `radprobe datasets`).")
+_WEIGHTS = typer.Option(None, "--weights", help="Local checkpoint: .safetensors, .pth/.pt or HF folder.")
+_PARTIAL = typer.Option(False, "--allow-partial-weights", help="Load checkpoints that do not fit exactly.")
+_RES = typer.Option(None, "--resolution", min=1, help="Input resolution (default: the backbone's).")
+_BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
+_WORKERS = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes.")
+_DEVICE = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto.")
+_JSON = typer.Option(False, "--json", help="Print a JSON summary on stdout.")
+
+
+def _config(**kw: Any):  # type: ignore[no-untyped-def]
+    from radprobe.run import EvalConfig
+
+    if kw.get("weights") is not None and not Path(kw["weights"]).exists():
+        raise RadprobeError(f"--weights {kw['weights']}: no such file or folder")
+    return EvalConfig(**kw)
+
+
+@app.command("extract")
+def extract_cmd(
+    backbone: str = _BACKBONE,
+    dataset: str = _DATASET,
+    weights: str | None = _WEIGHTS,
+    allow_partial_weights: bool = _PARTIAL,
+    resolution: int | None = _RES,
+    batch_size: int = _BATCH,
+    num_workers: int = _WORKERS,
+    device: str = _DEVICE,
+    as_json: bool = _JSON,
+) -> None:
+    """Extract features of every split into the cache (a no-op when cached)."""
+    from radprobe.run import extract
+
+    cfg = _config(
+        backbone=backbone,
+        dataset=dataset,
+        protocols=[],
+        out=Path("."),
+        weights=weights,
+        allow_partial_weights=allow_partial_weights,
+        resolution=resolution,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=not as_json,
+    )
+    summary = extract(cfg)
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    for split, s in summary.splits.items():
+        how = "cache hit, no forward pass" if s["cache_hit"] else f"extracted at {s['imgs_per_s']:.1f} img/s"
+        console.print(f"{split:>5}: {s['n']} samples — {how} — {s['path']}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    backbone: str = _BACKBONE,
+    dataset: str = _DATASET,
+    protocol: str = typer.Option("knn", "--protocol", "-p", help="Comma-separated protocols, e.g. knn."),
+    out: Path = typer.Option(..., "--out", "-o", help="Run directory (holds results.db)."),
+    weights: str | None = _WEIGHTS,
+    allow_partial_weights: bool = _PARTIAL,
+    resolution: int | None = _RES,
+    seed: int = typer.Option(0, "--seed", help="Seed for protocols and bootstrap."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for CIs (0: none)."),
+    batch_size: int = _BATCH,
+    num_workers: int = _WORKERS,
+    device: str = _DEVICE,
+    as_json: bool = _JSON,
+) -> None:
+    """Evaluate a backbone on a dataset; one results row per (protocol, metric)."""
+    from radprobe.run import evaluate
+
+    if out.exists() and not out.is_dir():
+        raise RadprobeError(f"--out {out}: exists and is not a directory")
+    cfg = _config(
+        backbone=backbone,
+        dataset=dataset,
+        protocols=_parse_protocols(protocol),
+        out=out,
+        weights=weights,
+        allow_partial_weights=allow_partial_weights,
+        resolution=resolution,
+        seed=seed,
+        n_boot=bootstrap,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        progress=not as_json,
+    )
+    summary = evaluate(cfg)
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    hit = "feature cache hit (no forward pass)" if summary.cache_hit else "features extracted and cached"
+    console.print(f"{summary.backbone} on {summary.dataset}: {hit}", highlight=False)
+    console.print(_results_table(summary.rows, title=f"run {summary.run_id} → {out}"))
+
+
+class Fmt(str, Enum):
+    table = "table"
+    csv = "csv"
+    md = "md"
+    json = "json"
+
+
+_SHOW = ["backbone", "dataset", "protocol", "metric", "value", "ci_low", "ci_high", "n", "seed", "selected"]
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    if isinstance(v, dict):
+        return json.dumps({k: x for k, x in v.items() if not isinstance(x, dict | list)}, default=str)
+    return "" if v is None else str(v)
+
+
+def _results_table(rows: list[dict[str, Any]], title: str = "") -> Table:
+    t = Table(title=title)
+    for c in ("backbone", "dataset", "protocol", "metric", "value", "95% CI", "n", "seed", "selected"):
+        t.add_column(c, justify="right" if c in ("value", "n", "seed") else "left")
+    for r in rows:
+        ci = f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]" if r.get("ci_low") is not None else ""
+        t.add_row(
+            r["backbone"],
+            r["dataset"],
+            r["protocol"],
+            r["metric"],
+            f"{r['value']:.4f}",
+            ci,
+            str(r["n"]),
+            str(r["seed"]),
+            _fmt(r.get("selected") or {}),
+        )
+    return t
+
+
+def render_results(rows: list[dict[str, Any]], fmt: str) -> str:
+    """Rows as CSV, Markdown or JSON text."""
+    if fmt == "json":
+        return json.dumps(rows, indent=2, default=str) + "\n"
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]) if rows else _SHOW)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in r.items()})
+        return buf.getvalue()
+    lines = ["| " + " | ".join(_SHOW) + " |", "|" + "---|" * len(_SHOW)]
+    for r in rows:
+        lines.append("| " + " | ".join(_fmt(r.get(c)) for c in _SHOW) + " |")
+    return "\n".join(lines) + "\n"
+
+
+@app.command("results")
+def results_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory holding results.db."),
+    fmt: Fmt = typer.Option(Fmt.table, "--format", "-f", help="table, csv, md or json."),
+    output: Path | None = typer.Option(None, "--output", help="Write to this file instead of stdout."),
+) -> None:
+    """Show or export the results of a run."""
+    from radprobe.results import ResultStore
+    from radprobe.utils import atomic_write_text
+
+    if not (run_dir / "results.db").is_file():
+        raise RadprobeError(
+            f"{run_dir}: no results.db here; expected a run directory written by `radprobe eval`"
+        )
+    with ResultStore(run_dir, create=False) as store:
+        rows = store.rows()
+    if fmt == Fmt.table:
+        if output is not None:
+            raise RadprobeError("--output needs --format csv, md or json")
+        console.print(_results_table(rows, title=f"{len(rows)} rows in {run_dir}"))
+        return
+    text = render_results(rows, fmt.value)
+    if output is not None:
+        atomic_write_text(output, text)
+    else:
+        sys.stdout.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors print one line and exit 2 (tracebacks only with --debug)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="radprobe", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return 2
+    except RadprobeError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Content-addressed, memory-mapped, atomic feature cache.
+
+An entry is a directory ``<root>/<key>/`` holding one ``.npy`` file per array and a ``manifest.json``
+written last. Entries are built in a temporary directory and renamed into place, so a reader sees
+either a complete entry or none. A manifest records every array's shape, dtype, byte length and
+sha256; an entry that disagrees with its manifest is treated as absent, removed and rebuilt.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock
+
+from radprobe.utils import digest, file_sha256
+
+FORMAT_VERSION = 1
+# Entries up to this size get a full sha256 check on every open; larger ones are checked by length
+# and header on open (a full check stays available through ``verify="full"``).
+FULL_VERIFY_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Which features to store: last ``n_blocks`` (cls, patch-mean) pairs and optional patch grids."""
+
+    n_blocks: int = 4
+    grid_layers: tuple[int, ...] = ()
+    dtype: str = "float32"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["grid_layers"] = list(self.grid_layers)
+        return d
+
+
+def cache_key(
+    *,
+    backbone: Mapping[str, Any],
+    preprocess: Mapping[str, Any],
+    manifest_digest: str,
+    split: str,
+    split_digest: str,
+    spec: FeatureSpec,
+) -> str:
+    """Digest of everything that determines the features of one split."""
+    return digest(
+        {
+            "v": FORMAT_VERSION,
+            "backbone": dict(backbone),
+            "preprocess": dict(preprocess),
+            "manifest": manifest_digest,
+            "split": split,
+            "split_digest": split_digest,
+            "spec": spec.to_dict(),
+        },
+        length=32,
+    )
+
+
+@dataclass
+class FeatureSet:
+    """Features of one split, memory-mapped read-only from a cache entry."""
+
+    key: str
+    path: Path
+    sample_ids: list[str]
+    arrays: dict[str, np.ndarray]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cls(self) -> np.ndarray:
+        return self.arrays["cls"]
+
+    @property
+    def pooled(self) -> np.ndarray:
+        return self.arrays["pooled"]
+
+    @property
+    def blocks(self) -> np.ndarray:
+        return self.arrays["blocks"]
+
+    def grid(self, layer: int) -> np.ndarray:
+        return self.arrays[f"grid_{layer}"]
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+
+class EntryWriter:
+    """Builds one entry in a temporary directory; ``commit`` makes it visible atomically."""
+
+    def __init__(self, cache: FeatureCache, key: str) -> None:
+        self.cache = cache
+        self.key = key
+        cache.root.mkdir(parents=True, exist_ok=True)
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", suffix=".tmp", dir=cache.root))
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: str | np.dtype) -> np.ndarray:
+        """A writable memory-mapped array that becomes ``<name>.npy`` in the entry."""
+        arr = np.lib.format.open_memmap(self.tmp / f"{name}.npy", mode="w+", dtype=dtype, shape=shape)
+        self.arrays[name] = arr
+        return arr
+
+    def commit(self, sample_ids: list[str], meta: Mapping[str, Any]) -> FeatureSet:
+        files = {}
+        for name, arr in self.arrays.items():
+            if isinstance(arr, np.memmap):
+                arr.flush()
+            p = self.tmp / f"{name}.npy"
+            files[name] = {
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "bytes": p.stat().st_size,
+                "sha256": file_sha256(p),
+            }
+        self.arrays.clear()
+        (self.tmp / "sample_ids.json").write_text(json.dumps(sample_ids))
+        manifest = {
+            "format": FORMAT_VERSION,
+            "key": self.key,
+            "n": len(sample_ids),
+            "files": files,
+            "sample_ids_sha256": file_sha256(self.tmp / "sample_ids.json"),
+            "meta": dict(meta),
+        }
+        (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        final = self.cache.entry_path(self.key)
+        if final.exists():  # a concurrent writer won, or a broken entry is being replaced
+            shutil.rmtree(final)
+        self.tmp.rename(final)
+        fs = self.cache.get(self.key)
+        assert fs is not None, f"freshly written cache entry {final} failed validation"
+        return fs
+
+    def abort(self) -> None:
+        self.arrays.clear()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class FeatureCache:
+    """Directory of feature entries keyed by :func:`cache_key`."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.last_problem: str | None = None  # why the last ``get`` discarded an entry
+
+    def entry_path(self, key: str) -> Path:
+        return self.root / key
+
+    def lock(self, key: str) -> FileLock:
+        """Inter-process lock so two extractors of the same key don't do the work twice."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return FileLock(str(self.root / f".{key}.lock"))
+
+    def writer(self, key: str) -> EntryWriter:
+        return EntryWriter(self, key)
+
+    def get(self, key: str, verify: str = "auto") -> FeatureSet | None:
+        """Open an entry, or None when absent. A corrupt entry is removed and None returned.
+
+        verify: "auto" (full checksum for entries under 1 GiB, else length/header), "full", "size".
+        """
+        path = self.entry_path(key)
+        if not (path / "manifest.json").is_file():
+            if path.exists():  # directory without manifest: never finished
+                shutil.rmtree(path, ignore_errors=True)
+            return None
+        problem = self._validate(path, key, verify)
+        if problem is not None:
+            self.last_problem = f"cache entry {path} is corrupt ({problem}); rebuilding"
+            shutil.rmtree(path, ignore_errors=True)
+            return None
+        manifest = json.loads((path / "manifest.json").read_text())
+        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in manifest["files"]}
+        sample_ids = json.loads((path / "sample_ids.json").read_text())
+        return FeatureSet(key=key, path=path, sample_ids=sample_ids, arrays=arrays, meta=manifest["meta"])
+
+    @staticmethod
+    def _validate(path: Path, key: str, verify: str) -> str | None:
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            return f"unreadable manifest: {e}"
+        if manifest.get("format") != FORMAT_VERSION or manifest.get("key") != key:
+            return "manifest format or key mismatch"
+        files = manifest.get("files", {})
+        total = sum(f["bytes"] for f in files.values())
+        full = verify == "full" or (verify == "auto" and total <= FULL_VERIFY_BYTES)
+        ids_path = path / "sample_ids.json"
+        if not ids_path.is_file() or file_sha256(ids_path) != manifest.get("sample_ids_sha256"):
+            return "sample_ids.json missing or altered"
+        for name, f in files.items():
+            p = path / f"{name}.npy"
+            if not p.is_file():
+                return f"{p.name} missing"
+            if p.stat().st_size != f["bytes"]:
+                return f"{p.name} has {p.stat().st_size} bytes, expected {f['bytes']}"
+            try:
+                arr = np.load(p, mmap_mode="r")
+            except (ValueError, OSError) as e:
+                return f"{p.name} unreadable: {e}"
+            if list(arr.shape) != f["shape"] or str(arr.dtype) != f["dtype"]:
+                return f"{p.name} shape/dtype differ from manifest"
+            if arr.shape[0] != manifest["n"]:
+                return f"{p.name} has {arr.shape[0]} rows, expected {manifest['n']}"
+            del arr
+            if full and file_sha256(p) != f["sha256"]:
+                return f"{p.name} checksum mismatch"
+        return None

@@ -1,0 +1,207 @@
+"""Extract features once per (backbone, dataset split, feature spec) and serve them from the cache."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec, cache_key
+
+if TYPE_CHECKING:
+    from radprobe.backbones.base import Backbone, Preprocess
+    from radprobe.data import Dataset
+    from radprobe.data.records import Record
+
+
+class _Images(TorchDataset):
+    """Decoded, preprocessed images of one split; volumes come out as (D, 3, R, R) slice stacks."""
+
+    def __init__(self, dataset: Dataset, records: list[Record], preprocess: Preprocess) -> None:
+        self.dataset = dataset
+        self.records = records
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        img = self.dataset.load_image(self.records[i])
+        if self.dataset.ndim == 3:
+            return torch.stack([self.preprocess(s) for s in img])
+        return self.preprocess(img)
+
+
+@dataclass
+class ExtractStats:
+    """Compute accounting of one extraction (or of a cache hit, where nothing ran)."""
+
+    cache_hit: bool
+    n_images: int = 0
+    wall_time_s: float = 0.0
+    imgs_per_s: float = 0.0
+    peak_mem_mb: float = 0.0
+    device: str = "cpu"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
+def _autocast(device: torch.device) -> torch.autocast | torch.inference_mode:
+    if device.type == "cuda":
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return torch.autocast("cpu", enabled=False)
+
+
+def feature_key(backbone: Backbone, dataset: Dataset, split: str, spec: FeatureSpec) -> str:
+    """Cache key of one split's features."""
+    info = backbone.info
+    return cache_key(
+        backbone={"name": info.name, "arch": info.arch, "weights": info.weights_digest},
+        preprocess=backbone.preprocess.to_dict(),
+        manifest_digest=dataset.manifest_digest(),
+        split=split,
+        split_digest=dataset.split_digest(split),
+        spec=spec,
+    )
+
+
+def extract_split(
+    backbone: Backbone,
+    dataset: Dataset,
+    split: str,
+    cache: FeatureCache,
+    spec: FeatureSpec | None = None,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> tuple[FeatureSet, ExtractStats]:
+    """Features of one split: from the cache when present, else one batched forward pass.
+
+    ``progress`` is called with the number of images finished after every batch.
+    """
+    spec = spec or FeatureSpec()
+    device = torch.device(device)
+    key = feature_key(backbone, dataset, split, spec)
+    hit = cache.get(key)
+    if hit is not None:
+        return hit, ExtractStats(cache_hit=True, n_images=len(hit), device=str(device))
+    with cache.lock(key):
+        hit = cache.get(key)  # another process may have finished it while we waited
+        if hit is not None:
+            return hit, ExtractStats(cache_hit=True, n_images=len(hit), device=str(device))
+        return _extract(backbone, dataset, split, cache, key, spec, batch_size, num_workers, device, progress)
+
+
+def _extract(
+    backbone: Backbone,
+    dataset: Dataset,
+    split: str,
+    cache: FeatureCache,
+    key: str,
+    spec: FeatureSpec,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    progress: Callable[[int], None] | None,
+) -> tuple[FeatureSet, ExtractStats]:
+    records = dataset.split(split)
+    if not records:
+        raise ValueError(f"split {split!r} of {dataset.name} is empty")
+    volumes = dataset.ndim == 3
+    loader = DataLoader(
+        _Images(dataset, records, backbone.preprocess),
+        batch_size=1 if volumes else batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    backbone = backbone.to(device).eval()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    writer = cache.writer(key)
+    n = len(records)
+    out: dict[str, np.ndarray] = {}
+    start = time.perf_counter()
+    n_forward = 0
+    try:
+        row = 0
+        with torch.inference_mode(), _autocast(device):
+            for batch in loader:
+                if volumes:
+                    feats = _forward_volume(backbone, batch[0], spec, batch_size, device)
+                    n_forward += batch.shape[1]
+                else:
+                    feats = _forward(backbone, batch.to(device, non_blocking=True), spec)
+                    n_forward += batch.shape[0]
+                if not out:
+                    for name, t in feats.items():
+                        out[name] = writer.allocate(name, (n, *t.shape[1:]), spec.dtype)
+                b = next(iter(feats.values())).shape[0]
+                for name, t in feats.items():
+                    out[name][row : row + b] = t.float().cpu().numpy()
+                row += b
+                if progress is not None:
+                    progress(b)
+        elapsed = time.perf_counter() - start
+        stats = ExtractStats(
+            cache_hit=False,
+            n_images=n,
+            wall_time_s=elapsed,
+            imgs_per_s=n_forward / elapsed if elapsed > 0 else 0.0,
+            peak_mem_mb=peak_memory_mb(device),
+            device=str(device),
+            extra={"forward_images": n_forward},
+        )
+        out.clear()
+        fs = writer.commit(
+            [r.sample_id for r in records],
+            {
+                "backbone": backbone.info.to_dict(),
+                "preprocess": backbone.preprocess.to_dict(),
+                "dataset": dataset.name,
+                "split": split,
+                "spec": spec.to_dict(),
+                "stats": stats.__dict__,
+            },
+        )
+    except BaseException:
+        out.clear()
+        writer.abort()
+        raise
+    return fs, stats
+
+
+def _forward(backbone: Backbone, x: torch.Tensor, spec: FeatureSpec) -> dict[str, torch.Tensor]:
+    o = backbone(x, n_blocks=spec.n_blocks, grid_layers=spec.grid_layers)
+    feats = {"cls": o.cls, "pooled": o.pooled, "blocks": o.blocks}
+    for layer, g in o.grid.items():
+        feats[f"grid_{layer}"] = g
+    return feats
+
+
+def _forward_volume(
+    backbone: Backbone, slices: torch.Tensor, spec: FeatureSpec, batch_size: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """One volume's features: every slice through the 2D backbone, then the mean over slices."""
+    parts: list[dict[str, torch.Tensor]] = []
+    for i in range(0, slices.shape[0], batch_size):
+        parts.append(_forward(backbone, slices[i : i + batch_size].to(device), spec))
+    return {k: torch.cat([p[k].float() for p in parts]).mean(0, keepdim=True) for k in parts[0]}

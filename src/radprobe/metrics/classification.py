@@ -1,0 +1,131 @@
+"""Classification metrics (via scikit-learn) and patient-level bootstrap CIs.
+
+``scores`` are per-class probabilities/scores: (N, C) for every task (binary uses C = 2 columns,
+class 1 is positive). A class without positives (or without negatives) in the evaluated set is
+left out of macro averages and reported in ``warnings`` — never a crash, never a silent 0.5.
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    balanced_accuracy_score,
+    f1_score,
+    roc_auc_score,
+)
+
+# The metric that headlines a task, in the order they are reported.
+HEADLINE: dict[str, tuple[str, ...]] = {
+    "binary": ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro"),
+    "multiclass": ("accuracy", "balanced_accuracy", "auroc_macro", "f1_macro"),
+    "multilabel": ("auroc_macro", "auprc_macro", "f1_macro"),
+}
+
+
+@dataclass
+class MetricValue:
+    """A metric's point estimate with its bootstrap CI."""
+
+    name: str
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def _per_class_auc(y: np.ndarray, s: np.ndarray, fn, names: str) -> tuple[float, list[str]]:
+    vals, warns = [], []
+    for c in range(y.shape[1]):
+        pos = int(y[:, c].sum())
+        if pos == 0 or pos == len(y):
+            warns.append(
+                f"class {c} has {'no positives' if pos == 0 else 'no negatives'}; left out of {names}"
+            )
+            continue
+        vals.append(fn(y[:, c], s[:, c]))
+    return (float(np.mean(vals)) if vals else float("nan")), warns
+
+
+def classification_metrics(
+    y_true: np.ndarray, scores: np.ndarray, task: str, threshold: float = 0.5
+) -> tuple[dict[str, float], list[str]]:
+    """All metrics of ``task`` and the warnings raised computing them."""
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores, dtype=np.float64)
+    out: dict[str, float] = {}
+    warns: list[str] = []
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        if task == "multilabel":
+            out["auroc_macro"], w = _per_class_auc(y_true, scores, roc_auc_score, "auroc_macro")
+            warns += w
+            out["auprc_macro"], _ = _per_class_auc(y_true, scores, average_precision_score, "auprc_macro")
+            pred = (scores >= threshold).astype(int)
+            out["f1_macro"] = float(f1_score(y_true, pred, average="macro", zero_division=0))
+            return out, warns
+        pred = scores.argmax(1)
+        out["accuracy"] = float(accuracy_score(y_true, pred))
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y_true, pred))
+        out["f1_macro"] = float(f1_score(y_true, pred, average="macro", zero_division=0))
+        onehot = np.eye(scores.shape[1], dtype=int)[y_true]
+        if task == "binary":
+            if len(np.unique(y_true)) < 2:
+                warns.append("only one class present; auroc/auprc undefined")
+                out["auroc"] = out["auprc"] = float("nan")
+            else:
+                out["auroc"] = float(roc_auc_score(y_true, scores[:, 1]))
+                out["auprc"] = float(average_precision_score(y_true, scores[:, 1]))
+        else:
+            out["auroc_macro"], w = _per_class_auc(onehot, scores, roc_auc_score, "auroc_macro")
+            warns += w
+    return out, warns
+
+
+def _resample_index(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Indices of a bootstrap resample drawn over groups (patients), keeping each group's samples."""
+    uniq, inverse = np.unique(groups, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    counts = np.bincount(inverse)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    drawn = rng.integers(0, len(uniq), len(uniq))
+    return np.concatenate([order[starts[g] : starts[g] + counts[g]] for g in drawn])
+
+
+def bootstrap_metrics(
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    task: str,
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[MetricValue]:
+    """Headline metrics with percentile CIs from ``n_boot`` resamples of ``groups`` (patients).
+
+    Resamples where a metric is undefined (e.g. one class only) are skipped for that metric.
+    """
+    y_true = np.asarray(y_true)
+    scores = np.asarray(scores)
+    point, warns = classification_metrics(y_true, scores, task)
+    names = [m for m in HEADLINE[task] if m in point]
+    groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {m: [] for m in names}
+    for _ in range(n_boot):
+        idx = _resample_index(groups, rng)
+        vals, _ = classification_metrics(y_true[idx], scores[idx], task)
+        for m in names:
+            if np.isfinite(vals.get(m, np.nan)):
+                samples[m].append(vals[m])
+    out = []
+    for m in names:
+        s = np.asarray(samples[m])
+        lo, hi = np.quantile(s, [alpha / 2, 1 - alpha / 2]) if len(s) else (np.nan, np.nan)
+        out.append(MetricValue(m, point[m], float(lo), float(hi), n=len(y_true), warnings=list(warns)))
+    return out

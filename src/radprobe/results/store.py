@@ -1,0 +1,138 @@
+"""One SQLite database (WAL) per run directory; a row per (evaluation, metric).
+
+Rows are keyed by ``(eval_key, metric)`` where ``eval_key`` digests the evaluation's full spec, so
+writing the same evaluation twice replaces rather than duplicates, and all metrics of one
+evaluation land in a single transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+DB_NAME = "results.db"
+
+
+@dataclass
+class ResultRow:
+    """Everything needed to reproduce and compare one metric of one evaluation."""
+
+    eval_key: str
+    run_id: str
+    backbone: str
+    weights_digest: str
+    dataset: str
+    manifest_digest: str
+    split_digest: str
+    protocol: str
+    metric: str
+    value: float
+    seed: int = 0
+    ci_low: float | None = None
+    ci_high: float | None = None
+    ci_method: str = ""
+    n: int = 0
+    n_train: int = 0
+    n_val: int = 0
+    n_test: int = 0
+    hparams: dict[str, Any] = field(default_factory=dict)
+    selected: dict[str, Any] = field(default_factory=dict)
+    params: int = 0
+    trainable_params: int = 0
+    wall_time_s: float = 0.0
+    extract_time_s: float = 0.0
+    imgs_per_s: float = 0.0
+    peak_mem_mb: float = 0.0
+    feature_keys: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    env: dict[str, Any] = field(default_factory=dict)
+    created_at: str = ""
+
+
+COLUMNS = [f.name for f in fields(ResultRow)]
+_JSON_COLS = {"hparams", "selected", "feature_keys", "warnings", "env"}
+
+
+def _sql_type(name: str) -> str:
+    if name in _JSON_COLS:
+        return "TEXT"
+    t = ResultRow.__dataclass_fields__[name].type
+    return {"int": "INTEGER", "float": "REAL", "str": "TEXT"}.get(
+        str(t), "REAL" if "float" in str(t) else "TEXT"
+    )
+
+
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS results (row_id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    + ", ".join(f"{c} {_sql_type(c)}" for c in COLUMNS)
+    + ", UNIQUE(eval_key, metric))"
+)
+
+
+class ResultStore:
+    """Results database of one run directory."""
+
+    def __init__(self, run_dir: str | Path, create: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.path = self.run_dir / DB_NAME
+        if not create and not self.path.is_file():
+            raise FileNotFoundError(self.path)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._con = sqlite3.connect(self.path, timeout=60)
+        self._con.execute("PRAGMA journal_mode=WAL")
+        self._con.execute("PRAGMA synchronous=NORMAL")
+        self._con.execute(_SCHEMA)
+        self._con.commit()
+
+    def close(self) -> None:
+        self._con.close()
+
+    def __enter__(self) -> ResultStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, rows: Iterable[ResultRow]) -> int:
+        """Insert (or replace, by ``(eval_key, metric)``) rows in one transaction."""
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        values = []
+        for r in rows:
+            d = asdict(r)
+            d["created_at"] = d["created_at"] or now
+            for c in _JSON_COLS:
+                d[c] = json.dumps(d[c], sort_keys=True, default=str)
+            values.append(tuple(d[c] for c in COLUMNS))
+        with self._con:
+            self._con.executemany(
+                f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(COLUMNS))})",
+                values,
+            )
+        return len(values)
+
+    def has(self, eval_key: str) -> bool:
+        """Whether any row of evaluation ``eval_key`` is stored."""
+        cur = self._con.execute("SELECT 1 FROM results WHERE eval_key = ? LIMIT 1", (eval_key,))
+        return cur.fetchone() is not None
+
+    def rows(self, **where: Any) -> list[dict[str, Any]]:
+        """Rows as dicts (JSON columns decoded), optionally filtered by equality on columns."""
+        for k in where:
+            if k not in COLUMNS:
+                raise KeyError(f"unknown column {k!r}")
+        clause = " AND ".join(f"{k} = ?" for k in where)
+        sql = f"SELECT {', '.join(COLUMNS)} FROM results" + (f" WHERE {clause}" if clause else "")
+        sql += " ORDER BY row_id"
+        out = []
+        for tup in self._con.execute(sql, tuple(where.values())):
+            d = dict(zip(COLUMNS, tup, strict=True))
+            for c in _JSON_COLS:
+                d[c] = json.loads(d[c]) if d[c] else None
+            out.append(d)
+        return out

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+from radprobe.metrics.classification import _resample_index, bootstrap_metrics, classification_metrics
+
+
+def test_multiclass_matches_sklearn():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 200)
+    s = rng.dirichlet(np.ones(3), 200) + np.eye(3)[y] * 0.3
+    m, w = classification_metrics(y, s, "multiclass")
+    assert w == []
+    assert np.isclose(m["auroc_macro"], roc_auc_score(y, s / s.sum(1, keepdims=True), multi_class="ovr"))
+    assert np.isclose(m["balanced_accuracy"], balanced_accuracy_score(y, s.argmax(1)))
+
+
+def test_multilabel_class_without_positives_is_excluded_with_warning():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, (100, 3))
+    y[:, 2] = 0
+    s = rng.random((100, 3))
+    m, w = classification_metrics(y, s, "multilabel")
+    expected = np.mean([roc_auc_score(y[:, c], s[:, c]) for c in range(2)])
+    assert np.isclose(m["auroc_macro"], expected)
+    assert any("class 2" in x and "no positives" in x for x in w)
+
+
+def test_patient_resample_keeps_patients_whole():
+    groups = np.array(["a", "a", "b", "c", "c", "c"])
+    idx = _resample_index(groups, np.random.default_rng(0))
+    drawn = groups[idx]
+    for g in np.unique(drawn):
+        assert (drawn == g).sum() % (groups == g).sum() == 0
+    assert len(set(drawn)) <= 3
+
+
+def test_bootstrap_ci_brackets_point_and_is_seeded():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = np.stack([1 - (p := np.clip(y * 0.3 + rng.random(300) * 0.7, 0, 1)), p], 1)
+    a = bootstrap_metrics(y, s, "binary", n_boot=200, seed=3)
+    b = bootstrap_metrics(y, s, "binary", n_boot=200, seed=3)
+    c = bootstrap_metrics(y, s, "binary", n_boot=200, seed=4)
+    auroc = next(m for m in a if m.name == "auroc")
+    assert auroc.ci_low < auroc.value < auroc.ci_high
+    assert [m.ci_low for m in a] == [m.ci_low for m in b]
+    assert [m.ci_low for m in a] != [m.ci_low for m in c]
+    assert auroc.ci_high - auroc.ci_low < 0.2
+
+
+def test_patient_bootstrap_is_wider_when_patients_are_clustered():
+    rng = np.random.default_rng(0)
+    n_pat, per = 30, 10
+    y = np.repeat(rng.integers(0, 2, n_pat), per)
+    p_eff = np.repeat(rng.normal(size=n_pat), per)  # patient-level effect shared by a patient's images
+    score = y * 0.5 + p_eff + rng.normal(scale=0.1, size=n_pat * per)
+    s = np.stack([-score, score], 1)
+    groups = np.repeat(np.arange(n_pat), per)
+    wp = next(m for m in bootstrap_metrics(y, s, "binary", groups=groups, n_boot=300) if m.name == "auroc")
+    wi = next(m for m in bootstrap_metrics(y, s, "binary", n_boot=300) if m.name == "auroc")
+    assert (wp.ci_high - wp.ci_low) > 1.5 * (wi.ci_high - wi.ci_low)
