@@ -1,0 +1,131 @@
+"""End-to-end CLI behaviour: the spine's acceptance path and its error contract."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from radprobe.cli import main
+
+EVAL = ["eval", "--backbone", "test:vit-tiny", "--dataset", "synthetic:cls2d-multiclass", "--protocol", "knn"]
+
+
+def _run(capsys, args):
+    code = main(args)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_eval_writes_rows_then_hits_the_cache(tmp_path, capsys):
+    run_dir = tmp_path / "x"
+    code, out, _ = _run(capsys, [*EVAL, "--out", str(run_dir), "--json", "--bootstrap", "200"])
+    assert code == 0
+    first = json.loads(out)
+    assert first["cache_hit"] is False
+    assert {r["metric"] for r in first["rows"]} >= {"accuracy", "balanced_accuracy", "auroc_macro"}
+    acc = next(r for r in first["rows"] if r["metric"] == "accuracy")
+    assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
+    assert acc["selected"]["k"] in (10, 20, 100, 200)
+    assert acc["value"] > 0.4  # the synthetic signal is learnable; chance is 0.25
+    n_rows = sqlite3.connect(run_dir / "results.db").execute("select count(*) from results").fetchone()[0]
+    assert n_rows == len(first["rows"])
+
+    code, out, _ = _run(capsys, [*EVAL, "--out", str(run_dir), "--json", "--bootstrap", "200"])
+    second = json.loads(out)
+    assert code == 0 and second["cache_hit"] is True
+    assert all(s["cache_hit"] for s in second["splits"].values())
+    assert [r["value"] for r in second["rows"]] == [r["value"] for r in first["rows"]]
+    # same evaluation again replaces its rows instead of duplicating them
+    n_rows2 = sqlite3.connect(run_dir / "results.db").execute("select count(*) from results").fetchone()[0]
+    assert n_rows2 == n_rows
+
+    code, out, _ = _run(capsys, ["results", str(run_dir), "--format", "json"])
+    assert code == 0 and len(json.loads(out)) == n_rows
+    code, out, _ = _run(capsys, ["results", str(run_dir), "--format", "md"])
+    assert code == 0 and out.startswith("| backbone |") and "knn" in out
+    code, _, _ = _run(
+        capsys, ["results", str(run_dir), "--format", "csv", "--output", str(tmp_path / "r.csv")]
+    )
+    assert code == 0 and (tmp_path / "r.csv").read_text().count("\n") == n_rows + 1
+
+
+def test_corrupt_cache_is_rebuilt_through_eval(tmp_path, capsys):
+    run_dir = tmp_path / "x"
+    code, out, _ = _run(capsys, [*EVAL, "--out", str(run_dir), "--json", "--bootstrap", "0"])
+    first = json.loads(out)
+    path = first["splits"]["test"]["path"]
+    arr = next(p for p in __import__("pathlib").Path(path).glob("cls.npy"))
+    arr.write_bytes(arr.read_bytes()[:-10])
+    code, out, _ = _run(capsys, [*EVAL, "--out", str(run_dir), "--json", "--bootstrap", "0"])
+    second = json.loads(out)
+    assert code == 0
+    assert second["splits"]["test"]["cache_hit"] is False
+    assert second["splits"]["train"]["cache_hit"] is True
+    assert [r["value"] for r in second["rows"]] == [r["value"] for r in first["rows"]]
+
+
+@pytest.mark.parametrize(
+    ("args", "culprit"),
+    [
+        (["--backbone", "nope-model"], "nope-model"),
+        (["--dataset", "synthetic:nope"], "nope"),
+        (["--dataset", "csv:/does/not/exist.csv"], "/does/not/exist.csv"),
+        (["--protocol", "knn,bogus"], "bogus"),
+        (["--weights", "/does/not/exist.safetensors"], "/does/not/exist.safetensors"),
+        (["--device", "tpu"], "tpu"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, culprit):
+    base = {"--backbone": "test:vit-tiny", "--dataset": "synthetic:cls2d-multiclass", "--protocol": "knn"}
+    base.update(dict(zip(args[::2], args[1::2], strict=True)))
+    run_dir = tmp_path / "x"
+    argv = ["eval", *[x for kv in base.items() for x in kv], "--out", str(run_dir)]
+    code, _out, err = _run(capsys, argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and culprit in lines[0], err
+    assert "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_results_on_missing_run_dir(tmp_path, capsys):
+    code, _, err = _run(capsys, ["results", str(tmp_path / "none")])
+    assert code == 2 and "results.db" in err
+
+
+def test_console_script_exit_code_and_debug_traceback(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "radprobe.cli",
+        "eval",
+        "-b",
+        "nope",
+        "-d",
+        "synthetic:cls2d-binary",
+        "-o",
+        str(tmp_path / "y"),
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    assert p.returncode == 2 and "Traceback" not in p.stderr and "nope" in p.stderr
+    p = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True)
+    assert p.returncode != 0 and "Traceback" in p.stderr
+
+
+def test_backbones_json_lists_the_zoo(capsys):
+    code, out, _ = _run(capsys, ["backbones", "--json"])
+    names = {r["name"] for r in json.loads(out)}
+    assert code == 0
+    for required in ("test:vit-tiny", "test:cnn-tiny", "dinov2-s", "dinov2-g", "rad-dino", "biomedclip"):
+        assert required in names
+
+
+def test_datasets_and_data_check(capsys):
+    code, out, _ = _run(capsys, ["datasets", "--json"])
+    assert code == 0 and "synthetic:cls2d-multiclass" in {r["name"] for r in json.loads(out)}
+    code, out, _ = _run(capsys, ["data", "check", "synthetic:cls2d-multiclass", "--json"])
+    assert code == 0 and [p for p in json.loads(out) if p["severity"] == "error"] == []
