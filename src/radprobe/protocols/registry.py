@@ -5,10 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from radprobe.errors import RadprobeError
-from radprobe.protocols import knn
+from radprobe.protocols import fewshot, knn, linear, logreg
 from radprobe.protocols.base import ProtocolInput, ProtocolResult
 
-PROTOCOLS: dict[str, Callable[..., ProtocolResult]] = {"knn": knn.run}
+PROTOCOLS: dict[str, Callable[..., ProtocolResult]] = {
+    "knn": knn.run,
+    "linear": linear.run,
+    "logreg": logreg.run,
+    "fewshot": fewshot.run,
+}
 
 
 def get_protocol(name: str) -> Callable[[ProtocolInput], ProtocolResult]:

@@ -172,6 +172,7 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
             np.asarray(feats[s].cls),
             dataset.labels(dataset.split(s)),
             dataset.patients(dataset.split(s)),
+            blocks=feats[s].blocks,
         )
         for s in ("train", "val", "test")
     }
@@ -205,62 +206,85 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
             t0 = time.perf_counter()
             result = runner(data)
             wall = time.perf_counter() - t0
-            metrics = bootstrap_metrics(
-                data.test.labels,
-                result.scores,
-                dataset.task,
-                groups=data.test.groups,
-                n_boot=cfg.n_boot,
-                seed=cfg.seed,
-            )
-            eval_key = digest(
-                {
-                    "backbone": info.name,
-                    "weights": info.weights_digest,
-                    "preprocess": backbone.preprocess.to_dict(),
-                    "dataset": dataset.manifest_digest(),
-                    "splits": [dataset.split_digest(s) for s in ("train", "val", "test")],
-                    "protocol": name,
-                    "hparams": result.hparams,
-                    "seed": cfg.seed,
-                    "n_boot": cfg.n_boot,
-                },
-                length=24,
-            )
-            rows = [
-                ResultRow(
-                    eval_key=eval_key,
-                    run_id=run_id,
-                    backbone=info.name,
-                    weights_digest=info.weights_digest,
-                    dataset=dataset.name,
-                    manifest_digest=dataset.manifest_digest(),
-                    split_digest=dataset.split_digest("test"),
-                    protocol=name,
-                    metric=m.name,
-                    value=m.value,
+            base = {
+                "run_id": run_id,
+                "backbone": info.name,
+                "weights_digest": info.weights_digest,
+                "dataset": dataset.name,
+                "manifest_digest": dataset.manifest_digest(),
+                "split_digest": dataset.split_digest("test"),
+                "seed": cfg.seed,
+                "n": len(data.test),
+                "n_train": len(data.train),
+                "n_val": len(data.val),
+                "n_test": len(data.test),
+                "params": info.params,
+                "wall_time_s": wall,
+                "extract_time_s": extract_time,
+                "imgs_per_s": float(imgs_per_s),
+                "peak_mem_mb": max(s.peak_mem_mb for s in stats.values()),
+                "feature_keys": [feats[s].key for s in ("train", "val", "test")],
+                "env": env,
+            }
+            key_base = {
+                "backbone": info.name,
+                "weights": info.weights_digest,
+                "preprocess": backbone.preprocess.to_dict(),
+                "dataset": dataset.manifest_digest(),
+                "splits": [dataset.split_digest(s) for s in ("train", "val", "test")],
+                "seed": cfg.seed,
+            }
+            rows = []
+            if result.summaries:
+                for sm in result.summaries:
+                    rows.append(
+                        ResultRow(
+                            **base,
+                            eval_key=digest({**key_base, "protocol": sm.protocol, "hparams": sm.hparams}, 24),
+                            protocol=sm.protocol,
+                            metric=sm.metric,
+                            value=sm.value,
+                            ci_low=sm.ci_low,
+                            ci_high=sm.ci_high,
+                            ci_method=sm.ci_method,
+                            hparams=sm.hparams,
+                            selected=sm.selected,
+                            trainable_params=int(sm.selected.get("trainable_params", 0)),
+                            warnings=result.warnings,
+                        )
+                    )
+            else:
+                assert result.scores is not None, f"protocol {name} returned neither scores nor summaries"
+                metrics = bootstrap_metrics(
+                    data.test.labels,
+                    result.scores,
+                    dataset.task,
+                    groups=data.test.groups,
+                    n_boot=cfg.n_boot,
                     seed=cfg.seed,
-                    ci_low=m.ci_low if cfg.n_boot else None,
-                    ci_high=m.ci_high if cfg.n_boot else None,
-                    ci_method=f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else "",
-                    n=m.n,
-                    n_train=len(data.train),
-                    n_val=len(data.val),
-                    n_test=len(data.test),
-                    hparams=result.hparams,
-                    selected=result.selected,
-                    params=info.params,
-                    trainable_params=0,
-                    wall_time_s=wall,
-                    extract_time_s=extract_time,
-                    imgs_per_s=float(imgs_per_s),
-                    peak_mem_mb=max(s.peak_mem_mb for s in stats.values()),
-                    feature_keys=[feats[s].key for s in ("train", "val", "test")],
-                    warnings=result.warnings + m.warnings,
-                    env=env,
                 )
-                for m in metrics
-            ]
+                eval_key = digest(
+                    {**key_base, "protocol": name, "hparams": result.hparams, "n_boot": cfg.n_boot}, 24
+                )
+                for m in metrics:
+                    rows.append(
+                        ResultRow(
+                            **base,
+                            eval_key=eval_key,
+                            protocol=name,
+                            metric=m.name,
+                            value=m.value,
+                            ci_low=m.ci_low if cfg.n_boot else None,
+                            ci_high=m.ci_high if cfg.n_boot else None,
+                            ci_method=f"patient bootstrap x{cfg.n_boot}, percentile 95%"
+                            if cfg.n_boot
+                            else "",
+                            hparams=result.hparams,
+                            selected=result.selected,
+                            trainable_params=int(result.selected.get("trainable_params", 0)),
+                            warnings=result.warnings + m.warnings,
+                        )
+                    )
             store.write(rows)
             summary.rows.extend(asdict(r) for r in rows)
     return summary
