@@ -296,6 +296,37 @@ def results_cmd(
         sys.stdout.write(text)
 
 
+@app.command("compare")
+def compare_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory holding results.db."),
+    a: str = typer.Option(..., "--a", help="First backbone name."),
+    b: str = typer.Option(..., "--b", help="Second backbone name."),
+    protocol: str = typer.Option("knn", "--protocol", "-p", help="Protocol both were evaluated with."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", "-d", help="Dataset (needed if the run has several)."
+    ),
+    metric: str | None = typer.Option(None, "--metric", help="Metric (default: the task's headline)."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, "--seed"),
+    as_json: bool = _JSON,
+) -> None:
+    """Paired bootstrap test of backbone A against B on the same test samples."""
+    from dataclasses import asdict
+
+    from radprobe.results.compare import compare_backbones
+
+    res = compare_backbones(run_dir, a, b, protocol, dataset, metric, n_boot=bootstrap, seed=seed)
+    if as_json:
+        _print_json(asdict(res))
+        return
+    console.print(
+        f"{res.metric}: {a} {res.a:.4f} vs {b} {res.b:.4f} — difference {res.diff:+.4f} "
+        f"[95% CI {res.ci_low:+.4f}, {res.ci_high:+.4f}], p = {res.p_value:.4g} "
+        f"(paired patient bootstrap x{res.n_boot}, n = {res.n})",
+        highlight=False,
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one line and exit 2 (tracebacks only with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -21,6 +21,7 @@ from radprobe.progress import make_progress
 from radprobe.protocols import ProtocolInput, get_protocol
 from radprobe.protocols.base import SplitFeatures
 from radprobe.results import ResultRow, ResultStore
+from radprobe.results.predictions import Predictions, predictions_path
 from radprobe.utils import digest
 
 CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
@@ -266,6 +267,12 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
                 eval_key = digest(
                     {**key_base, "protocol": name, "hparams": result.hparams, "n_boot": cfg.n_boot}, 24
                 )
+                Predictions(
+                    sample_ids=np.asarray([r.sample_id for r in dataset.split("test")]),
+                    groups=data.test.groups,
+                    labels=data.test.labels,
+                    scores=result.scores,
+                ).save(predictions_path(cfg.out, eval_key))
                 for m in metrics:
                     rows.append(
                         ResultRow(
