@@ -61,3 +61,55 @@ def test_k_is_selected_on_validation_not_test():
     assert res.selected["k"] in (1, 10, 50)
     assert (res.scores.argmax(1) == te.labels).mean() > 0.9
     np.testing.assert_allclose(res.scores.sum(1), 1.0)
+
+
+def _mlknn_brute(bank, y, queries, k, s=1.0):
+    bn = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    n, n_labels = y.shape
+    prior = (s + y.sum(0)) / (2 * s + n)
+    sim = bn @ bn.T
+    np.fill_diagonal(sim, -np.inf)
+    counts = np.array([y[np.argsort(-sim[i], kind="stable")[:k]].sum(0) for i in range(n)])
+    out = np.zeros((len(queries), n_labels))
+    for lab in range(n_labels):
+        c1 = np.array([((counts[:, lab] == j) & (y[:, lab] == 1)).sum() for j in range(k + 1)])
+        c0 = np.array([((counts[:, lab] == j) & (y[:, lab] == 0)).sum() for j in range(k + 1)])
+        for qi, q in enumerate(qn):
+            cq = int(y[np.argsort(-(bn @ q), kind="stable")[:k], lab].sum())
+            p1 = prior[lab] * (s + c1[cq]) / (s * (k + 1) + c1.sum())
+            p0 = (1 - prior[lab]) * (s + c0[cq]) / (s * (k + 1) + c0.sum())
+            out[qi, lab] = p1 / (p1 + p0)
+    return out
+
+
+def test_mlknn_matches_brute_force():
+    from radprobe.protocols.knn import mlknn_scores
+
+    rng = np.random.default_rng(3)
+    bank, queries = rng.normal(size=(80, 6)), rng.normal(size=(15, 6))
+    y = (rng.random((80, 3)) < 0.4).astype(int)
+    got = mlknn_scores(bank, y, queries, ks=(3, 7), chunk=16)
+    for k in (3, 7):
+        np.testing.assert_allclose(got[k], _mlknn_brute(bank, y, queries, k), atol=1e-5)
+
+
+def test_uniform_weighting_is_plain_majority_and_medmnist_preset():
+    rng = np.random.default_rng(4)
+    bank, queries = rng.normal(size=(60, 5)), rng.normal(size=(10, 5))
+    y = rng.integers(0, 3, 60)
+    got = knn_scores(bank, y, queries, ks=(11,), task="multiclass", num_classes=3, weighting="uniform")[11]
+    bn = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    for i, q in enumerate(queries):
+        nn = np.argsort(-(bn @ (q / np.linalg.norm(q))), kind="stable")[:11]
+        np.testing.assert_allclose(got[i], np.bincount(y[nn], minlength=3) / 11)
+    centers = rng.normal(scale=3, size=(3, 5))
+    data = ProtocolInput(
+        train=_split(rng, 90, centers),
+        val=_split(rng, 30, centers),
+        test=_split(rng, 30, centers),
+        task="multiclass",
+        num_classes=3,
+    )
+    res = run(data, preset="medmnist+")
+    assert res.selected["k"] == 11 and res.hparams["weighting"] == "uniform"

@@ -4,11 +4,15 @@ Features are L2-normalised; the k most cosine-similar bank samples vote with wei
 Every k is served from one top-max(k) search done in chunks, so memory is O(chunk x N_bank) however
 large the query set. k is chosen on validation with the train bank; the test set is then scored
 once, with train (+ val, when ``bank="train+val"``) as the bank.
+
+Options: ``weighting="uniform"`` (plain majority), multi-label ``method="mlknn"`` (ML-kNN, Zhang &
+Zhou 2007, a per-label Bayesian vote), and ``preset="medmnist+"`` (k = 11, plain majority) for
+comparison with MedMNIST+ numbers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,11 +20,29 @@ import torch
 from radprobe.protocols.base import ProtocolInput, ProtocolResult, validation_score
 
 DEFAULT_KS = (10, 20, 100, 200)
+PRESETS = {
+    "dinov2": {"ks": DEFAULT_KS, "temperature": 0.07, "weighting": "exp"},
+    "medmnist+": {"ks": (11,), "temperature": 0.07, "weighting": "uniform"},
+}
 
 
 def _normalize(x: np.ndarray) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x, dtype=np.float32))
     return torch.nn.functional.normalize(t, dim=1)
+
+
+def _neighbours(
+    bank: torch.Tensor, queries: np.ndarray, k: int, chunk: int, exclude_self: bool = False
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """(start, sims, indices) of the k most similar bank rows, most similar first, chunk by chunk."""
+    for start in range(0, len(queries), chunk):
+        q = _normalize(queries[start : start + chunk])
+        sim = q @ bank.T
+        if exclude_self:  # queries are the bank itself: a sample is not its own neighbour
+            rows = torch.arange(len(q))
+            sim[rows, rows + start] = -float("inf")
+        s, i = sim.topk(k, dim=1)
+        yield start, s, i
 
 
 def knn_scores(
@@ -32,11 +54,14 @@ def knn_scores(
     num_classes: int,
     temperature: float = 0.07,
     chunk: int = 1024,
+    weighting: str = "exp",
 ) -> dict[int, np.ndarray]:
-    """Class scores (N_q, C) for every k: exp(sim/T)-weighted votes normalised to sum to 1.
+    """Class scores (N_q, C) for every k: weighted votes normalised to sum to 1.
 
     Multi-label: for each label, the weighted fraction of neighbours carrying it.
     """
+    if weighting not in ("exp", "uniform"):
+        raise ValueError(f"weighting must be 'exp' or 'uniform', got {weighting!r}")
     b = _normalize(bank)
     targets = torch.as_tensor(bank_labels)
     onehot = (
@@ -46,46 +71,107 @@ def knn_scores(
     )
     kmax = min(max(ks), len(b))
     out = {k: np.empty((len(queries), num_classes), dtype=np.float64) for k in ks}
-    for start in range(0, len(queries), chunk):
-        q = _normalize(queries[start : start + chunk])
-        sim, idx = (q @ b.T).topk(kmax, dim=1)  # sorted, most similar first
-        w = (sim / temperature).exp()
-        votes = onehot[idx] * w[..., None]  # (n, kmax, C)
-        csum_votes = votes.double().cumsum(1)
+    for start, sim, idx in _neighbours(b, queries, kmax, chunk):
+        w = (sim / temperature).exp() if weighting == "exp" else torch.ones_like(sim)
+        csum_votes = (onehot[idx] * w[..., None]).double().cumsum(1)  # (n, kmax, C)
         csum_w = w.double().cumsum(1)
         for k in ks:
             kk = min(k, kmax)
-            s = csum_votes[:, kk - 1] / csum_w[:, kk - 1, None]
-            out[k][start : start + len(q)] = s.numpy()
+            out[k][start : start + len(sim)] = (csum_votes[:, kk - 1] / csum_w[:, kk - 1, None]).numpy()
+    return out
+
+
+def mlknn_scores(
+    bank: np.ndarray,
+    bank_labels: np.ndarray,
+    queries: np.ndarray,
+    ks: Sequence[int],
+    smoothing: float = 1.0,
+    chunk: int = 1024,
+) -> dict[int, np.ndarray]:
+    """ML-kNN posteriors P(label | neighbour counts) (N_q, L) for every k."""
+    b = _normalize(bank)
+    y = torch.as_tensor(np.asarray(bank_labels)).float()
+    n, n_labels = y.shape
+    kmax = min(max(ks), n - 1)
+    s = smoothing
+    prior1 = (s + y.sum(0)) / (2 * s + n)
+    train_csum = torch.empty(n, kmax, n_labels)
+    for start, _, idx in _neighbours(b, np.asarray(bank), kmax, chunk, exclude_self=True):
+        train_csum[start : start + len(idx)] = y[idx].cumsum(1)
+    out = {}
+    query_csum = torch.empty(len(queries), kmax, n_labels)
+    for start, _, idx in _neighbours(b, queries, kmax, chunk):
+        query_csum[start : start + len(idx)] = y[idx].cumsum(1)
+    for k in ks:
+        kk = min(k, kmax)
+        counts = train_csum[:, kk - 1].long()  # (N, L) neighbours carrying each label
+        c1 = torch.zeros(kk + 1, n_labels)
+        c0 = torch.zeros(kk + 1, n_labels)
+        c1.scatter_add_(0, counts, y)
+        c0.scatter_add_(0, counts, 1 - y)
+        like1 = (s + c1) / (s * (kk + 1) + c1.sum(0))
+        like0 = (s + c0) / (s * (kk + 1) + c0.sum(0))
+        q = query_csum[:, kk - 1].long()
+        p1 = prior1 * like1.gather(0, q)
+        p0 = (1 - prior1) * like0.gather(0, q)
+        out[k] = (p1 / (p1 + p0)).double().numpy()
     return out
 
 
 def run(
     data: ProtocolInput,
-    ks: Sequence[int] = DEFAULT_KS,
-    temperature: float = 0.07,
+    ks: Sequence[int] | None = None,
+    temperature: float | None = None,
     bank: str = "train",
+    weighting: str | None = None,
+    method: str = "vote",
+    preset: str = "dinov2",
 ) -> ProtocolResult:
     """kNN with k selected on validation; test scored once."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
     if bank not in ("train", "train+val"):
         raise ValueError(f"bank must be 'train' or 'train+val', got {bank!r}")
-    ks = sorted(set(int(k) for k in ks))
+    if method not in ("vote", "mlknn") or (method == "mlknn" and data.task != "multilabel"):
+        raise ValueError(f"method must be 'vote', or 'mlknn' for multi-label tasks; got {method!r}")
+    p = PRESETS[preset]
+    ks = sorted({int(k) for k in (ks if ks is not None else p["ks"])})
+    temperature = p["temperature"] if temperature is None else temperature
+    weighting = weighting or p["weighting"]
+
+    def scores(feats: np.ndarray, labels: np.ndarray, queries: np.ndarray, kk: list[int]) -> dict:
+        if method == "mlknn":
+            return mlknn_scores(feats, labels, queries, kk)
+        return knn_scores(
+            feats, labels, queries, kk, data.task, data.num_classes, temperature, weighting=weighting
+        )
+
     tr, va, te = data.train, data.val, data.test
-    val_scores = knn_scores(tr.features, tr.labels, va.features, ks, data.task, data.num_classes, temperature)
-    per_k = {k: validation_score(va.labels, s, data.task) for k, s in val_scores.items()}
+    per_k = {
+        k: validation_score(va.labels, s, data.task)
+        for k, s in scores(tr.features, tr.labels, va.features, ks).items()
+    }
     best_k = max(ks, key=lambda k: (per_k[k], -k))  # ties go to the smaller k
     if bank == "train+val":
         feats = np.concatenate([np.asarray(tr.features), np.asarray(va.features)])
         labels = np.concatenate([tr.labels, va.labels])
     else:
-        feats, labels = tr.features, tr.labels
-    test_scores = knn_scores(feats, labels, te.features, [best_k], data.task, data.num_classes, temperature)
+        feats, labels = np.asarray(tr.features), tr.labels
     warnings = []
     if best_k > len(feats):
         warnings.append(f"k={best_k} exceeds the bank size {len(feats)}; all bank samples vote")
     return ProtocolResult(
-        scores=test_scores[best_k],
-        hparams={"ks": ks, "temperature": temperature, "bank": bank, "features": "cls"},
+        scores=scores(feats, labels, te.features, [best_k])[best_k],
+        hparams={
+            "ks": ks,
+            "temperature": temperature,
+            "weighting": weighting,
+            "method": method,
+            "preset": preset,
+            "bank": bank,
+            "features": "cls",
+        },
         selected={"k": best_k, "val_score": {str(k): v for k, v in per_k.items()}},
         warnings=warnings,
     )
