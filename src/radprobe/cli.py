@@ -179,6 +179,9 @@ def eval_cmd(
     resolution: int | None = _RES,
     seed: int = typer.Option(0, "--seed", help="Seed for protocols and bootstrap."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for CIs (0: none)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Protocol option PROTOCOL.KEY=VALUE, e.g. fewshot.repeats=3 (repeatable)."
+    ),
     batch_size: int = _BATCH,
     num_workers: int = _WORKERS,
     device: str = _DEVICE,
@@ -186,6 +189,7 @@ def eval_cmd(
 ) -> None:
     """Evaluate a backbone on a dataset; one results row per (protocol, metric)."""
     from radprobe.run import evaluate
+    from radprobe.run.evaluate import parse_overrides
 
     if out.exists() and not out.is_dir():
         raise RadprobeError(f"--out {out}: exists and is not a directory")
@@ -203,6 +207,7 @@ def eval_cmd(
         num_workers=num_workers,
         device=device,
         progress=not as_json,
+        options=parse_overrides(overrides),
     )
     summary = evaluate(cfg)
     if as_json:

@@ -77,6 +77,9 @@ def test_corrupt_cache_is_rebuilt_through_eval(tmp_path, capsys):
         (["--protocol", "knn,bogus"], "bogus"),
         (["--weights", "/does/not/exist.safetensors"], "/does/not/exist.safetensors"),
         (["--device", "tpu"], "tpu"),
+        (["--set", "knn.bogus=1"], "bogus"),
+        (["--set", "linear.epochs=3"], "linear"),
+        (["--set", "nonsense"], "nonsense"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, args, culprit):

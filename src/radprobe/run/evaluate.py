@@ -46,6 +46,45 @@ class EvalConfig:
     n_blocks: int = 4
     cache_root: Path | None = None
     progress: bool = True
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> keyword overrides
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["linear.epochs=20", "knn.ks=[10,20]"]`` → ``{"linear": {"epochs": 20}, "knn": {"ks": [10, 20]}}``.
+
+    Values are parsed as YAML scalars or lists; a bare comma list ``10,20`` becomes a list too.
+    """
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        proto, dot, name = key.partition(".")
+        if not sep or not dot or not proto or not name:
+            raise RadprobeError(f"--set {item!r}: expected PROTOCOL.KEY=VALUE, e.g. linear.epochs=20")
+        text = f"[{raw}]" if "," in raw and not raw.lstrip().startswith("[") else raw
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise RadprobeError(f"--set {item!r}: cannot parse value {raw!r}") from None
+        out.setdefault(proto, {})[name] = value
+    return out
+
+
+def _check_options(runners: dict[str, Any], options: dict[str, dict[str, Any]]) -> None:
+    import inspect
+
+    for proto, kw in options.items():
+        if proto not in runners:
+            raise RadprobeError(
+                f"--set {proto}.…: protocol {proto!r} is not being run (running: {', '.join(runners)})"
+            )
+        params = [p for p in inspect.signature(runners[proto]).parameters if p != "data"]
+        for name in kw:
+            if name not in params:
+                raise RadprobeError(
+                    f"--set {proto}.{name}: unknown option; {proto} takes {', '.join(params)}"
+                )
 
 
 @dataclass
@@ -82,6 +121,7 @@ def _load_inputs(cfg: EvalConfig):  # type: ignore[no-untyped-def]
     from radprobe.data import load_dataset
 
     runners = {p: get_protocol(p) for p in cfg.protocols}
+    _check_options(runners, cfg.options)
     if not cfg.protocols:
         raise RadprobeError("--protocol: expected at least one protocol name")
     if cfg.n_boot < 0:
@@ -205,7 +245,12 @@ def evaluate(cfg: EvalConfig) -> EvalSummary:
     with ResultStore(cfg.out) as store:
         for name, runner in runners.items():
             t0 = time.perf_counter()
-            result = runner(data)
+            try:
+                result = runner(data, **cfg.options.get(name, {}))
+            except (TypeError, ValueError) as e:
+                if cfg.options.get(name):
+                    raise RadprobeError(f"--set {name}.…: {e}") from None
+                raise
             wall = time.perf_counter() - t0
             base = {
                 "run_id": run_id,
