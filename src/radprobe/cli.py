@@ -33,6 +33,12 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks on 
     """radprobe: frozen-feature and fine-tuning evaluation of vision backbones on radiology data."""
 
 
+def _warn(message: str) -> None:
+    from radprobe.progress import stderr_console
+
+    stderr_console.print(f"[yellow]warning[/]: {message}", highlight=False)
+
+
 def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
@@ -159,7 +165,7 @@ def extract_cmd(
         device=device,
         progress=not as_json,
     )
-    summary = extract(cfg)
+    summary = extract(cfg, warn=_warn)
     if as_json:
         _print_json(summary.to_dict())
         return
@@ -209,7 +215,7 @@ def eval_cmd(
         progress=not as_json,
         options=parse_overrides(overrides),
     )
-    summary = evaluate(cfg)
+    summary = evaluate(cfg, warn=_warn)
     if as_json:
         _print_json(summary.to_dict())
         return

@@ -110,28 +110,73 @@ def _device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise RadprobeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if name not in ("cpu",) and not name.startswith("cuda") and name != "mps":
+    if name != "cpu" and not name.startswith("cuda") and name != "mps":
         raise RadprobeError(f"--device {name!r}: expected cpu, cuda, cuda:N, mps or auto")
     return name
 
 
-def _load_inputs(cfg: EvalConfig):  # type: ignore[no-untyped-def]
-    """Validate everything and load the dataset and backbone before any output is written."""
+def validate_protocols(protocols: list[str], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Runners of ``protocols``; unknown names or options raise one-line errors."""
+    if not protocols:
+        raise RadprobeError("--protocol: expected at least one protocol name")
+    runners = {p: get_protocol(p) for p in protocols}
+    _check_options(runners, options)
+    return runners
+
+
+@dataclass
+class Prepared:
+    """One backbone on one dataset with every split's features at hand."""
+
+    dataset: Any
+    backbone: Any
+    device: str
+    feats: dict[str, FeatureSet]
+    stats: dict[str, ExtractStats]
+
+    @property
+    def cache_hit(self) -> bool:
+        return all(s.cache_hit for s in self.stats.values())
+
+    def split_summary(self) -> dict[str, dict[str, Any]]:
+        return {
+            s: {"n": len(f), "cache_key": f.key, "path": str(f.path), **asdict(self.stats[s])}
+            for s, f in self.feats.items()
+        }
+
+    def protocol_input(self, seed: int) -> ProtocolInput:
+        ds = self.dataset
+        splits = {
+            s: SplitFeatures(
+                np.asarray(self.feats[s].cls),
+                ds.labels(ds.split(s)),
+                ds.patients(ds.split(s)),
+                blocks=self.feats[s].blocks,
+            )
+            for s in ("train", "val", "test")
+        }
+        return ProtocolInput(
+            splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed=seed
+        )
+
+
+def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
+    """Validate the inputs, load dataset and backbone, and extract (or find cached) features.
+
+    Nothing is written outside the feature cache. ``warn`` receives one-line notices (e.g. a
+    corrupt cache entry being rebuilt).
+    """
     from radprobe.backbones import create_backbone
     from radprobe.data import load_dataset
 
-    runners = {p: get_protocol(p) for p in cfg.protocols}
-    _check_options(runners, cfg.options)
-    if not cfg.protocols:
-        raise RadprobeError("--protocol: expected at least one protocol name")
     if cfg.n_boot < 0:
         raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
     device = _device(cfg.device)
     dataset = load_dataset(cfg.dataset)
     if dataset.task not in CLASSIFICATION_TASKS:
         raise RadprobeError(
-            f"dataset {cfg.dataset} is a {dataset.task} dataset; protocols "
-            f"{', '.join(cfg.protocols)} need a classification dataset ({', '.join(CLASSIFICATION_TASKS)})"
+            f"dataset {cfg.dataset} is a {dataset.task} dataset; these protocols need a classification "
+            f"dataset ({', '.join(CLASSIFICATION_TASKS)})"
         )
     for s in ("train", "val", "test"):
         if not dataset.split(s):
@@ -142,18 +187,15 @@ def _load_inputs(cfg: EvalConfig):  # type: ignore[no-untyped-def]
         allow_partial_weights=cfg.allow_partial_weights,
         resolution=cfg.resolution,
     )
-    return runners, device, dataset, backbone
-
-
-def _extract_all(cfg: EvalConfig, dataset, backbone, device: str):  # type: ignore[no-untyped-def]
     cache = FeatureCache((cfg.cache_root or cache_dir()) / "features")
     spec = FeatureSpec(n_blocks=cfg.n_blocks)
     feats: dict[str, FeatureSet] = {}
     stats: dict[str, ExtractStats] = {}
+    name = backbone.info.name
     with make_progress(cfg.progress) as bar:
         for split in ("train", "val", "test"):
             n = len(dataset.split(split))
-            task = bar.add_task(f"{backbone.info.name} · {split}", total=n)
+            task = bar.add_task(f"{name} · {split}", total=n)
             fs, st = extract_split(
                 backbone,
                 dataset,
@@ -165,178 +207,162 @@ def _extract_all(cfg: EvalConfig, dataset, backbone, device: str):  # type: igno
                 device=device,
                 progress=lambda k, task=task: bar.advance(task, k),
             )
-            bar.update(
-                task,
-                completed=n,
-                description=f"{backbone.info.name} · {split}" + (" (cached)" if st.cache_hit else ""),
-            )
-            ids = [r.sample_id for r in dataset.split(split)]
-            if fs.sample_ids != ids:
+            suffix = " (cached)" if st.cache_hit else ""
+            bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
+            if fs.sample_ids != [r.sample_id for r in dataset.split(split)]:
                 raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
             if cache.last_problem:
-                stats_note = cache.last_problem
-                st.extra["rebuilt"] = stats_note
+                st.extra["rebuilt"] = cache.last_problem
+                if warn is not None:
+                    warn(cache.last_problem)
                 cache.last_problem = None
             feats[split], stats[split] = fs, st
-    return feats, stats
+    return Prepared(dataset, backbone, device, feats, stats)
 
 
-def extract(cfg: EvalConfig) -> EvalSummary:
+def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
     """Extract (or find cached) features of every split, writing nothing else."""
-    _, device, dataset, backbone = _load_inputs(cfg)
-    feats, stats = _extract_all(cfg, dataset, backbone, device)
+    prep = prepare(cfg, warn)
     return EvalSummary(
         run_id="",
         out="",
-        backbone=backbone.info.name,
-        dataset=dataset.name,
-        cache_hit=all(s.cache_hit for s in stats.values()),
-        splits=_split_summary(feats, stats),
+        backbone=prep.backbone.info.name,
+        dataset=prep.dataset.name,
+        cache_hit=prep.cache_hit,
+        splits=prep.split_summary(),
     )
 
 
-def _split_summary(feats: dict[str, FeatureSet], stats: dict[str, ExtractStats]) -> dict[str, dict[str, Any]]:
+def _env(device: str) -> dict[str, Any]:
     return {
-        s: {"n": len(feats[s]), "cache_key": feats[s].key, "path": str(feats[s].path), **asdict(stats[s])}
-        for s in feats
-    }
-
-
-def evaluate(cfg: EvalConfig) -> EvalSummary:
-    """Run every protocol of ``cfg`` and write one result row per (protocol, metric)."""
-    runners, device, dataset, backbone = _load_inputs(cfg)
-    feats, stats = _extract_all(cfg, dataset, backbone, device)
-    info = backbone.info
-    run_id = uuid.uuid4().hex[:12]
-    split_inputs = {
-        s: SplitFeatures(
-            np.asarray(feats[s].cls),
-            dataset.labels(dataset.split(s)),
-            dataset.patients(dataset.split(s)),
-            blocks=feats[s].blocks,
-        )
-        for s in ("train", "val", "test")
-    }
-    data = ProtocolInput(
-        train=split_inputs["train"],
-        val=split_inputs["val"],
-        test=split_inputs["test"],
-        task=dataset.task,
-        num_classes=len(dataset.classes),
-        seed=cfg.seed,
-    )
-    extract_time = sum((feats[s].meta.get("stats") or {}).get("wall_time_s", 0.0) for s in feats)
-    imgs_per_s = np.mean([(feats[s].meta.get("stats") or {}).get("imgs_per_s", 0.0) for s in feats])
-    env = {
         "radprobe": radprobe.__version__,
         "python": platform.python_version(),
         "torch": __import__("torch").__version__,
         "device": device,
         "machine": platform.machine(),
     }
+
+
+def run_protocol(
+    prep: Prepared,
+    name: str,
+    options: dict[str, Any],
+    seed: int,
+    n_boot: int,
+    run_id: str,
+    out: Path,
+) -> list[ResultRow]:
+    """Run one protocol on prepared features; returns its result rows (and saves test predictions)."""
+    runner = get_protocol(name)
+    dataset, info = prep.dataset, prep.backbone.info
+    data = prep.protocol_input(seed)
+    t0 = time.perf_counter()
+    try:
+        result = runner(data, **options)
+    except (TypeError, ValueError) as e:
+        if options:
+            raise RadprobeError(f"--set {name}.…: {e}") from None
+        raise
+    wall = time.perf_counter() - t0
+    meta_stats = [f.meta.get("stats") or {} for f in prep.feats.values()]
+    base = {
+        "run_id": run_id,
+        "backbone": info.name,
+        "weights_digest": info.weights_digest,
+        "dataset": dataset.name,
+        "manifest_digest": dataset.manifest_digest(),
+        "split_digest": dataset.split_digest("test"),
+        "seed": seed,
+        "n": len(data.test),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "params": info.params,
+        "wall_time_s": wall,
+        "extract_time_s": float(sum(m.get("wall_time_s", 0.0) for m in meta_stats)),
+        "imgs_per_s": float(np.mean([m.get("imgs_per_s", 0.0) for m in meta_stats])),
+        "peak_mem_mb": max(
+            [s.peak_mem_mb for s in prep.stats.values()] + [m.get("peak_mem_mb", 0.0) for m in meta_stats]
+        ),
+        "feature_keys": [prep.feats[s].key for s in ("train", "val", "test")],
+        "env": _env(prep.device),
+    }
+    key_base = {
+        "backbone": info.name,
+        "weights": info.weights_digest,
+        "preprocess": prep.backbone.preprocess.to_dict(),
+        "dataset": dataset.manifest_digest(),
+        "splits": [dataset.split_digest(s) for s in ("train", "val", "test")],
+        "seed": seed,
+    }
+    rows = []
+    for sm in result.summaries:
+        rows.append(
+            ResultRow(
+                **base,
+                eval_key=digest({**key_base, "protocol": sm.protocol, "hparams": sm.hparams}, 24),
+                protocol=sm.protocol,
+                metric=sm.metric,
+                value=sm.value,
+                ci_low=sm.ci_low,
+                ci_high=sm.ci_high,
+                ci_method=sm.ci_method,
+                hparams=sm.hparams,
+                selected=sm.selected,
+                trainable_params=int(sm.selected.get("trainable_params", 0)),
+                warnings=result.warnings,
+            )
+        )
+    if result.summaries:
+        return rows
+    if result.scores is None:
+        raise RuntimeError(f"protocol {name} returned neither scores nor summaries")
+    metrics = bootstrap_metrics(
+        data.test.labels, result.scores, dataset.task, groups=data.test.groups, n_boot=n_boot, seed=seed
+    )
+    eval_key = digest({**key_base, "protocol": name, "hparams": result.hparams, "n_boot": n_boot}, 24)
+    Predictions(
+        sample_ids=np.asarray([r.sample_id for r in dataset.split("test")]),
+        groups=data.test.groups,
+        labels=data.test.labels,
+        scores=result.scores,
+    ).save(predictions_path(out, eval_key))
+    for m in metrics:
+        rows.append(
+            ResultRow(
+                **base,
+                eval_key=eval_key,
+                protocol=name,
+                metric=m.name,
+                value=m.value,
+                ci_low=m.ci_low if n_boot else None,
+                ci_high=m.ci_high if n_boot else None,
+                ci_method=f"patient bootstrap x{n_boot}, percentile 95%" if n_boot else "",
+                hparams=result.hparams,
+                selected=result.selected,
+                trainable_params=int(result.selected.get("trainable_params", 0)),
+                warnings=result.warnings + m.warnings,
+            )
+        )
+    return rows
+
+
+def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
+    """Run every protocol of ``cfg`` and write one result row per (protocol, metric)."""
+    validate_protocols(cfg.protocols, cfg.options)
+    prep = prepare(cfg, warn)
+    run_id = uuid.uuid4().hex[:12]
     summary = EvalSummary(
         run_id=run_id,
         out=str(cfg.out),
-        backbone=info.name,
-        dataset=dataset.name,
-        cache_hit=all(s.cache_hit for s in stats.values()),
-        splits=_split_summary(feats, stats),
+        backbone=prep.backbone.info.name,
+        dataset=prep.dataset.name,
+        cache_hit=prep.cache_hit,
+        splits=prep.split_summary(),
     )
     with ResultStore(cfg.out) as store:
-        for name, runner in runners.items():
-            t0 = time.perf_counter()
-            try:
-                result = runner(data, **cfg.options.get(name, {}))
-            except (TypeError, ValueError) as e:
-                if cfg.options.get(name):
-                    raise RadprobeError(f"--set {name}.…: {e}") from None
-                raise
-            wall = time.perf_counter() - t0
-            base = {
-                "run_id": run_id,
-                "backbone": info.name,
-                "weights_digest": info.weights_digest,
-                "dataset": dataset.name,
-                "manifest_digest": dataset.manifest_digest(),
-                "split_digest": dataset.split_digest("test"),
-                "seed": cfg.seed,
-                "n": len(data.test),
-                "n_train": len(data.train),
-                "n_val": len(data.val),
-                "n_test": len(data.test),
-                "params": info.params,
-                "wall_time_s": wall,
-                "extract_time_s": extract_time,
-                "imgs_per_s": float(imgs_per_s),
-                "peak_mem_mb": max(s.peak_mem_mb for s in stats.values()),
-                "feature_keys": [feats[s].key for s in ("train", "val", "test")],
-                "env": env,
-            }
-            key_base = {
-                "backbone": info.name,
-                "weights": info.weights_digest,
-                "preprocess": backbone.preprocess.to_dict(),
-                "dataset": dataset.manifest_digest(),
-                "splits": [dataset.split_digest(s) for s in ("train", "val", "test")],
-                "seed": cfg.seed,
-            }
-            rows = []
-            if result.summaries:
-                for sm in result.summaries:
-                    rows.append(
-                        ResultRow(
-                            **base,
-                            eval_key=digest({**key_base, "protocol": sm.protocol, "hparams": sm.hparams}, 24),
-                            protocol=sm.protocol,
-                            metric=sm.metric,
-                            value=sm.value,
-                            ci_low=sm.ci_low,
-                            ci_high=sm.ci_high,
-                            ci_method=sm.ci_method,
-                            hparams=sm.hparams,
-                            selected=sm.selected,
-                            trainable_params=int(sm.selected.get("trainable_params", 0)),
-                            warnings=result.warnings,
-                        )
-                    )
-            else:
-                assert result.scores is not None, f"protocol {name} returned neither scores nor summaries"
-                metrics = bootstrap_metrics(
-                    data.test.labels,
-                    result.scores,
-                    dataset.task,
-                    groups=data.test.groups,
-                    n_boot=cfg.n_boot,
-                    seed=cfg.seed,
-                )
-                eval_key = digest(
-                    {**key_base, "protocol": name, "hparams": result.hparams, "n_boot": cfg.n_boot}, 24
-                )
-                Predictions(
-                    sample_ids=np.asarray([r.sample_id for r in dataset.split("test")]),
-                    groups=data.test.groups,
-                    labels=data.test.labels,
-                    scores=result.scores,
-                ).save(predictions_path(cfg.out, eval_key))
-                for m in metrics:
-                    rows.append(
-                        ResultRow(
-                            **base,
-                            eval_key=eval_key,
-                            protocol=name,
-                            metric=m.name,
-                            value=m.value,
-                            ci_low=m.ci_low if cfg.n_boot else None,
-                            ci_high=m.ci_high if cfg.n_boot else None,
-                            ci_method=f"patient bootstrap x{cfg.n_boot}, percentile 95%"
-                            if cfg.n_boot
-                            else "",
-                            hparams=result.hparams,
-                            selected=result.selected,
-                            trainable_params=int(result.selected.get("trainable_params", 0)),
-                            warnings=result.warnings + m.warnings,
-                        )
-                    )
+        for name in cfg.protocols:
+            rows = run_protocol(prep, name, cfg.options.get(name, {}), cfg.seed, cfg.n_boot, run_id, cfg.out)
             store.write(rows)
             summary.rows.extend(asdict(r) for r in rows)
     return summary
