@@ -1,0 +1,52 @@
+"""Datasets: spec strings -> records with patient-level splits -> float32 [0, 1] images and masks.
+
+Public API::
+
+    load_dataset(spec, *, split_seed=0, fractions=(0.7, 0.1, 0.2)) -> Dataset
+    list_datasets() -> list[dict]
+    check_dataset(spec) -> list[Problem]
+
+Spec syntax and options: :mod:`radprobe.data.spec`. Intensity handling: :mod:`radprobe.data.readers`.
+Split policy and split files: :mod:`radprobe.data.splits`. Test data: :mod:`radprobe.data.synthetic`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from radprobe.data.check import check_dataset
+from radprobe.data.dataset import Dataset, load_dataset
+from radprobe.data.problems import Problem
+from radprobe.data.readers import ReadOptions, read_image, read_mask
+from radprobe.data.records import SPLITS, ImageRef, Record, TaskType, labels_array
+from radprobe.data.spec import SPEC_FORMS, parse_spec
+from radprobe.data.splits import assign_splits, check_leakage
+from radprobe.data.synthetic import list_synthetic, make_synthetic
+
+
+def list_datasets() -> list[dict[str, Any]]:
+    """Built-in datasets (the synthetic ones): name, spec, task, modality, ndim, description, source,
+    format. Real data is loaded by path, see ``SPEC_FORMS``."""
+    return list_synthetic()
+
+
+__all__ = [
+    "SPEC_FORMS",
+    "SPLITS",
+    "Dataset",
+    "ImageRef",
+    "Problem",
+    "ReadOptions",
+    "Record",
+    "TaskType",
+    "assign_splits",
+    "check_dataset",
+    "check_leakage",
+    "labels_array",
+    "list_datasets",
+    "load_dataset",
+    "make_synthetic",
+    "parse_spec",
+    "read_image",
+    "read_mask",
+]

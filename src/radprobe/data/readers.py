@@ -1,0 +1,559 @@
+"""Format readers. Images come back float32 in [0, 1]; masks as int64 label maps, aligned with images.
+
+Intensity scaling (``ReadOptions``), in order of precedence:
+
+* ``window=(center, width)``: linear window on the stored values (after DICOM rescale slope/intercept,
+  so HU for CT), clipped to [0, 1]. Applies to every format.
+* ``norm="minmax"`` / ``"percentile"`` (0.5-99.5 %): per image, or per *volume* for volumes and their
+  slices, so slices of one volume share a scale.
+* ``norm="dtype"``: integers divided by their dtype's maximum (255, 65535), or by ``2**bits - 1`` when
+  ``bits`` is set, e.g. ``bits=12`` for 12-bit detector data stored in 16-bit PNGs. Dividing by the
+  dtype max (not the image max) keeps intensities comparable across images of one dataset.
+* ``norm="auto"`` (default): PNG/JPEG/TIFF/npz/HDF5 unsigned integers -> ``dtype``; signed integers
+  and floats outside [0, 1] -> min-max; floats in [0, 1] kept as they are. DICOM -> the file's
+  WindowCenter/WindowWidth when present, else min-max. NIfTI -> percentile.
+
+DICOM MONOCHROME1 images are inverted after scaling, so bone is bright as in MONOCHROME2. RGBA drops
+alpha; palette images become RGB; RGB stays HxWx3.
+
+Volumes are (D, H, W). NIfTI volumes are first brought to the closest canonical (RAS+) orientation,
+then ``D`` runs along canonical ``axis`` (2 = inferior->superior) and each (H, W) plane is in radiological
+display orientation (anterior/superior up, patient right on the left). Image and mask go through the
+same steps, so they stay aligned whatever the affine. DICOM series are stacked in ascending position
+along the slice normal (ImagePositionPatient), falling back to InstanceNumber, then file name.
+Multi-frame DICOM files and MedMNIST 3D arrays are read as stored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radprobe.data.records import ImageRef
+from radprobe.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+DICOM_SUFFIXES = (".dcm", ".dicom")
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+H5_SUFFIXES = (".h5", ".hdf5", ".mat")
+VOLUME_KINDS = ("nifti", "dicom-series")
+NORMS = ("auto", "dtype", "minmax", "percentile")
+PERCENTILES = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How stored values become [0, 1] intensities (see the module docstring)."""
+
+    window: tuple[float, float] | None = None
+    norm: str = "auto"
+    bits: int | None = None
+    channel: int = 0
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise DataError(f"norm={self.norm!r}: expected one of {', '.join(NORMS)}")
+        if self.bits is not None and not 1 <= self.bits <= 32:
+            raise DataError(f"bits={self.bits}: expected 1..32")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"window": self.window, "norm": self.norm, "bits": self.bits, "channel": self.channel}
+
+
+def kind_of(path: str | Path) -> str | None:
+    """ImageRef kind for a path by its suffix (a folder is a DICOM series); None if unsupported."""
+    p = Path(path)
+    low = p.name.lower()
+    if low.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if low.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    if low.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if low.endswith(H5_SUFFIXES):
+        return "h5"
+    if low.endswith(".npz"):
+        return "npz"
+    if p.is_dir():
+        return "dicom-series"
+    if p.is_file() and is_dicom_file(p):
+        return "dicom"
+    return None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """True if the file carries the DICM magic (Part 10 files, with or without a suffix)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def strip_suffix(name: str) -> str:
+    """File name without its (double, for .nii.gz) extension."""
+    low = name.lower()
+    for suffix in (".nii.gz", ".tar.gz"):
+        if low.endswith(suffix):
+            return name[: -len(suffix)]
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot and stem else name
+
+
+# ---------------------------------------------------------------------------- intensity scaling
+
+
+def apply_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
+    """Linear window: ``center - width/2`` -> 0, ``center + width/2`` -> 1, clipped."""
+    lo = center - width / 2.0
+    return np.clip((x.astype(np.float32) - np.float32(lo)) / np.float32(width), 0.0, 1.0)
+
+
+def _minmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if hi <= lo:
+        return np.zeros_like(x)
+    return (x - np.float32(lo)) / np.float32(hi - lo)
+
+
+def _percentile(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32)
+    lo, hi = (float(v) for v in np.percentile(x, PERCENTILES))
+    if hi <= lo:
+        return _minmax(x)
+    return np.clip((x - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+
+
+def _dtype_scale(x: np.ndarray, bits: int | None) -> np.ndarray:
+    if bits is not None:
+        return np.clip(x.astype(np.float32) / np.float32(2**bits - 1), 0.0, 1.0)
+    if x.dtype == np.bool_:
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.unsignedinteger):
+        return x.astype(np.float32) / np.float32(np.iinfo(x.dtype).max)
+    if np.issubdtype(x.dtype, np.integer):
+        return _minmax(x)  # signed data (HU, MRI int16, Pillow "I") has no fixed full scale
+    x = x.astype(np.float32)
+    if x.size and float(np.min(x)) >= 0.0 and float(np.max(x)) <= 1.0:
+        return x
+    return _minmax(x)
+
+
+def scale(x: np.ndarray, opts: ReadOptions, *, auto: str = "dtype") -> np.ndarray:
+    """Stored values -> float32 [0, 1] following ``opts`` (``auto`` is the format's default norm)."""
+    if opts.window is not None:
+        out = apply_window(x, *opts.window)
+    else:
+        norm = auto if opts.norm == "auto" else opts.norm
+        if opts.bits is not None and opts.norm == "auto":
+            norm = "dtype"  # bits= states the full scale, which only the dtype scaling uses
+        if norm == "dtype":
+            out = _dtype_scale(x, opts.bits)
+        elif norm == "percentile":
+            out = _percentile(x)
+        else:
+            out = _minmax(x)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------- 2D images (Pillow)
+
+
+def _pil_array(path: str, *, mask: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mask and mode in ("P", "L", "1", "I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(im).astype(np.int64)
+            if mode == "1":
+                im = im.convert("L")
+            elif mode == "LA":
+                im = im.getchannel(0)
+            elif mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[..., :3]  # drop alpha
+    return arr
+
+
+def _mask_2d(arr: np.ndarray, path: str) -> np.ndarray:
+    if arr.ndim == 3:
+        if not (np.all(arr[..., 0] == arr[..., 1]) and np.all(arr[..., 0] == arr[..., -1])):
+            raise DataError(f"mask {path} is a colour image; expected a single-channel map of class indices")
+        arr = arr[..., 0]
+    return np.asarray(arr).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------- DICOM
+
+
+def _dicom_read(path: str, *, pixels: bool = True) -> Any:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(path, force=True, stop_before_pixels=not pixels)
+    except FileNotFoundError:
+        raise DataError(f"DICOM file not found: {path}") from None
+    except (InvalidDicomError, OSError, ValueError, EOFError, AttributeError, KeyError, TypeError) as e:
+        raise DataError(f"cannot read DICOM file {path}: {e}") from None
+
+
+def dicom_header(path: str) -> Any:
+    """DICOM header only (no pixel data), e.g. for PatientID and series geometry."""
+    return _dicom_read(path, pixels=False)
+
+
+def _modality_lut(arr: np.ndarray, ds: Any) -> np.ndarray:
+    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+    return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def _dicom_pixels(ds: Any, path: str) -> np.ndarray:
+    try:
+        arr = ds.pixel_array
+    except Exception as e:  # pydicom raises many types for codec/format problems
+        hint = ""
+        if "compressed" in str(e).lower() or "handler" in str(e).lower() or "plugin" in str(e).lower():
+            hint = " (compressed DICOM: install pylibjpeg or gdcm)"
+        raise DataError(f"cannot decode DICOM pixels in {path}: {e}{hint}") from None
+    return np.asarray(arr)
+
+
+def _first(value: Any) -> float | None:
+    """First number of a possibly multi-valued DICOM element (WindowCenter may hold several)."""
+    if value is None or isinstance(value, bytes):
+        return None
+    if not isinstance(value, str):
+        with contextlib.suppress(TypeError):
+            value = next(iter(value), None)
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _header_window(ds: Any) -> tuple[float, float] | None:
+    center, width = _first(getattr(ds, "WindowCenter", None)), _first(getattr(ds, "WindowWidth", None))
+    if center is None or width is None or width <= 0:
+        return None
+    return center, width
+
+
+def _dicom_scale(values: np.ndarray, ds: Any, opts: ReadOptions) -> np.ndarray:
+    """Window/normalise rescaled DICOM values, then undo MONOCHROME1 inversion."""
+    if opts.window is None and opts.norm == "auto" and (win := _header_window(ds)) is not None:
+        out = apply_window(values, *win)
+    else:
+        out = scale(values, opts, auto="minmax")
+    if str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        out = 1.0 - out
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def read_dicom(path: str, opts: ReadOptions, *, mask: bool = False) -> np.ndarray:
+    """One DICOM file: (H, W), (H, W, 3) for colour, or (F, H, W) for multi-frame."""
+    ds = _dicom_read(path)
+    arr = _dicom_pixels(ds, path)
+    if mask:
+        return arr.astype(np.int64)
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric.startswith(("RGB", "YBR")) or (
+        arr.ndim >= 3 and arr.shape[-1] == 3 and int(getattr(ds, "SamplesPerPixel", 1)) == 3
+    ):
+        bits = int(getattr(ds, "BitsStored", 8) or 8)
+        return np.clip(arr.astype(np.float32) / np.float32(2**bits - 1), 0, 1)
+    return _dicom_scale(_modality_lut(arr, ds), ds, opts)
+
+
+def _series_files(folder: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as e:
+        raise DataError(f"cannot list DICOM series folder {folder}: {e}") from None
+    out = []
+    for name in names:
+        p = os.path.join(folder, name)
+        if name.startswith(".") or not os.path.isfile(p):
+            continue
+        if name.lower().endswith(DICOM_SUFFIXES) or is_dicom_file(Path(p)):
+            out.append(p)
+    if not out:
+        raise DataError(f"DICOM series folder {folder} holds no DICOM files")
+    return out
+
+
+def sort_series(headers: list[Any], files: list[str]) -> list[int]:
+    """Order of slices: by position along the slice normal, else InstanceNumber, else file name."""
+    try:
+        positions = []
+        for ds in headers:
+            iop = np.asarray([float(v) for v in ds.ImageOrientationPatient])
+            normal = np.cross(iop[:3], iop[3:])
+            positions.append(float(np.dot(normal, [float(v) for v in ds.ImagePositionPatient])))
+        return sorted(range(len(files)), key=lambda i: (positions[i], files[i]))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    try:
+        numbers = [int(ds.InstanceNumber) for ds in headers]
+        return sorted(range(len(files)), key=lambda i: (numbers[i], files[i]))
+    except (AttributeError, TypeError, ValueError):
+        return list(range(len(files)))
+
+
+def read_dicom_series(folder: str, opts: ReadOptions, *, mask: bool = False) -> np.ndarray:
+    """A folder of single-slice DICOM files of one series -> (D, H, W)."""
+    files = _series_files(folder)
+    datasets = [_dicom_read(f) for f in files]
+    series = {str(getattr(ds, "SeriesInstanceUID", "")) for ds in datasets} - {""}
+    if len(series) > 1:
+        raise DataError(
+            f"DICOM folder {folder} mixes {len(series)} series; put each series in its own folder"
+        )
+    order = sort_series(datasets, files)
+    slices = []
+    for i in order:
+        arr = _dicom_pixels(datasets[i], files[i])
+        if arr.ndim != 2:
+            raise DataError(f"DICOM series {folder}: {files[i]} is not a single 2D slice (shape {arr.shape})")
+        slices.append(arr.astype(np.int32) if mask else _modality_lut(arr, datasets[i]))
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        raise DataError(f"DICOM series {folder}: slices differ in size {sorted(shapes)}")
+    vol = np.stack(slices)
+    if mask:
+        return vol
+    return _dicom_scale(vol, datasets[order[0]], opts)
+
+
+# ---------------------------------------------------------------------------- NIfTI
+
+
+def to_display(data: np.ndarray, axis: int) -> np.ndarray:
+    """Canonical (RAS+) 3D array -> (D, H, W): D along ``axis``, planes in radiological orientation."""
+    if axis not in (0, 1, 2):
+        raise DataError(f"axis={axis}: expected 0, 1 or 2")
+    v = np.moveaxis(data, axis, 0).transpose(0, 2, 1)[:, ::-1, ::-1]
+    return np.ascontiguousarray(v)
+
+
+def _nifti_load(path: str) -> Any:
+    import nibabel as nib
+
+    try:
+        return nib.load(path)
+    except FileNotFoundError:
+        raise DataError(f"NIfTI file not found: {path}") from None
+    except Exception as e:  # nibabel raises assorted errors for corrupt headers
+        raise DataError(f"cannot read NIfTI file {path}: {e}") from None
+
+
+def read_nifti(path: str, opts: ReadOptions, axis: int, *, mask: bool = False) -> np.ndarray:
+    """A NIfTI volume -> (D, H, W) in canonical display orientation (see module docstring)."""
+    import nibabel as nib
+
+    img = _nifti_load(path)
+    try:
+        img = nib.as_closest_canonical(img)
+        data = np.asarray(img.dataobj) if mask else np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as e:  # truncated/corrupt data surfaces as many error types
+        raise DataError(f"cannot read NIfTI data in {path}: {e}") from None
+    if data.ndim == 4:
+        if not 0 <= opts.channel < data.shape[3]:
+            raise DataError(
+                f"NIfTI {path} has {data.shape[3]} volumes; channel={opts.channel} is out of range"
+            )
+        data = data[..., opts.channel]
+    elif data.ndim == 2:
+        data = data[..., None]
+    elif data.ndim != 3:
+        raise DataError(f"NIfTI {path} has shape {data.shape}; expected a 3D (or 4D) volume")
+    vol = to_display(data, axis)
+    if mask:
+        return np.rint(vol).astype(np.int32)  # int32 halves cached masks; callers get int64
+    return scale(vol, opts, auto="percentile")
+
+
+def nifti_shape(path: str) -> tuple[int, ...]:
+    """Shape of a NIfTI volume after canonical reorientation, from the header only."""
+    import nibabel as nib
+
+    img = _nifti_load(path)
+    shape = tuple(int(s) for s in img.shape[:3])
+    ornt = nib.io_orientation(img.affine)
+    out = [0, 0, 0]
+    for src, (dst, _) in enumerate(ornt[: len(shape)]):
+        out[int(dst)] = shape[src]
+    return tuple(out)
+
+
+def volume_depth(ref: ImageRef) -> int:
+    """Number of slices along ``ref.axis`` without loading pixel data (nifti, dicom-series)."""
+    if ref.kind == "nifti":
+        shape = nifti_shape(ref.path)
+        return shape[ref.axis] if len(shape) == 3 else 1
+    if ref.kind == "dicom-series":
+        return len(_series_files(ref.path))
+    raise DataError(f"{ref.path}: cannot slice a {ref.kind!r} image")
+
+
+# ---------------------------------------------------------------------------- npz / HDF5 arrays
+
+
+@functools.lru_cache(maxsize=4)
+def _npz_array(path: str, key: str, stamp: tuple[int, int]) -> np.ndarray:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z.files:
+                raise DataError(f"npz file {path} has no array {key!r} (has: {', '.join(z.files)})")
+            arr = z[key]
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"npz file not found: {path}") from None
+    except Exception as e:  # zip/format errors
+        raise DataError(f"cannot read npz file {path}: {e}") from None
+    arr.flags.writeable = False
+    return arr
+
+
+def _h5_array(path: str, key: str | None, index: int | None) -> np.ndarray:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if key is None:
+                names = [k for k in f if isinstance(f[k], h5py.Dataset)]
+                if len(names) != 1:
+                    raise DataError(f"HDF5 file {path}: say which array to read with key= (has {names})")
+                key = names[0]
+            if key not in f:
+                raise DataError(f"HDF5 file {path} has no array {key!r}")
+            ds = f[key]
+            arr = np.asarray(ds[index] if index is not None else ds[()])
+    except DataError:
+        raise
+    except FileNotFoundError:
+        raise DataError(f"HDF5 file not found: {path}") from None
+    except Exception as e:  # h5py raises OSError/KeyError/ValueError variants
+        raise DataError(f"cannot read HDF5 file {path}: {e}") from None
+    if path.lower().endswith(".mat"):
+        # MATLAB v7.3 stores column-major: h5py sees reversed axes; .T restores MATLAB's order.
+        arr = arr.T
+        if arr.ndim == 3 and index is None and arr.shape[2] not in (3, 4):
+            arr = np.moveaxis(arr, 2, 0)  # MATLAB HxWxD -> (D, H, W)
+    return arr
+
+
+def _array_image(arr: np.ndarray, opts: ReadOptions, *, mask: bool, what: str) -> np.ndarray:
+    if mask:
+        return _mask_2d(arr, what) if arr.ndim == 3 and arr.shape[-1] in (3, 4) else arr.astype(np.int64)
+    if arr.ndim == 3 and arr.shape[-1] == 4:
+        arr = arr[..., :3]
+    if arr.ndim == 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    return scale(arr, opts, auto="dtype")
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def _stamp(path: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _read_volume(path: str, kind: str, axis: int, opts: ReadOptions, mask: bool) -> np.ndarray:
+    if kind == "nifti":
+        return read_nifti(path, opts, axis, mask=mask)
+    return read_dicom_series(path, opts, mask=mask)
+
+
+@functools.lru_cache(maxsize=3)
+def _volume_cached(
+    path: str, kind: str, axis: int, opts: ReadOptions, mask: bool, stamp: tuple[int, int]
+) -> np.ndarray:
+    # Volumes read for their slices are cached, so slice after slice loads (and normalises) a file once.
+    vol = _read_volume(path, kind, axis, opts, mask)
+    vol.flags.writeable = False
+    return vol
+
+
+def _read(ref: ImageRef, opts: ReadOptions, *, mask: bool) -> np.ndarray:
+    kind, path = ref.kind, ref.path
+    if kind in VOLUME_KINDS:
+        if kind == "nifti" and not os.path.exists(path):
+            raise DataError(f"NIfTI file not found: {path}")
+        if ref.index is None:  # whole volumes are read once per use: no cache, no copy
+            vol = _read_volume(path, kind, ref.axis, opts, mask)
+            return vol.astype(np.int64) if mask else vol
+        vol = _volume_cached(path, kind, ref.axis, opts, mask, _stamp(path))
+        if not 0 <= ref.index < vol.shape[0]:
+            raise DataError(
+                f"{path}: slice {ref.index} out of range ({vol.shape[0]} slices along axis {ref.axis})"
+            )
+        return vol[ref.index].astype(np.int64) if mask else vol[ref.index].copy()
+    if kind == "image":
+        arr = _pil_array(path, mask=mask)
+        if mask:
+            return _mask_2d(arr, path)
+        return scale(arr, opts, auto="dtype")
+    if kind == "dicom":
+        arr = read_dicom(path, opts, mask=mask)
+        if ref.index is not None:
+            if arr.ndim != 3 or not 0 <= ref.index < arr.shape[0]:
+                raise DataError(f"{path}: frame {ref.index} out of range (shape {arr.shape})")
+            arr = arr[ref.index]
+        return arr
+    if kind == "npz":
+        if ref.key is None:
+            raise DataError(f"{path}: npz image reference needs an array key")
+        arr = _npz_array(path, ref.key, _stamp(path))
+        if ref.index is not None:
+            if not 0 <= ref.index < arr.shape[0]:
+                raise DataError(
+                    f"{path}: index {ref.index} out of range for {ref.key} ({arr.shape[0]} items)"
+                )
+            arr = arr[ref.index]
+        return _array_image(np.array(arr), opts, mask=mask, what=f"{path}:{ref.key}")
+    if kind == "h5":
+        arr = _h5_array(path, ref.key, ref.index)
+        return _array_image(arr, opts, mask=mask, what=f"{path}:{ref.key}")
+    raise DataError(f"{path}: unsupported image kind {kind!r}")
+
+
+def read_image(ref: ImageRef, opts: ReadOptions | None = None) -> np.ndarray:
+    """Read an image/volume as float32 in [0, 1]: (H, W), (H, W, 3) or (D, H, W)."""
+    out = _read(ref, opts or ReadOptions(), mask=False)
+    if not np.all(np.isfinite(out)):
+        out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+    return out
+
+
+def read_mask(ref: ImageRef) -> np.ndarray:
+    """Read a mask as an int64 label map with raw stored values, oriented like its image."""
+    return _read(ref, ReadOptions(), mask=True)
