@@ -25,6 +25,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets.")
 app.add_typer(data_app, name="data")
+study_app = typer.Typer(no_args_is_help=True, help="Declarative studies: plan, run, status.")
+app.add_typer(study_app, name="study")
 console = Console()
 
 
@@ -336,6 +338,91 @@ def compare_cmd(
         f"(paired patient bootstrap x{res.n_boot}, n = {res.n})",
         highlight=False,
     )
+
+
+_STUDY = typer.Argument(..., help="Study YAML file or builtin:<name>.")
+_SET = typer.Option(
+    [], "--set", help="Override KEY.PATH=VALUE, e.g. protocols.linear.epochs=20 (repeatable)."
+)
+
+
+@study_app.command("plan")
+def study_plan_cmd(study: str = _STUDY, overrides: list[str] = _SET, as_json: bool = _JSON) -> None:
+    """Show the expanded job list and the feature extractions it needs, without running."""
+    from radprobe.run.study import load_study, plan, run_dir_of
+
+    cfg = load_study(study, overrides)
+    p = plan(cfg, run_dir_of(cfg, None))
+    if as_json:
+        _print_json(p)
+        return
+    t = Table(title=f"study {p['study']}: {len(p['jobs'])} jobs, {len(p['extractions'])} extractions")
+    for c in ("backbone", "dataset", "protocol", "options", "seed", "status"):
+        t.add_column(c)
+    for j in p["jobs"]:
+        opts = json.dumps(j["options"]) if j["options"] else ""
+        t.add_row(j["backbone"]["name"], j["dataset"], j["protocol"], opts, str(j["seed"]), j["status"])
+    console.print(t)
+
+
+@study_app.command("run")
+def study_run_cmd(
+    study: str = _STUDY,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: the study's out)."),
+    overrides: list[str] = _SET,
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed job."),
+    as_json: bool = _JSON,
+) -> None:
+    """Run every unfinished job of a study; rerunning skips finished jobs and retries failed ones."""
+    from dataclasses import asdict
+
+    from radprobe.run.study import load_study, run_dir_of, run_study
+
+    cfg = load_study(study, overrides)
+    run_dir = run_dir_of(cfg, out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RadprobeError(f"--out {run_dir}: exists and is not a directory")
+
+    def log(msg: str) -> None:
+        if not as_json:
+            console.print(msg, highlight=False)
+
+    outcome = run_study(cfg, run_dir, fail_fast=fail_fast, progress=not as_json, log=log)
+    if as_json:
+        _print_json({"run_dir": str(run_dir), **asdict(outcome)})
+    else:
+        console.print(
+            f"{run_dir}: {outcome.done} job(s) run, {outcome.skipped} already done, "
+            f"{outcome.failed} failed, {outcome.rows} rows written",
+            highlight=False,
+        )
+    if outcome.failed:
+        raise typer.Exit(1)
+
+
+@study_app.command("status")
+def study_status_cmd(
+    run_dir: Path = typer.Argument(..., help="Run directory of a study."), as_json: bool = _JSON
+) -> None:
+    """Done / running / interrupted / failed / pending jobs, with an ETA."""
+    from radprobe.run.study import status
+
+    st = status(run_dir)
+    if as_json:
+        _print_json(st)
+        return
+    eta = f", ETA {st['eta_s']:.0f} s" if st["eta_s"] else ""
+    console.print(
+        f"{run_dir}: {st['total']} jobs — {st['done']} done, {st['running']} running, "
+        f"{st['interrupted']} interrupted, {st['failed']} failed, {st['pending']} pending{eta}",
+        highlight=False,
+    )
+    for f in st["failed_jobs"]:
+        console.print(
+            f"  failed {f['backbone']} · {f['dataset']} · {f['protocol']} · seed {f['seed']}: "
+            f"{' '.join(f['error'])}",
+            highlight=False,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

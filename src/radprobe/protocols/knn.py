@@ -27,7 +27,7 @@ PRESETS = {
 
 
 def _normalize(x: np.ndarray) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    t = torch.from_numpy(np.array(x, dtype=np.float32))  # a copy: cached features are read-only maps
     return torch.nn.functional.normalize(t, dim=1)
 
 

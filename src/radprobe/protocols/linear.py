@@ -55,8 +55,8 @@ def linear_input(blocks: torch.Tensor, n_blocks: int, avgpool: bool) -> torch.Te
 
 def _blocks(split: SplitFeatures) -> torch.Tensor:
     if split.blocks is not None:
-        return torch.as_tensor(np.asarray(split.blocks, dtype=np.float32))
-    f = torch.as_tensor(np.asarray(split.features, dtype=np.float32))
+        return torch.from_numpy(np.array(split.blocks, dtype=np.float32))  # copy of a read-only map
+    f = torch.from_numpy(np.array(split.features, dtype=np.float32))
     return torch.stack([f, f], dim=1)[:, None]  # (N, 1, 2, D): no block features cached
 
 

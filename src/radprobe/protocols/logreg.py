@@ -2,12 +2,14 @@
 
 The C grid follows DINOv2 (45 values, log-spaced over 1e-6 … 1e5); C is chosen on validation and
 test is scored once. On CPU the solver is scikit-learn's; on GPU the same objective is minimised
-with torch L-BFGS. Both minimise ``C * sum(log-loss) + ||W||² / 2`` with an unpenalised intercept,
-and multi-label is one-vs-rest.
+with torch L-BFGS. Both minimise ``C * sum(log-loss) + ||W||² / 2`` with an unpenalised intercept;
+multi-label is one-vs-rest. The sweep runs from strong to weak regularisation, each fit starting
+from the previous solution, which is what makes 45 fits affordable.
 """
 
 from __future__ import annotations
 
+import copy
 import warnings as _warnings
 from collections.abc import Sequence
 
@@ -19,29 +21,6 @@ from radprobe.protocols.base import ProtocolInput, ProtocolResult, validation_sc
 DINOV2_CS = tuple(float(c) for c in np.logspace(-6, 5, 45))
 
 
-class _Constant:
-    """Stand-in for a label that has a single class in the training set: predicts that class."""
-
-    def __init__(self, value: int) -> None:
-        self.classes_ = np.array([value])
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        return np.ones((len(x), 1))
-
-
-def _fit_sklearn(x: np.ndarray, y: np.ndarray, c: float, max_iter: int):  # type: ignore[no-untyped-def]
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
-
-    if len(np.unique(y)) < 2:  # few-shot draws can leave a label with positives only
-        return _Constant(int(y[0]))
-    clf = LogisticRegression(C=c, max_iter=max_iter, tol=1e-6)
-    with _warnings.catch_warnings():
-        _warnings.simplefilter("ignore", ConvergenceWarning)
-        clf.fit(x, y)
-    return clf
-
-
 def fit_torch(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -49,11 +28,17 @@ def fit_torch(
     num_classes: int,
     max_iter: int = 1000,
     multilabel: bool = False,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights (D, K) and intercept (K,) minimising C·Σ loss + ½‖W‖² with torch L-BFGS."""
     k = num_classes if (multilabel or num_classes > 2) else 1
-    w = torch.zeros(x.shape[1], k, dtype=x.dtype, device=x.device, requires_grad=True)
-    b = torch.zeros(k, dtype=x.dtype, device=x.device, requires_grad=True)
+    if init is None:
+        w = torch.zeros(x.shape[1], k, dtype=x.dtype, device=x.device)
+        b = torch.zeros(k, dtype=x.dtype, device=x.device)
+    else:
+        w, b = (t.clone() for t in init)
+    w.requires_grad_()
+    b.requires_grad_()
     opt = torch.optim.LBFGS(
         [w, b],
         lr=1,
@@ -90,68 +75,96 @@ def _scores_torch(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, task: str) 
     return z.softmax(-1).double().cpu().numpy()
 
 
-class _Model:
-    """One fitted C: predicts (N, C) scores for every task."""
+class _SklearnSweep:
+    """One warm-started scikit-learn estimator per output (one, or one per label)."""
 
-    def __init__(
-        self, data: ProtocolInput, x: np.ndarray, y: np.ndarray, c: float, backend: str, max_iter: int
-    ):
-        self.task, self.backend = data.task, backend
-        if backend == "sklearn":
-            if data.task == "multilabel":
-                self.models = [_fit_sklearn(x, y[:, j], c, max_iter) for j in range(y.shape[1])]
-            else:
-                self.models = [_fit_sklearn(x, y, c, max_iter)]
-        else:
-            dev = "cuda" if torch.cuda.is_available() else "cpu"
-            xt = torch.as_tensor(x, dtype=torch.float64, device=dev)
-            yt = torch.as_tensor(y, device=dev)
-            self.w, self.b = fit_torch(
-                xt, yt, c, data.num_classes, max_iter, multilabel=data.task == "multilabel"
-            )
+    def __init__(self, data: ProtocolInput, x: np.ndarray, max_iter: int, tol: float) -> None:
+        from sklearn.linear_model import LogisticRegression
 
-    def scores(self, x: np.ndarray, num_classes: int) -> np.ndarray:
-        if self.backend == "sklearn":
+        self.task, self.num_classes, self.x = data.task, data.num_classes, x
+        y = np.asarray(data.train.labels)
+        self.targets = [y[:, j] for j in range(y.shape[1])] if data.task == "multilabel" else [y]
+        self.models = [LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True) for _ in self.targets]
+
+    def fit(self, c: float) -> None:
+        from sklearn.exceptions import ConvergenceWarning
+
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", ConvergenceWarning)
+            for m, t in zip(self.models, self.targets, strict=True):
+                if len(np.unique(t)) > 1:  # few-shot draws can leave a label with one class only
+                    m.set_params(C=c).fit(self.x, t)
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        cols = []
+        for m, t in zip(self.models, self.targets, strict=True):
+            if len(np.unique(t)) < 2:
+                cols.append(np.full((len(x), 1), float(t[0])))
+                continue
+            p = m.predict_proba(x)
             if self.task == "multilabel":
-                return np.stack([_proba_pos(m, x) for m in self.models], 1)
-            m = self.models[0]
-            out = np.zeros((len(x), num_classes))
-            out[:, m.classes_] = m.predict_proba(x)  # a class absent from train keeps score 0
-            return out
-        return _scores_torch(
-            torch.as_tensor(x, dtype=torch.float64, device=self.w.device), self.w, self.b, self.task
+                cols.append(p[:, list(m.classes_).index(1)][:, None])
+            else:
+                full = np.zeros((len(x), self.num_classes))
+                full[:, m.classes_] = p  # a class absent from train keeps score 0
+                cols.append(full)
+        return np.concatenate(cols, 1)
+
+
+class _TorchSweep:
+    def __init__(self, data: ProtocolInput, x: np.ndarray, max_iter: int) -> None:
+        self.task, self.num_classes, self.max_iter = data.task, data.num_classes, max_iter
+        self.dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.x = torch.as_tensor(x, dtype=torch.float64, device=self.dev)
+        self.y = torch.as_tensor(np.asarray(data.train.labels), device=self.dev)
+        self.wb: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def fit(self, c: float) -> None:
+        self.wb = fit_torch(
+            self.x, self.y, c, self.num_classes, self.max_iter, self.task == "multilabel", init=self.wb
         )
 
-
-def _proba_pos(m, x: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
-    p = m.predict_proba(x)
-    return p[:, list(m.classes_).index(1)] if 1 in m.classes_ else np.zeros(len(x))
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        assert self.wb is not None
+        return _scores_torch(torch.as_tensor(x, dtype=torch.float64, device=self.dev), *self.wb, self.task)
 
 
 def run(
     data: ProtocolInput,
     cs: Sequence[float] = DINOV2_CS,
     max_iter: int = 1000,
+    tol: float = 1e-4,
     backend: str = "auto",
 ) -> ProtocolResult:
-    """Sweep C on validation, refit nothing, score test once with the best C."""
+    """Sweep C on validation and score test once with the best C."""
     if backend == "auto":
         backend = "torch" if torch.cuda.is_available() else "sklearn"
     if backend not in ("sklearn", "torch"):
         raise ValueError(f"backend must be 'auto', 'sklearn' or 'torch', got {backend!r}")
     x_tr = np.asarray(data.train.features, dtype=np.float64)
+    sweep = (
+        _SklearnSweep(data, x_tr, max_iter, tol)
+        if backend == "sklearn"
+        else _TorchSweep(data, x_tr, max_iter)
+    )
     x_va = np.asarray(data.val.features, dtype=np.float64)
-    x_te = np.asarray(data.test.features, dtype=np.float64)
     per_c: dict[float, float] = {}
-    best, best_model = None, None
-    for c in cs:
-        m = _Model(data, x_tr, data.train.labels, c, backend, max_iter)
-        per_c[c] = validation_score(data.val.labels, m.scores(x_va, data.num_classes), data.task)
+    best, best_state = None, None
+    for c in sorted(float(c) for c in cs):
+        sweep.fit(c)
+        per_c[c] = validation_score(data.val.labels, sweep.scores(x_va), data.task)
         if best is None or per_c[c] > per_c[best]:  # first of equals: the smallest C
-            best, best_model = c, m
-    assert best is not None and best_model is not None, "empty C grid"
+            best, best_state = c, copy.deepcopy(sweep)
+    if best is None or best_state is None:
+        raise ValueError("logreg needs at least one C value")
     return ProtocolResult(
-        scores=best_model.scores(x_te, data.num_classes),
-        hparams={"cs": [float(c) for c in cs], "max_iter": max_iter, "backend": backend, "features": "cls"},
-        selected={"C": float(best), "val_score": per_c[best]},
+        scores=best_state.scores(np.asarray(data.test.features, dtype=np.float64)),
+        hparams={
+            "cs": sorted(float(c) for c in cs),
+            "max_iter": max_iter,
+            "tol": tol,
+            "backend": backend,
+            "features": "cls",
+        },
+        selected={"C": best, "val_score": per_c[best]},
     )

@@ -51,6 +51,7 @@ class ResultRow:
     feature_keys: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     env: dict[str, Any] = field(default_factory=dict)
+    job_key: str = ""
     created_at: str = ""
 
 
@@ -72,6 +73,18 @@ _SCHEMA = (
     + ", ".join(f"{c} {_sql_type(c)}" for c in COLUMNS)
     + ", UNIQUE(eval_key, metric))"
 )
+# Study jobs: their state lives beside the rows so that a job's rows and its "done" mark commit
+# in one transaction — a run killed at any point never holds one without the other.
+_JOBS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS jobs (job_key TEXT PRIMARY KEY, status TEXT NOT NULL, spec TEXT, "
+    "error TEXT, attempts INTEGER DEFAULT 0, pid INTEGER, started_at TEXT, finished_at TEXT, "
+    "wall_time_s REAL)"
+)
+JOB_STATES = ("pending", "running", "done", "failed")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class ResultStore:
@@ -87,6 +100,7 @@ class ResultStore:
         self._con.execute("PRAGMA journal_mode=WAL")
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(_SCHEMA)
+        self._con.execute(_JOBS_SCHEMA)
         self._con.commit()
 
     def close(self) -> None:
@@ -98,9 +112,8 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def write(self, rows: Iterable[ResultRow]) -> int:
-        """Insert (or replace, by ``(eval_key, metric)``) rows in one transaction."""
-        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    def _insert(self, rows: Iterable[ResultRow]) -> int:
+        now = _now()
         values = []
         for r in rows:
             d = asdict(r)
@@ -108,13 +121,63 @@ class ResultStore:
             for c in _JSON_COLS:
                 d[c] = json.dumps(d[c], sort_keys=True, default=str)
             values.append(tuple(d[c] for c in COLUMNS))
+        self._con.executemany(
+            f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+            values,
+        )
+        return len(values)
+
+    def write(self, rows: Iterable[ResultRow]) -> int:
+        """Insert (or replace, by ``(eval_key, metric)``) rows in one transaction."""
+        with self._con:
+            return self._insert(rows)
+
+    # -- study jobs -------------------------------------------------------------------------
+    def add_jobs(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Register jobs as pending; jobs already known keep their state."""
         with self._con:
             self._con.executemany(
-                f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) "
-                f"VALUES ({', '.join('?' * len(COLUMNS))})",
-                values,
+                "INSERT OR IGNORE INTO jobs (job_key, status, spec) VALUES (?, 'pending', ?)",
+                [(k, json.dumps(spec, sort_keys=True, default=str)) for k, spec in jobs],
             )
-        return len(values)
+
+    def start_job(self, job_key: str, pid: int) -> None:
+        with self._con:
+            self._con.execute(
+                "UPDATE jobs SET status='running', pid=?, started_at=?, attempts=attempts+1 WHERE job_key=?",
+                (pid, _now(), job_key),
+            )
+
+    def finish_job(self, job_key: str, rows: Iterable[ResultRow], wall_time_s: float) -> int:
+        """Write a job's rows and mark it done, atomically."""
+        with self._con:
+            n = self._insert(rows)
+            self._con.execute(
+                "UPDATE jobs SET status='done', error=NULL, finished_at=?, wall_time_s=? WHERE job_key=?",
+                (_now(), wall_time_s, job_key),
+            )
+        return n
+
+    def fail_job(self, job_key: str, error: str) -> None:
+        with self._con:
+            self._con.execute(
+                "UPDATE jobs SET status='failed', error=?, finished_at=? WHERE job_key=?",
+                (error, _now(), job_key),
+            )
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every registered job with its state."""
+        cur = self._con.execute(
+            "SELECT job_key, status, spec, error, attempts, pid, started_at, finished_at, wall_time_s "
+            "FROM jobs"
+        )
+        cols = [d[0] for d in cur.description]
+        out = []
+        for tup in cur:
+            d = dict(zip(cols, tup, strict=True))
+            d["spec"] = json.loads(d["spec"]) if d["spec"] else {}
+            out.append(d)
+        return out
 
     def has(self, eval_key: str) -> bool:
         """Whether any row of evaluation ``eval_key`` is stored."""

@@ -188,7 +188,8 @@ def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
         resolution=cfg.resolution,
     )
     cache = FeatureCache((cfg.cache_root or cache_dir()) / "features")
-    spec = FeatureSpec(n_blocks=cfg.n_blocks)
+    # a backbone shallower than n_blocks (test models, CNNs) gives all the blocks it has
+    spec = FeatureSpec(n_blocks=min(cfg.n_blocks, max(1, backbone.info.num_blocks)))
     feats: dict[str, FeatureSet] = {}
     stats: dict[str, ExtractStats] = {}
     name = backbone.info.name

@@ -1,0 +1,381 @@
+"""Declarative studies: backbones x datasets x protocols x seeds from one YAML file.
+
+A study expands into jobs, one per (backbone, dataset, protocol, seed), each keyed by a digest of
+its complete spec. Jobs sharing a backbone and dataset form a group: the model is loaded and the
+features extracted (or found in the cache) once per group. Each job's rows and its "done" mark are
+committed in one transaction, so a study killed at any point and rerun ends with exactly the rows
+of an uninterrupted run; finished jobs are skipped, failed and interrupted ones retried.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from radprobe.errors import RadprobeError
+from radprobe.protocols import PROTOCOLS
+from radprobe.results import ResultStore
+from radprobe.utils import atomic_write_text, digest
+
+
+class BackboneEntry(BaseModel):
+    """A backbone of the study: a registry name plus optional local weights and resolution."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    weights: str | None = None
+    resolution: int | None = Field(default=None, gt=0)
+    allow_partial_weights: bool = False
+
+
+class DatasetEntry(BaseModel):
+    """A dataset spec (see ``radprobe datasets``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    spec: str
+
+
+class StudyConfig(BaseModel):
+    """A study file."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "study"
+    out: str | None = None
+    backbones: list[BackboneEntry] = Field(min_length=1)
+    datasets: list[DatasetEntry] = Field(min_length=1)
+    protocols: dict[str, dict[str, Any]] = Field(min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    bootstrap: int = Field(default=1000, ge=0)
+    n_blocks: int = Field(default=4, ge=1)
+    batch_size: int = Field(default=64, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+    device: str = "auto"
+
+    @field_validator("backbones", mode="before")
+    @classmethod
+    def _backbone_strings(cls, v: Any) -> Any:
+        return [{"name": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("datasets", mode="before")
+    @classmethod
+    def _dataset_strings(cls, v: Any) -> Any:
+        return [{"spec": x} if isinstance(x, str) else x for x in v] if isinstance(v, list) else v
+
+    @field_validator("protocols", mode="before")
+    @classmethod
+    def _protocol_list(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return {p: {} for p in v}
+        if isinstance(v, dict):
+            return {k: ({} if o is None else o) for k, o in v.items()}
+        return v
+
+    @field_validator("protocols")
+    @classmethod
+    def _known_protocols(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for proto, opts in v.items():
+            if proto not in PROTOCOLS:
+                raise ValueError(f"unknown protocol {proto!r}; allowed: {', '.join(sorted(PROTOCOLS))}")
+            allowed = [p for p in inspect.signature(PROTOCOLS[proto]).parameters if p != "data"]
+            for key in opts:
+                if key not in allowed:
+                    raise ValueError(f"{proto}: unknown option {key!r}; allowed: {', '.join(allowed)}")
+        return v
+
+
+def _format_errors(source: str, e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            fields = StudyConfig.model_fields if len(err["loc"]) == 1 else {}
+            allowed = f"; allowed keys: {', '.join(fields)}" if fields else ""
+            msg = f"unknown key{allowed}"
+        parts.append(f"{loc}: {msg}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def apply_overrides(raw: dict[str, Any], items: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (YAML-parsed values) to a raw study dict."""
+    raw = copy.deepcopy(raw)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise RadprobeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. protocols.linear.epochs=20")
+        node = raw
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise RadprobeError(f"--set {item!r}: {p!r} is not a mapping in the study")
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise RadprobeError(f"--set {item!r}: cannot parse value {value!r}") from None
+    return raw
+
+
+def load_study(source: str, overrides: list[str] | None = None) -> StudyConfig:
+    """Read and validate a study file (or ``builtin:<name>``), with overrides applied."""
+    from radprobe.run.builtin import BUILTINS
+
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise RadprobeError(f"{source}: unknown built-in study; available: {', '.join(sorted(BUILTINS))}")
+        raw = BUILTINS[name]()
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise RadprobeError(f"{source}: study file not found")
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise RadprobeError(f"{source}: not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise RadprobeError(f"{source}: expected a mapping with backbones, datasets and protocols")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as e:
+        raise RadprobeError(_format_errors(source, e)) from None
+
+
+@dataclass(frozen=True)
+class Job:
+    """One evaluation of a study."""
+
+    backbone: BackboneEntry
+    dataset: str
+    protocol: str
+    options: dict[str, Any]
+    seed: int
+    bootstrap: int
+    n_blocks: int
+
+    def spec(self) -> dict[str, Any]:
+        return {
+            "backbone": self.backbone.model_dump(),
+            "dataset": self.dataset,
+            "protocol": self.protocol,
+            "options": self.options,
+            "seed": self.seed,
+            "bootstrap": self.bootstrap,
+            "n_blocks": self.n_blocks,
+        }
+
+    @property
+    def key(self) -> str:
+        return digest(self.spec(), 24)
+
+    @property
+    def group(self) -> tuple[str, str]:
+        return (digest(self.backbone.model_dump(), 12), self.dataset)
+
+
+def expand(study: StudyConfig) -> list[Job]:
+    """Every job of the study, grouped by backbone then dataset."""
+    return [
+        Job(b, d.spec, p, opts, seed, study.bootstrap, study.n_blocks)
+        for b in study.backbones
+        for d in study.datasets
+        for p, opts in study.protocols.items()
+        for seed in study.seeds
+    ]
+
+
+def run_dir_of(study: StudyConfig, out: str | Path | None) -> Path:
+    if out is not None:
+        return Path(out)
+    if study.out:
+        return Path(study.out)
+    return Path("runs") / study.name
+
+
+def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
+    """Expanded jobs and the feature extractions they need, with states if the run exists."""
+    jobs = expand(study)
+    states: dict[str, str] = {}
+    if run_dir is not None and (run_dir / "results.db").is_file():
+        with ResultStore(run_dir, create=False) as store:
+            states = {j["job_key"]: j["status"] for j in store.jobs()}
+    extractions = []
+    for b in study.backbones:
+        for d in study.datasets:
+            extractions.append({"backbone": b.name, "weights": b.weights, "dataset": d.spec})
+    return {
+        "study": study.name,
+        "jobs": [{**j.spec(), "job_key": j.key, "status": states.get(j.key, "pending")} for j in jobs],
+        "extractions": extractions,
+    }
+
+
+@dataclass
+class StudyOutcome:
+    done: int
+    failed: int
+    skipped: int
+    rows: int
+
+
+def _run_group(
+    study: StudyConfig,
+    run_dir: Path,
+    jobs: list[Job],
+    fail_fast: bool,
+    progress: bool,
+    log: Callable[[str], None],
+) -> StudyOutcome:
+    from radprobe.run.evaluate import EvalConfig, prepare, run_protocol
+
+    b = jobs[0].backbone
+    cfg = EvalConfig(
+        backbone=b.name,
+        dataset=jobs[0].dataset,
+        protocols=[],
+        out=run_dir,
+        weights=b.weights,
+        allow_partial_weights=b.allow_partial_weights,
+        resolution=b.resolution,
+        batch_size=study.batch_size,
+        num_workers=study.num_workers,
+        device=study.device,
+        n_blocks=study.n_blocks,
+        progress=progress,
+    )
+    out = StudyOutcome(0, 0, 0, 0)
+    run_id = uuid.uuid4().hex[:12]
+    with ResultStore(run_dir) as store:
+        try:
+            prep = prepare(cfg, warn=log)
+        except Exception as e:  # the whole group fails; the study goes on
+            msg = (
+                str(e)
+                if isinstance(e, RadprobeError)
+                else "".join(traceback.format_exception_only(e)).strip()
+            )
+            for j in jobs:
+                store.start_job(j.key, os.getpid())
+                store.fail_job(j.key, f"preparing {b.name} on {j.dataset}: {msg}")
+                out.failed += 1
+            log(f"failed: {b.name} on {jobs[0].dataset}: {msg}")
+            if fail_fast:
+                raise
+            return out
+        for j in jobs:
+            store.start_job(j.key, os.getpid())
+            t0 = time.perf_counter()
+            try:
+                rows = run_protocol(prep, j.protocol, j.options, j.seed, j.bootstrap, run_id, run_dir)
+            except Exception as e:
+                msg = str(e) if isinstance(e, RadprobeError) else traceback.format_exc(limit=3)
+                store.fail_job(j.key, msg)
+                out.failed += 1
+                log(f"failed: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed}: {msg.splitlines()[-1]}")
+                if fail_fast:
+                    raise
+                continue
+            for r in rows:
+                r.job_key = j.key
+            out.rows += store.finish_job(j.key, rows, time.perf_counter() - t0)
+            out.done += 1
+            log(f"done: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed} ({len(rows)} rows)")
+    return out
+
+
+def run_study(
+    study: StudyConfig,
+    run_dir: Path,
+    *,
+    fail_fast: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    executor: Any = None,
+) -> StudyOutcome:
+    """Run every unfinished job; finished ones are skipped."""
+    from radprobe.run.executors import LocalExecutor
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "study.yaml", yaml.safe_dump(study.model_dump(), sort_keys=False))
+    jobs = expand(study)
+    with ResultStore(run_dir) as store:
+        store.add_jobs((j.key, j.spec()) for j in jobs)
+        finished = {j["job_key"] for j in store.jobs() if j["status"] == "done"}
+    todo = [j for j in jobs if j.key not in finished]
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for j in todo:
+        groups.setdefault(j.group, []).append(j)
+    executor = executor or LocalExecutor()
+    outcomes = executor.map(
+        lambda g: _run_group(study, run_dir, g, fail_fast, progress, log), list(groups.values())
+    )
+    total = StudyOutcome(0, 0, len(jobs) - len(todo), 0)
+    for o in outcomes:
+        total.done += o.done
+        total.failed += o.failed
+        total.rows += o.rows
+    return total
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def status(run_dir: Path) -> dict[str, Any]:
+    """Counts of done / running / failed / pending (interrupted = running with a dead process), and ETA."""
+    if not (run_dir / "results.db").is_file():
+        raise RadprobeError(
+            f"{run_dir}: no results.db here; expected a run directory of `radprobe study run`"
+        )
+    with ResultStore(run_dir, create=False) as store:
+        jobs = store.jobs()
+    counts = {"done": 0, "running": 0, "interrupted": 0, "failed": 0, "pending": 0}
+    for j in jobs:
+        state = j["status"]
+        if state == "running" and not _pid_alive(j["pid"]):
+            state = "interrupted"
+        j["state"] = state
+        counts[state] += 1
+    times = [j["wall_time_s"] for j in jobs if j["status"] == "done" and j["wall_time_s"] is not None]
+    remaining = counts["pending"] + counts["running"] + counts["interrupted"] + counts["failed"]
+    eta = (sum(times) / len(times)) * remaining if times else None
+    return {
+        "run_dir": str(run_dir),
+        "total": len(jobs),
+        **counts,
+        "eta_s": eta,
+        "failed_jobs": [
+            {
+                "job_key": j["job_key"],
+                **{k: j["spec"].get(k) for k in ("protocol", "dataset", "seed")},
+                "backbone": j["spec"].get("backbone", {}).get("name"),
+                "error": (j["error"] or "").splitlines()[-1:],
+            }
+            for j in jobs
+            if j["state"] == "failed"
+        ],
+    }
