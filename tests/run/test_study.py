@@ -1,0 +1,157 @@
+"""Study runner: expansion, validation errors, skip-on-rerun, and SIGKILL safety."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from radprobe.cli import main
+from radprobe.errors import RadprobeError
+from radprobe.run.study import expand, load_study, run_study, status
+
+STUDY = {
+    "name": "t",
+    "backbones": ["test:vit-tiny", "test:cnn-tiny"],
+    "datasets": ["synthetic:cls2d-binary", "synthetic:cls2d-multiclass"],
+    "protocols": {
+        "knn": {"ks": [5, 10]},
+        "logreg": {"cs": [0.1, 1.0]},
+        "linear": {"lrs": [0.01, 0.1], "min_iterations": 30, "epochs": 1},
+    },
+    "seeds": [0, 1],
+    "bootstrap": 30,
+}
+
+
+def _write(tmp_path: Path, study: dict, name: str = "study.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(study))
+    return p
+
+
+def _rows(db: Path) -> list[tuple]:
+    con = sqlite3.connect(db)
+    rows = con.execute(
+        "select eval_key, metric, value, ci_low, ci_high, job_key from results order by eval_key, metric"
+    ).fetchall()
+    con.close()
+    return rows
+
+
+def test_expansion_and_keys(tmp_path):
+    study = load_study(str(_write(tmp_path, STUDY)))
+    jobs = expand(study)
+    assert len(jobs) == 2 * 2 * 3 * 2
+    assert len({j.key for j in jobs}) == len(jobs)
+    assert expand(load_study(str(_write(tmp_path, STUDY, "again.yaml"))))[0].key == jobs[0].key
+    changed = load_study(str(_write(tmp_path, STUDY)), ["protocols.knn.ks=[5, 20]"])
+    assert {j.key for j in expand(changed)} != {j.key for j in jobs}
+
+
+@pytest.mark.parametrize(
+    ("patch", "needle"),
+    [
+        ({"backbonez": []}, "backbonez: unknown key; allowed keys: name, out, backbones"),
+        ({"protocols": {"knn": {"kk": 3}}}, "unknown option 'kk'; allowed: ks"),
+        ({"protocols": {"bogus": {}}}, "unknown protocol 'bogus'; allowed: fewshot, knn, linear, logreg"),
+        ({"seeds": "zero"}, "seeds"),
+        ({"bootstrap": -1}, "bootstrap"),
+        ({"backbones": []}, "backbones"),
+        ({"backbones": [{"name": "x", "weight": "y"}]}, "backbones.0.weight: unknown key"),
+    ],
+)
+def test_validation_errors_name_the_key(tmp_path, patch, needle):
+    with pytest.raises(RadprobeError) as e:
+        load_study(str(_write(tmp_path, {**STUDY, **patch})))
+    msg = str(e.value)
+    assert needle in msg and "\n" not in msg
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("backbones: [a\n  b: c")
+    with pytest.raises(RadprobeError, match="not valid YAML at line"):
+        load_study(str(bad))
+    with pytest.raises(RadprobeError, match="study file not found"):
+        load_study(str(tmp_path / "none.yaml"))
+
+
+def test_run_then_rerun_does_nothing(tmp_path, capsys):
+    study = load_study(str(_write(tmp_path, {**STUDY, "seeds": [0], "protocols": {"knn": {"ks": [5]}}})))
+    run_dir = tmp_path / "run"
+    first = run_study(study, run_dir, progress=False, log=lambda m: None)
+    assert first.done == 4 and first.failed == 0 and first.rows > 0
+    rows = _rows(run_dir / "results.db")
+    second = run_study(study, run_dir, progress=False, log=lambda m: None)
+    assert second.done == 0 and second.skipped == 4
+    assert _rows(run_dir / "results.db") == rows
+    st = status(run_dir)
+    assert st["done"] == 4 and st["pending"] == 0
+
+
+def test_failed_job_is_recorded_and_the_study_goes_on(tmp_path):
+    study = load_study(
+        str(
+            _write(
+                tmp_path,
+                {
+                    **STUDY,
+                    "backbones": ["test:vit-tiny", "no-such-model"],
+                    "seeds": [0],
+                    "protocols": {"knn": {"ks": [5]}},
+                },
+            )
+        )
+    )
+    run_dir = tmp_path / "run"
+    out = run_study(study, run_dir, progress=False, log=lambda m: None)
+    assert out.done == 2 and out.failed == 2
+    st = status(run_dir)
+    assert st["failed"] == 2 and all("no-such-model" in " ".join(f["error"]) for f in st["failed_jobs"])
+    code = main(["study", "status", str(run_dir), "--json"])
+    assert code == 0
+
+
+def test_sigkill_midway_then_rerun_gives_the_uninterrupted_rows(tmp_path):
+    study_file = _write(tmp_path, STUDY)
+    env = {**os.environ, "RADPROBE_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "radprobe.cli", "study", "run", str(study_file), "--json"]
+
+    clean = tmp_path / "clean"
+    subprocess.run([*cmd, "--out", str(clean)], env=env, check=True, capture_output=True)
+    expected = _rows(clean / "results.db")
+    assert len({r[5] for r in expected}) == 24
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(killed)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        if (killed / "results.db").exists():
+            try:
+                con = sqlite3.connect(killed / "results.db", timeout=1)
+                done = con.execute("select count(*) from jobs where status='done'").fetchone()[0]
+                con.close()
+            except sqlite3.OperationalError:
+                pass
+            if done >= 5:
+                break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 0 < done < 24, f"kill landed after {done} jobs"
+    partial = _rows(killed / "results.db")
+    assert len(partial) < len(expected)
+
+    subprocess.run([*cmd, "--out", str(killed)], env=env, check=True, capture_output=True)
+    assert _rows(killed / "results.db") == expected
