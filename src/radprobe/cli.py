@@ -236,26 +236,36 @@ class Fmt(str, Enum):
 _SHOW = ["backbone", "dataset", "protocol", "metric", "value", "ci_low", "ci_high", "n", "seed", "selected"]
 
 
+_HIDDEN_SELECTED = {"val_score", "trainable_params", "per_draw", "values", "train_sizes"}
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4f}"
     if isinstance(v, dict):
-        return json.dumps({k: x for k, x in v.items() if not isinstance(x, dict | list)}, default=str)
+        items = [
+            f"{k}={x:.3g}" if isinstance(x, float) else f"{k}={x}"
+            for k, x in v.items()
+            if k not in _HIDDEN_SELECTED and not isinstance(x, dict | list)
+        ]
+        return " ".join(items)
     return "" if v is None else str(v)
 
 
 def _results_table(rows: list[dict[str, Any]], title: str = "") -> Table:
     t = Table(title=title)
     for c in ("backbone", "dataset", "protocol", "metric", "value", "95% CI", "n", "seed", "selected"):
-        t.add_column(c, justify="right" if c in ("value", "n", "seed") else "left")
+        t.add_column(c, justify="right" if c in ("value", "n", "seed") else "left", overflow="fold")
     for r in rows:
-        ci = f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]" if r.get("ci_low") is not None else ""
+        ci = f"{r['ci_low']:.3f}–{r['ci_high']:.3f}" if r.get("ci_low") is not None else ""
+        shots = (r.get("hparams") or {}).get("shots")
+        protocol = f"{r['protocol']} ({shots}-shot)" if isinstance(shots, int) else r["protocol"]
         t.add_row(
             r["backbone"],
             r["dataset"],
-            r["protocol"],
+            protocol,
             r["metric"],
-            f"{r['value']:.4f}",
+            f"{r['value']:.3f}",
             ci,
             str(r["n"]),
             str(r["seed"]),
