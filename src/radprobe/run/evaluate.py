@@ -348,8 +348,26 @@ def run_protocol(
     return rows
 
 
+SEGMENTATION_PREFIX = "seg-"
+
+
 def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
-    """Run every protocol of ``cfg`` and write one result row per (protocol, metric)."""
+    """Run every protocol of ``cfg`` and write one result row per (protocol, metric).
+
+    Segmentation protocols (``seg-*``) are handed to :mod:`radprobe.segmentation`.
+    """
+    seg = [p for p in cfg.protocols if p.startswith(SEGMENTATION_PREFIX)]
+    if seg:
+        if len(seg) != len(cfg.protocols):
+            raise RadprobeError(
+                f"--protocol {','.join(cfg.protocols)}: segmentation protocols ({', '.join(seg)}) "
+                "cannot be mixed with classification protocols in one run"
+            )
+        try:
+            from radprobe.segmentation import evaluate_segmentation
+        except ImportError:
+            raise RadprobeError(f"--protocol {seg[0]}: segmentation protocols are not available") from None
+        return evaluate_segmentation(cfg, warn)
     validate_protocols(cfg.protocols, cfg.options)
     prep = prepare(cfg, warn)
     run_id = uuid.uuid4().hex[:12]
