@@ -435,6 +435,15 @@ def study_status_cmd(
         )
 
 
+def _register_rooms() -> None:
+    from radprobe.report.commands import register
+
+    register(app)
+
+
+_register_rooms()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one line and exit 2 (tracebacks only with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)

@@ -1,0 +1,1 @@
+"""Reports of run directories: Markdown and self-contained HTML with tables and plots."""
