@@ -40,6 +40,9 @@ class ResultRow:
     n_train: int = 0
     n_val: int = 0
     n_test: int = 0
+    task: str = ""
+    num_classes: int = 0
+    resolution: int = 0
     hparams: dict[str, Any] = field(default_factory=dict)
     selected: dict[str, Any] = field(default_factory=dict)
     params: int = 0
