@@ -352,25 +352,43 @@ def run_protocol(
 
 
 SEGMENTATION_PREFIX = "seg-"
+TRAINED_PROTOCOLS = ("finetune", "lora", "dora", "bitfit", "vpt", "partial")
+
+
+def _family(protocol: str) -> str:
+    if protocol.startswith(SEGMENTATION_PREFIX):
+        return "segmentation"
+    return "trained" if protocol in TRAINED_PROTOCOLS else "frozen"
 
 
 def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
     """Run every protocol of ``cfg`` and write one result row per (protocol, metric).
 
-    Segmentation protocols (``seg-*``) are handed to :mod:`radprobe.segmentation`.
+    Frozen-feature protocols run here; segmentation protocols (``seg-*``) are handed to
+    :mod:`radprobe.segmentation`, and trained ones (fine-tuning, PEFT) to :mod:`radprobe.finetune`.
     """
-    seg = [p for p in cfg.protocols if p.startswith(SEGMENTATION_PREFIX)]
-    if seg:
-        if len(seg) != len(cfg.protocols):
-            raise RadprobeError(
-                f"--protocol {','.join(cfg.protocols)}: segmentation protocols ({', '.join(seg)}) "
-                "cannot be mixed with classification protocols in one run"
-            )
+    families = {_family(p) for p in cfg.protocols}
+    if len(families) > 1:
+        raise RadprobeError(
+            f"--protocol {','.join(cfg.protocols)}: frozen-feature, segmentation and trained protocols "
+            "run in separate calls"
+        )
+    if families == {"segmentation"}:
         try:
             from radprobe.segmentation import evaluate_segmentation
         except ImportError:
-            raise RadprobeError(f"--protocol {seg[0]}: segmentation protocols are not available") from None
+            raise RadprobeError(
+                f"--protocol {cfg.protocols[0]}: segmentation protocols are not available"
+            ) from None
         return evaluate_segmentation(cfg, warn)
+    if families == {"trained"}:
+        try:
+            from radprobe.finetune import evaluate_finetune
+        except ImportError:
+            raise RadprobeError(
+                f"--protocol {cfg.protocols[0]}: fine-tuning protocols are not available"
+            ) from None
+        return evaluate_finetune(cfg, warn)
     validate_protocols(cfg.protocols, cfg.options)
     prep = prepare(cfg, warn)
     run_id = uuid.uuid4().hex[:12]
