@@ -357,8 +357,15 @@ _SET = typer.Option(
 
 
 @study_app.command("plan")
-def study_plan_cmd(study: str = _STUDY, overrides: list[str] = _SET, as_json: bool = _JSON) -> None:
-    """Show the expanded job list and the feature extractions it needs, without running."""
+def study_plan_cmd(
+    study: str = _STUDY,
+    overrides: list[str] = _SET,
+    jobs: bool = typer.Option(False, "--jobs", help="List every job, not just the matrix."),
+    as_json: bool = _JSON,
+) -> None:
+    """Show the expanded matrix, the feature extractions it needs and missing datasets, without running."""
+    from collections import Counter
+
     from radprobe.run.study import load_study, plan, run_dir_of
 
     cfg = load_study(study, overrides)
@@ -366,13 +373,33 @@ def study_plan_cmd(study: str = _STUDY, overrides: list[str] = _SET, as_json: bo
     if as_json:
         _print_json(p)
         return
-    t = Table(title=f"study {p['study']}: {len(p['jobs'])} jobs, {len(p['extractions'])} extractions")
-    for c in ("backbone", "dataset", "protocol", "options", "seed", "status"):
-        t.add_column(c)
-    for j in p["jobs"]:
-        opts = json.dumps(j["options"]) if j["options"] else ""
-        t.add_row(j["backbone"]["name"], j["dataset"], j["protocol"], opts, str(j["seed"]), j["status"])
-    console.print(t)
+    states = Counter(j["status"] for j in p["jobs"])
+    console.print(
+        f"study {p['study']}: {len(cfg.backbones)} backbones x {len(cfg.datasets)} datasets x "
+        f"{len(cfg.protocols)} protocols x {len(cfg.seeds)} seed(s) → {len(p['jobs'])} jobs "
+        f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}), {len(p['extractions'])} extractions",
+        highlight=False,
+    )
+    matrix = Table(title="jobs per dataset and protocol")
+    protos = list(cfg.protocols)
+    matrix.add_column("dataset")
+    matrix.add_column("local")
+    for proto in protos:
+        matrix.add_column(proto, justify="right")
+    per = Counter((j["dataset"], j["protocol"]) for j in p["jobs"])
+    for d in p["datasets"]:
+        present = "yes" if d["present"] else "[red]missing[/]"
+        matrix.add_row(d["spec"], present, *(str(per.get((d["spec"], q), "")) for q in protos))
+    console.print(matrix)
+    console.print("backbones: " + ", ".join(b.name for b in cfg.backbones), highlight=False)
+    if jobs:
+        t = Table(title="jobs")
+        for c in ("backbone", "dataset", "protocol", "options", "seed", "status"):
+            t.add_column(c)
+        for j in p["jobs"]:
+            opts = json.dumps(j["options"]) if j["options"] else ""
+            t.add_row(j["backbone"]["name"], j["dataset"], j["protocol"], opts, str(j["seed"]), j["status"])
+        console.print(t)
 
 
 @study_app.command("run")

@@ -59,13 +59,14 @@ def test_expansion_and_keys(tmp_path):
 @pytest.mark.parametrize(
     ("patch", "needle"),
     [
-        ({"backbonez": []}, "backbonez: unknown key; allowed keys: name, out, backbones"),
+        ({"backbonez": []}, "backbonez: unknown key; allowed keys: name, out, data_root, backbones"),
         ({"protocols": {"knn": {"kk": 3}}}, "unknown option 'kk'; allowed: ks"),
-        ({"protocols": {"bogus": {}}}, "unknown protocol 'bogus'; allowed: fewshot, knn, linear, logreg"),
+        ({"protocols": {"bogus": {}}}, "unknown protocol 'bogus'; allowed: bitfit, dora, fewshot, finetune, knn, linear"),
         ({"seeds": "zero"}, "seeds"),
         ({"bootstrap": -1}, "bootstrap"),
         ({"backbones": []}, "backbones"),
         ({"backbones": [{"name": "x", "weight": "y"}]}, "backbones.0.weight: unknown key"),
+        ({"datasets": [{"spec": "synthetic:seg2d", "protocols": ["seg-linear"]}]}, "datasets.0.protocols"),
     ],
 )
 def test_validation_errors_name_the_key(tmp_path, patch, needle):

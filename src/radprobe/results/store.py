@@ -151,10 +151,20 @@ class ResultStore:
                 (pid, _now(), job_key),
             )
 
-    def finish_job(self, job_key: str, rows: Iterable[ResultRow], wall_time_s: float) -> int:
-        """Write a job's rows and mark it done, atomically."""
+    def finish_job(
+        self, job_key: str, rows: Iterable[ResultRow], wall_time_s: float, adopt_run_id: str | None = None
+    ) -> int:
+        """Write a job's rows and mark it done, atomically.
+
+        ``adopt_run_id``: rows already written by that run (a protocol that writes its own rows) are
+        tagged with ``job_key`` in the same transaction.
+        """
         with self._con:
             n = self._insert(rows)
+            if adopt_run_id is not None:
+                n += self._con.execute(
+                    "UPDATE results SET job_key=? WHERE run_id=?", (job_key, adopt_run_id)
+                ).rowcount
             self._con.execute(
                 "UPDATE jobs SET status='done', error=NULL, finished_at=?, wall_time_s=? WHERE job_key=?",
                 (_now(), wall_time_s, job_key),

@@ -21,12 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from radprobe.errors import RadprobeError
 from radprobe.protocols import PROTOCOLS
 from radprobe.results import ResultStore
+from radprobe.run.evaluate import TRAINED_PROTOCOLS
 from radprobe.utils import atomic_write_text, digest
+
+SEGMENTATION_PROTOCOLS = ("seg-linear", "seg-decoder", "seg-unet")
+OTHER_PROTOCOLS = (*SEGMENTATION_PROTOCOLS, *TRAINED_PROTOCOLS)
 
 
 class BackboneEntry(BaseModel):
@@ -40,10 +44,16 @@ class BackboneEntry(BaseModel):
 
 
 class DatasetEntry(BaseModel):
-    """A dataset spec (see ``radprobe datasets``)."""
+    """A dataset spec (see ``radprobe datasets``); ``{data_root}`` in it is replaced by the study's.
+
+    ``protocols`` restricts which of the study's protocols run on this dataset (e.g. segmentation
+    heads only on segmentation data); ``resolution`` applies to backbones that set none.
+    """
 
     model_config = ConfigDict(extra="forbid")
     spec: str
+    protocols: list[str] | None = None
+    resolution: int | None = Field(default=None, gt=0)
 
 
 class StudyConfig(BaseModel):
@@ -52,6 +62,7 @@ class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = "study"
     out: str | None = None
+    data_root: str | None = None
     backbones: list[BackboneEntry] = Field(min_length=1)
     datasets: list[DatasetEntry] = Field(min_length=1)
     protocols: dict[str, dict[str, Any]] = Field(min_length=1)
@@ -84,14 +95,28 @@ class StudyConfig(BaseModel):
     @field_validator("protocols")
     @classmethod
     def _known_protocols(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        known = sorted({*PROTOCOLS, *OTHER_PROTOCOLS})
         for proto, opts in v.items():
+            if proto not in known:
+                raise ValueError(f"unknown protocol {proto!r}; allowed: {', '.join(known)}")
             if proto not in PROTOCOLS:
-                raise ValueError(f"unknown protocol {proto!r}; allowed: {', '.join(sorted(PROTOCOLS))}")
+                continue  # segmentation and trained protocols check their options when they run
             allowed = [p for p in inspect.signature(PROTOCOLS[proto]).parameters if p != "data"]
             for key in opts:
                 if key not in allowed:
                     raise ValueError(f"{proto}: unknown option {key!r}; allowed: {', '.join(allowed)}")
         return v
+
+    @model_validator(mode="after")
+    def _dataset_protocols(self) -> StudyConfig:
+        for i, d in enumerate(self.datasets):
+            for p in d.protocols or []:
+                if p not in self.protocols:
+                    raise ValueError(
+                        f"datasets.{i}.protocols: {p!r} is not among the study's protocols "
+                        f"({', '.join(self.protocols)})"
+                    )
+        return self
 
 
 def _format_errors(source: str, e: ValidationError) -> str:
@@ -129,15 +154,22 @@ def apply_overrides(raw: dict[str, Any], items: list[str]) -> dict[str, Any]:
     return raw
 
 
+def builtin_studies() -> dict[str, Callable[[], dict[str, Any]]]:
+    """Built-in studies by name (``builtin:<name>``)."""
+    from radprobe.run.builtin import BUILTINS
+    from radprobe.run.paper_study import paper_2312_02366
+
+    return {**BUILTINS, "paper-2312.02366": paper_2312_02366}
+
+
 def load_study(source: str, overrides: list[str] | None = None) -> StudyConfig:
     """Read and validate a study file (or ``builtin:<name>``), with overrides applied."""
-    from radprobe.run.builtin import BUILTINS
-
     if source.startswith("builtin:"):
+        builtins = builtin_studies()
         name = source.removeprefix("builtin:")
-        if name not in BUILTINS:
-            raise RadprobeError(f"{source}: unknown built-in study; available: {', '.join(sorted(BUILTINS))}")
-        raw = BUILTINS[name]()
+        if name not in builtins:
+            raise RadprobeError(f"{source}: unknown built-in study; available: {', '.join(sorted(builtins))}")
+        raw = builtins[name]()
     else:
         path = Path(source)
         if not path.is_file():
@@ -168,6 +200,7 @@ class Job:
     seed: int
     bootstrap: int
     n_blocks: int
+    resolution: int | None = None
 
     def spec(self) -> dict[str, Any]:
         return {
@@ -178,6 +211,7 @@ class Job:
             "seed": self.seed,
             "bootstrap": self.bootstrap,
             "n_blocks": self.n_blocks,
+            "resolution": self.resolution,
         }
 
     @property
@@ -185,19 +219,47 @@ class Job:
         return digest(self.spec(), 24)
 
     @property
-    def group(self) -> tuple[str, str]:
-        return (digest(self.backbone.model_dump(), 12), self.dataset)
+    def group(self) -> tuple[str, str, int | None]:
+        return (digest(self.backbone.model_dump(), 12), self.dataset, self.resolution)
+
+    @property
+    def frozen(self) -> bool:
+        return self.protocol in PROTOCOLS
+
+
+def dataset_spec(study: StudyConfig, entry: DatasetEntry) -> str:
+    """The entry's spec with ``{data_root}`` filled in."""
+    if "{data_root}" not in entry.spec:
+        return entry.spec
+    root = study.data_root or os.environ.get("RADPROBE_DATA") or "data"
+    return entry.spec.replace("{data_root}", root.rstrip("/"))
+
+
+# Reference protocols that train their own model: one job per dataset, whatever the backbones.
+BACKBONE_FREE = ("seg-unet",)
 
 
 def expand(study: StudyConfig) -> list[Job]:
     """Every job of the study, grouped by backbone then dataset."""
-    return [
-        Job(b, d.spec, p, opts, seed, study.bootstrap, study.n_blocks)
+    jobs = [
+        Job(
+            b,
+            dataset_spec(study, d),
+            p,
+            opts,
+            seed,
+            study.bootstrap,
+            study.n_blocks,
+            b.resolution or d.resolution,
+        )
         for b in study.backbones
         for d in study.datasets
         for p, opts in study.protocols.items()
+        if d.protocols is None or p in d.protocols
         for seed in study.seeds
     ]
+    first = study.backbones[0]
+    return [j for j in jobs if j.protocol not in BACKBONE_FREE or j.backbone == first]
 
 
 def run_dir_of(study: StudyConfig, out: str | Path | None) -> Path:
@@ -215,14 +277,22 @@ def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
     if run_dir is not None and (run_dir / "results.db").is_file():
         with ResultStore(run_dir, create=False) as store:
             states = {j["job_key"]: j["status"] for j in store.jobs()}
-    extractions = []
-    for b in study.backbones:
-        for d in study.datasets:
-            extractions.append({"backbone": b.name, "weights": b.weights, "dataset": d.spec})
+    extractions = sorted(
+        {(j.backbone.name, j.backbone.weights or "", j.dataset, j.resolution or 0) for j in jobs if j.frozen}
+    )
+    datasets = []
+    for d in study.datasets:
+        spec = dataset_spec(study, d)
+        path = spec.partition(":")[2].split("?")[0]
+        datasets.append({"spec": spec, "present": spec.startswith("synthetic:") or Path(path).exists()})
     return {
         "study": study.name,
         "jobs": [{**j.spec(), "job_key": j.key, "status": states.get(j.key, "pending")} for j in jobs],
-        "extractions": extractions,
+        "extractions": [
+            {"backbone": b, "weights": w or None, "dataset": d, "resolution": r or None}
+            for b, w, d, r in extractions
+        ],
+        "datasets": datasets,
     }
 
 
@@ -234,6 +304,12 @@ class StudyOutcome:
     rows: int
 
 
+def _error_text(e: BaseException) -> str:
+    if isinstance(e, RadprobeError):
+        return str(e)
+    return "".join(traceback.format_exception_only(e)).strip()
+
+
 def _run_group(
     study: StudyConfig,
     run_dir: Path,
@@ -242,60 +318,77 @@ def _run_group(
     progress: bool,
     log: Callable[[str], None],
 ) -> StudyOutcome:
-    from radprobe.run.evaluate import EvalConfig, prepare, run_protocol
+    """Run one (backbone, dataset, resolution) group: features extracted once for its frozen jobs."""
+    from radprobe.run.evaluate import EvalConfig, evaluate, prepare, run_protocol
 
     b = jobs[0].backbone
-    cfg = EvalConfig(
-        backbone=b.name,
-        dataset=jobs[0].dataset,
-        protocols=[],
-        out=run_dir,
-        weights=b.weights,
-        allow_partial_weights=b.allow_partial_weights,
-        resolution=b.resolution,
-        batch_size=study.batch_size,
-        num_workers=study.num_workers,
-        device=study.device,
-        n_blocks=study.n_blocks,
-        progress=progress,
-    )
+
+    def config(**kw: Any) -> EvalConfig:
+        return EvalConfig(
+            backbone=b.name,
+            dataset=jobs[0].dataset,
+            out=run_dir,
+            weights=b.weights,
+            allow_partial_weights=b.allow_partial_weights,
+            resolution=jobs[0].resolution,
+            batch_size=study.batch_size,
+            num_workers=study.num_workers,
+            device=study.device,
+            n_blocks=study.n_blocks,
+            progress=progress,
+            **kw,
+        )
+
     out = StudyOutcome(0, 0, 0, 0)
     run_id = uuid.uuid4().hex[:12]
+
+    def failed(store: ResultStore, j: Job, msg: str) -> None:
+        store.fail_job(j.key, msg)
+        out.failed += 1
+        log(f"failed: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed}: {msg.splitlines()[-1]}")
+
     with ResultStore(run_dir) as store:
-        try:
-            prep = prepare(cfg, warn=log)
-        except Exception as e:  # the whole group fails; the study goes on
-            msg = (
-                str(e)
-                if isinstance(e, RadprobeError)
-                else "".join(traceback.format_exception_only(e)).strip()
-            )
-            for j in jobs:
-                store.start_job(j.key, os.getpid())
-                store.fail_job(j.key, f"preparing {b.name} on {j.dataset}: {msg}")
-                out.failed += 1
-            log(f"failed: {b.name} on {jobs[0].dataset}: {msg}")
-            if fail_fast:
-                raise
-            return out
+        frozen = [j for j in jobs if j.frozen]
+        prep = None
+        if frozen:
+            try:
+                prep = prepare(config(protocols=[]), warn=log)
+            except Exception as e:  # the group's frozen jobs fail; the study goes on
+                for j in frozen:
+                    store.start_job(j.key, os.getpid())
+                    failed(store, j, f"preparing {b.name} on {j.dataset}: {_error_text(e)}")
+                if fail_fast:
+                    raise
         for j in jobs:
+            if j.frozen and prep is None:
+                continue
             store.start_job(j.key, os.getpid())
             t0 = time.perf_counter()
             try:
-                rows = run_protocol(prep, j.protocol, j.options, j.seed, j.bootstrap, run_id, run_dir)
+                if j.frozen:
+                    rows = run_protocol(prep, j.protocol, j.options, j.seed, j.bootstrap, run_id, run_dir)
+                    for r in rows:
+                        r.job_key = j.key
+                    n = store.finish_job(j.key, rows, time.perf_counter() - t0)
+                else:
+                    summary = evaluate(
+                        config(
+                            protocols=[j.protocol],
+                            options={j.protocol: j.options} if j.options else {},
+                            seed=j.seed,
+                            n_boot=j.bootstrap,
+                        ),
+                        warn=log,
+                    )
+                    n = store.finish_job(j.key, [], time.perf_counter() - t0, adopt_run_id=summary.run_id)
             except Exception as e:
-                msg = str(e) if isinstance(e, RadprobeError) else traceback.format_exc(limit=3)
-                store.fail_job(j.key, msg)
-                out.failed += 1
-                log(f"failed: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed}: {msg.splitlines()[-1]}")
+                failed(store, j, str(e) if isinstance(e, RadprobeError) else traceback.format_exc(limit=3))
                 if fail_fast:
                     raise
                 continue
-            for r in rows:
-                r.job_key = j.key
-            out.rows += store.finish_job(j.key, rows, time.perf_counter() - t0)
+            out.rows += n
             out.done += 1
-            log(f"done: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed} ({len(rows)} rows)")
+            log(f"done: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed} ({n} rows)")
     return out
 
 
