@@ -241,5 +241,6 @@ def test_list_datasets_describes_synthetic_sets() -> None:
     names = {e["name"] for e in entries}
     assert {"cls2d-binary", "cls2d-multiclass", "cls2d-multilabel", "seg2d", "cls3d", "seg3d"} <= names
     for e in entries:
-        assert {"name", "task", "modality", "ndim", "description", "source"} <= set(e)
-        assert e["source"] == "synthetic"
+        assert {"name", "spec", "task", "modality", "ndim", "description", "source"} <= set(e)
+        # presets (tests/data/test_presets_meta.py) follow the synthetic sets
+        assert e["source"] == ("synthetic" if e["spec"].startswith("synthetic:") else "preset")

@@ -33,7 +33,8 @@ def _class_problems(ds: Dataset) -> list[Problem]:
     for s, recs in splits.items():
         labels = ds.labels(recs)
         counts[s] = (
-            labels.sum(0) if ds.task == "multilabel" else np.bincount(labels, minlength=len(ds.classes))
+            # > 0: a -1 (CheXpert U-Ignore, "masked") is no positive
+            (labels > 0).sum(0) if ds.task == "multilabel" else np.bincount(labels, minlength=len(ds.classes))
         )
     total = sum(counts.values()) if counts else np.zeros(len(ds.classes), dtype=np.int64)
     kind = "label" if ds.task == "multilabel" else "class"

@@ -17,6 +17,7 @@ from radprobe.data.sources import Source, duplicate_issues, index
 from radprobe.data.spec import parse_spec, validate_options
 from radprobe.data.splits import (
     apply_split_file,
+    assign_patient_counts,
     assign_splits,
     check_fractions,
     check_leakage,
@@ -50,6 +51,8 @@ class Dataset:
     mask_values: tuple[int, ...] | None = None
     has_patients: bool = True
     split_file: str | None = None
+    # Label/split conventions a preset applied (e.g. CheXpert's uncertainty policy); part of the digest.
+    conventions: dict[str, str] = field(default_factory=dict)
     _digest_cache: dict[int, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
@@ -119,7 +122,16 @@ class Dataset:
         Paths enter relative to the dataset root, so moving the dataset does not change it.
         """
         key = hash(
-            (self.name, self.task, self.classes, self.ndim, self.read, self.mask_values, tuple(self.records))
+            (
+                self.name,
+                self.task,
+                self.classes,
+                self.ndim,
+                self.read,
+                self.mask_values,
+                tuple(sorted(self.conventions.items())),
+                tuple(self.records),
+            )
         )
         if key not in self._digest_cache:
             sizes: dict[str, int | None] = {}
@@ -145,6 +157,8 @@ class Dataset:
                 "records": rows,
                 "sizes": sizes,
             }
+            if self.conventions:  # absent otherwise, so digests of plain datasets stay as they were
+                payload["conventions"] = dict(sorted(self.conventions.items()))
             self._digest_cache.clear()
             self._digest_cache[key] = digest(payload)
         return self._digest_cache[key]
@@ -161,7 +175,7 @@ class Dataset:
 
     def summary(self) -> dict[str, Any]:
         """Counts for listings and logs."""
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "task": self.task,
             "ndim": self.ndim,
@@ -170,6 +184,9 @@ class Dataset:
             "patients": len({r.patient_id for r in self.records}),
             "splits": {s: len(v) for s, v in self.splits().items()},
         }
+        if self.conventions:
+            out["conventions"] = dict(self.conventions)
+        return out
 
 
 def _size(path: str) -> int | None:
@@ -206,10 +223,13 @@ def build(
 ) -> tuple[Dataset, list[Problem]]:
     """Index, validate and split a dataset, returning it with every problem found.
 
-    ``save=False`` (used by checks) neither writes nor requires a split file.
+    ``save=False`` (used by checks) neither writes nor requires a split file. A source may bring its
+    own fractions or exact patient counts (preset options ``fractions=``/``patients=``); they win.
     """
     fr = check_fractions(fractions)
     src, text = _source(spec)
+    if src.fractions is not None:
+        fr = check_fractions(src.fractions)
     issues = list(src.issues) + duplicate_issues(src.records)
     ds = Dataset(
         name=src.name,
@@ -223,18 +243,24 @@ def build(
         read=src.read,
         mask_values=src.mask_values,
         has_patients=src.has_patients,
+        conventions=dict(src.conventions),
     )
     present = {r.split for r in ds.records}
     if not ds.records:
         issues.append(error(f"dataset {text} has no usable samples"))
         return ds, issues
-    if None not in present and all(s in present for s, f in zip(SPLITS, fr, strict=True) if f > 0):
+    counts = src.patient_counts
+    complete = None not in present and all(s in present for s, f in zip(SPLITS, fr, strict=True) if f > 0)
+    if counts is None and complete:
         return ds, issues
-    path = split_file_path(ds.manifest_digest(), split_seed, fr)
+    path = split_file_path(ds.manifest_digest(), split_seed, counts or fr)
     records = apply_split_file(ds.records, path) if path.is_file() else None
     if records is None:
         try:
-            records = assign_splits(ds.records, ds.task, seed=split_seed, fractions=fr)
+            if counts is not None:
+                records = assign_patient_counts(ds.records, ds.task, counts, seed=split_seed)
+            else:
+                records = assign_splits(ds.records, ds.task, seed=split_seed, fractions=fr)
         except DataError as e:
             issues.append(error(f"dataset {text}: {e}"))
             return ds, issues

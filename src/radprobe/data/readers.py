@@ -21,7 +21,16 @@ then ``D`` runs along canonical ``axis`` (2 = inferior->superior) and each (H, W
 display orientation (anterior/superior up, patient right on the left). Image and mask go through the
 same steps, so they stay aligned whatever the affine. DICOM series are stacked in ascending position
 along the slice normal (ImagePositionPatient), falling back to InstanceNumber, then file name.
-Multi-frame DICOM files and MedMNIST 3D arrays are read as stored.
+Multi-frame DICOM files and MedMNIST 3D arrays are read as stored. An ``image-stack`` (a folder of 2D
+slice images, e.g. the SARS-CoV-2 CT patient folders) is stacked in natural file-name order (``2.png``
+before ``10.png``); colour slices become grayscale.
+
+Masks split over several files (Montgomery's ``leftMask/`` + ``rightMask/``) are ``mask-set`` refs (file
+``i`` -> value ``i + 1``) or ``mask-union`` refs (any file -> 1): ``path`` is the first file, ``key``
+the others, newline-separated and relative to the first file's folder (so digests do not depend on
+where the dataset lives).
+
+``ReadOptions.pad`` zero-pads 2D images centrally to ``pad x pad`` (MedMNIST+ small sizes -> 224).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +52,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 H5_SUFFIXES = (".h5", ".hdf5", ".mat")
-VOLUME_KINDS = ("nifti", "dicom-series")
+VOLUME_KINDS = ("nifti", "dicom-series", "image-stack")
+MASK_SET_KINDS = ("mask-set", "mask-union")
 NORMS = ("auto", "dtype", "minmax", "percentile")
 PERCENTILES = (0.5, 99.5)
 
@@ -55,15 +66,26 @@ class ReadOptions:
     norm: str = "auto"
     bits: int | None = None
     channel: int = 0
+    pad: int | None = None
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise DataError(f"norm={self.norm!r}: expected one of {', '.join(NORMS)}")
         if self.bits is not None and not 1 <= self.bits <= 32:
             raise DataError(f"bits={self.bits}: expected 1..32")
+        if self.pad is not None and not 1 <= self.pad <= 8192:
+            raise DataError(f"pad={self.pad}: expected a size in pixels (e.g. 224)")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"window": self.window, "norm": self.norm, "bits": self.bits, "channel": self.channel}
+        out: dict[str, Any] = {
+            "window": self.window,
+            "norm": self.norm,
+            "bits": self.bits,
+            "channel": self.channel,
+        }
+        if self.pad is not None:  # only when set, so digests of datasets without padding stay as they were
+            out["pad"] = self.pad
+        return out
 
 
 def kind_of(path: str | Path) -> str | None:
@@ -347,6 +369,86 @@ def read_dicom_series(folder: str, opts: ReadOptions, *, mask: bool = False) -> 
     return _dicom_scale(vol, datasets[order[0]], opts)
 
 
+# ---------------------------------------------------------------------------- image stacks (slice folders)
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key ordering embedded numbers by value: ``2.png`` < ``10.png``, ``IM (9)`` < ``IM (10)``."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((0, int(p), p) if p.isdigit() else (1, p.lower(), p) for p in parts if p)
+
+
+def stack_files(folder: str) -> list[str]:
+    """The 2D image files of a slice folder, in natural order."""
+    try:
+        names = [n for n in os.listdir(folder) if not n.startswith(".")]
+    except OSError as e:
+        raise DataError(f"cannot list slice folder {folder}: {e}") from None
+    files = [
+        os.path.join(folder, n)
+        for n in sorted(names, key=natural_key)
+        if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(folder, n))
+    ]
+    if not files:
+        raise DataError(f"slice folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
+
+
+def _gray(arr: np.ndarray) -> np.ndarray:
+    if arr.ndim == 3:  # slices exported as RGB screenshots: luminance, exact when R == G == B
+        if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
+            return arr[..., 0]
+        return (arr[..., :3].astype(np.float32) @ np.asarray([0.299, 0.587, 0.114], np.float32)).astype(
+            np.float32
+        )
+    return arr
+
+
+def read_image_stack(folder: str, opts: ReadOptions, *, mask: bool = False) -> np.ndarray:
+    """A folder of 2D slice images -> (D, H, W), slices in natural file-name order."""
+    files = stack_files(folder)
+    slices = [_gray(_pil_array(f, mask=mask)) for f in files]
+    shapes = {s.shape for s in slices}
+    if len(shapes) > 1:
+        first = slices[0].shape
+        odd = next(f for f, s in zip(files, slices, strict=True) if s.shape != first)
+        raise DataError(
+            f"slice folder {folder}: slices differ in size ({os.path.basename(files[0])} {first} vs "
+            f"{os.path.basename(odd)} {slices[files.index(odd)].shape}); use slices=1 to read them one by one"
+        )
+    vol = np.stack(slices)
+    if mask:
+        return vol.astype(np.int32)
+    return scale(vol, opts, auto="dtype")
+
+
+# ---------------------------------------------------------------------------- masks split over files
+
+
+def mask_set_files(ref: ImageRef) -> list[str]:
+    """All files of a ``mask-set``/``mask-union`` ref, the first being ``ref.path``."""
+    base = os.path.dirname(ref.path)
+    rest = [os.path.normpath(os.path.join(base, k)) for k in (ref.key or "").split("\n") if k]
+    return [ref.path, *rest]
+
+
+def read_mask_set(ref: ImageRef) -> np.ndarray:
+    """Combine binary masks (any value > 0 is foreground): file i -> i + 1 (mask-set) or 1 (mask-union)."""
+    files = mask_set_files(ref)
+    out: np.ndarray | None = None
+    for i, f in enumerate(files):
+        if not os.path.exists(f):
+            raise DataError(f"mask file not found: {f}")
+        m = _mask_2d(_pil_array(f, mask=True), f)
+        if out is None:
+            out = np.zeros(m.shape, dtype=np.int64)
+        elif m.shape != out.shape:
+            raise DataError(f"mask {f} has shape {m.shape} but {files[0]} has {out.shape}")
+        out[m > 0] = 1 if ref.kind == "mask-union" else i + 1
+    assert out is not None
+    return out
+
+
 # ---------------------------------------------------------------------------- NIfTI
 
 
@@ -415,6 +517,8 @@ def volume_depth(ref: ImageRef) -> int:
         return shape[ref.axis] if len(shape) == 3 else 1
     if ref.kind == "dicom-series":
         return len(_series_files(ref.path))
+    if ref.kind == "image-stack":
+        return len(stack_files(ref.path))
     raise DataError(f"{ref.path}: cannot slice a {ref.kind!r} image")
 
 
@@ -490,6 +594,8 @@ def _stamp(path: str) -> tuple[int, int]:
 def _read_volume(path: str, kind: str, axis: int, opts: ReadOptions, mask: bool) -> np.ndarray:
     if kind == "nifti":
         return read_nifti(path, opts, axis, mask=mask)
+    if kind == "image-stack":
+        return read_image_stack(path, opts, mask=mask)
     return read_dicom_series(path, opts, mask=mask)
 
 
@@ -505,6 +611,10 @@ def _volume_cached(
 
 def _read(ref: ImageRef, opts: ReadOptions, *, mask: bool) -> np.ndarray:
     kind, path = ref.kind, ref.path
+    if kind in MASK_SET_KINDS:
+        if not mask:
+            raise DataError(f"{path}: a {kind} reference is a mask, not an image")
+        return read_mask_set(ref)
     if kind in VOLUME_KINDS:
         if kind == "nifti" and not os.path.exists(path):
             raise DataError(f"NIfTI file not found: {path}")
@@ -548,9 +658,24 @@ def _read(ref: ImageRef, opts: ReadOptions, *, mask: bool) -> np.ndarray:
 
 def read_image(ref: ImageRef, opts: ReadOptions | None = None) -> np.ndarray:
     """Read an image/volume as float32 in [0, 1]: (H, W), (H, W, 3) or (D, H, W)."""
-    out = _read(ref, opts or ReadOptions(), mask=False)
+    opts = opts or ReadOptions()
+    out = _read(ref, opts, mask=False)
     if not np.all(np.isfinite(out)):
         out = np.nan_to_num(out, nan=0.0, posinf=1.0, neginf=0.0)
+    is_2d = out.ndim == 2 or (out.ndim == 3 and out.shape[-1] == 3 and ref.kind not in VOLUME_KINDS)
+    if opts.pad is not None and is_2d:  # volumes are never padded (MedMNIST+ pads 2D sets only)
+        out = pad_image(out, opts.pad, ref.path)
+    return out
+
+
+def pad_image(img: np.ndarray, size: int, what: str) -> np.ndarray:
+    """Centre a 2D image (H, W) or (H, W, 3) on a ``size x size`` zero canvas (no resizing)."""
+    h, w = img.shape[:2]
+    if h > size or w > size:
+        raise DataError(f"{what}: image of {h}x{w} is larger than pad={size}; padding never shrinks")
+    top, left = (size - h) // 2, (size - w) // 2
+    out = np.zeros((size, size, *img.shape[2:]), dtype=img.dtype)
+    out[top : top + h, left : left + w] = img
     return out
 
 

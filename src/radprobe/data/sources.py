@@ -80,6 +80,9 @@ class Source:
     mask_values: tuple[int, ...] | None = None
     has_patients: bool = True
     issues: list[Problem] = field(default_factory=list)
+    conventions: dict[str, str] = field(default_factory=dict)
+    fractions: tuple[float, float, float] | None = None  # overrides load_dataset's fractions
+    patient_counts: tuple[int, int, int] | None = None  # exact patients per split instead of fractions
 
 
 # ---------------------------------------------------------------------------- shared helpers
@@ -147,6 +150,7 @@ def read_options(options: dict[str, str]) -> ReadOptions:
         norm=(options.get("norm") or "auto").lower(),
         bits=opt_int(options, "bits"),
         channel=opt_int(options, "channel", 0) or 0,
+        pad=opt_int(options, "pad"),
     )
 
 
@@ -814,6 +818,12 @@ def index_npz(spec: Spec) -> Source:
 
 def index(spec: Spec) -> Source:
     """Index a parsed (non-synthetic) spec."""
+    from radprobe.data.presets.registry import PRESETS
+
+    if spec.scheme in PRESETS:
+        from radprobe.data.presets import index_preset
+
+        return index_preset(spec)
     if spec.scheme in ("csv", "parquet"):
         return index_manifest(spec)
     if spec.scheme == "npz":

@@ -12,6 +12,9 @@ Forms (see :data:`SPEC_FORMS`)::
     dicom:<dir>               class subfolders of DICOM files (2D) or of series folders (3D)
     <path>                    auto-detected: .csv/.tsv -> csv, .parquet -> parquet, .npz -> npz,
                               a folder -> nifti / dicom / folder by the files it holds
+    <preset>:<root_dir>       a public dataset in its published layout (nih-cxr14, chexpert, sars-cov-2-ct,
+                              brain-tumor-mri, montgomery, shenzhen, btcv, amos, msd, medmnist); each
+                              preset has its own options, see ``describe_dataset(<preset>)``
 
 Options come from a YAML sidecar (``radprobe.yaml`` inside a dataset folder, ``<stem>.radprobe.yaml``
 beside a manifest or npz file) and are overridden by the query suffix. Lists are comma-separated
@@ -32,6 +35,7 @@ percent-decoded (write ``%26`` for ``&``). Options:
     slices=1              turn each volume into 2D samples, one per slice along ``axis``
     patient_re=<regex>    derive the patient id from the file name (first group, else the whole match)
     mask_values=0,128,255 mask pixel values that map to class indices 0, 1, 2, ...
+    pad=<n>               zero-pad 2D images centrally to n x n (MedMNIST+ convention; never resizes)
   manifests only:
     path=<col>            image path column (default: path, image, image_path, filepath, file, filename)
     mask=<col>            mask path column (default: mask, mask_path, segmentation, seg); present ->
@@ -58,6 +62,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from radprobe.data.presets.registry import PRESETS
 from radprobe.errors import DataError
 
 SCHEMES = ("synthetic", "folder", "csv", "parquet", "npz", "nifti", "dicom")
@@ -69,6 +74,7 @@ SPEC_FORMS = (
     "npz:<file>",
     "nifti:<dir>",
     "dicom:<dir>",
+    *(f"{p}:<root_dir>" for p in PRESETS),
     "or an existing path (auto-detected)",
 )
 
@@ -86,6 +92,7 @@ COMMON_OPTIONS = frozenset(
         "slices",
         "patient_re",
         "mask_values",
+        "pad",
     }
 )
 MANIFEST_OPTIONS = frozenset(
@@ -214,11 +221,13 @@ def parse_spec(spec: str) -> Spec:
     # One-letter "schemes" are Windows drive letters.
     if m and len(m.group(1)) > 1:
         scheme, rest = m.group(1).lower(), m.group(2)
-        if scheme not in SCHEMES:
+        if scheme not in SCHEMES and scheme not in PRESETS:
             raise DataError(f"unknown dataset scheme {m.group(1)!r} in {text!r}; expected one of {_forms()}")
         if scheme == "synthetic":
             return Spec(text, scheme, rest, options)
         path = Path(rest).expanduser()
+        if scheme in PRESETS:
+            return _preset_spec(text, scheme, path, options)
         if not path.exists():
             raise DataError(f"dataset path not found: {path} (from {text!r})")
     else:
@@ -236,9 +245,25 @@ def parse_spec(spec: str) -> Spec:
     return Spec(text, scheme, str(path), merged)
 
 
+def _preset_spec(text: str, scheme: str, path: Path, options: dict[str, str]) -> Spec:
+    info = PRESETS[scheme]
+    if not path.exists():
+        raise DataError(
+            f"{scheme}: dataset not found at {path}; download it from {info.url} and point the spec at "
+            f"the folder laid out as {info.layout.split(';')[0]}"
+        )
+    path = path.resolve()
+    merged = {**read_sidecar(path), **options}
+    validate_options(scheme, merged, text)
+    return Spec(text, scheme, str(path), merged)
+
+
 def validate_options(scheme: str, options: dict[str, str], text: str) -> None:
     """Raise for options the scheme does not understand, listing the valid ones."""
-    allowed = COMMON_OPTIONS | (MANIFEST_OPTIONS if scheme in ("csv", "parquet") else frozenset())
+    if scheme in PRESETS:
+        allowed = PRESETS[scheme].allowed_options()
+    else:
+        allowed = COMMON_OPTIONS | (MANIFEST_OPTIONS if scheme in ("csv", "parquet") else frozenset())
     unknown = sorted(set(options) - allowed)
     if unknown:
         raise DataError(

@@ -171,9 +171,53 @@ def assign_splits(
     return [replace(r, split=SPLITS[assign[r.patient_id]]) if r.split == "train" else r for r in records]
 
 
+def assign_patient_counts(
+    records: list[Record], task: TaskType, counts: Sequence[int], *, seed: int = 0
+) -> list[Record]:
+    """Records split so that train/val/test hold exactly ``counts`` patients (e.g. a paper's 69/23/46).
+
+    Patients are ordered as in :func:`assign_splits` (stratified, seeded) and allocated by patient
+    count instead of sample count; every sample must be unsplit.
+    """
+    want = [int(c) for c in counts]
+    if len(want) != 3 or min(want) < 0 or want[0] == 0 or want[2] == 0:
+        raise DataError(
+            f"patient counts {list(counts)}: expected train,val,test counts with train and test > 0"
+        )
+    if any(r.split is not None for r in records):
+        raise DataError("patient counts apply to datasets without given splits; this one has splits already")
+    patients = sorted({r.patient_id for r in records})
+    if sum(want) != len(patients):
+        raise DataError(
+            f"patient counts {'/'.join(map(str, want))} sum to {sum(want)} but the dataset has "
+            f"{len(patients)} patients"
+        )
+    # One pseudo-sample per patient (labelled like its rarest class) makes _allocate count patients.
+    strata = _strata(records, task)
+    proxies = [Record(p, p, records[0].image, strata[p][1]) for p in patients]
+    frac = [c / sum(want) for c in want]
+    kind: TaskType = "segmentation" if task == "segmentation" else "multiclass"
+    assign = _allocate(proxies, kind, frac, np.random.default_rng(seed))
+    # _allocate lands within a patient or two of the target; move patients to hit it exactly.
+    order = list(assign)
+    for _ in range(len(order)):
+        have = Counter(assign.values())
+        over = [s for s in range(3) if have[s] > want[s]]
+        under = [s for s in range(3) if have[s] < want[s]]
+        if not over:
+            break
+        moved = next(p for p in reversed(order) if assign[p] == over[0])
+        assign[moved] = under[0]
+    return [replace(r, split=SPLITS[assign[r.patient_id]]) for r in records]
+
+
 def split_file_path(manifest_digest: str, seed: int, fractions: Sequence[float]) -> Path:
-    """Where the assignment for this (unsplit) manifest, seed and fractions is stored."""
-    fr = "_".join(f"{float(f):g}" for f in fractions)
+    """Where the assignment for this (unsplit) manifest, seed and fractions (or patient counts,
+    given as integers) is stored."""
+    if all(isinstance(f, int) for f in fractions):
+        fr = "n" + "_".join(str(f) for f in fractions)
+    else:
+        fr = "_".join(f"{float(f):g}" for f in fractions)
     return cache_dir() / "splits" / f"{manifest_digest}-seed{seed}-{fr}.csv"
 
 
