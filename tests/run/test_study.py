@@ -156,3 +156,24 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_rows(tmp_path):
 
     subprocess.run([*cmd, "--out", str(killed)], env=env, check=True, capture_output=True)
     assert _rows(killed / "results.db") == expected
+
+
+def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
+    code = main(["study", "plan", "builtin:paper-2312.02366", "--set", f"data_root={tmp_path}", "--json"])
+    import json
+
+    plan = json.loads(capsys.readouterr().out)
+    assert code == 0
+    names = {j["backbone"]["name"] for j in plan["jobs"]}
+    assert {"dinov2-s", "dinov2-g", "vit-l-in21k", "resnet152", "biomedclip", "sam-l", "msn-l"} <= names
+    by_ds = {}
+    for j in plan["jobs"]:
+        by_ds.setdefault(j["dataset"].split(":")[0], set()).add(j["protocol"])
+    assert by_ds["nih-cxr14"] >= {"knn", "linear", "fewshot", "lora"} and "seg-linear" not in by_ds["nih-cxr14"]
+    assert by_ds["montgomery"] == {"seg-linear", "seg-decoder", "seg-unet"}
+    assert sum(j["protocol"] == "seg-unet" for j in plan["jobs"]) == 5  # one U-Net per segmentation dataset
+    assert all(not d["present"] for d in plan["datasets"])
+    (tmp_path / "nih-cxr14").mkdir()
+    main(["study", "plan", "builtin:paper-2312.02366", "--set", f"data_root={tmp_path}", "--json"])
+    plan = json.loads(capsys.readouterr().out)
+    assert [d["present"] for d in plan["datasets"]].count(True) == 1

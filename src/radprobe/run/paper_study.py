@@ -19,15 +19,16 @@ BACKBONES = [
 ]  # fmt: skip
 
 DATASETS = [
-    ("nih-cxr14:{data_root}/nih-cxr14", CLASSIFICATION, 224),
-    ("chexpert:{data_root}/chexpert", CLASSIFICATION, 224),
-    ("sars-cov-2-ct:{data_root}/sars-cov-2-ct", CLASSIFICATION, 224),
-    ("brain-tumor-mri:{data_root}/brain-tumor-mri", CLASSIFICATION, 224),
-    ("montgomery:{data_root}/montgomery", SEGMENTATION, 448),
-    ("shenzhen:{data_root}/shenzhen", SEGMENTATION, 448),
-    ("btcv:{data_root}/btcv", SEGMENTATION, 448),
-    ("amos:{data_root}/amos", SEGMENTATION, 448),
-    ("msd:{data_root}/Task02_Heart", SEGMENTATION, 448),
+    # paper=1: the paper's label sets and split sizes (e.g. NIH's 15 outputs, CheXpert frontal U-zeros)
+    ("nih-cxr14:{data_root}/nih-cxr14?paper=1", CLASSIFICATION, 224),
+    ("chexpert:{data_root}/chexpert?paper=1", CLASSIFICATION, 224),
+    ("sars-cov-2-ct:{data_root}/sars-cov-2-ct?paper=1", CLASSIFICATION, 224),
+    ("brain-tumor-mri:{data_root}/brain-tumor-mri?paper=1", CLASSIFICATION, 224),
+    ("montgomery:{data_root}/montgomery?paper=1", SEGMENTATION, 448),
+    ("shenzhen:{data_root}/shenzhen?paper=1", SEGMENTATION, 448),
+    ("btcv:{data_root}/btcv?paper=1", SEGMENTATION, 448),
+    ("amos:{data_root}/amos?paper=1", SEGMENTATION, 448),
+    ("msd:{data_root}/msd?task=2&paper=1", SEGMENTATION, 448),
 ]
 
 
