@@ -61,7 +61,10 @@ def test_expansion_and_keys(tmp_path):
     [
         ({"backbonez": []}, "backbonez: unknown key; allowed keys: name, out, data_root, backbones"),
         ({"protocols": {"knn": {"kk": 3}}}, "unknown option 'kk'; allowed: ks"),
-        ({"protocols": {"bogus": {}}}, "unknown protocol 'bogus'; allowed: bitfit, dora, fewshot, finetune, knn, linear"),
+        (
+            {"protocols": {"bogus": {}}},
+            "unknown protocol 'bogus'; allowed: bitfit, dora, fewshot, finetune, knn, linear",
+        ),
         ({"seeds": "zero"}, "seeds"),
         ({"bootstrap": -1}, "bootstrap"),
         ({"backbones": []}, "backbones"),
@@ -169,7 +172,9 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     by_ds = {}
     for j in plan["jobs"]:
         by_ds.setdefault(j["dataset"].split(":")[0], set()).add(j["protocol"])
-    assert by_ds["nih-cxr14"] >= {"knn", "linear", "fewshot", "lora"} and "seg-linear" not in by_ds["nih-cxr14"]
+    assert (
+        by_ds["nih-cxr14"] >= {"knn", "linear", "fewshot", "lora"} and "seg-linear" not in by_ds["nih-cxr14"]
+    )
     assert by_ds["montgomery"] == {"seg-linear", "seg-decoder", "seg-unet"}
     assert sum(j["protocol"] == "seg-unet" for j in plan["jobs"]) == 5  # one U-Net per segmentation dataset
     assert all(not d["present"] for d in plan["datasets"])
