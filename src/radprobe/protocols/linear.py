@@ -3,9 +3,9 @@
 The grid is learning rates x n_last_blocks x avgpool (13 x 2 x 2 = 52 heads by default). Every head
 sees the same mini-batches; the heads' losses are summed into one backward pass, and a fused SGD
 step (momentum 0.9, no weight decay, cosine schedule, lr scaled by batch/256) updates each head with
-its own learning rate. Heads sharing an input variant are stored as one (H, D_in, C) tensor, so a
-step is one batched matmul per variant, and multi-label BCE runs over (heads x batch x classes) at
-once. The best head is chosen on validation only; the test split is scored once.
+its own learning rate. All heads live in one (variants, heads, D, C) tensor, so a step is a single
+batched matmul, and multi-label BCE runs over (heads x batch x classes) at once. The best head is
+chosen on validation only; the test split is scored once.
 
 A head's initial weights come from a generator seeded by (seed, its config), and the batch order
 from ``seed`` alone, so each head of the grid trains exactly as it would alone.
@@ -64,29 +64,65 @@ def _init_seed(seed: int, cfg: HeadConfig) -> int:
     return int(digest({"seed": seed, "head": asdict(cfg)}, 15), 16)
 
 
-class _Group:
-    """Heads sharing an input variant: weights (H, D_in, C), biases (H, C), momentum buffers."""
+class _Grid:
+    """Every head of the grid in one tensor: weights (V, H, D, C) over V input variants.
 
-    def __init__(self, configs: list[HeadConfig], d_in: int, num_classes: int, seed: int) -> None:
-        self.configs = configs
-        ws = []
-        for cfg in configs:
-            g = torch.Generator().manual_seed(_init_seed(seed, cfg))
-            ws.append(torch.randn(d_in, num_classes, generator=g) * 0.01)  # DINOv2: N(0, 0.01), bias 0
-        self.w = torch.stack(ws).requires_grad_()
-        self.b = torch.zeros(len(configs), num_classes, requires_grad=True)
-        self.lr = torch.tensor([c.lr for c in configs])
+    A variant's inputs are zero-padded to the widest variant's D, so padded weights see zero input,
+    get zero gradient and never move: each head trains exactly as on its own. Variants with fewer
+    heads than the widest are padded with inert heads (learning rate 0, loss masked out).
+    """
+
+    def __init__(
+        self, configs: Sequence[HeadConfig], dims: dict[tuple[int, bool], int], num_classes: int, seed: int
+    ) -> None:
+        self.variants = sorted(dims)
+        self.dims = dims
+        per_variant = [[c for c in configs if (c.n_blocks, c.avgpool) == v] for v in self.variants]
+        n_v, n_h, d = len(self.variants), max(len(h) for h in per_variant), max(dims.values())
+        self.w = torch.zeros(n_v, n_h, d, num_classes)
+        self.b = torch.zeros(n_v, n_h, num_classes)
+        self.lr = torch.zeros(n_v, n_h)
+        self.live = torch.zeros(n_v, n_h)
+        self.slots: dict[HeadConfig, tuple[int, int]] = {}
+        for vi, (v, heads) in enumerate(zip(self.variants, per_variant, strict=True)):
+            for hi, cfg in enumerate(heads):
+                g = torch.Generator().manual_seed(_init_seed(seed, cfg))
+                # DINOv2 heads: weights N(0, 0.01), bias 0
+                self.w[vi, hi, : dims[v]] = torch.randn(dims[v], num_classes, generator=g) * 0.01
+                self.lr[vi, hi] = cfg.lr
+                self.live[vi, hi] = 1.0
+                self.slots[cfg] = (vi, hi)
+        self.w.requires_grad_()
+        self.b.requires_grad_()
         self.buf_w = torch.zeros_like(self.w)
         self.buf_b = torch.zeros_like(self.b)
 
+    @property
+    def configs(self) -> list[HeadConfig]:
+        return list(self.slots)
+
+    def inputs(self, blocks: torch.Tensor) -> torch.Tensor:
+        """(V, B, D) padded linear inputs of a batch of block features."""
+        d = self.w.shape[2]
+        return torch.stack([F.pad(linear_input(blocks, *v), (0, d - self.dims[v])) for v in self.variants])
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bd,hdc->hbc", x, self.w) + self.b[:, None]
+        """(V, H, B, C) logits of every head."""
+        return torch.einsum("vbd,vhdc->vhbc", x, self.w) + self.b[:, :, None]
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+        """Sum over live heads of each head's mean loss."""
+        z = self.logits(x)
+        n_v, n_h, bsz, c = z.shape
+        per_head = head_losses(z.reshape(n_v * n_h, bsz, c), y, task).view(n_v, n_h)
+        return (per_head * self.live).sum()
 
     @torch.no_grad()
     def step(self, scale: float, momentum: float) -> None:
+        """SGD with momentum, each head with its own learning rate (PyTorch's update rule)."""
         for p, buf in ((self.w, self.buf_w), (self.b, self.buf_b)):
             buf.mul_(momentum).add_(p.grad)
-            lr = (self.lr * scale).view(-1, *([1] * (p.ndim - 1)))
+            lr = (self.lr * scale).view(*self.lr.shape, *([1] * (p.ndim - 2)))
             p.sub_(lr * buf)
             p.grad = None
 
@@ -112,21 +148,16 @@ def train_heads(
     batch_size: int = 256,
     momentum: float = 0.9,
     seed: int = 0,
-) -> list[_Group]:
-    """Train every head of ``configs`` in one pass over the cached features."""
+) -> _Grid:
+    """Train every head of ``configs`` in one pass over the cached features: one backward per step."""
     blocks = _blocks(train)
     y = torch.as_tensor(np.asarray(train.labels)).long()
     n = len(y)
     bs = min(batch_size, n)
-    steps_per_epoch = math.ceil(n / bs)
-    iterations = max(epochs * steps_per_epoch, min_iterations)
+    iterations = max(epochs * math.ceil(n / bs), min_iterations)
     lr_scale = bs / 256  # DINOv2: lr = base_lr * batch / 256
-    variants = sorted({(c.n_blocks, c.avgpool) for c in configs})
-    inputs = {v: linear_input(blocks, *v) for v in variants}
-    groups = {
-        v: _Group([c for c in configs if (c.n_blocks, c.avgpool) == v], inputs[v].shape[1], num_classes, seed)
-        for v in variants
-    }
+    dims = {v: linear_input(blocks[:1], *v).shape[1] for v in {(c.n_blocks, c.avgpool) for c in configs}}
+    grid = _Grid(configs, dims, num_classes, seed)
     order_gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(n, generator=order_gen)
     pos = 0
@@ -135,26 +166,22 @@ def train_heads(
             perm, pos = torch.randperm(n, generator=order_gen), 0
         idx = perm[pos : pos + bs]
         pos += bs
-        scale = lr_scale * 0.5 * (1 + math.cos(math.pi * it / iterations))
-        total = sum(head_losses(g.logits(inputs[v][idx]), y[idx], task).sum() for v, g in groups.items())
-        total.backward()  # heads are independent: the summed loss gives each head its own gradient
-        for g in groups.values():
-            g.step(scale, momentum)
-    return list(groups.values())
+        # heads are independent: the summed loss gives each head its own gradient
+        grid.loss(grid.inputs(blocks[idx]), y[idx], task).backward()
+        grid.step(lr_scale * 0.5 * (1 + math.cos(math.pi * it / iterations)), momentum)
+    return grid
 
 
 @torch.no_grad()
-def predict(groups: list[_Group], split: SplitFeatures, task: str) -> dict[HeadConfig, np.ndarray]:
+def predict(grid: _Grid, split: SplitFeatures, task: str, chunk: int = 4096) -> dict[HeadConfig, np.ndarray]:
     """Scores (N, C) of every head: softmax, or sigmoid for multi-label."""
     blocks = _blocks(split)
-    out: dict[HeadConfig, np.ndarray] = {}
-    for g in groups:
-        v = (g.configs[0].n_blocks, g.configs[0].avgpool)
-        logits = g.logits(linear_input(blocks, *v))
-        probs = logits.sigmoid() if task == "multilabel" else logits.softmax(-1)
-        for cfg, p in zip(g.configs, probs, strict=True):
-            out[cfg] = p.double().numpy()
-    return out
+    parts = []
+    for start in range(0, len(blocks), chunk):
+        z = grid.logits(grid.inputs(blocks[start : start + chunk]))
+        parts.append(z.sigmoid() if task == "multilabel" else z.softmax(-1))
+    probs = torch.cat(parts, dim=2)
+    return {cfg: probs[vi, hi].double().numpy() for cfg, (vi, hi) in grid.slots.items()}
 
 
 def run(
@@ -175,13 +202,13 @@ def run(
     nb = sorted({min(n, available) for n in n_blocks})
     configs = head_grid(lrs, nb, avgpool)
     kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size, seed=data.seed)
-    groups = train_heads(data.train, data.task, data.num_classes, configs, **kw)
-    val_scores = predict(groups, data.val, data.task)
+    grid = train_heads(data.train, data.task, data.num_classes, configs, **kw)
+    val_scores = predict(grid, data.val, data.task)
     per_head = {c: validation_score(data.val.labels, s, data.task) for c, s in val_scores.items()}
     best = max(configs, key=lambda c: per_head[c])  # first of equals: grid order
     if refit:
-        groups = train_heads(data.train.concat(data.val), data.task, data.num_classes, [best], **kw)
-    test_scores = predict([g for g in groups if best in g.configs], data.test, data.task)[best]
+        grid = train_heads(data.train.concat(data.val), data.task, data.num_classes, [best], **kw)
+    test_scores = predict(grid, data.test, data.task)[best]
     d_in = linear_input(_blocks(data.val.subset(np.arange(1))), best.n_blocks, best.avgpool).shape[1]
     warnings = []
     if available < max(n_blocks):
