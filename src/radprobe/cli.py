@@ -408,11 +408,13 @@ def study_run_cmd(
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: the study's out)."),
     overrides: list[str] = _SET,
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed job."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (groups run in parallel)."),
     as_json: bool = _JSON,
 ) -> None:
     """Run every unfinished job of a study; rerunning skips finished jobs and retries failed ones."""
     from dataclasses import asdict
 
+    from radprobe.run.executors import LocalExecutor
     from radprobe.run.study import load_study, run_dir_of, run_study
 
     cfg = load_study(study, overrides)
@@ -424,7 +426,14 @@ def study_run_cmd(
         if not as_json:
             console.print(msg, highlight=False)
 
-    outcome = run_study(cfg, run_dir, fail_fast=fail_fast, progress=not as_json, log=log)
+    outcome = run_study(
+        cfg,
+        run_dir,
+        fail_fast=fail_fast,
+        progress=not as_json and workers == 1,
+        log=log,
+        executor=LocalExecutor(workers),
+    )
     if as_json:
         _print_json({"run_dir": str(run_dir), **asdict(outcome)})
     else:

@@ -182,3 +182,15 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     main(["study", "plan", "builtin:paper-2312.02366", "--set", f"data_root={tmp_path}", "--json"])
     plan = json.loads(capsys.readouterr().out)
     assert [d["present"] for d in plan["datasets"]].count(True) == 1
+
+
+def test_worker_processes_give_the_sequential_rows(tmp_path):
+    from radprobe.run.executors import LocalExecutor
+
+    small = {**STUDY, "seeds": [0], "protocols": {"knn": {"ks": [5]}, "logreg": {"cs": [0.1, 1.0]}}}
+    study = load_study(str(_write(tmp_path, small)))
+    run_study(study, tmp_path / "seq", progress=False, log=lambda m: None)
+    out = run_study(study, tmp_path / "par", progress=False, log=lambda m: None, executor=LocalExecutor(2))
+    assert out.done == 8 and out.failed == 0
+    strip = [r[:5] for r in _rows(tmp_path / "seq" / "results.db")]
+    assert [r[:5] for r in _rows(tmp_path / "par" / "results.db")] == strip

