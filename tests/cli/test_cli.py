@@ -138,3 +138,43 @@ def test_datasets_and_data_check(capsys):
     assert code == 0 and "synthetic:cls2d-multiclass" in {r["spec"] for r in json.loads(out)}
     code, out, _ = _run(capsys, ["data", "check", "synthetic:cls2d-multiclass", "--json"])
     assert code == 0 and [p for p in json.loads(out) if p["severity"] == "error"] == []
+
+
+def test_compare_two_backbones_in_one_run(tmp_path, capsys):
+    run_dir = tmp_path / "c"
+    for b in ("test:vit-tiny", "test:cnn-tiny"):
+        argv = [
+            "eval",
+            "-b",
+            b,
+            "-d",
+            "synthetic:cls2d-binary",
+            "-p",
+            "knn",
+            "-o",
+            str(run_dir),
+            "--bootstrap",
+            "0",
+        ]
+        assert main([*argv, "--json"]) == 0
+    capsys.readouterr()
+    code, out, _ = _run(
+        capsys,
+        [
+            "compare",
+            str(run_dir),
+            "--a",
+            "test:vit-tiny",
+            "--b",
+            "test:cnn-tiny",
+            "--bootstrap",
+            "200",
+            "--json",
+        ],
+    )
+    res = json.loads(out)
+    assert code == 0 and res["metric"] == "auroc"
+    assert abs(res["diff"] - (res["a"] - res["b"])) < 1e-12
+    assert res["ci_low"] <= res["diff"] <= res["ci_high"] and 0 < res["p_value"] <= 1
+    code, _, err = _run(capsys, ["compare", str(run_dir), "--a", "test:vit-tiny", "--b", "nope"])
+    assert code == 2 and "nope" in err
