@@ -20,6 +20,9 @@ from radprobe.protocols import knn, linear, logreg
 from radprobe.protocols.base import ProtocolInput, ProtocolResult, Summary
 
 DEFAULT_SHOTS = (1, 2, 4, 8, 16)
+# Few-shot fits are many (shots x draws) and tiny; logreg sweeps one C per decade of DINOv2's range
+# (1e-6 … 1e5) instead of 45 values. Override with inner={"logreg": {"cs": [...]}}.
+DEFAULT_INNER: dict[str, dict[str, Any]] = {"logreg": {"cs": [float(c) for c in np.logspace(-6, 5, 12)]}}
 INNER: dict[str, Callable[..., ProtocolResult]] = {"knn": knn.run, "linear": linear.run, "logreg": logreg.run}
 
 
@@ -62,7 +65,7 @@ def run(
     inner: dict[str, dict[str, Any]] | None = None,
 ) -> ProtocolResult:
     """Run each inner protocol on every draw; one summary row per (shots, protocol)."""
-    inner = inner or {}
+    inner = {**DEFAULT_INNER, **(inner or {})}
     headline = HEADLINE[data.task][0]
     summaries: list[Summary] = []
     warnings: list[str] = []
