@@ -1,0 +1,140 @@
+"""Images of one split for training: the backbone's preprocessing plus radiology-aware augmentation.
+
+Augmentation is conservative, because radiographs are not natural photos: a random resized crop that
+keeps most of the image (a finding near the border must survive), small rotations (patient
+positioning), brightness/contrast jitter (exposure and windowing differ between sites) and, only
+when asked, horizontal flips — off by default, since laterality carries meaning in chest X-rays
+(dextrocardia, situs, side markers).
+
+Every random draw comes from a generator seeded by (seed, epoch, sample index), so an epoch is the
+same whatever the number of workers and whether the run was resumed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+
+from radprobe.utils import digest
+
+if TYPE_CHECKING:
+    from radprobe.backbones.base import Preprocess
+    from radprobe.data import Dataset
+    from radprobe.data.records import Record
+
+
+def derived_seed(*parts: object) -> int:
+    """A 60-bit seed from any JSON-able parts (e.g. seed, epoch, index)."""
+    return int(digest(list(parts), 15), 16)
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random resized crop + rotation (+ optional flip) in one affine resampling, then intensity jitter.
+
+    Works on an image in [0, 1] of shape (3, R, R).
+    """
+
+    crop_scale: float = 0.85  # smallest kept area fraction
+    rotate: float = 10.0  # degrees
+    intensity: float = 0.1  # brightness and contrast amplitude
+    hflip: bool = False
+    ratio: tuple[float, float] = (0.9, 1.1)  # aspect ratio of the crop: near square, anatomy keeps shape
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        u = torch.rand(7, generator=g, dtype=torch.float64).tolist()
+        area = self.crop_scale + (1.0 - self.crop_scale) * u[0]
+        # aspect ratios whose crop fits inside the image at this area (area 1: square, no crop)
+        lo = max(math.log(self.ratio[0]), math.log(area))
+        hi = max(lo, min(math.log(self.ratio[1]), -math.log(area)))
+        aspect = math.exp(lo + (hi - lo) * u[1])
+        sx, sy = min(1.0, math.sqrt(area * aspect)), min(1.0, math.sqrt(area / aspect))
+        tx, ty = (1 - sx) * (2 * u[2] - 1), (1 - sy) * (2 * u[3] - 1)
+        angle = math.radians(self.rotate * (2 * u[4] - 1))
+        flip = -1.0 if self.hflip and u[5] < 0.5 else 1.0
+        c, s = math.cos(angle), math.sin(angle)
+        # output -> input sampling coordinates: rotate the scaled (cropped) grid, then shift it
+        theta = torch.tensor([[flip * sx * c, -sy * s, tx], [flip * sx * s, sy * c, ty]], dtype=x.dtype)[None]
+        grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
+        x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        if self.intensity:
+            v = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+            contrast = 1.0 + self.intensity * (2 * v[0] - 1)
+            brightness = self.intensity * (2 * v[1] - 1)
+            mean = x.mean()
+            x = (x - mean) * contrast + mean + brightness
+        return x.clamp(0.0, 1.0)
+
+
+class ImageSet(TorchDataset):
+    """Preprocessed (and, for training, augmented) images of one split, with their row index.
+
+    Targets stay in the main process (indexed by the returned row), so workers only decode pixels.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        records: list[Record],
+        preprocess: Preprocess,
+        augment: Augment | None = None,
+        seed: int = 0,
+    ) -> None:
+        self.dataset = dataset
+        self.records = records
+        self.preprocess = preprocess
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self._mean = torch.tensor(preprocess.mean).view(3, 1, 1)
+        self._std = torch.tensor(preprocess.std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x = self.preprocess(self.dataset.load_image(self.records[i]))
+        if self.augment is not None:
+            g = torch.Generator().manual_seed(derived_seed("aug", self.seed, self.epoch, i))
+            x = self.augment(x * self._std + self._mean, g)
+            x = (x - self._mean) / self._std
+        return x, i
+
+
+def train_loader(
+    images: ImageSet, batch_size: int, epoch: int, seed: int, num_workers: int = 0
+) -> DataLoader:
+    """Shuffled batches of one epoch; the order is a function of (seed, epoch) only.
+
+    The last incomplete batch is dropped when there is more than one batch (BatchNorm in train mode
+    fails on a batch of one, and an odd small batch adds noise to the last step).
+    """
+    images.epoch = epoch
+    g = torch.Generator().manual_seed(derived_seed("order", seed, epoch))
+    order = torch.randperm(len(images), generator=g).tolist()
+    return DataLoader(
+        images,
+        batch_size=batch_size,
+        sampler=order,
+        num_workers=num_workers,
+        drop_last=len(images) > batch_size,
+    )
+
+
+def eval_loader(images: ImageSet, batch_size: int, num_workers: int = 0) -> DataLoader:
+    return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size if n > batch_size else 1
+
+
+def targets_of(labels: np.ndarray, rows: torch.Tensor) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(labels)[rows.numpy()])

@@ -1,0 +1,207 @@
+"""Options of the trained protocols, parsed and checked before anything runs.
+
+Every protocol shares :class:`TrainOptions` (schedule, batch, augmentation, head, early stopping)
+and adds its own fields. ``--set lora.rank=16`` arrives here as ``{"rank": 16}``; an unknown key or a
+value of the wrong type or range raises one :class:`RadprobeError` line naming it and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from radprobe.errors import RadprobeError
+
+POOLS = ("cls", "mean", "cls+mean")
+CLASS_WEIGHTS = ("none", "balanced")
+# The seed paper's LoRA setting (Baharoon et al., arXiv 2312.02366): r 48, alpha 16, dropout 0.1.
+LORA_PRESETS: dict[str, dict[str, Any]] = {"paper": {"rank": 48, "alpha": 16.0, "dropout": 0.1}}
+
+
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[Any, ...] | None = None,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+) -> Any:
+    """A dataclass field carrying its help text and the checks ``parse_options`` applies."""
+    meta = {"help": help, "choices": choices, "low": low, "high": high, "low_open": low_open}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class TrainOptions:
+    """Options every trained protocol takes."""
+
+    epochs: int = _opt(10, "maximum training epochs", low=1)
+    batch_size: int | None = _opt(None, "images per step (default: --batch-size)", low=1)
+    accum_steps: int = _opt(1, "micro-batches accumulated per optimizer step", low=1)
+    lr: float = _opt(1e-3, "peak learning rate of the head", low=0, low_open=True)
+    backbone_lr: float | None = _opt(
+        None, "peak learning rate of the trainable backbone-side parameters (method default)", low=0
+    )
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not applied to biases, norms, tokens)", low=0)
+    warmup_epochs: float = _opt(1.0, "linear warmup length in epochs, then cosine to zero", low=0)
+    patience: int = _opt(5, "stop after this many epochs without a better validation score (0: never)", low=0)
+    grad_clip: float = _opt(1.0, "clip the global gradient norm (0: off)", low=0)
+    grad_checkpointing: bool = _opt(False, "recompute block activations in backward to save memory")
+    amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
+    class_weights: str = _opt("none", "class-imbalance weighting of the loss", choices=CLASS_WEIGHTS)
+    pool: str = _opt("cls", "head input", choices=POOLS)
+    augment: bool = _opt(True, "radiology-aware augmentation of training images")
+    hflip: bool = _opt(False, "random horizontal flips (off: chest X-ray laterality matters)")
+    crop_scale: float = _opt(0.85, "smallest area fraction of the random resized crop", low=0.05, high=1)
+    rotate: float = _opt(10.0, "largest random rotation in degrees", low=0, high=180)
+    intensity: float = _opt(0.1, "brightness/contrast jitter amplitude", low=0, high=1)
+    keep_checkpoints: bool = _opt(True, "keep checkpoints/<key>/ after the run (reruns are then instant)")
+
+    # The backbone learning rate when ``backbone_lr`` is not given.
+    default_backbone_lr = 1e-4
+
+
+@dataclass
+class FinetuneOptions(TrainOptions):
+    layer_decay: float = _opt(
+        0.75,
+        "layer-wise lr decay: block i of L gets backbone_lr * decay**(L + 1 - i)",
+        low=0,
+        high=1,
+        low_open=True,
+    )
+
+
+@dataclass
+class LoraOptions(TrainOptions):
+    rank: int = _opt(8, "LoRA rank r", low=1)
+    alpha: float = _opt(16.0, "LoRA alpha (the update is scaled by alpha / r)", low=0, low_open=True)
+    dropout: float = _opt(0.1, "dropout on the LoRA branch input", low=0, high=1)
+    targets: list[str] | None = _opt(  # noqa: RUF009 (None default; _opt only attaches help and checks)
+        None, "module names (or name suffixes) to adapt (default: attention qkv/proj and MLP fc1/fc2)"
+    )
+    preset: str | None = _opt(None, "named setting; explicit options win", choices=(None, *LORA_PRESETS))
+
+    default_backbone_lr = 5e-4
+
+
+@dataclass
+class DoraOptions(LoraOptions):
+    pass
+
+
+@dataclass
+class BitfitOptions(TrainOptions):
+    default_backbone_lr = 1e-3
+
+
+@dataclass
+class VptOptions(TrainOptions):
+    tokens: int = _opt(10, "prompt tokens per prompted layer", low=1)
+    deep: bool = _opt(True, "new prompts before every block (deep) or only before the first (shallow)")
+    prompt_dropout: float = _opt(0.0, "dropout on the prompt tokens", low=0, high=1)
+
+    default_backbone_lr = 1e-3
+
+
+@dataclass
+class PartialOptions(TrainOptions):
+    blocks: int = _opt(2, "train the last k blocks (CNNs: stages) and the final norm", low=1)
+
+
+OPTION_TYPES: dict[str, type[TrainOptions]] = {
+    "finetune": FinetuneOptions,
+    "lora": LoraOptions,
+    "dora": DoraOptions,
+    "bitfit": BitfitOptions,
+    "vpt": VptOptions,
+    "partial": PartialOptions,
+}
+
+
+def option_names(protocol: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(OPTION_TYPES[protocol])]
+
+
+def _coerce(proto: str, f: dataclasses.Field, value: Any) -> Any:
+    where = f"--set {proto}.{f.name}={value!r}"
+    kind = str(f.type)
+    if value is None:
+        if "None" not in kind:
+            raise RadprobeError(f"{where}: a value is required")
+        return None
+    if kind.startswith("bool"):
+        if not isinstance(value, bool):
+            raise RadprobeError(f"{where}: expected true or false")
+        return value
+    if kind.startswith("int"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RadprobeError(f"{where}: expected an integer")
+        return value
+    if kind.startswith("float"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RadprobeError(f"{where}: expected a number")
+        return float(value)
+    if kind.startswith("list"):
+        items = value if isinstance(value, list) else [value]
+        if not items or not all(isinstance(v, str) and v for v in items):
+            raise RadprobeError(f"{where}: expected one or more names, e.g. qkv,proj")
+        return list(items)
+    if not isinstance(value, str):
+        raise RadprobeError(f"{where}: expected a string")
+    return value
+
+
+def _check(proto: str, f: dataclasses.Field, value: Any) -> None:
+    m = f.metadata
+    where = f"--set {proto}.{f.name}={value!r}"
+    if m.get("choices") is not None and value not in m["choices"]:
+        allowed = ", ".join(str(c) for c in m["choices"] if c is not None)
+        raise RadprobeError(f"{where}: expected one of {allowed}")
+    if value is None or isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    low, high = m.get("low"), m.get("high")
+    if low is not None and (value < low or (m.get("low_open") and value == low)):
+        raise RadprobeError(f"{where}: expected a value {'>' if m.get('low_open') else '>='} {low}")
+    if high is not None and value > high:
+        raise RadprobeError(f"{where}: expected a value <= {high}")
+
+
+def parse_options(protocol: str, raw: dict[str, Any], batch_size: int) -> TrainOptions:
+    """Checked, fully resolved options of ``protocol`` from ``--set`` values.
+
+    Presets fill the keys the user did not set; ``batch_size`` (the ``--batch-size`` flag) fills
+    ``batch_size`` and the method's default fills ``backbone_lr``.
+    """
+    cls = OPTION_TYPES[protocol]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in raw:
+        if name not in fields:
+            raise RadprobeError(
+                f"--set {protocol}.{name}: unknown option; {protocol} takes {', '.join(fields)}"
+            )
+    values = {name: _coerce(protocol, fields[name], v) for name, v in raw.items()}
+    for name, v in values.items():
+        _check(protocol, fields[name], v)
+    preset = values.get("preset")
+    if preset is not None:
+        values = {**LORA_PRESETS[preset], **values}
+    opts = cls(**values)
+    if opts.batch_size is None:
+        opts.batch_size = batch_size
+    if opts.backbone_lr is None:
+        opts.backbone_lr = cls.default_backbone_lr
+    return opts
+
+
+def describe_options(protocol: str) -> list[dict[str, Any]]:
+    """Name, default and help of every option of ``protocol`` (for docs and ``--help`` texts)."""
+    out = []
+    for f in dataclasses.fields(OPTION_TYPES[protocol]):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
+    return out

@@ -1,0 +1,195 @@
+"""The training loop every trained protocol shares.
+
+AdamW; the learning rate warms up linearly for ``warmup_epochs`` and then follows a cosine to zero,
+set per optimizer step from the step count (so resuming needs no scheduler object). Micro-batches
+accumulate ``accum_steps`` at a time; the gradient norm is clipped; on CUDA the forward pass runs under
+bf16 autocast. After every epoch the model is scored on validation (the task's headline metric);
+the best epoch's weights are kept and training stops after ``patience`` epochs without improvement.
+The test split is never seen here.
+
+Resumability: each epoch starts by seeding torch's global RNG (dropout, LoRA dropout) from
+(seed, epoch), and batch order and augmentation are functions of (seed, epoch, index), so an epoch
+replayed after a crash is the epoch that would have run. A checkpoint is written after every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from radprobe.features.extract import peak_memory_mb
+from radprobe.finetune.checkpoint import Checkpointer, TrainState
+from radprobe.finetune.data import ImageSet, batches_per_epoch, derived_seed, eval_loader, train_loader
+from radprobe.finetune.methods import Built
+from radprobe.finetune.options import TrainOptions
+from radprobe.progress import make_progress
+from radprobe.protocols.base import validation_score
+
+# Called with the number of finished epochs right after each checkpoint is written. Tests use it to
+# simulate a crash between epochs; it is not an extension point.
+after_checkpoint: Callable[[int], None] | None = None
+
+
+@dataclass
+class Split:
+    """Images of one split and their targets (labels; masks later)."""
+
+    images: ImageSet
+    targets: np.ndarray
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine from 1 to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if device.type == "cuda" and amp:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def precision(device: torch.device, amp: bool) -> str:
+    return "bf16-autocast" if device.type == "cuda" and amp else "fp32"
+
+
+@torch.no_grad()
+def predict(
+    built: Built, split: Split, batch_size: int, device: torch.device, amp: bool, num_workers: int = 0
+) -> tuple[np.ndarray, float]:
+    """Scores (N, C) of a split and its mean loss, in eval mode."""
+    model = built.model
+    model.eval()
+    scores, loss_sum = [], 0.0
+    for x, rows in eval_loader(split.images, batch_size, num_workers):
+        with autocast(device, amp):
+            logits = model(x.to(device, non_blocking=True))
+        y = torch.as_tensor(split.targets[rows.numpy()]).to(device)
+        loss_sum += float(model.head.loss(logits, y)) * len(rows)
+        scores.append(model.head.scores(logits).cpu().double().numpy())
+    return np.concatenate(scores), loss_sum / max(1, len(split.targets))
+
+
+def fit(
+    built: Built,
+    train: Split,
+    val: Split,
+    task: str,
+    opts: TrainOptions,
+    *,
+    seed: int,
+    device: torch.device,
+    checkpoints: Checkpointer,
+    num_workers: int = 0,
+    label: str = "",
+    progress: bool = True,
+    warn: Callable[[str], None] | None = None,
+) -> TrainState:
+    """Train ``built`` on ``train``, select on ``val``; leaves the model holding the best epoch's weights."""
+    model = built.model.to(device)
+    optimizer = torch.optim.AdamW(built.groups, lr=opts.lr, betas=(0.9, 0.999))
+    for g in optimizer.param_groups:
+        g["base_lr"] = g["lr"]
+    bs, accum = int(opts.batch_size or 1), opts.accum_steps
+    n_batches = batches_per_epoch(len(train.images), bs)
+    steps_per_epoch = math.ceil(n_batches / accum)
+    total = opts.epochs * steps_per_epoch
+    warmup = round(opts.warmup_epochs * steps_per_epoch)
+    state = TrainState()
+    if checkpoints.exists():
+        state = checkpoints.load(model, optimizer, device)
+        if warn is not None and not state.finished:
+            warn(f"{label}: resuming from the checkpoint after epoch {state.epoch} in {checkpoints.dir}")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    with make_progress(progress) as bar:
+        task_id = bar.add_task(
+            label, total=opts.epochs * n_batches * bs, completed=state.epoch * n_batches * bs
+        )
+        while not state.finished and state.epoch < opts.epochs:
+            t_epoch = time.perf_counter()
+            epoch = state.epoch
+            torch.manual_seed(derived_seed("torch", seed, epoch))
+            model.train()
+            losses: list[float] = []
+            seen = 0
+            t0 = time.perf_counter()
+            loader = train_loader(train.images, bs, epoch, seed, num_workers)
+            for j, (x, rows) in enumerate(loader):
+                group_start = (j // accum) * accum
+                in_group = min(accum, n_batches - group_start)
+                y = torch.as_tensor(train.targets[rows.numpy()]).to(device, non_blocking=True)
+                with autocast(device, opts.amp):
+                    logits = model(x.to(device, non_blocking=True))
+                loss = model.head.loss(logits, y)
+                (loss / in_group).backward()
+                losses.append(float(loss.detach()))
+                seen += len(rows)
+                if j + 1 - group_start == in_group:
+                    factor = lr_factor(state.step, total, warmup)
+                    for g in optimizer.param_groups:
+                        g["lr"] = g["base_lr"] * factor
+                    if opts.grad_clip:
+                        torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                bar.update(
+                    task_id,
+                    advance=len(rows),
+                    description=f"{label} · epoch {epoch + 1}/{opts.epochs} · loss {np.mean(losses):.4f}"
+                    f" · lr {optimizer.param_groups[-1]['lr']:.2e}",
+                )
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_s = time.perf_counter() - t0
+            val_scores, val_loss = predict(built, val, bs, device, opts.amp, num_workers)
+            score = validation_score(val.targets, val_scores, task)
+            state.epoch += 1
+            state.train_time_s += train_s
+            state.train_images += seen
+            improved = state.best_epoch == 0 or score > state.best_score
+            if improved:
+                state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+                state.best_file = checkpoints.save_best(model, state.epoch)
+            else:
+                state.bad_epochs += 1
+            state.history.append(
+                {
+                    "epoch": state.epoch,
+                    "train_loss": float(np.mean(losses)),
+                    "val_loss": val_loss,
+                    "val_score": score,
+                    "imgs_per_s": seen / train_s if train_s > 0 else 0.0,
+                }
+            )
+            if opts.patience and state.bad_epochs >= opts.patience:
+                state.finished, state.stop_reason = True, f"no improvement for {opts.patience} epochs"
+            elif state.epoch >= opts.epochs:
+                state.finished, state.stop_reason = True, "max epochs"
+            state.peak_mem_mb = max(state.peak_mem_mb, peak_memory_mb(device))
+            state.wall_time_s += time.perf_counter() - t_epoch
+            checkpoints.save(model, optimizer, state)
+            if after_checkpoint is not None:
+                after_checkpoint(state.epoch)
+    checkpoints.load_best(model, state.best_file)
+    return state
+
+
+def remove_checkpoints(directory: Path) -> None:
+    """Delete a finished run's checkpoint files (``keep_checkpoints=false``)."""
+    for p in directory.glob("*.safetensors"):
+        p.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        directory.rmdir()
