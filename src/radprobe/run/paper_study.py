@@ -43,7 +43,7 @@ def paper_2312_02366() -> dict[str, Any]:
             "linear": {},
             "fewshot": {"shots": [1, 2, 4, 8, 16], "repeats": 5, "protocols": ["linear"]},
             "finetune": {},
-            "lora": {},
+            "lora": {"preset": "paper"},
             "bitfit": {},
             "seg-linear": {},
             "seg-decoder": {},
