@@ -66,6 +66,7 @@ def test_expansion_and_keys(tmp_path):
             "unknown protocol 'bogus'; allowed: bitfit, dora, fewshot, finetune, knn, linear",
         ),
         ({"seeds": "zero"}, "seeds"),
+        ({"protocols": {"lora": {"rnak": 4}}}, "lora.rnak: unknown option"),
         ({"bootstrap": -1}, "bootstrap"),
         ({"backbones": []}, "backbones"),
         ({"backbones": [{"name": "x", "weight": "y"}]}, "backbones.0.weight: unknown key"),

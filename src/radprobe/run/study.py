@@ -99,8 +99,16 @@ class StudyConfig(BaseModel):
         for proto, opts in v.items():
             if proto not in known:
                 raise ValueError(f"unknown protocol {proto!r}; allowed: {', '.join(known)}")
+            if proto in TRAINED_PROTOCOLS:
+                from radprobe.finetune.options import parse_options
+
+                try:
+                    parse_options(proto, opts, batch_size=64)
+                except RadprobeError as e:
+                    raise ValueError(str(e).removeprefix("--set ")) from None
+                continue
             if proto not in PROTOCOLS:
-                continue  # segmentation and trained protocols check their options when they run
+                continue  # segmentation protocols check their options when they run
             allowed = [p for p in inspect.signature(PROTOCOLS[proto]).parameters if p != "data"]
             for key in opts:
                 if key not in allowed:
