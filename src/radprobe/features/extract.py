@@ -1,4 +1,11 @@
-"""Extract features once per (backbone, dataset split, feature spec) and serve them from the cache."""
+"""Extract features once per (backbone, dataset split, feature spec) and serve them from the cache.
+
+For 3D datasets the default entry holds one row per volume (slice features averaged, for
+classification). ``per_slice=True`` keeps one row per slice instead (segmentation needs every slice's
+patch grid): sample ids become ``<volume id>#<k>``, and the arrays ``volume`` (row -> position of the
+volume in the split) and ``slice`` (row -> slice index along the dataset's axis) map rows back;
+:func:`volume_rows` gives each volume's contiguous row range. 2D datasets ignore ``per_slice``.
+"""
 
 from __future__ import annotations
 
@@ -68,14 +75,22 @@ def _autocast(device: torch.device) -> torch.autocast | torch.inference_mode:
     return torch.autocast("cpu", enabled=False)
 
 
-def feature_key(backbone: Backbone, dataset: Dataset, split: str, spec: FeatureSpec) -> str:
-    """Cache key of one split's features."""
+def _per_slice(dataset: Dataset, per_slice: bool) -> bool:
+    return per_slice and dataset.ndim == 3
+
+
+def feature_key(
+    backbone: Backbone, dataset: Dataset, split: str, spec: FeatureSpec, *, per_slice: bool = False
+) -> str:
+    """Cache key of one split's features (per-slice entries of volumes get their own key)."""
     info = backbone.info
     return cache_key(
         backbone={"name": info.name, "arch": info.arch, "weights": info.weights_digest},
         preprocess=backbone.preprocess.to_dict(),
         manifest_digest=dataset.manifest_digest(),
-        split=split,
+        # the split label carries the layout so averaged and per-slice entries never collide,
+        # while every existing (averaged / 2D) key stays what it was
+        split=f"{split}#slices" if _per_slice(dataset, per_slice) else split,
         split_digest=dataset.split_digest(split),
         spec=spec,
     )
@@ -92,14 +107,17 @@ def extract_split(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
+    per_slice: bool = False,
 ) -> tuple[FeatureSet, ExtractStats]:
     """Features of one split: from the cache when present, else one batched forward pass.
 
-    ``progress`` is called with the number of images finished after every batch.
+    ``progress`` is called with the number of images (volumes) finished after every batch.
+    ``per_slice`` keeps one row per slice of 3D volumes (see the module docstring).
     """
     spec = spec or FeatureSpec()
     device = torch.device(device)
-    key = feature_key(backbone, dataset, split, spec)
+    per_slice = _per_slice(dataset, per_slice)
+    key = feature_key(backbone, dataset, split, spec, per_slice=per_slice)
     hit = cache.get(key)
     if hit is not None:
         return hit, ExtractStats(cache_hit=True, n_images=len(hit), device=str(device))
@@ -107,7 +125,34 @@ def extract_split(
         hit = cache.get(key)  # another process may have finished it while we waited
         if hit is not None:
             return hit, ExtractStats(cache_hit=True, n_images=len(hit), device=str(device))
-        return _extract(backbone, dataset, split, cache, key, spec, batch_size, num_workers, device, progress)
+        return _extract(
+            backbone, dataset, split, cache, key, spec, batch_size, num_workers, device, progress, per_slice
+        )
+
+
+def volume_depths(dataset: Dataset, records: list[Record]) -> list[int]:
+    """Slices of each volume along its axis, from the headers where the format allows."""
+    from radprobe.data.readers import volume_depth
+    from radprobe.errors import DataError
+
+    out = []
+    for r in records:
+        try:
+            out.append(volume_depth(r.image))
+        except DataError:
+            out.append(int(dataset.load_image(r).shape[0]))  # formats without a cheap header read
+    return out
+
+
+def volume_rows(fs: FeatureSet) -> list[slice]:
+    """Row range of each volume of a per-slice entry, in split order."""
+    vol = np.asarray(fs.arrays["volume"])
+    if len(vol) and np.any(np.diff(vol) < 0):
+        raise ValueError(f"cache entry {fs.path}: volume rows are not contiguous")
+    n = int(vol[-1]) + 1 if len(vol) else 0
+    ends = np.searchsorted(vol, np.arange(n), side="right")
+    starts = np.concatenate([[0], ends[:-1]]).astype(int)
+    return [slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
 
 
 def _extract(
@@ -121,11 +166,13 @@ def _extract(
     num_workers: int,
     device: torch.device,
     progress: Callable[[int], None] | None,
+    per_slice: bool = False,
 ) -> tuple[FeatureSet, ExtractStats]:
     records = dataset.split(split)
     if not records:
         raise ValueError(f"split {split!r} of {dataset.name} is empty")
     volumes = dataset.ndim == 3
+    depths = volume_depths(dataset, records) if per_slice else []
     loader = DataLoader(
         _Images(dataset, records, backbone.preprocess),
         batch_size=1 if volumes else batch_size,
@@ -137,14 +184,36 @@ def _extract(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     writer = cache.writer(key)
-    n = len(records)
+    n = sum(depths) if per_slice else len(records)
     out: dict[str, np.ndarray] = {}
     start = time.perf_counter()
     n_forward = 0
     try:
         row = 0
         with torch.inference_mode(), _autocast(device):
-            for batch in loader:
+            for v, batch in enumerate(loader):
+                if per_slice:
+                    if batch.shape[1] != depths[v]:
+                        raise ValueError(
+                            f"{records[v].image.path}: read {batch.shape[1]} slices, header says {depths[v]}"
+                        )
+                    if not out:
+                        out["volume"] = writer.allocate("volume", (n,), "int32")
+                        out["slice"] = writer.allocate("slice", (n,), "int32")
+                    for i in range(0, depths[v], batch_size):
+                        feats = _forward(backbone, batch[0, i : i + batch_size].to(device), spec)
+                        b = next(iter(feats.values())).shape[0]
+                        for name, t in feats.items():
+                            if name not in out:
+                                out[name] = writer.allocate(name, (n, *t.shape[1:]), spec.dtype)
+                            out[name][row : row + b] = t.float().cpu().numpy()
+                        out["volume"][row : row + b] = v
+                        out["slice"][row : row + b] = np.arange(i, i + b)
+                        row += b
+                    n_forward += depths[v]
+                    if progress is not None:
+                        progress(1)
+                    continue
                 if volumes:
                     feats = _forward_volume(backbone, batch[0], spec, batch_size, device)
                     n_forward += batch.shape[1]
@@ -171,8 +240,13 @@ def _extract(
             extra={"forward_images": n_forward},
         )
         out.clear()
+        ids = (
+            [f"{r.sample_id}#{k}" for r, d in zip(records, depths, strict=True) for k in range(d)]
+            if per_slice
+            else [r.sample_id for r in records]
+        )
         fs = writer.commit(
-            [r.sample_id for r in records],
+            ids,
             {
                 "backbone": backbone.info.to_dict(),
                 "preprocess": backbone.preprocess.to_dict(),
@@ -180,6 +254,7 @@ def _extract(
                 "split": split,
                 "spec": spec.to_dict(),
                 "stats": stats.__dict__,
+                **({"per_slice": True, "volumes": [r.sample_id for r in records]} if per_slice else {}),
             },
         )
     except BaseException:

@@ -1,0 +1,225 @@
+"""Segmentation samples: validated masks, 2D training rows, and the cases that are scored.
+
+A *case* is what a metric is computed on: one 2D image, or one 3D volume. A *row* is one 2D training
+sample: the image itself, or one slice of a volume along the dataset's axis (axial by default; set
+with the dataset spec option ``axis=``). Rows of a split are laid out case after case, slice after
+slice, exactly like a per-slice feature-cache entry, so row ``i`` of the masks, the images and the
+cached patch grids always describe the same pixels.
+
+Masks are checked when loaded — same spatial shape as the image, values inside the declared
+classes — and a failure raises a :class:`DataError` naming the file. Training targets are the masks
+resized (nearest) to the square input resolution; scoring uses the original masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from radprobe.data import Dataset
+from radprobe.data.records import Record
+from radprobe.errors import DataError
+
+# What ``norm="auto"`` means for each reader (see radprobe.data.readers), recorded in result rows.
+AUTO_NORM = {
+    "image": "dtype",
+    "npz": "dtype",
+    "h5": "dtype",
+    "nifti": "percentile 0.5-99.5 per volume",
+    "dicom": "DICOM header window, else min-max",
+    "dicom-series": "DICOM header window, else min-max",
+}
+
+
+@dataclass
+class Case:
+    """One scored unit: an image (2D) or a volume (3D), and its rows in the split's arrays."""
+
+    sample_id: str
+    patient: str
+    record: Record
+    rows: slice
+    shape: tuple[int, ...]  # original mask shape: (H, W) or (D, H, W)
+    spacing: tuple[float, ...] | None = None  # mm per voxel along ``shape``'s axes, when known
+
+
+@dataclass
+class SegSplit:
+    """One split: its cases, resized training targets, original masks and (optionally) images."""
+
+    name: str
+    cases: list[Case]
+    targets: np.ndarray  # (rows, T, T) uint8/int16 class indices at the training resolution
+    masks: list[np.ndarray] | None = None  # original-size masks per case (for scoring)
+    images: np.ndarray | None = None  # (rows, channels, T, T) float16 in [0, 1] (seg-unet input)
+    features: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> (rows, D, h, w)
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.targets.shape[0])
+
+    def patients(self, idx: Sequence[int] | None = None) -> np.ndarray:
+        cases = self.cases if idx is None else [self.cases[i] for i in idx]
+        return np.asarray([c.patient for c in cases], dtype=str)
+
+    def rows(self, idx: Sequence[int] | None = None) -> np.ndarray:
+        """Row indices of the cases ``idx`` (all cases when None), in case order."""
+        cases = self.cases if idx is None else [self.cases[i] for i in idx]
+        if not cases:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(c.rows.start, c.rows.stop) for c in cases])
+
+    def row_ids(self) -> list[str]:
+        """Sample ids of the rows as a per-slice cache entry names them."""
+        out = []
+        for c in self.cases:
+            n = c.rows.stop - c.rows.start
+            out += [f"{c.sample_id}#{k}" for k in range(n)] if len(c.shape) == 3 else [c.sample_id]
+        return out
+
+
+def intensity(dataset: Dataset) -> dict[str, object]:
+    """How the dataset layer turned stored values into [0, 1] (recorded with every result row)."""
+    read = dataset.read
+    kinds = sorted({r.image.kind for r in dataset.records})
+    if read.window is not None:
+        used = f"window center {read.window[0]:g}, width {read.window[1]:g}"
+    elif read.norm != "auto":
+        used = read.norm
+    else:
+        used = "; ".join(f"{k}: {AUTO_NORM.get(k, 'auto')}" for k in kinds)
+    return {**read.to_dict(), "used": used}
+
+
+def nifti_spacing(path: str, axis: int) -> tuple[float, float, float] | None:
+    """Voxel size (mm) along the (D, H, W) axes the NIfTI reader produces for slicing ``axis``."""
+    import nibabel as nib
+
+    try:
+        zooms = nib.as_closest_canonical(nib.load(path)).header.get_zooms()[:3]
+    except Exception:  # spacing is a nicety for HD95; unreadable headers fail later, loudly
+        return None
+    if len(zooms) < 3:
+        return None
+    rest = [a for a in range(3) if a != axis]
+    # readers.to_display: moveaxis(axis -> 0) then swap the two in-plane axes
+    return (float(zooms[axis]), float(zooms[rest[1]]), float(zooms[rest[0]]))
+
+
+def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
+    """(N, H, W) class maps -> (N, size, size), nearest neighbour (pixel centres, no half-pixel shift)."""
+    t = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
+    if tuple(t.shape[-2:]) != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="nearest-exact")
+    dtype = np.uint8 if masks.max(initial=0) < 256 else np.int16
+    return t[:, 0].round().numpy().astype(dtype)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """(N, C, H, W) float [0, 1] -> (N, C, size, size) float16, bilinear with antialiasing."""
+    t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    if tuple(t.shape[-2:]) != (size, size):
+        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return t.clamp(0.0, 1.0).numpy().astype(np.float16)
+
+
+def _channels_first(img: np.ndarray, ndim: int) -> np.ndarray:
+    """Image -> (rows, C, H, W): a 2D image is one row, a volume one row per slice."""
+    if ndim == 3:
+        return img[:, None]
+    return img[None, None] if img.ndim == 2 else np.moveaxis(img, -1, 0)[None]
+
+
+def load_case(dataset: Dataset, rec: Record) -> tuple[np.ndarray, np.ndarray]:
+    """Image and mask of one record, checked against each other and the declared classes."""
+    img = dataset.load_image(rec)
+    mask = dataset.load_mask(rec)
+    where = f"sample {rec.sample_id}: image {rec.image.path}"
+    if dataset.ndim == 3:
+        if img.ndim != 3:
+            raise DataError(f"{where} has shape {img.shape}; expected a 3D volume")
+        spatial = img.shape
+    else:
+        if img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] not in (3, 4)):
+            raise DataError(f"{where} has shape {img.shape}; expected HxW or HxWx3")
+        spatial = img.shape[:2]
+    mpath = rec.mask.path if rec.mask is not None else "?"
+    if mask.shape != spatial:
+        raise DataError(
+            f"image/mask shape mismatch for sample {rec.sample_id}: image {rec.image.path} "
+            f"{tuple(spatial)} vs mask {mpath} {tuple(mask.shape)}"
+        )
+    lo, hi = int(mask.min(initial=0)), int(mask.max(initial=0))
+    c = len(dataset.classes)
+    if lo < 0 or hi >= c:
+        bad = [int(v) for v in np.unique(mask) if not 0 <= v < c][:5]
+        raise DataError(
+            f"mask {mpath} (sample {rec.sample_id}) has values {bad} outside the {c} classes "
+            f"{list(dataset.classes)}"
+        )
+    return img, mask
+
+
+def load_split(
+    dataset: Dataset,
+    split: str,
+    size: int,
+    *,
+    keep_masks: bool = True,
+    keep_images: bool = False,
+    records: list[Record] | None = None,
+) -> SegSplit:
+    """Read and check every case of ``split``; targets resized to ``size``.
+
+    ``keep_images`` also keeps the images resized to ``size`` (the from-scratch U-Net's input);
+    grayscale and colour images are mixed by repeating gray to 3 channels.
+    """
+    records = dataset.split(split) if records is None else records
+    if not records:
+        raise DataError(f"dataset {dataset.name} has no {split!r} split")
+    cases: list[Case] = []
+    targets: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+    images: list[np.ndarray] = []
+    row = 0
+    small = np.uint8 if len(dataset.classes) <= 256 else np.int16
+    for rec in records:
+        img, mask = load_case(dataset, rec)
+        n = mask.shape[0] if dataset.ndim == 3 else 1
+        spacing = None
+        if dataset.ndim == 3 and rec.image.kind == "nifti":
+            spacing = nifti_spacing(rec.image.path, rec.image.axis)
+        cases.append(Case(rec.sample_id, rec.patient_id, rec, slice(row, row + n), mask.shape, spacing))
+        row += n
+        targets.append(resize_masks(mask if dataset.ndim == 3 else mask[None], size))
+        if keep_masks:
+            masks.append(mask.astype(small))
+        if keep_images:
+            images.append(resize_images(_channels_first(img, dataset.ndim)[:, :3], size))
+    stacked = None
+    if keep_images:
+        channels = max(i.shape[1] for i in images)
+        stacked = np.concatenate([np.repeat(i, channels // i.shape[1], axis=1) for i in images])
+    return SegSplit(split, cases, np.concatenate(targets), masks if keep_masks else None, stacked)
+
+
+def draw_cases(patients: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``n`` training cases, from ``n`` distinct patients while there are enough."""
+    order = rng.permutation(len(patients))
+    picked: list[int] = []
+    seen: set[str] = set()
+    for i in order:
+        if patients[i] not in seen:
+            picked.append(int(i))
+            seen.add(patients[i])
+        if len(picked) == n:
+            return np.sort(np.asarray(picked))
+    rest = [int(i) for i in order if int(i) not in set(picked)]
+    return np.sort(np.asarray(picked + rest[: n - len(picked)]))

@@ -1,0 +1,436 @@
+"""The segmentation protocols: seg-linear, seg-decoder (frozen features) and seg-unet (from scratch).
+
+Each runner takes a :class:`SegData` plus keyword options (``--set seg-linear.lrs=[1e-3,1e-2]``) and
+returns a :class:`SegResult`. Common options:
+
+    lrs              learning rates of the sweep; the one with the best validation macro Dice wins
+                     (the test split is only predicted with the selected model)
+    epochs           passes over the training rows (images or slices) per learning rate
+    min_steps        at least this many optimizer steps (few-shot training sets are tiny)
+    batch_size       rows per step
+    weight_decay     AdamW weight decay
+    shots            None: the whole training split. An int or list from {1, 2, 4, 8, 16, ...}:
+                     few-shot, training on that many training cases (images or volumes, from
+                     distinct patients while possible); validation and test stay whole
+    repeats          few-shot draws per shots value
+    save_predictions write the test predictions (PNG / NIfTI) under ``<out>/predictions/``
+    overlays         number of test cases drawn as overlay PNGs under ``<out>/overlays/``
+
+Few-shot runs write one row set per shots value (``hparams.shots``): the mean over draws with a
+t-interval over draws (a patient bootstrap of the single draw when ``repeats=1``). Predictions and
+overlays are written for full-data runs only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from radprobe.backbones.base import BackboneInfo
+from radprobe.data import Dataset
+from radprobe.errors import RadprobeError
+from radprobe.segmentation import output
+from radprobe.segmentation.data import SegSplit, draw_cases
+from radprobe.segmentation.heads import (
+    LightDecoder,
+    LinearHead,
+    UNetModel,
+    count_trainable,
+    decoder_plan,
+    linear_layer,
+)
+from radprobe.segmentation.metrics import CaseScores, case_scores, mean_dice
+from radprobe.segmentation.train import (
+    Fetch,
+    TrainSettings,
+    TrainStats,
+    grid_fetch,
+    image_fetch,
+    predict,
+    train,
+)
+
+UNET_NAME = "monai:unet"  # the "backbone" of seg-unet rows and outputs: nothing pretrained is used
+
+
+@dataclass
+class SegData:
+    """Everything a segmentation protocol reads: the three splits and how they were made."""
+
+    dataset: Dataset
+    train: SegSplit
+    val: SegSplit
+    test: SegSplit
+    size: int  # square input resolution = training target size
+    seed: int = 0
+    device: str = "cpu"
+    info: BackboneInfo | None = None  # the frozen backbone (None when only seg-unet runs)
+    out: Path | None = None  # run directory for predictions / overlays
+    tag: str = ""  # file-name prefix of outputs (backbone slug)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.dataset.classes
+
+    @property
+    def is_vit(self) -> bool:
+        return self.info is not None and self.info.patch_size is not None
+
+
+@dataclass
+class Fit:
+    """One trained model's test scores (a full-data run, or one few-shot draw)."""
+
+    shots: int | None
+    draw: int
+    scores: list[CaseScores]
+    selected: dict[str, Any]
+    stats: TrainStats
+    train_cases: int
+
+
+@dataclass
+class SegResult:
+    protocol: str
+    hparams: dict[str, Any]
+    fits: list[Fit]
+    trainable_params: int
+    warnings: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- option checking
+
+
+def _fail(proto: str, key: str, value: Any, expected: str) -> RadprobeError:
+    return RadprobeError(f"--set {proto}.{key}={value!r}: expected {expected}")
+
+
+def _number(proto: str, key: str, v: Any, lo: float, integer: bool, what: str) -> Any:
+    try:
+        if isinstance(v, bool):
+            raise ValueError
+        x = float(v)  # YAML reads 1e-3 (no dot) as a string
+        if integer and x != int(x):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise _fail(proto, key, v, what) from None
+    if not np.isfinite(x) or x < lo:
+        raise _fail(proto, key, v, what)
+    return int(x) if integer else x
+
+
+def resolve_options(
+    proto: str, runner: Callable[..., Any], given: dict[str, Any], n_train: int
+) -> dict[str, Any]:
+    """Defaults of ``runner`` overridden by ``given``, each checked; one-line errors name the option."""
+    sig = inspect.signature(runner)
+    opts = {k: p.default for k, p in sig.parameters.items() if k != "data"}
+    for k in given:
+        if k not in opts:
+            raise RadprobeError(f"--set {proto}.{k}: unknown option; {proto} takes {', '.join(opts)}")
+    opts.update(given)
+    out: dict[str, Any] = {}
+    for k, v in opts.items():
+        if k == "lrs":
+            vals = v if isinstance(v, list | tuple) else [v]
+            if not vals:
+                raise _fail(proto, k, v, "one or more positive learning rates")
+            out[k] = [_number(proto, k, x, 1e-12, False, "positive learning rates") for x in vals]
+        elif k in ("epochs", "min_steps", "overlays"):
+            out[k] = _number(proto, k, v, 0, True, "a non-negative integer")
+        elif k in ("batch_size", "repeats"):
+            out[k] = _number(proto, k, v, 1, True, "a positive integer")
+        elif k == "res_units":
+            out[k] = _number(proto, k, v, 0, True, "a non-negative integer")
+        elif k == "weight_decay":
+            out[k] = _number(proto, k, v, 0, False, "a non-negative number")
+        elif k == "channels" and proto == "seg-unet":
+            vals = v if isinstance(v, list | tuple) else None
+            if not vals or len(vals) < 2:
+                raise _fail(proto, k, v, "a list of at least 2 channel counts, e.g. [16,32,64,128,256]")
+            out[k] = [_number(proto, k, x, 1, True, "positive channel counts") for x in vals]
+        elif k == "channels":
+            out[k] = _number(proto, k, v, 2, True, "an integer >= 2")
+        elif k == "shots":
+            if v is None:
+                out[k] = None
+                continue
+            vals = v if isinstance(v, list | tuple) else [v]
+            shots = sorted(
+                {_number(proto, k, x, 1, True, "positive integers, e.g. [1,2,4,8,16]") for x in vals}
+            )
+            if not shots:
+                raise _fail(proto, k, v, "positive integers, e.g. [1,2,4,8,16]")
+            if shots[-1] > n_train:
+                raise RadprobeError(
+                    f"--set {proto}.shots: {shots[-1]}-shot needs {shots[-1]} training cases; "
+                    f"the training split has {n_train}"
+                )
+            out[k] = shots
+        elif k == "save_predictions":
+            if not isinstance(v, bool):
+                raise _fail(proto, k, v, "true or false")
+            out[k] = v
+        else:
+            out[k] = v
+    if out.get("epochs", 1) == 0 and out.get("min_steps", 1) == 0:
+        raise RadprobeError(f"--set {proto}.epochs / min_steps: both are 0, so nothing would be trained")
+    return out
+
+
+# ---------------------------------------------------------------------------- common loop
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.default_rng(list(parts)).integers(2**31 - 1))
+
+
+def _sweep(
+    data: SegData,
+    build: Callable[[], nn.Module],
+    fetch: dict[str, Fetch],
+    train_idx: np.ndarray | None,
+    opts: dict[str, Any],
+    seed: int,
+) -> tuple[nn.Module, dict[str, Any], TrainStats]:
+    """Train one model per learning rate; keep the one with the best validation macro Dice."""
+    rows = data.train.rows(train_idx)
+    C = len(data.classes)
+    assert data.val.masks is not None
+    best: tuple[float, nn.Module, float, TrainStats] | None = None
+    by_lr: dict[str, float] = {}
+    for lr in opts["lrs"]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # the same initial weights for every learning rate
+            model = build()
+        settings = TrainSettings(
+            lr=lr,
+            epochs=opts["epochs"],
+            min_steps=opts["min_steps"],
+            batch_size=opts["batch_size"],
+            weight_decay=opts["weight_decay"],
+            seed=seed,
+            device=data.device,
+        )
+        stats = train(model, fetch["train"], data.train.targets, rows, settings)
+        preds = predict(model, fetch["val"], data.val)
+        score = mean_dice(
+            [case_scores(p, m, C, with_hd95=False) for p, m in zip(preds, data.val.masks, strict=True)]
+        )
+        by_lr[f"{lr:g}"] = score
+        if best is None or score > best[0]:
+            best = (score, model, lr, stats)
+    assert best is not None
+    score, model, lr, stats = best
+    selected = {
+        "lr": lr,
+        "val_dice": score,
+        "val_dice_by_lr": by_lr,
+        "trainable_params": count_trainable(model),
+        "train_steps": stats.steps,
+        "train_imgs_per_s": round(stats.imgs_per_s, 2),
+    }
+    return model, selected, stats
+
+
+def _run(
+    proto: str,
+    data: SegData,
+    build: Callable[[], nn.Module],
+    fetch: dict[str, Fetch],
+    opts: dict[str, Any],
+    hparams: dict[str, Any],
+) -> SegResult:
+    C = len(data.classes)
+    test_masks = data.test.masks
+    assert test_masks is not None
+    fits: list[Fit] = []
+    outputs: list[str] = []
+    trainable = 0
+    plan: list[tuple[int | None, int, np.ndarray | None]] = []
+    if opts["shots"] is None:
+        plan.append((None, 0, None))
+    else:
+        patients = data.train.patients()
+        for n in opts["shots"]:
+            for r in range(opts["repeats"]):
+                plan.append((n, r, draw_cases(patients, n, np.random.default_rng([data.seed, n, r]))))
+    for shots, r, idx in plan:
+        seed = _seed(data.seed, shots or 0, r)
+        model, selected, stats = _sweep(data, build, fetch, idx, opts, seed)
+        trainable = selected["trainable_params"]
+        preds = predict(model, fetch["test"], data.test)
+        scores = [
+            case_scores(p, m, C, c.spacing)
+            for p, m, c in zip(preds, test_masks, data.test.cases, strict=True)
+        ]
+        if idx is not None:
+            selected["train_cases"] = [data.train.cases[i].sample_id for i in idx]
+        if shots is None and data.out is not None:
+            outputs += _write_outputs(proto, data, preds, opts)
+        n_train = len(data.train) if idx is None else len(idx)
+        fits.append(Fit(shots, r, scores, selected, stats, n_train))
+    return SegResult(proto, hparams, fits, trainable, outputs=outputs)
+
+
+def _write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict[str, Any]) -> list[str]:
+    assert data.out is not None and data.test.masks is not None
+    prefix = f"{output.slug(UNET_NAME) if proto == 'seg-unet' else data.tag}__{proto}"
+    written = []
+    if opts["save_predictions"]:
+        folder = data.out / "predictions" / prefix
+        for case, pred in zip(data.test.cases, preds, strict=True):
+            written.append(str(output.save_prediction(folder, case, pred)))
+    for case, gt, pred in list(zip(data.test.cases, data.test.masks, preds, strict=True))[: opts["overlays"]]:
+        path = data.out / "overlays" / f"{prefix}__{output.slug(case.sample_id)}.png"
+        output.overlay_case(path, data.dataset, case, gt, pred)
+        written.append(str(path))
+    return written
+
+
+def _grid_fetches(data: SegData, layers: list[int]) -> dict[str, Fetch]:
+    out = {}
+    for s in (data.train, data.val, data.test):
+        missing = [la for la in layers if la not in s.features]
+        if missing:
+            raise RuntimeError(f"split {s.name} has no cached grids for layers {missing}")
+        out[s.name] = grid_fetch(s.features, layers, data.device)
+    return out
+
+
+def _common(opts: dict[str, Any]) -> dict[str, Any]:
+    keep = ("lrs", "epochs", "min_steps", "batch_size", "weight_decay", "repeats")
+    return {k: opts[k] for k in keep if k in opts and (k != "repeats" or opts.get("shots"))}
+
+
+# ---------------------------------------------------------------------------- the runners
+
+
+def seg_linear(
+    data: SegData,
+    lrs: Sequence[float] = (1e-3, 3e-3, 1e-2, 3e-2),
+    epochs: int = 30,
+    min_steps: int = 200,
+    batch_size: int = 16,
+    weight_decay: float = 1e-4,
+    shots: int | Sequence[int] | None = None,
+    repeats: int = 3,
+    save_predictions: bool = False,
+    overlays: int = 3,
+) -> SegResult:
+    """BatchNorm + 1x1 conv on the last block's patch grid, bilinear upsampling (DINOv2 linear)."""
+    opts = dict(locals())
+    opts.pop("data")
+    if data.info is None:
+        raise RuntimeError("seg-linear needs a frozen backbone")
+    layer = linear_layer(data.info.num_blocks)
+    dim = int(data.train.features[layer].shape[1])
+    C = len(data.classes)
+    hparams = {**_common(opts), "layers": [layer], "head": "batchnorm + 1x1 conv"}
+    return _run(
+        "seg-linear", data, lambda: LinearHead(layer, dim, C), _grid_fetches(data, [layer]), opts, hparams
+    )
+
+
+def seg_decoder(
+    data: SegData,
+    lrs: Sequence[float] = (3e-4, 1e-3, 3e-3),
+    epochs: int = 30,
+    min_steps: int = 200,
+    batch_size: int = 16,
+    weight_decay: float = 1e-4,
+    channels: int = 128,
+    shots: int | Sequence[int] | None = None,
+    repeats: int = 3,
+    save_predictions: bool = False,
+    overlays: int = 3,
+) -> SegResult:
+    """DPT-style light decoder fusing four frozen levels (see :class:`LightDecoder`)."""
+    opts = dict(locals())
+    opts.pop("data")
+    if data.info is None:
+        raise RuntimeError("seg-decoder needs a frozen backbone")
+    layers, scales = decoder_plan(data.info.num_blocks, data.is_vit)
+    dims = [int(data.train.features[la].shape[1]) for la in layers]
+    C = len(data.classes)
+    hparams = {
+        **_common(opts),
+        "channels": channels,
+        "layers": layers,
+        "scales": scales,
+        "head": "DPT-style light decoder",
+    }
+    return _run(
+        "seg-decoder",
+        data,
+        lambda: LightDecoder(layers, dims, scales, C, channels),
+        _grid_fetches(data, sorted(set(layers))),
+        opts,
+        hparams,
+    )
+
+
+def seg_unet(
+    data: SegData,
+    lrs: Sequence[float] = (3e-4, 1e-3, 3e-3),
+    epochs: int = 100,
+    min_steps: int = 500,
+    batch_size: int = 16,
+    weight_decay: float = 1e-5,
+    channels: Sequence[int] = (16, 32, 64, 128, 256),
+    res_units: int = 2,
+    shots: int | Sequence[int] | None = None,
+    repeats: int = 3,
+    save_predictions: bool = False,
+    overlays: int = 3,
+) -> SegResult:
+    """MONAI 2D UNet trained from scratch on the images (no augmentation), the reference row."""
+    opts = dict(locals())
+    opts.pop("data")
+    splits = (data.train, data.val, data.test)
+    if any(s.images is None for s in splits):
+        raise RuntimeError("seg-unet needs the images loaded")
+    fetch = {s.name: image_fetch(s.images, data.device) for s in splits}  # type: ignore[arg-type]
+    in_ch = int(data.train.images.shape[1])  # type: ignore[union-attr]
+    mean, std = _image_stats(data.train.images)  # type: ignore[arg-type]
+    C = len(data.classes)
+    hparams = {
+        **_common(opts),
+        "channels": list(channels),
+        "res_units": res_units,
+        "in_channels": in_ch,
+        "model": "monai.networks.nets.UNet (2D)",
+        "augmentation": "none",
+    }
+    return _run(
+        "seg-unet", data, lambda: UNetModel(in_ch, C, channels, res_units, mean, std), fetch, opts, hparams
+    )
+
+
+def _image_stats(images: np.ndarray) -> tuple[float, float]:
+    """Mean and std of the training images (float64 accumulation over float16 rows)."""
+    n, total, sq = 0, 0.0, 0.0
+    for i in range(0, len(images), 256):
+        x = np.asarray(images[i : i + 256], dtype=np.float64)
+        n += x.size
+        total += float(x.sum())
+        sq += float((x * x).sum())
+    mean = total / max(n, 1)
+    std = float(np.sqrt(max(sq / max(n, 1) - mean * mean, 1e-12)))
+    return mean, max(std, 1e-3)
+
+
+SEG_PROTOCOLS: dict[str, Callable[..., SegResult]] = {
+    "seg-linear": seg_linear,
+    "seg-decoder": seg_decoder,
+    "seg-unet": seg_unet,
+}
+FROZEN = ("seg-linear", "seg-decoder")

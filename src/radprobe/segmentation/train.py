@@ -1,0 +1,167 @@
+"""Training and inference loops shared by every segmentation protocol.
+
+A model maps a batch of inputs (cached patch grids, or images for the U-Net) to logits at any
+resolution; logits are upsampled bilinearly to the target size for the loss (MONAI DiceCELoss:
+softmax Dice over all classes, batch-wise, plus cross-entropy) and to each case's original mask
+size for prediction. AdamW with a cosine schedule; ``max(epochs * steps_per_epoch, min_steps)``
+steps, so a 1-shot training set still gets a useful number of updates. Initial weights and batch
+order are seeded, so each learning rate of a sweep sees the same batches from the same start.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radprobe.features.extract import peak_memory_mb
+from radprobe.segmentation.data import SegSplit
+
+Inputs = Any  # dict[int, Tensor] of grids, or a Tensor of images
+Fetch = Callable[[np.ndarray], Inputs]
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    lr: float
+    epochs: int
+    min_steps: int
+    batch_size: int
+    weight_decay: float
+    seed: int
+    device: str = "cpu"
+
+
+@dataclass
+class TrainStats:
+    steps: int
+    seconds: float
+    imgs_per_s: float
+    peak_mem_mb: float
+    final_loss: float
+
+
+def grid_fetch(features: dict[int, np.ndarray], layers: list[int], device: str) -> Fetch:
+    """Rows of cached grids -> {layer: float32 tensor} on ``device``."""
+
+    def fetch(rows: np.ndarray) -> dict[int, torch.Tensor]:
+        idx = np.sort(rows)  # sorted reads are sequential on a memory map
+        back = np.argsort(np.argsort(rows))
+        return {
+            layer: torch.from_numpy(np.asarray(features[layer][idx], dtype=np.float32)[back]).to(device)
+            for layer in layers
+        }
+
+    return fetch
+
+
+def image_fetch(images: np.ndarray, device: str) -> Fetch:
+    """Rows of resized images -> float32 tensor on ``device``."""
+
+    def fetch(rows: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.asarray(images[rows], dtype=np.float32)).to(device)
+
+    return fetch
+
+
+def _loss_fn() -> nn.Module:
+    from monai.losses import DiceCELoss
+
+    # batch=True pools Dice over the batch: slices without a class don't each count as a perfect 1
+    return DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+
+def train(
+    model: nn.Module,
+    fetch: Fetch,
+    targets: np.ndarray,
+    rows: np.ndarray,
+    s: TrainSettings,
+) -> TrainStats:
+    """Train ``model`` in place on ``rows`` (indices into ``targets`` and the fetch source)."""
+    device = torch.device(s.device)
+    model.to(device).train()
+    loss_fn = _loss_fn()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
+    bs = max(1, min(s.batch_size, len(rows)))
+    per_epoch = math.ceil(len(rows) / bs)
+    total = max(s.epochs * per_epoch, s.min_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
+    rng = np.random.default_rng(s.seed)
+    size = targets.shape[-1]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step, seen, last = 0, 0, float("nan")
+    t0 = time.perf_counter()
+    while step < total:
+        order = rows[rng.permutation(len(rows))]
+        for i in range(0, len(order), bs):
+            if step >= total:
+                break
+            batch = order[i : i + bs]
+            if len(batch) < bs and per_epoch > 1:
+                continue  # a tail batch of one slice makes BatchNorm statistics noisy
+            x = fetch(batch)
+            y = torch.from_numpy(targets[batch].astype(np.int64)).to(device)[:, None]
+            logits = model(x)
+            if logits.shape[-2:] != (size, size):
+                logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
+            loss = loss_fn(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = float(loss.detach())
+            step += 1
+            seen += len(batch)
+    seconds = time.perf_counter() - t0
+    precise_bn(model, fetch, rows, bs)
+    model.eval()
+    return TrainStats(step, seconds, seen / seconds if seconds > 0 else 0.0, peak_memory_mb(device), last)
+
+
+@torch.no_grad()
+def precise_bn(model: nn.Module, fetch: Fetch, rows: np.ndarray, batch_size: int) -> None:
+    """Replace BatchNorm running statistics by exact averages over the training rows.
+
+    The features are frozen, so exact statistics are cheap, and they remove the train/eval mismatch
+    that an exponential average leaves after a few hundred steps (or a 1-shot training set).
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    for i in range(0, len(rows), batch_size):
+        model(fetch(rows[i : i + batch_size]))
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+
+
+@torch.no_grad()
+def predict(model: nn.Module, fetch: Fetch, split: SegSplit, chunk: int = 16) -> list[np.ndarray]:
+    """Predicted class maps of every case of ``split``, each at its original mask shape."""
+    model.eval()
+    out = []
+    for case in split.cases:
+        rows = np.arange(case.rows.start, case.rows.stop)
+        hw = case.shape[-2:]
+        parts = []
+        for i in range(0, len(rows), chunk):
+            logits = model(fetch(rows[i : i + chunk]))
+            logits = F.interpolate(logits.float(), size=hw, mode="bilinear", align_corners=False)
+            parts.append(logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int16).cpu())
+        pred = torch.cat(parts).numpy()
+        out.append(pred if len(case.shape) == 3 else pred[0])
+    return out
