@@ -62,7 +62,7 @@ def test_eval_2d_all_heads(tmp_path, capsys):
     assert summary["splits"]["train"]["rows"] == summary["splits"]["train"]["n"] == r["n_train"]
     n_db = sqlite3.connect(out / "results.db").execute("select count(*) from results").fetchone()[0]
     assert n_db == len(rows)
-    assert len(list((out / "overlays").glob("test_vit-tiny__seg-*.png"))) == 6  # 3 per frozen head
+    assert len(list((out / "overlays").glob("test_vit-tiny-*__seg-*.png"))) == 6  # 3 per frozen head
     assert len(list((out / "overlays").glob("monai_unet__seg-unet__*.png"))) == 3
 
 
@@ -79,7 +79,7 @@ def test_eval_3d_all_heads_per_volume(tmp_path, capsys):
     assert r["hparams"]["hd95_unit"] == "mm" and "window center 40" in r["hparams"]["intensity"]["used"]
     split = summary["splits"]["test"]
     assert r["n_test"] == split["n"] == 8 and split["rows"] == 8 * 32  # scored per volume, trained per slice
-    preds = sorted((out / "predictions" / "test_vit-tiny__seg-linear").glob("*.nii.gz"))
+    preds = sorted(next((out / "predictions").glob("test_vit-tiny-*__seg-linear")).glob("*.nii.gz"))
     assert len(preds) == 8
     import nibabel as nib
 

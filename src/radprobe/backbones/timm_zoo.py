@@ -39,14 +39,16 @@ def create_timm_model(
     kwargs.setdefault("dynamic_img_size", True)
     try:
         with seeded(seed):
-            try:
-                return timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)
-            except TypeError as exc:
-                # CNNs and SAM take no dynamic_img_size (SAM resizes its position table anyway).
-                if "dynamic_img_size" not in str(exc):
-                    raise
-                kwargs.pop("dynamic_img_size")
-                return timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)
+            for _ in range(3):
+                try:
+                    return timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)
+                except TypeError as exc:
+                    # CNNs take neither keyword; SAM takes no dynamic_img_size (it resizes its table).
+                    bad = [k for k in ("dynamic_img_size", "img_size") if k in str(exc) and k in kwargs]
+                    if not bad:
+                        raise
+                    kwargs.pop(bad[0])
+            return timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)
     except RadprobeError:
         raise
     except Exception as exc:
@@ -153,12 +155,17 @@ def wrap_timm(
 def build_timm(entry: BackboneEntry, opts: BuildOptions) -> TimmViT | TimmCNN:
     """Builder for every timm-hosted entry: ``options["timm_name"]`` is the timm model[.tag]."""
     timm_name = entry.options["timm_name"]
+    kwargs = dict(entry.options.get("kwargs", {}))
+    if opts.resolution is not None:
+        # build the position table at the working grid, so a checkpoint stored at that grid loads
+        # as it is and nothing is resampled again (with antialias) on every forward pass
+        kwargs.setdefault("img_size", opts.resolution)
     model = create_timm_model(
         timm_name,
         entry.name,
         pretrained=opts.from_hub,
         seed=not opts.from_hub and not opts.meta,
-        **entry.options.get("kwargs", {}),
+        **kwargs,
     )
     return wrap_timm(model, entry, opts, hub_source=f"timm:{timm_name}")
 

@@ -136,7 +136,10 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
 
     # -- run and write
     run_id = uuid.uuid4().hex[:12]
-    tag = slug(backbone.info.name if backbone is not None else cfg.backbone)
+    # the weights digest keeps two checkpoints of one architecture (e.g. pretrained vs control) apart
+    tag = slug(
+        f"{backbone.info.name}-{backbone.info.weights_digest[:8]}" if backbone is not None else cfg.backbone
+    )
     data = SegData(
         dataset=dataset,
         train=splits["train"],
