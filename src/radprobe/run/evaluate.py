@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -244,6 +246,20 @@ def _env(device: str) -> dict[str, Any]:
     }
 
 
+@contextmanager
+def _threads_for(n_values: int) -> Iterator[None]:
+    """One torch thread for small fits: their many tiny ops pay thread sync, not compute."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n_values < 2_000_000:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_protocol(
     prep: Prepared,
     name: str,
@@ -259,7 +275,8 @@ def run_protocol(
     data = prep.protocol_input(seed)
     t0 = time.perf_counter()
     try:
-        result = runner(data, **options)
+        with _threads_for(np.asarray(data.train.features).size):
+            result = runner(data, **options)
     except (TypeError, ValueError) as e:
         if options:
             raise RadprobeError(f"--set {name}.…: {e}") from None
