@@ -85,6 +85,7 @@ class Summary:
     ci_method: str
     hparams: dict[str, Any]
     selected: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -75,7 +75,7 @@ def run(
             for r in range(repeats)
         ]
         for proto in protocols:
-            vals, selections = [], []
+            vals, selections, row_warnings = [], [], []
             for r, idx in enumerate(draws):
                 sub = ProtocolInput(
                     train=data.train.subset(idx),
@@ -92,7 +92,7 @@ def run(
                 value, w = classification_metrics(data.test.labels, res.scores, data.task)
                 vals.append(float(value[headline]))
                 selections.append(res.selected)
-                warnings += [f"{n}-shot {proto} draw {r}: {x}" for x in w + res.warnings]
+                row_warnings += [f"draw {r}: {x}" for x in w + res.warnings]
             mean = float(np.mean(vals))
             sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
             half = (
@@ -113,6 +113,7 @@ def run(
                         "train_sizes": [len(i) for i in draws],
                         "per_draw": selections,
                     },
+                    warnings=sorted(set(row_warnings)),
                 )
             )
     return ProtocolResult(

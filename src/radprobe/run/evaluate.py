@@ -331,7 +331,7 @@ def run_protocol(
                 hparams=sm.hparams,
                 selected=sm.selected,
                 trainable_params=int(sm.selected.get("trainable_params", 0)),
-                warnings=result.warnings,
+                warnings=result.warnings + sm.warnings,
             )
         )
     if result.summaries:
