@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec, cache_key
+from radprobe.utils import digest
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Backbone, Preprocess
@@ -85,7 +86,13 @@ def feature_key(
     """Cache key of one split's features (per-slice entries of volumes get their own key)."""
     info = backbone.info
     return cache_key(
-        backbone={"name": info.name, "arch": info.arch, "weights": info.weights_digest},
+        backbone={
+            "name": info.name,
+            "arch": info.arch,
+            "weights": info.weights_digest,
+            # how the module was built (e.g. the position-table grid) changes its features too
+            "layout": digest({k: list(v.shape) for k, v in backbone.state_dict().items()}),
+        },
         preprocess=backbone.preprocess.to_dict(),
         manifest_digest=dataset.manifest_digest(),
         # the split label carries the layout so averaged and per-slice entries never collide,
