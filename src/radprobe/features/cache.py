@@ -174,45 +174,47 @@ class FeatureCache:
             if path.exists():  # directory without manifest: never finished
                 shutil.rmtree(path, ignore_errors=True)
             return None
-        problem = self._validate(path, key, verify)
+        problem, manifest, arrays = self._validate(path, key, verify)
         if problem is not None:
             self.last_problem = f"cache entry {path} is corrupt ({problem}); rebuilding"
             shutil.rmtree(path, ignore_errors=True)
             return None
-        manifest = json.loads((path / "manifest.json").read_text())
-        arrays = {name: np.load(path / f"{name}.npy", mmap_mode="r") for name in manifest["files"]}
         sample_ids = json.loads((path / "sample_ids.json").read_text())
         return FeatureSet(key=key, path=path, sample_ids=sample_ids, arrays=arrays, meta=manifest["meta"])
 
     @staticmethod
-    def _validate(path: Path, key: str, verify: str) -> str | None:
+    def _validate(
+        path: Path, key: str, verify: str
+    ) -> tuple[str | None, dict[str, Any], dict[str, np.ndarray]]:
+        """(problem or None, manifest, the arrays memory-mapped while checking them)."""
         try:
             manifest = json.loads((path / "manifest.json").read_text())
         except (OSError, json.JSONDecodeError) as e:
-            return f"unreadable manifest: {e}"
+            return f"unreadable manifest: {e}", {}, {}
         if manifest.get("format") != FORMAT_VERSION or manifest.get("key") != key:
-            return "manifest format or key mismatch"
+            return "manifest format or key mismatch", manifest, {}
         files = manifest.get("files", {})
         total = sum(f["bytes"] for f in files.values())
         full = verify == "full" or (verify == "auto" and total <= FULL_VERIFY_BYTES)
         ids_path = path / "sample_ids.json"
         if not ids_path.is_file() or file_sha256(ids_path) != manifest.get("sample_ids_sha256"):
-            return "sample_ids.json missing or altered"
+            return "sample_ids.json missing or altered", manifest, {}
+        arrays: dict[str, np.ndarray] = {}
         for name, f in files.items():
             p = path / f"{name}.npy"
             if not p.is_file():
-                return f"{p.name} missing"
+                return f"{p.name} missing", manifest, {}
             if p.stat().st_size != f["bytes"]:
-                return f"{p.name} has {p.stat().st_size} bytes, expected {f['bytes']}"
+                return f"{p.name} has {p.stat().st_size} bytes, expected {f['bytes']}", manifest, {}
             try:
                 arr = np.load(p, mmap_mode="r")
             except (ValueError, OSError) as e:
-                return f"{p.name} unreadable: {e}"
+                return f"{p.name} unreadable: {e}", manifest, {}
             if list(arr.shape) != f["shape"] or str(arr.dtype) != f["dtype"]:
-                return f"{p.name} shape/dtype differ from manifest"
+                return f"{p.name} shape/dtype differ from manifest", manifest, {}
             if arr.shape[0] != manifest["n"]:
-                return f"{p.name} has {arr.shape[0]} rows, expected {manifest['n']}"
-            del arr
+                return f"{p.name} has {arr.shape[0]} rows, expected {manifest['n']}", manifest, {}
             if full and file_sha256(p) != f["sha256"]:
-                return f"{p.name} checksum mismatch"
-        return None
+                return f"{p.name} checksum mismatch", manifest, {}
+            arrays[name] = arr
+        return None, manifest, arrays

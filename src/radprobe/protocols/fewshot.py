@@ -68,7 +68,6 @@ def run(
     inner = {**DEFAULT_INNER, **(inner or {})}
     headline = HEADLINE[data.task][0]
     summaries: list[Summary] = []
-    warnings: list[str] = []
     for n in sorted(shots):
         draws = [
             draw(data.train.labels, data.train.groups, n, data.task, np.random.default_rng([data.seed, n, r]))
@@ -120,6 +119,5 @@ def run(
         scores=None,
         hparams={"shots": list(shots), "repeats": repeats, "protocols": list(protocols)},
         selected={},
-        warnings=sorted(set(warnings)),
         summaries=summaries,
     )

@@ -209,7 +209,7 @@ def run(
     if refit:
         grid = train_heads(data.train.concat(data.val), data.task, data.num_classes, [best], **kw)
     test_scores = predict(grid, data.test, data.task)[best]
-    d_in = linear_input(_blocks(data.val.subset(np.arange(1))), best.n_blocks, best.avgpool).shape[1]
+    d_in = grid.dims[(best.n_blocks, best.avgpool)]
     warnings = []
     if available < max(n_blocks):
         warnings.append(f"cache holds {available} block(s); n_last_blocks limited to {nb}")

@@ -162,6 +162,52 @@ class Prepared:
         )
 
 
+def extract_all(
+    cfg: EvalConfig,
+    backbone: Any,
+    dataset: Any,
+    spec: FeatureSpec,
+    device: str,
+    warn: Any = None,
+    *,
+    per_slice: bool = False,
+    label: str = "",
+) -> tuple[dict[str, FeatureSet], dict[str, ExtractStats]]:
+    """Features of train / val / test from the cache or one extraction each, with progress bars.
+
+    ``warn`` receives one-line notices (e.g. a corrupt cache entry being rebuilt).
+    """
+    cache = FeatureCache((cfg.cache_root or cache_dir()) / "features")
+    feats: dict[str, FeatureSet] = {}
+    stats: dict[str, ExtractStats] = {}
+    name = backbone.info.name
+    with make_progress(cfg.progress) as bar:
+        for split in ("train", "val", "test"):
+            n = len(dataset.split(split))
+            task = bar.add_task(f"{name} · {split}{label}", total=n)
+            fs, st = extract_split(
+                backbone,
+                dataset,
+                split,
+                cache,
+                spec,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+                device=device,
+                progress=lambda k, task=task: bar.advance(task, k),
+                per_slice=per_slice,
+            )
+            suffix = " (cached)" if st.cache_hit else ""
+            bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
+            if cache.last_problem:
+                st.extra["rebuilt"] = cache.last_problem
+                if warn is not None:
+                    warn(cache.last_problem)
+                cache.last_problem = None
+            feats[split], stats[split] = fs, st
+    return feats, stats
+
+
 def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
     """Validate the inputs, load dataset and backbone, and extract (or find cached) features.
 
@@ -189,37 +235,12 @@ def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
         allow_partial_weights=cfg.allow_partial_weights,
         resolution=cfg.resolution,
     )
-    cache = FeatureCache((cfg.cache_root or cache_dir()) / "features")
     # a backbone shallower than n_blocks (test models, CNNs) gives all the blocks it has
     spec = FeatureSpec(n_blocks=min(cfg.n_blocks, max(1, backbone.info.num_blocks)))
-    feats: dict[str, FeatureSet] = {}
-    stats: dict[str, ExtractStats] = {}
-    name = backbone.info.name
-    with make_progress(cfg.progress) as bar:
-        for split in ("train", "val", "test"):
-            n = len(dataset.split(split))
-            task = bar.add_task(f"{name} · {split}", total=n)
-            fs, st = extract_split(
-                backbone,
-                dataset,
-                split,
-                cache,
-                spec,
-                batch_size=cfg.batch_size,
-                num_workers=cfg.num_workers,
-                device=device,
-                progress=lambda k, task=task: bar.advance(task, k),
-            )
-            suffix = " (cached)" if st.cache_hit else ""
-            bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
-            if fs.sample_ids != [r.sample_id for r in dataset.split(split)]:
-                raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
-            if cache.last_problem:
-                st.extra["rebuilt"] = cache.last_problem
-                if warn is not None:
-                    warn(cache.last_problem)
-                cache.last_problem = None
-            feats[split], stats[split] = fs, st
+    feats, stats = extract_all(cfg, backbone, dataset, spec, device, warn)
+    for split, fs in feats.items():
+        if fs.sample_ids != [r.sample_id for r in dataset.split(split)]:
+            raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
     return Prepared(dataset, backbone, device, feats, stats)
 
 

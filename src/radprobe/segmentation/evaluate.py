@@ -22,13 +22,11 @@ from typing import Any
 import numpy as np
 from scipy import stats as sstats
 
-from radprobe.config import cache_dir
 from radprobe.errors import RadprobeError
-from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec
-from radprobe.features.extract import ExtractStats, extract_split
-from radprobe.progress import make_progress
+from radprobe.features.cache import FeatureSet, FeatureSpec
+from radprobe.features.extract import ExtractStats
 from radprobe.results import ResultRow, ResultStore
-from radprobe.run.evaluate import EvalConfig, EvalSummary, _check_options, _device, _env
+from radprobe.run.evaluate import EvalConfig, EvalSummary, _check_options, _device, _env, extract_all
 from radprobe.segmentation.data import intensity, load_split
 from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.metrics import summarize
@@ -201,38 +199,9 @@ def _hd95_unit(split: Any) -> str:
 def _extract(
     cfg: EvalConfig, backbone: Any, dataset: Any, layers: list[int], device: str, warn: Any
 ) -> tuple[dict[str, FeatureSet], dict[str, ExtractStats]]:
-    cache = FeatureCache((cfg.cache_root or cache_dir()) / "features")
     # float16 halves the cache of patch grids (DINOv2-L at 448: 4 MB per image and layer in float32)
     spec = FeatureSpec(n_blocks=1, grid_layers=tuple(layers), dtype="float16")
-    feats: dict[str, FeatureSet] = {}
-    stats: dict[str, ExtractStats] = {}
-    name = backbone.info.name
-    with make_progress(cfg.progress) as bar:
-        for split in ("train", "val", "test"):
-            n = len(dataset.split(split))
-            task = bar.add_task(f"{name} · {split} grids", total=n)
-            fs, st = extract_split(
-                backbone,
-                dataset,
-                split,
-                cache,
-                spec,
-                batch_size=cfg.batch_size,
-                num_workers=cfg.num_workers,
-                device=device,
-                progress=lambda k, task=task: bar.advance(task, k),
-                per_slice=True,
-            )
-            bar.update(
-                task, completed=n, description=f"{name} · {split}{' (cached)' if st.cache_hit else ''}"
-            )
-            if cache.last_problem:
-                st.extra["rebuilt"] = cache.last_problem
-                if warn is not None:
-                    warn(cache.last_problem)
-                cache.last_problem = None
-            feats[split], stats[split] = fs, st
-    return feats, stats
+    return extract_all(cfg, backbone, dataset, spec, device, warn, per_slice=True, label=" grids")
 
 
 def _t_interval(vals: list[float]) -> tuple[float | None, float | None]:
