@@ -59,3 +59,70 @@ def test_same_seed_same_numbers(toy):
     a = linear.run(toy, lrs=(1e-2,), epochs=1, min_iterations=20)
     b = linear.run(toy, lrs=(1e-2,), epochs=1, min_iterations=20)
     np.testing.assert_array_equal(a.scores, b.scores)
+
+
+def _probe(heads, split, task):
+    return np.stack(list(linear.predict(heads, split, task).values()))
+
+
+def test_row_space_training_equals_full_space_training(toy):
+    # 40 samples < 24..36 input dims? make the inputs wide so the projection really applies
+    small = toy.train.subset(np.arange(20))
+    configs = linear.head_grid(lrs=(1e-2, 1e-1), n_blocks=(1, 2), avgpool=(False, True))
+    kw = dict(epochs=3, min_iterations=60, batch_size=8, seed=1)
+    full = linear.train_heads(small, toy.task, toy.num_classes, configs, project=False, **kw)
+    proj = linear.train_heads(small, toy.task, toy.num_classes, configs, project=True, **kw)
+    np.testing.assert_allclose(_probe(proj, toy.val, toy.task), _probe(full, toy.val, toy.task), atol=2e-5)
+    # and the heads really moved away from their initial weights
+    init = linear.train_heads(
+        small, toy.task, toy.num_classes, configs, project=False, min_iterations=1, epochs=0
+    )
+    assert np.abs(_probe(full, toy.val, toy.task) - _probe(init, toy.val, toy.task)).max() > 0.05
+
+
+def test_training_sets_fused_in_one_pass_equal_each_trained_alone(toy):
+    rng = np.random.default_rng(4)
+    trains = [
+        toy.train.subset(np.sort(rng.choice(len(toy.train), n, replace=False))) for n in (9, 30, 30, 70)
+    ]
+    configs = linear.head_grid(lrs=(1e-3, 1e-1), n_blocks=(1, 2), avgpool=(False, True))
+    kw = dict(epochs=2, min_iterations=50, batch_size=32)
+    fused = linear.train_many(trains, toy.task, toy.num_classes, configs, [5, 6, 7, 8], **kw)
+    for train, seed, heads in zip(trains, (5, 6, 7, 8), fused, strict=True):
+        alone = linear.train_heads(train, toy.task, toy.num_classes, configs, seed=seed, **kw)
+        np.testing.assert_allclose(
+            _probe(heads, toy.val, toy.task), _probe(alone, toy.val, toy.task), atol=2e-5
+        )
+    # different draws give different heads
+    assert not np.allclose(_probe(fused[1], toy.val, toy.task), _probe(fused[2], toy.val, toy.task))
+
+
+def test_unknown_multilabel_entries_are_left_out_of_the_loss():
+    rng = np.random.default_rng(2)
+    logits = torch.tensor(rng.normal(size=(3, 6, 4)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(-1, 2, (6, 4)))
+    fused = linear.head_losses(logits, y, "multilabel")
+    for h in range(3):
+        terms = [
+            max(z, 0) - z * t + np.log1p(np.exp(-abs(z)))
+            for i in range(6)
+            for c in range(4)
+            if (t := float(y[i, c])) >= 0
+            for z in [float(logits[h, i, c])]
+        ]
+        assert np.isclose(float(fused[h]), np.mean(terms), atol=1e-6)
+
+
+def test_a_label_unknown_everywhere_never_moves_its_weights(toy):
+    if toy.task != "multilabel":
+        return
+    y = toy.train.labels.copy()
+    y[:, 1] = -1
+    train = type(toy.train)(toy.train.features, y, toy.train.groups, toy.train.blocks)
+    configs = linear.head_grid(lrs=(1e-1,), n_blocks=(1,), avgpool=(False,))
+    kw = dict(epochs=2, min_iterations=30, batch_size=16, seed=0)
+    trained = linear.train_heads(train, "multilabel", 3, configs, **kw)
+    init = linear.train_heads(train, "multilabel", 3, configs, epochs=0, min_iterations=1, seed=0)
+    (_, w, b), (_, w0, _) = trained.heads[(1, False)], init.heads[(1, False)]
+    assert float(b[0, 1]) == 0.0 and torch.equal(w[0, :, 1], w0[0, :, 1])
+    assert float(b[0, 0].abs()) > 0  # the known labels did train

@@ -24,6 +24,8 @@ DEFAULT_SHOTS = (1, 2, 4, 8, 16)
 # (1e-6 … 1e5) instead of 45 values. Override with inner={"logreg": {"cs": [...]}}.
 DEFAULT_INNER: dict[str, dict[str, Any]] = {"logreg": {"cs": [float(c) for c in np.logspace(-6, 5, 12)]}}
 INNER: dict[str, Callable[..., ProtocolResult]] = {"knn": knn.run, "linear": linear.run, "logreg": logreg.run}
+# Protocols that fit many training sets in one pass (one result per input, in order).
+BATCHED: dict[str, Callable[..., list[ProtocolResult]]] = {"linear": linear.run_many}
 
 
 def draw(labels: np.ndarray, groups: np.ndarray, n: int, task: str, rng: np.random.Generator) -> np.ndarray:
@@ -68,29 +70,45 @@ def run(
     inner = {**DEFAULT_INNER, **(inner or {})}
     headline = HEADLINE[data.task][0]
     summaries: list[Summary] = []
-    for n in sorted(shots):
-        draws = [
-            draw(data.train.labels, data.train.groups, n, data.task, np.random.default_rng([data.seed, n, r]))
-            for r in range(repeats)
-        ]
-        for proto in protocols:
-            vals, selections, row_warnings = [], [], []
-            for r, idx in enumerate(draws):
-                sub = ProtocolInput(
-                    train=data.train.subset(idx),
-                    val=data.val,
-                    test=data.test,
-                    task=data.task,
-                    num_classes=data.num_classes,
-                    seed=data.seed + r,
-                )
-                kw = dict(inner.get(proto, {}))
+
+    # every (shots, draw) subset first: batched protocols (linear) then train all of them at once
+    def subset(n: int, r: int) -> np.ndarray:
+        return draw(
+            data.train.labels, data.train.groups, n, data.task, np.random.default_rng([data.seed, n, r])
+        )
+
+    subsets = [(n, r, subset(n, r)) for n in sorted(shots) for r in range(repeats)]
+    inputs = [
+        ProtocolInput(
+            train=data.train.subset(idx),
+            val=data.val,
+            test=data.test,
+            task=data.task,
+            num_classes=data.num_classes,
+            seed=data.seed + r,
+        )
+        for _, r, idx in subsets
+    ]
+    for proto in protocols:
+        kw = dict(inner.get(proto, {}))
+        if proto in BATCHED:
+            results = BATCHED[proto](inputs, **kw)
+        else:
+            results = []
+            for sub in inputs:
+                sub_kw = dict(kw)
                 if proto == "knn":
-                    kw.setdefault("ks", [k for k in (1, 3, 5, *knn.DEFAULT_KS) if k <= len(idx)])
-                res = INNER[proto](sub, **kw)
+                    sub_kw.setdefault("ks", [k for k in (1, 3, 5, *knn.DEFAULT_KS) if k <= len(sub.train)])
+                results.append(INNER[proto](sub, **sub_kw))
+        for n in sorted(shots):
+            vals, selections, row_warnings, sizes = [], [], [], []
+            for (n_i, r, idx), res in zip(subsets, results, strict=True):
+                if n_i != n:
+                    continue
                 value, w = classification_metrics(data.test.labels, res.scores, data.task)
                 vals.append(float(value[headline]))
                 selections.append(res.selected)
+                sizes.append(len(idx))
                 row_warnings += [f"draw {r}: {x}" for x in w + res.warnings]
             mean = float(np.mean(vals))
             sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
@@ -109,7 +127,7 @@ def run(
                     selected={
                         "values": vals,
                         "sd": sd,
-                        "train_sizes": [len(i) for i in draws],
+                        "train_sizes": sizes,
                         "per_draw": selections,
                     },
                     warnings=sorted(set(row_warnings)),

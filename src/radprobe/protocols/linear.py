@@ -3,9 +3,17 @@
 The grid is learning rates x n_last_blocks x avgpool (13 x 2 x 2 = 52 heads by default). Every head
 sees the same mini-batches; the heads' losses are summed into one backward pass, and a fused SGD
 step (momentum 0.9, no weight decay, cosine schedule, lr scaled by batch/256) updates each head with
-its own learning rate. All heads live in one (variants, heads, D, C) tensor, so a step is a single
-batched matmul, and multi-label BCE runs over (heads x batch x classes) at once. The best head is
-chosen on validation only; the test split is scored once.
+its own learning rate. Multi-label BCE runs over (heads x batch x classes) at once, and labels of -1
+(unknown, e.g. CheXpert's uncertain=ignore) are masked out of the loss. The best head is chosen on
+validation only; the test split is scored once.
+
+Several training sets (few-shot draws) train in the same pass: each has its own batches, seed and
+heads, stacked along a leading dimension, so 25 draws cost one loop instead of 25.
+
+When a training set has fewer samples than a variant has input dimensions, the heads train in the
+row space of its inputs: SGD on a linear model only ever moves the weights along the training rows
+(the gradient is X^T G), so with X^T = Q R the weights stay W0 + Q U, and training U on the n x n
+inputs R^T (plus the fixed logit offset X W0) follows the very same trajectory at n/D of the cost.
 
 A head's initial weights come from a generator seeded by (seed, its config), and the batch order
 from ``seed`` alone, so each head of the grid trains exactly as it would alone.
@@ -21,10 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from radprobe.protocols.base import ProtocolInput, ProtocolResult, SplitFeatures, validation_score
+from radprobe.metrics.fast import headline_scores
+from radprobe.protocols.base import ProtocolInput, ProtocolResult, SplitFeatures
 from radprobe.utils import digest
 
 DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+
+Variant = tuple[int, bool]
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,10 @@ class HeadConfig:
     lr: float
     n_blocks: int
     avgpool: bool
+
+    @property
+    def variant(self) -> Variant:
+        return (self.n_blocks, self.avgpool)
 
 
 def head_grid(
@@ -64,77 +79,72 @@ def _init_seed(seed: int, cfg: HeadConfig) -> int:
     return int(digest({"seed": seed, "head": asdict(cfg)}, 15), 16)
 
 
-class _Grid:
-    """Every head of the grid in one tensor: weights (V, H, D, C) over V input variants.
+@dataclass
+class LinearHeads:
+    """Trained heads of one training set, per input variant: configs, weights (H, D, C), biases (H, C)."""
 
-    A variant's inputs are zero-padded to the widest variant's D, so padded weights see zero input,
-    get zero gradient and never move: each head trains exactly as on its own. Variants with fewer
-    heads than the widest are padded with inert heads (learning rate 0, loss masked out).
-    """
-
-    def __init__(
-        self, configs: Sequence[HeadConfig], dims: dict[tuple[int, bool], int], num_classes: int, seed: int
-    ) -> None:
-        self.variants = sorted(dims)
-        self.dims = dims
-        per_variant = [[c for c in configs if (c.n_blocks, c.avgpool) == v] for v in self.variants]
-        n_v, n_h, d = len(self.variants), max(len(h) for h in per_variant), max(dims.values())
-        self.w = torch.zeros(n_v, n_h, d, num_classes)
-        self.b = torch.zeros(n_v, n_h, num_classes)
-        self.lr = torch.zeros(n_v, n_h)
-        self.live = torch.zeros(n_v, n_h)
-        self.slots: dict[HeadConfig, tuple[int, int]] = {}
-        for vi, (v, heads) in enumerate(zip(self.variants, per_variant, strict=True)):
-            for hi, cfg in enumerate(heads):
-                g = torch.Generator().manual_seed(_init_seed(seed, cfg))
-                # DINOv2 heads: weights N(0, 0.01), bias 0
-                self.w[vi, hi, : dims[v]] = torch.randn(dims[v], num_classes, generator=g) * 0.01
-                self.lr[vi, hi] = cfg.lr
-                self.live[vi, hi] = 1.0
-                self.slots[cfg] = (vi, hi)
-        self.w.requires_grad_()
-        self.b.requires_grad_()
-        self.buf_w = torch.zeros_like(self.w)
-        self.buf_b = torch.zeros_like(self.b)
+    heads: dict[Variant, tuple[list[HeadConfig], torch.Tensor, torch.Tensor]]
 
     @property
     def configs(self) -> list[HeadConfig]:
-        return list(self.slots)
+        return [c for cfgs, _, _ in self.heads.values() for c in cfgs]
 
-    def inputs(self, blocks: torch.Tensor) -> torch.Tensor:
-        """(V, B, D) padded linear inputs of a batch of block features."""
-        d = self.w.shape[2]
-        return torch.stack([F.pad(linear_input(blocks, *v), (0, d - self.dims[v])) for v in self.variants])
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(V, H, B, C) logits of every head."""
-        return torch.einsum("vbd,vhdc->vhbc", x, self.w) + self.b[:, :, None]
-
-    def loss(self, x: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-        """Sum over live heads of each head's mean loss."""
-        z = self.logits(x)
-        n_v, n_h, bsz, c = z.shape
-        per_head = head_losses(z.reshape(n_v * n_h, bsz, c), y, task).view(n_v, n_h)
-        return (per_head * self.live).sum()
-
-    @torch.no_grad()
-    def step(self, scale: float, momentum: float) -> None:
-        """SGD with momentum, each head with its own learning rate (PyTorch's update rule)."""
-        for p, buf in ((self.w, self.buf_w), (self.b, self.buf_b)):
-            buf.mul_(momentum).add_(p.grad)
-            lr = (self.lr * scale).view(*self.lr.shape, *([1] * (p.ndim - 2)))
-            p.sub_(lr * buf)
-            p.grad = None
+    def input_dim(self, cfg: HeadConfig) -> int:
+        return int(self.heads[cfg.variant][1].shape[1])
 
 
-def head_losses(logits: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
-    """Per-head mean loss (H,) of logits (H, B, C): cross-entropy, or BCE over all labels at once."""
-    if task == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, y.float().expand_as(logits), reduction="none").mean(
-            dim=(1, 2)
+def _batches(n: int, bs: int, iterations: int, seed: int) -> torch.Tensor:
+    """(iterations, bs) sample indices: reshuffled whenever fewer than ``bs`` remain in the epoch."""
+    gen = torch.Generator().manual_seed(seed)
+    per_perm = n // bs
+    rows = []
+    while len(rows) * per_perm < iterations:
+        rows.append(torch.randperm(n, generator=gen)[: per_perm * bs].view(per_perm, bs))
+    return torch.cat(rows)[:iterations]
+
+
+def _plan(n: int, epochs: int, min_iterations: int, batch_size: int) -> tuple[int, int]:
+    bs = min(batch_size, n)
+    return bs, max(epochs * math.ceil(n / bs), min_iterations)
+
+
+def train_many(
+    trains: Sequence[SplitFeatures],
+    task: str,
+    num_classes: int,
+    configs: Sequence[HeadConfig],
+    seeds: Sequence[int],
+    *,
+    epochs: int = 10,
+    min_iterations: int = 500,
+    batch_size: int = 256,
+    momentum: float = 0.9,
+    project: bool | None = None,
+) -> list[LinearHeads]:
+    """Train the grid ``configs`` on every training set at once (one backward per step).
+
+    Training sets with the same number of iterations share one loop. ``project`` forces (True) or
+    forbids (False) training in the row space of the inputs; by default it is used where it is
+    cheaper (fewer samples than input dimensions). It does not change the result beyond rounding.
+    """
+    plans = [_plan(len(t), epochs, min_iterations, batch_size) for t in trains]
+    out: list[LinearHeads | None] = [None] * len(trains)
+    for iterations in sorted({it for _, it in plans}):
+        members = [i for i, (_, it) in enumerate(plans) if it == iterations]
+        fused = _train_fused(
+            [trains[i] for i in members],
+            [plans[i][0] for i in members],
+            [seeds[i] for i in members],
+            task,
+            num_classes,
+            configs,
+            iterations,
+            momentum,
+            project,
         )
-    h, b, c = logits.shape
-    return F.cross_entropy(logits.reshape(h * b, c), y.repeat(h), reduction="none").view(h, b).mean(1)
+        for i, heads in zip(members, fused, strict=True):
+            out[i] = heads
+    return out  # type: ignore[return-value]
 
 
 def train_heads(
@@ -143,49 +153,175 @@ def train_heads(
     num_classes: int,
     configs: Sequence[HeadConfig],
     *,
-    epochs: int = 10,
-    min_iterations: int = 500,
-    batch_size: int = 256,
-    momentum: float = 0.9,
     seed: int = 0,
-) -> _Grid:
+    **kw,
+) -> LinearHeads:
     """Train every head of ``configs`` in one pass over the cached features: one backward per step."""
-    blocks = _blocks(train)
-    y = torch.as_tensor(np.asarray(train.labels)).long()
-    n = len(y)
-    bs = min(batch_size, n)
-    iterations = max(epochs * math.ceil(n / bs), min_iterations)
-    lr_scale = bs / 256  # DINOv2: lr = base_lr * batch / 256
-    dims = {v: linear_input(blocks[:1], *v).shape[1] for v in {(c.n_blocks, c.avgpool) for c in configs}}
-    grid = _Grid(configs, dims, num_classes, seed)
-    order_gen = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=order_gen)
-    pos = 0
+    return train_many([train], task, num_classes, configs, [seed], **kw)[0]
+
+
+def _train_fused(
+    trains: Sequence[SplitFeatures],
+    batch_sizes: Sequence[int],
+    seeds: Sequence[int],
+    task: str,
+    num_classes: int,
+    configs: Sequence[HeadConfig],
+    iterations: int,
+    momentum: float,
+    project: bool | None,
+) -> list[LinearHeads]:
+    """Train R sets' grids in one loop; tensors are laid out (R, V, ...) over sets and variants.
+
+    Shorter sets and narrower variants are zero-padded: padded inputs give padded weights zero
+    gradient, padded batch slots are masked out of the loss, and variants with fewer heads than the
+    widest get inert heads (learning rate 0, loss masked out).
+    """
+    variants = sorted({c.variant for c in configs})
+    per_variant = [[c for c in configs if c.variant == v] for v in variants]
+    r_n, v_n, h_n, c_n = len(trains), len(variants), max(len(h) for h in per_variant), num_classes
+    ns = [len(t) for t in trains]
+    # per (set, variant): training inputs (projected or not), initial weights and the basis
+    inputs: list[list[torch.Tensor]] = []
+    init: list[list[torch.Tensor]] = []
+    bases: list[list[torch.Tensor | None]] = []
+    offsets: list[list[torch.Tensor | None]] = []
+    for train, seed in zip(trains, seeds, strict=True):
+        blocks = _blocks(train)
+        for lists in (inputs, init, bases, offsets):
+            lists.append([])
+        for v, heads in zip(variants, per_variant, strict=True):
+            x = linear_input(blocks, *v)
+            w0 = torch.zeros(h_n, x.shape[1], c_n)
+            for hi, cfg in enumerate(heads):
+                g = torch.Generator().manual_seed(_init_seed(seed, cfg))
+                w0[hi] = torch.randn(x.shape[1], c_n, generator=g) * 0.01  # DINOv2: N(0, 0.01), bias 0
+            use = project if project is not None else len(x) < x.shape[1]
+            if use:
+                q, r = torch.linalg.qr(x.T.double())  # x = r^T q^T
+                inputs[-1].append(r.T.float())
+                bases[-1].append(q.float())
+                offsets[-1].append(torch.einsum("nd,hdc->nhc", x, w0))  # fixed logits X W0
+            else:
+                inputs[-1].append(x)
+                bases[-1].append(None)
+                offsets[-1].append(None)
+            init[-1].append(w0)
+    d_n, n_max = max(x.shape[1] for xs in inputs for x in xs), max(ns)
+    x_all = torch.zeros(r_n, v_n, n_max, d_n)
+    offset = torch.zeros(r_n, v_n, n_max, h_n, c_n)
+    w = torch.zeros(r_n, v_n, d_n, h_n, c_n)
+    for ri in range(r_n):
+        for vi in range(v_n):
+            x, off = inputs[ri][vi], offsets[ri][vi]
+            x_all[ri, vi, : ns[ri], : x.shape[1]] = x
+            if off is None:
+                w[ri, vi, : x.shape[1]] = init[ri][vi].permute(1, 0, 2)
+            else:
+                offset[ri, vi, : ns[ri]] = off
+    b = torch.zeros(r_n, v_n, h_n, c_n)
+    lr = torch.zeros(r_n, v_n, h_n)
+    live = torch.zeros(v_n, h_n)
+    for vi, heads in enumerate(per_variant):
+        for hi, cfg in enumerate(heads):
+            lr[:, vi, hi] = cfg.lr * torch.tensor([bs / 256 for bs in batch_sizes])  # lr * batch / 256
+            live[vi, hi] = 1.0
+    y_all = torch.zeros((r_n, n_max, c_n) if task == "multilabel" else (r_n, n_max), dtype=torch.long)
+    for ri, t in enumerate(trains):
+        y_all[ri, : ns[ri]] = torch.as_tensor(np.asarray(t.labels)).long()
+    bs_max = max(batch_sizes)
+    idx = torch.zeros(iterations, r_n, bs_max, dtype=torch.long)
+    slot = torch.zeros(r_n, bs_max)
+    for ri, (n, bs, seed) in enumerate(zip(ns, batch_sizes, seeds, strict=True)):
+        idx[:, ri, :bs] = _batches(n, bs, iterations, seed)
+        slot[ri, :bs] = 1.0
+    w.requires_grad_()
+    b.requires_grad_()
+    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
+    rows, var_r, var = (
+        torch.arange(r_n)[:, None],
+        torch.arange(r_n)[:, None, None],
+        torch.arange(v_n)[None, :, None],
+    )
     for it in range(iterations):
-        if pos + bs > n:
-            perm, pos = torch.randperm(n, generator=order_gen), 0
-        idx = perm[pos : pos + bs]
-        pos += bs
-        # heads are independent: the summed loss gives each head its own gradient
-        grid.loss(grid.inputs(blocks[idx]), y[idx], task).backward()
-        grid.step(lr_scale * 0.5 * (1 + math.cos(math.pi * it / iterations)), momentum)
-    return grid
+        bi = idx[it]
+        xb = x_all[var_r, var, bi[:, None]].view(r_n * v_n, bs_max, d_n)
+        z = torch.bmm(xb, w.view(r_n * v_n, d_n, h_n * c_n)).view(r_n, v_n, bs_max, h_n, c_n)
+        z = (z + offset[var_r, var, bi[:, None]] + b[:, :, None]).transpose(2, 3)  # (R, V, H, B, C)
+        loss = head_losses(z, y_all[rows, bi][:, None, None], task, slot[:, None, None])
+        (loss * live).sum().backward()  # heads are independent: each gets its own gradient
+        scale = 0.5 * (1 + math.cos(math.pi * it / iterations))
+        with torch.no_grad():
+            for p, buf, lr_p in ((w, buf_w, lr[:, :, None, :, None]), (b, buf_b, lr[..., None])):
+                buf.mul_(momentum).add_(p.grad)
+                p.sub_(lr_p * scale * buf)
+                p.grad = None
+    out = []
+    with torch.no_grad():
+        for ri in range(r_n):
+            heads: dict[Variant, tuple[list[HeadConfig], torch.Tensor, torch.Tensor]] = {}
+            for vi, (v, cfgs) in enumerate(zip(variants, per_variant, strict=True)):
+                d = inputs[ri][vi].shape[1]
+                u = w[ri, vi, :d, : len(cfgs)].permute(1, 0, 2)  # (H, d, C)
+                q = bases[ri][vi]
+                weights = (
+                    init[ri][vi][: len(cfgs)] + torch.einsum("Dn,hnc->hDc", q, u) if q is not None else u
+                )
+                heads[v] = (cfgs, weights.clone(), b[ri, vi, : len(cfgs)].clone())
+            out.append(LinearHeads(heads))
+    return out
+
+
+def head_losses(
+    logits: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-head mean loss of logits (..., B, C): cross-entropy, or BCE over all labels at once.
+
+    ``y`` (B,) or multi-label (B, C) broadcasts over the leading head axes. ``weight`` (..., B)
+    masks samples (batch padding); multi-label entries of -1 (unknown) are left out of the mean.
+    """
+    if task == "multilabel":
+        known = (y >= 0).float() if weight is None else (y >= 0).float() * weight[..., None]
+        known = known.expand_as(logits)
+        target = y.clamp(min=0).float().expand_as(logits)
+        per = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * known
+        return per.sum(dim=(-2, -1)) / known.sum(dim=(-2, -1)).clamp(min=1)
+    shape = logits.shape[:-1]
+    # log-sum-exp minus the target logit: cross-entropy without flattening (heads, batch) into rows
+    per = torch.logsumexp(logits, -1) - logits.gather(-1, y.expand(shape).unsqueeze(-1)).squeeze(-1)
+    if weight is None:
+        return per.mean(-1)
+    weight = weight.expand(shape)
+    return (per * weight).sum(-1) / weight.sum(-1)
 
 
 @torch.no_grad()
-def predict(grid: _Grid, split: SplitFeatures, task: str, chunk: int = 4096) -> dict[HeadConfig, np.ndarray]:
+def predict(
+    heads: LinearHeads, split: SplitFeatures, task: str, chunk: int = 4096
+) -> dict[HeadConfig, np.ndarray]:
     """Scores (N, C) of every head: softmax, or sigmoid for multi-label."""
     blocks = _blocks(split)
-    parts = []
-    for start in range(0, len(blocks), chunk):
-        z = grid.logits(grid.inputs(blocks[start : start + chunk]))
-        parts.append(z.sigmoid() if task == "multilabel" else z.softmax(-1))
-    probs = torch.cat(parts, dim=2)
-    return {cfg: probs[vi, hi].double().numpy() for cfg, (vi, hi) in grid.slots.items()}
+    out: dict[HeadConfig, np.ndarray] = {}
+    for v, (cfgs, w, b) in heads.heads.items():
+        parts = []
+        for start in range(0, len(blocks), chunk):
+            z = torch.einsum("nd,hdc->hnc", linear_input(blocks[start : start + chunk], *v), w) + b[:, None]
+            parts.append(z.sigmoid() if task == "multilabel" else z.softmax(-1))
+        probs = torch.cat(parts, dim=1)
+        out.update({c: probs[hi].double().numpy() for hi, c in enumerate(cfgs)})
+    return {c: out[c] for c in heads.configs}
 
 
-def run(
-    data: ProtocolInput,
+def run(data: ProtocolInput, **kw) -> ProtocolResult:
+    """Train the grid on train, select the best head on val, score test once.
+
+    Options as :func:`run_many`; ``refit`` retrains the selected head on train + val before scoring.
+    """
+    return run_many([data], **kw)[0]
+
+
+def run_many(
+    inputs: Sequence[ProtocolInput],
     lrs: Sequence[float] = DINOV2_LRS,
     n_blocks: Sequence[int] = (1, 4),
     avgpool: Sequence[bool] = (False, True),
@@ -193,43 +329,64 @@ def run(
     min_iterations: int = 500,
     batch_size: int = 256,
     refit: bool = False,
-) -> ProtocolResult:
-    """Train the grid on train, select the best head on val, score test once.
-
-    ``refit`` retrains the selected head on train + val before scoring test.
-    """
-    available = 1 if data.train.blocks is None else data.train.blocks.shape[1]
+) -> list[ProtocolResult]:
+    """:func:`run` on several inputs of one task (few-shot draws), their grids trained in one pass."""
+    first = inputs[0]
+    available = min(1 if d.train.blocks is None else d.train.blocks.shape[1] for d in inputs)
     nb = sorted({min(n, available) for n in n_blocks})
     configs = head_grid(lrs, nb, avgpool)
-    kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size, seed=data.seed)
-    grid = train_heads(data.train, data.task, data.num_classes, configs, **kw)
-    val_scores = predict(grid, data.val, data.task)
-    per_head = {c: validation_score(data.val.labels, s, data.task) for c, s in val_scores.items()}
-    best = max(configs, key=lambda c: per_head[c])  # first of equals: grid order
+    kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size)
+    trains = [d.train for d in inputs]
+    grids = train_many(trains, first.task, first.num_classes, configs, [d.seed for d in inputs], **kw)
+    bests = []
+    for data, grid in zip(inputs, grids, strict=True):
+        val = predict(grid, data.val, data.task)
+        scores = headline_scores(data.val.labels, np.stack([val[c] for c in configs]), data.task)
+        best = int(np.argmax(scores))  # first of equals: grid order
+        bests.append((configs[best], float(scores[best])))
     if refit:
-        grid = train_heads(data.train.concat(data.val), data.task, data.num_classes, [best], **kw)
-    test_scores = predict(grid, data.test, data.task)[best]
-    d_in = grid.dims[(best.n_blocks, best.avgpool)]
-    warnings = []
-    if available < max(n_blocks):
-        warnings.append(f"cache holds {available} block(s); n_last_blocks limited to {nb}")
-    return ProtocolResult(
-        scores=test_scores,
-        hparams={
-            "lrs": list(lrs),
-            "n_last_blocks": nb,
-            "avgpool": list(avgpool),
-            "heads": len(configs),
-            "epochs": epochs,
-            "min_iterations": min_iterations,
-            "batch_size": batch_size,
-            "optimizer": "sgd momentum 0.9, wd 0, cosine, lr*batch/256",
-            "refit": refit,
-        },
-        selected={
-            **asdict(best),
-            "val_score": per_head[best],
-            "trainable_params": d_in * data.num_classes + data.num_classes,
-        },
-        warnings=warnings,
-    )
+        grids = train_many(
+            [d.train.concat(d.val) for d in inputs],
+            first.task,
+            first.num_classes,
+            list(dict.fromkeys(best for best, _ in bests)),
+            [d.seed for d in inputs],
+            **kw,
+        )
+        # each input trains only its own selected head
+        grids = [_only(g, best) for g, (best, _) in zip(grids, bests, strict=True)]
+    results = []
+    for data, grid, (best, val_score) in zip(inputs, grids, bests, strict=True):
+        test_scores = predict(grid, data.test, data.task)[best]
+        warnings = []
+        if available < max(n_blocks):
+            warnings.append(f"cache holds {available} block(s); n_last_blocks limited to {nb}")
+        results.append(
+            ProtocolResult(
+                scores=test_scores,
+                hparams={
+                    "lrs": list(lrs),
+                    "n_last_blocks": nb,
+                    "avgpool": list(avgpool),
+                    "heads": len(configs),
+                    "epochs": epochs,
+                    "min_iterations": min_iterations,
+                    "batch_size": batch_size,
+                    "optimizer": "sgd momentum 0.9, wd 0, cosine, lr*batch/256",
+                    "refit": refit,
+                },
+                selected={
+                    **asdict(best),
+                    "val_score": val_score,
+                    "trainable_params": grid.input_dim(best) * data.num_classes + data.num_classes,
+                },
+                warnings=warnings,
+            )
+        )
+    return results
+
+
+def _only(heads: LinearHeads, cfg: HeadConfig) -> LinearHeads:
+    cfgs, w, b = heads.heads[cfg.variant]
+    i = cfgs.index(cfg)
+    return LinearHeads({cfg.variant: ([cfg], w[i : i + 1], b[i : i + 1])})
