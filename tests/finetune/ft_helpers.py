@@ -5,11 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
+from radprobe.backbones import create_backbone
 from radprobe.run.evaluate import EvalConfig
 
 BACKBONE = "test:vit-tiny"
+DIM, DEPTH = 64, 2  # test:vit-tiny
 # The easiest synthetic task for a random-init ViT: a bright nodule (abnormal) or not. 210/30/60 images.
 DATASET = "synthetic:cls2d-binary"
+# Organ (large, learnable) and lesion (a few pixels, below the 8-pixel patches) masks. 170/25/45 images.
+SEG_DATASET = "synthetic:seg2d"
 # Per-method backbone-side learning rates that make the tiny random-init ViT learn in a few epochs.
 FAST_BACKBONE_LR = {
     "finetune": 3e-3,
@@ -39,6 +46,47 @@ def fast_options(protocol: str, **extra: Any) -> dict[str, Any]:
         out["blocks"] = 1
     out.update(extra)
     return out
+
+
+def seg_options(protocol: str, **extra: Any) -> dict[str, Any]:
+    """:func:`fast_options` for a segmentation dataset (no classification pooling)."""
+    out = fast_options(protocol, **extra)
+    out.pop("pool")
+    return out
+
+
+def base_state(protocol: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """A trained model's original backbone weights, under a fresh backbone's names."""
+    enc = model.encoder
+    backbone = enc.backbone if protocol == "vpt" else enc
+    return {
+        k.replace(".base_layer", ""): v
+        for k, v in backbone.state_dict().items()
+        if "lora_" not in k  # adapters are new parameters, not base weights
+    }
+
+
+def lora_count(rank: int, dora: bool) -> int:
+    """Adapter parameters of rank ``rank`` on every Linear layer of the tiny ViT's blocks."""
+    model = create_backbone(BACKBONE).model
+    lin = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks.")]
+    assert len(lin) == 4 * DEPTH  # qkv, proj, fc1, fc2
+    return sum(rank * (m.in_features + m.out_features) + (m.out_features if dora else 0) for m in lin)
+
+
+def backbone_side_trainable(protocol: str) -> int:
+    """Trainable parameters outside the head under :func:`fast_options` (LoRA rank 4, 10 prompts)."""
+    named = dict(create_backbone(BACKBONE).named_parameters())
+    if protocol == "finetune":
+        return sum(p.numel() for p in named.values())
+    if protocol in ("lora", "dora"):
+        return lora_count(4, protocol == "dora")
+    if protocol == "bitfit":
+        return sum(p.numel() for k, p in named.items() if k.endswith("bias"))
+    if protocol == "vpt":
+        return DEPTH * 10 * DIM  # deep prompts, 10 tokens per block
+    # partial, blocks=1: the last block and the final norm
+    return sum(p.numel() for k, p in named.items() if k.startswith(("model.blocks.1.", "model.norm.")))
 
 
 def make_cfg(out: Path, protocols: list[str], options: dict[str, dict[str, Any]], **kw: Any) -> EvalConfig:

@@ -79,7 +79,6 @@ def test_cli_trains_four_methods_on_multilabel(tmp_path: Path, capsys: pytest.Ca
         ),
         (["vpt"], {}, {"backbone": "test:cnn-tiny"}, r"vpt: needs a timm ViT backbone"),
         (["lora"], {}, {"backbone": "test:cnn-tiny"}, r"no Linear layers in its blocks"),
-        (["bitfit"], {}, {"dataset": "synthetic:seg2d"}, r"segmentation dataset; trained protocols support"),
         (["bitfit"], {}, {"device": "tpu"}, r"--device 'tpu'"),
         (["bitfit", "bitfit"], {}, {}, r"listed twice"),
     ],

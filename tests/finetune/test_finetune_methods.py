@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from ft_helpers import BACKBONE, fast_options, make_cfg
+from ft_helpers import BACKBONE, DIM, backbone_side_trainable, base_state, fast_options, make_cfg
 from torch import nn
 
 from radprobe.backbones import create_backbone
@@ -24,7 +24,7 @@ from radprobe.finetune.methods import unreached_parameters
 from radprobe.finetune.options import parse_options
 from radprobe.finetune.run import train_protocol, validate
 
-DIM, DEPTH, HEAD = 64, 2, 2 * 64 * 2 + 2  # test:vit-tiny; binary head on cls+mean: 128 x 2 + 2
+HEAD = 2 * DIM * 2 + 2  # binary head on cls+mean: 128 x 2 + 2
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +41,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
             yield {p: train_protocol(plan, p, "test-run") for p in METHODS}
         finally:
             torch.set_num_threads(threads)
-
-
-def _base_state(protocol: str, model: nn.Module) -> dict[str, torch.Tensor]:
-    """The trained backbone's original weights, under the fresh backbone's names."""
-    enc = model.encoder
-    backbone = enc.backbone if protocol == "vpt" else enc
-    return {
-        k.replace(".base_layer", ""): v
-        for k, v in backbone.state_dict().items()
-        if "lora_" not in k  # adapters are new parameters, not base weights
-    }
 
 
 def _expected_trainable_names(protocol: str, names: list[str]) -> set[str]:
@@ -78,7 +67,7 @@ def test_training_loss_falls_and_test_beats_chance(trained: dict[str, Any], prot
 def test_only_the_methods_own_parameters_change(trained: dict[str, Any], protocol: str) -> None:
     _, built = trained[protocol]
     fresh = create_backbone(BACKBONE).state_dict()
-    after = _base_state(protocol, built.model)
+    after = base_state(protocol, built.model)
     assert set(after) == set(fresh)
     should_train = _expected_trainable_names(protocol, list(fresh))
     changed = {n for n in fresh if not torch.equal(fresh[n], after[n])}
@@ -94,27 +83,8 @@ def test_only_the_methods_own_parameters_change(trained: dict[str, Any], protoco
         assert list(own) == ["encoder.prompts"]
 
 
-def _lora_count(rank: int, dora: bool) -> int:
-    model = create_backbone(BACKBONE).model
-    lin = [m for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith("blocks.")]
-    assert len(lin) == 4 * DEPTH  # qkv, proj, fc1, fc2
-    return sum(rank * (m.in_features + m.out_features) + (m.out_features if dora else 0) for m in lin)
-
-
 def _expected_trainable(protocol: str) -> int:
-    bb = create_backbone(BACKBONE)
-    named = dict(bb.named_parameters())
-    if protocol == "finetune":
-        n = sum(p.numel() for p in named.values())
-    elif protocol in ("lora", "dora"):
-        n = _lora_count(4, protocol == "dora")
-    elif protocol == "bitfit":
-        n = sum(p.numel() for k, p in named.items() if k.endswith("bias"))
-    elif protocol == "vpt":
-        n = DEPTH * 10 * DIM  # deep prompts, 10 tokens per block
-    else:
-        n = sum(p.numel() for k, p in named.items() if k.startswith(("model.blocks.1.", "model.norm.")))
-    return n + HEAD
+    return backbone_side_trainable(protocol) + HEAD
 
 
 @pytest.mark.parametrize("protocol", METHODS)

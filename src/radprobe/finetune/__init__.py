@@ -3,8 +3,11 @@
 ``radprobe eval --protocol finetune,lora,dora,bitfit,vpt,partial`` lands in :func:`evaluate_finetune`.
 Unlike the frozen-feature protocols these train the backbone (or adapters, biases, prompts, last
 blocks) end to end on images, so gradients really reach the backbone side — the failure of the seed
-study's LoRA path, whose features were computed under ``no_grad``. Every row reports what the method
-costs: total and trainable parameters, training throughput, peak memory and wall time.
+study's LoRA path, whose features were computed under ``no_grad``. Classification (binary,
+multi-class, multi-label) trains a linear head; 2D segmentation trains the seg-linear or seg-decoder
+head of :mod:`radprobe.segmentation` on the live patch grids and writes the ``seg-*`` protocols' rows.
+Every row reports what the method costs: total and trainable parameters, training throughput, peak
+memory and wall time.
 
 Modules: :mod:`~radprobe.finetune.options` (per-protocol options), :mod:`~radprobe.finetune.methods`
 (what trains), :mod:`~radprobe.finetune.vpt` (prompted ViT), :mod:`~radprobe.finetune.heads`,

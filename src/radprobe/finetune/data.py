@@ -39,7 +39,8 @@ def derived_seed(*parts: object) -> int:
 class Augment:
     """Random resized crop + rotation (+ optional flip) in one affine resampling, then intensity jitter.
 
-    Works on an image in [0, 1] of shape (3, R, R).
+    Works on an image in [0, 1] of shape (3, R, R). :meth:`pair` moves a segmentation mask with the
+    image: the same affine (nearest neighbour, background where the image is padded), no jitter.
     """
 
     crop_scale: float = 0.85  # smallest kept area fraction
@@ -48,7 +49,8 @@ class Augment:
     hflip: bool = False
     ratio: tuple[float, float] = (0.9, 1.1)  # aspect ratio of the crop: near square, anatomy keeps shape
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _grid(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """The sampling grid of one random affine (draws 7 numbers from ``g``)."""
         u = torch.rand(7, generator=g, dtype=torch.float64).tolist()
         area = self.crop_scale + (1.0 - self.crop_scale) * u[0]
         # aspect ratios whose crop fits inside the image at this area (area 1: square, no crop)
@@ -62,8 +64,9 @@ class Augment:
         c, s = math.cos(angle), math.sin(angle)
         # output -> input sampling coordinates: rotate the scaled (cropped) grid, then shift it
         theta = torch.tensor([[flip * sx * c, -sy * s, tx], [flip * sx * s, sy * c, ty]], dtype=x.dtype)[None]
-        grid = F.affine_grid(theta, [1, *x.shape], align_corners=False)
-        x = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        return F.affine_grid(theta, [1, *x.shape], align_corners=False)
+
+    def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         if self.intensity:
             v = torch.rand(2, generator=g, dtype=torch.float64).tolist()
             contrast = 1.0 + self.intensity * (2 * v[0] - 1)
@@ -72,11 +75,33 @@ class Augment:
             x = (x - mean) * contrast + mean + brightness
         return x.clamp(0.0, 1.0)
 
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return self.pair(x, None, g)[0]
+
+    def pair(
+        self, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The augmented image and, when given, its (R, R) class map moved by the same affine."""
+        grid = self._grid(x, g)
+        out = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+        if mask is not None:
+            m = F.grid_sample(
+                mask[None, None].to(grid.dtype),
+                grid,
+                mode="nearest",
+                padding_mode="zeros",
+                align_corners=False,
+            )
+            mask = m[0, 0].round().to(mask.dtype)
+        return self._jitter(out, g), mask
+
 
 class ImageSet(TorchDataset):
     """Preprocessed (and, for training, augmented) images of one split, with their row index.
 
-    Targets stay in the main process (indexed by the returned row), so workers only decode pixels.
+    Targets stay in the main process (indexed by the returned row), so workers only decode pixels —
+    except ``masks`` (segmentation training): augmentation moves a mask with its image, so each item
+    is then ``(image, row, mask)``.
     """
 
     def __init__(
@@ -86,12 +111,14 @@ class ImageSet(TorchDataset):
         preprocess: Preprocess,
         augment: Augment | None = None,
         seed: int = 0,
+        masks: np.ndarray | None = None,
     ) -> None:
         self.dataset = dataset
         self.records = records
         self.preprocess = preprocess
         self.augment = augment
         self.seed = seed
+        self.masks = masks  # (rows, R, R) class maps at the preprocessed resolution
         self.epoch = 0
         self._mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         self._std = torch.tensor(preprocess.std).view(3, 1, 1)
@@ -99,13 +126,14 @@ class ImageSet(TorchDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
         x = self.preprocess(self.dataset.load_image(self.records[i]))
+        mask = None if self.masks is None else torch.from_numpy(np.asarray(self.masks[i]))
         if self.augment is not None:
             g = torch.Generator().manual_seed(derived_seed("aug", self.seed, self.epoch, i))
-            x = self.augment(x * self._std + self._mean, g)
+            x, mask = self.augment.pair(x * self._std + self._mean, mask, g)
             x = (x - self._mean) / self._std
-        return x, i
+        return (x, i) if mask is None else (x, i, mask)
 
 
 def train_loader(

@@ -2,8 +2,8 @@
 
 A :class:`Head` reads a :class:`~radprobe.backbones.base.BackboneOutput` and owns its task's loss
 and score conversion, so the training loop knows nothing about the task. ``grid_layers`` names the
-patch grids a head needs from the backbone (none for classification); segmentation heads (from
-:mod:`radprobe.segmentation.heads`) will plug in here with mask targets.
+patch grids a head needs from the backbone: none for classification; for :class:`SegmentationHead`
+the levels its segmentation-room head (:mod:`radprobe.segmentation.heads`) reads.
 """
 
 from __future__ import annotations
@@ -90,3 +90,60 @@ class ClassificationHead(Head):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         return torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=1)
+
+
+class SegmentationHead(Head):
+    """A frozen-protocol segmentation head (seg-linear's or seg-decoder's) on the live patch grids.
+
+    ``decoder`` maps ``{layer: (B, D, h, w)}`` to logits at grid resolution; the loss upsamples them
+    to the target masks and applies the frozen protocols' Dice + cross-entropy.
+    """
+
+    def __init__(self, decoder: nn.Module, num_classes: int) -> None:
+        super().__init__()
+        from radprobe.segmentation.train import dice_ce_loss
+
+        self.decoder = decoder
+        self.num_classes = num_classes
+        self.grid_layers = tuple(decoder.layers)
+        self.loss_fn = dice_ce_loss()
+
+    def forward(self, feats: BackboneOutput) -> torch.Tensor:  # type: ignore[override]
+        return self.decoder({layer: feats.grid[layer].float() for layer in self.grid_layers})
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if logits.shape[-2:] != target.shape[-2:]:
+            logits = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+        return self.loss_fn(logits, target[:, None].long())
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(logits.float(), dim=1)
+
+
+def segmentation_head(backbone: nn.Module, num_classes: int, kind: str, channels: int) -> SegmentationHead:
+    """seg-linear's (``kind="linear"``) or seg-decoder's (``"decoder"``) head, sized for ``backbone``."""
+    from radprobe.segmentation.heads import LightDecoder, LinearHead, decoder_plan, linear_layer
+
+    info = backbone.info  # type: ignore[attr-defined]
+    depth = max(1, info.num_blocks)
+    if kind == "linear":
+        layer = linear_layer(depth)
+        (dim,) = grid_dims(backbone, [layer])
+        return SegmentationHead(LinearHead(layer, dim, num_classes), num_classes)
+    layers, scales = decoder_plan(depth, info.patch_size is not None)
+    dims = grid_dims(backbone, layers)
+    return SegmentationHead(LightDecoder(layers, dims, scales, num_classes, channels), num_classes)
+
+
+def grid_dims(backbone: nn.Module, layers: list[int]) -> list[int]:
+    """Channels of the backbone's grid at each layer (CNN stages differ), from one probe forward."""
+    r = backbone.preprocess.resolution  # type: ignore[attr-defined]
+    was_training = backbone.training
+    backbone.eval()  # a BatchNorm in train mode would fold the probe into its running statistics
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            out = backbone(torch.zeros(1, 3, r, r), grid_layers=tuple(layers))
+    finally:
+        backbone.train(was_training)
+    return [int(out.grid[layer].shape[1]) for layer in layers]

@@ -15,6 +15,7 @@ from radprobe.errors import RadprobeError
 
 POOLS = ("cls", "mean", "cls+mean")
 CLASS_WEIGHTS = ("none", "balanced")
+SEG_HEADS = ("linear", "decoder")
 # The seed paper's LoRA setting (Baharoon et al., arXiv 2312.02366): r 48, alpha 16, dropout 0.1.
 LORA_PRESETS: dict[str, dict[str, Any]] = {"paper": {"rank": 48, "alpha": 16.0, "dropout": 0.1}}
 
@@ -54,12 +55,21 @@ class TrainOptions:
     amp: bool = _opt(True, "bf16 autocast on CUDA (ignored on CPU)")
     class_weights: str = _opt("none", "class-imbalance weighting of the loss", choices=CLASS_WEIGHTS)
     pool: str = _opt("cls", "head input", choices=POOLS)
+    seg_head: str = _opt(
+        "linear",
+        "segmentation head: seg-linear's BatchNorm + 1x1 conv on the last block's patch grid, or "
+        "seg-decoder's light decoder fusing four levels",
+        choices=SEG_HEADS,
+    )
+    decoder_channels: int = _opt(128, "width of the seg_head=decoder decoder", low=2)
     augment: bool = _opt(True, "radiology-aware augmentation of training images")
     hflip: bool = _opt(False, "random horizontal flips (off: chest X-ray laterality matters)")
     crop_scale: float = _opt(0.85, "smallest area fraction of the random resized crop", low=0.05, high=1)
     rotate: float = _opt(10.0, "largest random rotation in degrees", low=0, high=180)
     intensity: float = _opt(0.1, "brightness/contrast jitter amplitude", low=0, high=1)
     keep_checkpoints: bool = _opt(True, "keep checkpoints/<key>/ after the run (reruns are then instant)")
+    save_predictions: bool = _opt(False, "segmentation: write the test predictions under <out>/predictions/")
+    overlays: int = _opt(3, "segmentation: test cases drawn as overlay PNGs under <out>/overlays/", low=0)
 
     # The backbone learning rate when ``backbone_lr`` is not given.
     default_backbone_lr = 1e-4
@@ -112,6 +122,14 @@ class VptOptions(TrainOptions):
 class PartialOptions(TrainOptions):
     blocks: int = _opt(2, "train the last k blocks (CNNs: stages) and the final norm", low=1)
 
+
+# Options that only mean something for one kind of task: setting one for the other is an error.
+TASK_OPTIONS = {
+    "classification": ("pool", "class_weights"),
+    "segmentation": ("seg_head", "decoder_channels", "save_predictions", "overlays"),
+}
+# Options that change what is written, not what is trained: left out of the training key.
+OUTPUT_OPTIONS = ("keep_checkpoints", "save_predictions", "overlays")
 
 OPTION_TYPES: dict[str, type[TrainOptions]] = {
     "finetune": FinetuneOptions,

@@ -1,11 +1,18 @@
 """``radprobe eval --protocol finetune,lora,dora,bitfit,vpt,partial``: train, select on val, score test.
 
-Everything is validated first — protocols, options, device, dataset, backbone and each method's fit
-to the backbone — and nothing is written to ``cfg.out`` before that passes. Each protocol then trains
-a fresh copy of the backbone, checkpointing to ``<out>/checkpoints/<train key>/`` every epoch (a rerun
-of the same command resumes there, or goes straight to scoring if training had finished), scores the
-test split exactly once with the best validation epoch's weights, and writes one row per metric plus
-the test predictions (for ``radprobe compare``).
+Everything is validated first — protocols, options, device, dataset (segmentation: every mask),
+backbone and each method's fit to the backbone — and nothing is written to ``cfg.out`` before that
+passes. Each protocol then trains a fresh copy of the backbone, checkpointing to
+``<out>/checkpoints/<train key>/`` every epoch (a rerun of the same command resumes there, or goes
+straight to scoring if training had finished), scores the test split exactly once with the best
+validation epoch's weights, and writes one row per metric.
+
+Classification rows are those of the frozen protocols, and the test predictions are saved for
+``radprobe compare``. Segmentation (2D datasets) trains the segmentation room's seg-linear or
+seg-decoder head on the live backbone's patch grids with the same Dice + cross-entropy loss, at the
+same input resolution, selects on validation macro Dice, and writes the frozen ``seg-*`` protocols'
+rows (Dice / IoU / HD95 per class with patient-bootstrap CIs) and overlays. Segmentation
+augmentation moves each mask with its image (geometric ops on both, intensity jitter on the image).
 
 The checkpoint directory is keyed by the training spec (everything but ``n_boot``), so changing the
 number of bootstrap resamples re-scores without retraining; the rows' ``eval_key`` adds ``n_boot``.
@@ -13,6 +20,7 @@ number of bootstrap resamples re-scores without retraining; the rows' ``eval_key
 
 from __future__ import annotations
 
+import importlib.util
 import platform
 import time
 import uuid
@@ -28,19 +36,20 @@ import radprobe
 from radprobe.errors import RadprobeError
 from radprobe.finetune.checkpoint import Checkpointer
 from radprobe.finetune.data import Augment, ImageSet
-from radprobe.finetune.heads import ClassificationHead, Head, class_weights
+from radprobe.finetune.heads import ClassificationHead, Head, class_weights, segmentation_head
 from radprobe.finetune.methods import METHODS, Built, build_model, check_method, unreached_parameters
-from radprobe.finetune.options import TrainOptions, parse_options
-from radprobe.finetune.train import Split, fit, precision, predict, remove_checkpoints
+from radprobe.finetune.options import OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions, parse_options
+from radprobe.finetune.train import Split, fit, precision, predict, predict_masks, remove_checkpoints
 from radprobe.metrics import bootstrap_metrics
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import Predictions, predictions_path
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
-    from radprobe.backbones.base import Backbone
+    from radprobe.backbones.base import Backbone, BackboneInfo
     from radprobe.data import Dataset
     from radprobe.run.evaluate import EvalConfig, EvalSummary
+    from radprobe.segmentation.data import SegSplit
 
 CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
 SPLITS = ("train", "val", "test")
@@ -77,24 +86,42 @@ class Plan:
     device: torch.device
     options: dict[str, TrainOptions]
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
+    resolution: int | None = None  # None: the backbone's own
+    seg: dict[str, SegSplit] = field(default_factory=dict)  # segmentation: each split's cases and masks
+    seg_hparams: dict[str, Any] = field(default_factory=dict)  # what seg rows record about the inputs
+
+    @property
+    def segmentation(self) -> bool:
+        return bool(self.seg)
 
     def take_backbone(self) -> Backbone:
         """The validated backbone once, then fresh (identical) builds: each protocol changes its own."""
         if self.backbone is not None:
             bb, self.backbone = self.backbone, None
             return bb
-        return _create_backbone(self.cfg)
+        return _create_backbone(self.cfg, self.resolution)
 
 
-def _create_backbone(cfg: EvalConfig) -> Backbone:
+def _create_backbone(cfg: EvalConfig, resolution: int | None) -> Backbone:
     from radprobe.backbones import create_backbone
 
     return create_backbone(
         cfg.backbone,
         weights=cfg.weights,
         allow_partial_weights=cfg.allow_partial_weights,
-        resolution=cfg.resolution,
+        resolution=resolution,
     )
+
+
+def _check_task_options(cfg: EvalConfig, task: str) -> None:
+    kind = "segmentation" if task == "segmentation" else "classification"
+    for proto, kw in cfg.options.items():
+        for name in kw:
+            other = next((k for k, names in TASK_OPTIONS.items() if k != kind and name in names), None)
+            if other is not None:
+                raise RadprobeError(
+                    f"--set {proto}.{name}: applies to {other} datasets; {cfg.dataset} is a {task} dataset"
+                )
 
 
 def validate(cfg: EvalConfig) -> Plan:
@@ -120,17 +147,47 @@ def validate(cfg: EvalConfig) -> Plan:
     options = {p: parse_options(p, cfg.options.get(p, {}), cfg.batch_size) for p in cfg.protocols}
     device = _device(cfg.device)
     dataset = load_dataset(cfg.dataset)
-    if dataset.task not in CLASSIFICATION_TASKS:
+    segmentation = dataset.task == "segmentation"
+    if not segmentation and dataset.task not in CLASSIFICATION_TASKS:
         raise RadprobeError(
             f"dataset {cfg.dataset} is a {dataset.task} dataset; trained protocols support classification "
-            f"({', '.join(CLASSIFICATION_TASKS)}) for now"
+            f"({', '.join(CLASSIFICATION_TASKS)}) and segmentation"
+        )
+    if segmentation and dataset.ndim != 2:
+        raise RadprobeError(
+            f"dataset {cfg.dataset} is {dataset.ndim}D: 3D trained segmentation is not supported yet "
+            "(the frozen seg-linear / seg-decoder protocols segment volumes slice by slice)"
         )
     if dataset.ndim != 2:
         raise RadprobeError(f"dataset {cfg.dataset} is {dataset.ndim}D; trained protocols support 2D images")
+    _check_task_options(cfg, dataset.task)
     for s in SPLITS:
         if not dataset.split(s):
             raise RadprobeError(f"dataset {cfg.dataset} has no {s!r} split")
-    backbone = _create_backbone(cfg)
+    resolution, resolution_source = cfg.resolution, ""
+    if segmentation:
+        from radprobe.segmentation import seg_resolution
+
+        if importlib.util.find_spec("monai") is None:
+            raise RadprobeError(
+                f"--protocol {cfg.protocols[0]}: segmentation needs MONAI (losses, HD95); "
+                "pip install 'monai>=1.3'"
+            )
+        # the frozen seg protocols' resolution, so trained and frozen rows see the same pixels
+        resolution, resolution_source = seg_resolution(cfg.backbone, cfg.resolution)
+    backbone = _create_backbone(cfg, resolution)
+    seg: dict[str, SegSplit] = {}
+    seg_hparams: dict[str, Any] = {}
+    if segmentation:
+        from radprobe.segmentation.data import load_split
+        from radprobe.segmentation.evaluate import common_hparams
+
+        # every mask is checked now, so a bad one fails before anything is trained or written
+        size = backbone.preprocess.resolution
+        seg = {s: load_split(dataset, s, size, keep_masks=s != "train") for s in SPLITS}
+        seg_hparams = common_hparams(dataset, seg["test"], size, resolution_source)
+        # recorded apart from the ``intensity`` jitter option, which shares the frozen rows' key name
+        seg_hparams["input_intensity"] = seg_hparams.pop("intensity")
     details = {}
     with torch.random.fork_rng(devices=[]):  # heads drawn here must not shift the caller's RNG
         for p in cfg.protocols:
@@ -142,11 +199,13 @@ def validate(cfg: EvalConfig) -> Plan:
             if error:
                 raise RadprobeError(error)
             details[p]["unused"] = unused
-    return Plan(cfg, dataset, backbone, device, options, details)
+    return Plan(cfg, dataset, backbone, device, options, details, resolution, seg, seg_hparams)
 
 
 def make_head(dataset: Dataset, backbone: Backbone, opts: TrainOptions) -> Head:
-    """The task's head (classification now; segmentation heads will be chosen here by task)."""
+    """The task's head: a linear classifier, or the segmentation room's seg-linear / seg-decoder head."""
+    if dataset.task == "segmentation":
+        return segmentation_head(backbone, len(dataset.classes), opts.seg_head, opts.decoder_channels)
     labels = dataset.labels(dataset.split("train"))
     weights = (
         class_weights(labels, dataset.task, len(dataset.classes))
@@ -157,10 +216,11 @@ def make_head(dataset: Dataset, backbone: Backbone, opts: TrainOptions) -> Head:
 
 
 def hparams_of(
-    protocol: str, opts: TrainOptions, details: dict[str, Any], device: torch.device
+    protocol: str, opts: TrainOptions, details: dict[str, Any], device: torch.device, task: str
 ) -> dict[str, Any]:
     """Everything that shapes the training result (and so the checkpoint key)."""
-    out = {k: v for k, v in asdict(opts).items() if k != "keep_checkpoints"}
+    other = TASK_OPTIONS["classification" if task == "segmentation" else "segmentation"]
+    out = {k: v for k, v in asdict(opts).items() if k not in OUTPUT_OPTIONS and k not in other}
     if "targets" in details:
         out["targets"] = details["targets"]
     out["precision"] = precision(device, opts.amp)
@@ -170,7 +230,99 @@ def hparams_of(
 def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -> Split:
     ds = plan.dataset
     recs = ds.split(name)
-    return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed), ds.labels(recs))
+    seg = plan.seg.get(name)
+    if seg is None:
+        return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed), ds.labels(recs))
+    # training masks travel with their images through augmentation; val/test targets are indexed
+    masks = seg.targets if name == "train" else None
+    return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, masks), seg.targets, seg)
+
+
+@dataclass
+class Scored:
+    """One metric of the test split, ready to become a row."""
+
+    name: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    ci_method: str
+    warnings: list[str]
+
+
+def _score_classification(
+    plan: Plan, built: Built, test: Split, opts: TrainOptions, eval_key: str
+) -> list[Scored]:
+    """Test scores with patient-bootstrap CIs; saves the predictions for ``radprobe compare``."""
+    cfg, ds = plan.cfg, plan.dataset
+    scores, _ = predict(built, test, int(opts.batch_size or 1), plan.device, opts.amp, cfg.num_workers)
+    groups = ds.patients(ds.split("test"))
+    metrics = bootstrap_metrics(
+        test.targets, scores, ds.task, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed
+    )
+    Predictions(
+        sample_ids=np.asarray([r.sample_id for r in ds.split("test")]),
+        groups=groups,
+        labels=test.targets,
+        scores=scores,
+    ).save(predictions_path(cfg.out, eval_key))
+    ci = f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else ""
+    return [
+        Scored(
+            m.name,
+            m.value,
+            m.ci_low if cfg.n_boot else None,
+            m.ci_high if cfg.n_boot else None,
+            ci,
+            list(m.warnings),
+        )
+        for m in metrics
+    ]
+
+
+def _score_segmentation(
+    plan: Plan, built: Built, test: Split, opts: TrainOptions, protocol: str, info: BackboneInfo
+) -> list[Scored]:
+    """Dice / IoU / HD95 per class with patient-bootstrap CIs, as the frozen seg protocols write them."""
+    from radprobe.segmentation.metrics import case_scores, summarize
+    from radprobe.segmentation.output import slug
+    from radprobe.segmentation.protocols import SegData, write_outputs
+
+    cfg, ds = plan.cfg, plan.dataset
+    assert test.seg is not None and test.seg.masks is not None
+    preds, _ = predict_masks(built, test, int(opts.batch_size or 1), plan.device, opts.amp, cfg.num_workers)
+    C = len(ds.classes)
+    cases = [
+        case_scores(p, m, C, c.spacing) for p, m, c in zip(preds, test.seg.masks, test.seg.cases, strict=True)
+    ]
+    metrics, warns = summarize(
+        cases,
+        ds.classes,
+        test.seg.patients(),
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        unit=plan.seg_hparams["hd95_unit"],
+    )
+    data = SegData(
+        dataset=ds,
+        train=plan.seg["train"],
+        val=plan.seg["val"],
+        test=test.seg,
+        size=int(test.targets.shape[-1]),
+        seed=cfg.seed,
+        device=str(plan.device),
+        info=info,
+        out=Path(cfg.out),
+        tag=slug(f"{info.name}-{info.weights_digest[:8]}"),
+    )
+    write_outputs(
+        protocol, data, preds, {"save_predictions": opts.save_predictions, "overlays": opts.overlays}
+    )
+    ci = f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else ""
+    return [
+        Scored(m.name, m.value, m.ci_low, m.ci_high, ci if m.ci_low is not None else "", warns)
+        for m in metrics
+    ]
 
 
 def train_protocol(
@@ -183,8 +335,11 @@ def train_protocol(
     info = backbone.info
     torch.manual_seed(int(digest({"init": cfg.seed, "protocol": protocol}, 15), 16))  # head, prompts
     unused = details.get("unused", [])
-    built = build_model(protocol, backbone, make_head(ds, backbone, opts), opts, unused=unused)
-    hparams = hparams_of(protocol, opts, details, plan.device)
+    head = make_head(ds, backbone, opts)
+    built = build_model(protocol, backbone, head, opts, unused=unused)
+    hparams = hparams_of(protocol, opts, details, plan.device, ds.task)
+    if plan.segmentation:
+        hparams.update(plan.seg_hparams, layers=list(head.grid_layers))
     spec = {
         "backbone": info.name,
         "weights": info.weights_digest,
@@ -218,21 +373,14 @@ def train_protocol(
         progress=cfg.progress,
         warn=warn,
     )
-    # Training is over: the test split is read for the first and only time here.
+    # Training is over: the model sees the test split for the first and only time here.
     test = _split(plan, backbone, "test", None)
     t_test = time.perf_counter()
-    scores, _ = predict(built, test, int(opts.batch_size or 1), plan.device, opts.amp, cfg.num_workers)
+    if plan.segmentation:
+        scored = _score_segmentation(plan, built, test, opts, protocol, info)
+    else:
+        scored = _score_classification(plan, built, test, opts, eval_key)
     test_s = time.perf_counter() - t_test
-    groups = ds.patients(ds.split("test"))
-    metrics = bootstrap_metrics(
-        test.targets, scores, ds.task, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed
-    )
-    Predictions(
-        sample_ids=np.asarray([r.sample_id for r in ds.split("test")]),
-        groups=groups,
-        labels=test.targets,
-        scores=scores,
-    ).save(predictions_path(cfg.out, eval_key))
     if not opts.keep_checkpoints:
         remove_checkpoints(ckpt_dir)
     from radprobe.features.extract import peak_memory_mb
@@ -248,6 +396,8 @@ def train_protocol(
         "trainable_pct": 100.0 * trainable / params,
         "history": hist,  # per epoch: train_loss, val_loss, val_score, imgs_per_s
     }
+    if plan.segmentation:
+        selected["val_dice"] = state.best_score  # the frozen seg protocols' name for it
     base = {
         "eval_key": eval_key,
         "run_id": run_id,
@@ -265,7 +415,8 @@ def train_protocol(
         "task": ds.task,
         "num_classes": len(ds.classes),
         "resolution": backbone.preprocess.resolution,
-        "hparams": hparams,
+        # seg rows also record n_boot there, like the frozen seg rows (the training key leaves it out)
+        "hparams": {**hparams, "n_boot": cfg.n_boot} if plan.segmentation else hparams,
         "selected": selected,
         "params": params,
         "trainable_params": trainable,
@@ -285,12 +436,12 @@ def train_protocol(
             **base,
             metric=m.name,
             value=m.value,
-            ci_low=m.ci_low if cfg.n_boot else None,
-            ci_high=m.ci_high if cfg.n_boot else None,
-            ci_method=f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else "",
-            warnings=notes + list(m.warnings),
+            ci_low=m.ci_low,
+            ci_high=m.ci_high,
+            ci_method=m.ci_method,
+            warnings=notes + m.warnings,
         )
-        for m in metrics
+        for m in scored
     ]
     return rows, built
 

@@ -3,9 +3,10 @@
 AdamW; the learning rate warms up linearly for ``warmup_epochs`` and then follows a cosine to zero,
 set per optimizer step from the step count (so resuming needs no scheduler object). Micro-batches
 accumulate ``accum_steps`` at a time; the gradient norm is clipped; on CUDA the forward pass runs under
-bf16 autocast. After every epoch the model is scored on validation (the task's headline metric);
-the best epoch's weights are kept and training stops after ``patience`` epochs without improvement.
-The test split is never seen here.
+bf16 autocast. After every epoch the model is scored on validation (the task's headline metric;
+segmentation: macro foreground Dice of the predicted masks at their original size); the best epoch's
+weights are kept and training stops after ``patience`` epochs without improvement. The test split is
+never seen here.
 
 Resumability: each epoch starts by seeding torch's global RNG (dropout, LoRA dropout) from
 (seed, epoch), and batch order and augmentation are functions of (seed, epoch, index), so an epoch
@@ -20,6 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,10 +29,14 @@ import torch
 from radprobe.features.extract import peak_memory_mb
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import ImageSet, batches_per_epoch, derived_seed, eval_loader, train_loader
+from radprobe.finetune.heads import SegmentationHead
 from radprobe.finetune.methods import Built
 from radprobe.finetune.options import TrainOptions
 from radprobe.progress import make_progress
 from radprobe.protocols.base import validation_score
+
+if TYPE_CHECKING:
+    from radprobe.segmentation.data import SegSplit
 
 # Called with the number of finished epochs right after each checkpoint is written. Tests use it to
 # simulate a crash between epochs; it is not an extension point.
@@ -39,10 +45,24 @@ after_checkpoint: Callable[[int], None] | None = None
 
 @dataclass
 class Split:
-    """Images of one split and their targets (labels; masks later)."""
+    """Images of one split and their targets.
+
+    Classification: ``targets`` are the labels. Segmentation: ``targets`` are the masks at the
+    preprocessed resolution, one per row, and ``seg`` holds the cases with their original masks.
+    """
 
     images: ImageSet
     targets: np.ndarray
+    seg: SegSplit | None = None
+
+
+def _unpack(
+    batch: list[torch.Tensor], split: Split, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Images, row indices and targets of a loader batch; augmented masks come with their images."""
+    x, rows = batch[0], batch[1]
+    y = batch[2] if len(batch) > 2 else torch.as_tensor(split.targets[rows.numpy()])
+    return x.to(device, non_blocking=True), rows, y.to(device, non_blocking=True)
 
 
 def lr_factor(step: int, total: int, warmup: int) -> float:
@@ -71,13 +91,51 @@ def predict(
     model = built.model
     model.eval()
     scores, loss_sum = [], 0.0
-    for x, rows in eval_loader(split.images, batch_size, num_workers):
+    for batch in eval_loader(split.images, batch_size, num_workers):
+        x, rows, y = _unpack(batch, split, device)
         with autocast(device, amp):
-            logits = model(x.to(device, non_blocking=True))
-        y = torch.as_tensor(split.targets[rows.numpy()]).to(device)
+            logits = model(x)
         loss_sum += float(model.head.loss(logits, y)) * len(rows)
         scores.append(model.head.scores(logits).cpu().double().numpy())
     return np.concatenate(scores), loss_sum / max(1, len(split.targets))
+
+
+@torch.no_grad()
+def predict_masks(
+    built: Built, split: Split, batch_size: int, device: torch.device, amp: bool, num_workers: int = 0
+) -> tuple[list[np.ndarray], float]:
+    """Predicted class maps of a 2D segmentation split, each at its case's mask size, and the mean loss."""
+    from radprobe.segmentation.train import to_labels
+
+    assert split.seg is not None
+    model = built.model
+    model.eval()
+    preds: list[np.ndarray] = []
+    loss_sum = 0.0
+    for batch in eval_loader(split.images, batch_size, num_workers):
+        x, rows, y = _unpack(batch, split, device)
+        with autocast(device, amp):
+            logits = model(x)
+        loss_sum += float(model.head.loss(logits, y)) * len(rows)
+        # one row per 2D case; cases may differ in size, so each is upsampled on its own
+        for logit, r in zip(logits, rows.tolist(), strict=True):
+            preds.append(to_labels(logit[None], split.seg.cases[r].shape)[0].numpy())
+    return preds, loss_sum / max(1, len(split.targets))
+
+
+def val_score(
+    built: Built, split: Split, task: str, batch_size: int, device: torch.device, amp: bool, num_workers: int
+) -> tuple[float, float]:
+    """The validation score model selection maximises, and the mean validation loss."""
+    if split.seg is not None:
+        from radprobe.segmentation.metrics import split_dice
+
+        head = built.model.head
+        assert split.seg.masks is not None and isinstance(head, SegmentationHead)
+        preds, loss = predict_masks(built, split, batch_size, device, amp, num_workers)
+        return split_dice(preds, split.seg.masks, head.num_classes), loss
+    scores, loss = predict(built, split, batch_size, device, amp, num_workers)
+    return validation_score(split.targets, scores, task), loss
 
 
 def fit(
@@ -126,12 +184,12 @@ def fit(
             seen = 0
             t0 = time.perf_counter()
             loader = train_loader(train.images, bs, epoch, seed, num_workers)
-            for j, (x, rows) in enumerate(loader):
+            for j, batch in enumerate(loader):
                 group_start = (j // accum) * accum
                 in_group = min(accum, n_batches - group_start)
-                y = torch.as_tensor(train.targets[rows.numpy()]).to(device, non_blocking=True)
+                x, rows, y = _unpack(batch, train, device)
                 with autocast(device, opts.amp):
-                    logits = model(x.to(device, non_blocking=True))
+                    logits = model(x)
                 loss = model.head.loss(logits, y)
                 (loss / in_group).backward()
                 losses.append(float(loss.detach()))
@@ -154,8 +212,7 @@ def fit(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_s = time.perf_counter() - t0
-            val_scores, val_loss = predict(built, val, bs, device, opts.amp, num_workers)
-            score = validation_score(val.targets, val_scores, task)
+            score, val_loss = val_score(built, val, task, bs, device, opts.amp, num_workers)
             state.epoch += 1
             state.train_time_s += train_s
             state.train_images += seen

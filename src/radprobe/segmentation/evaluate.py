@@ -169,18 +169,7 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
             for s in splits
         },
     )
-    common = {
-        "resolution": size,
-        "resolution_source": size_source,
-        "cases": "volume" if dataset.ndim == 3 else "image",
-        "intensity": intensity(dataset),
-        "hd95_unit": _hd95_unit(splits["test"]),
-        "loss": "monai DiceCELoss (softmax, batch)",
-        "n_boot": cfg.n_boot,
-    }
-    if dataset.ndim == 3:
-        common["axis"] = dataset.records[0].image.axis
-        common["slicewise"] = "2D per slice, reassembled per volume"
+    common = {**common_hparams(dataset, splits["test"], size, size_source), "n_boot": cfg.n_boot}
     with ResultStore(cfg.out) as store:
         for name in protocols:
             t0 = time.perf_counter()
@@ -190,6 +179,22 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
             store.write(rows)
             summary.rows.extend(asdict(r) for r in rows)
     return summary
+
+
+def common_hparams(dataset: Any, test: Any, size: int, size_source: str) -> dict[str, Any]:
+    """What every segmentation row of a dataset records about its inputs, loss and HD95 unit."""
+    common: dict[str, Any] = {
+        "resolution": size,
+        "resolution_source": size_source,
+        "cases": "volume" if dataset.ndim == 3 else "image",
+        "intensity": intensity(dataset),
+        "hd95_unit": _hd95_unit(test),
+        "loss": "monai DiceCELoss (softmax, batch)",
+    }
+    if dataset.ndim == 3:
+        common["axis"] = dataset.records[0].image.axis
+        common["slicewise"] = "2D per slice, reassembled per volume"
+    return common
 
 
 def _hd95_unit(split: Any) -> str:

@@ -158,6 +158,13 @@ def mean_dice(cases: Sequence[CaseScores]) -> float:
     return float(v) if np.isfinite(v) else float("-inf")
 
 
+def split_dice(preds: Sequence[np.ndarray], masks: Sequence[np.ndarray], num_classes: int) -> float:
+    """Macro foreground Dice of predicted class maps against their masks (no HD95: selection only)."""
+    return mean_dice(
+        [case_scores(p, m, num_classes, with_hd95=False) for p, m in zip(preds, masks, strict=True)]
+    )
+
+
 def summarize(
     cases: Sequence[CaseScores],
     classes: Sequence[str],

@@ -46,7 +46,7 @@ from radprobe.segmentation.heads import (
     decoder_plan,
     linear_layer,
 )
-from radprobe.segmentation.metrics import CaseScores, case_scores, mean_dice
+from radprobe.segmentation.metrics import CaseScores, case_scores, split_dice
 from radprobe.segmentation.train import (
     Fetch,
     TrainSettings,
@@ -222,9 +222,7 @@ def _sweep(
         )
         stats = train(model, fetch["train"], data.train.targets, rows, settings)
         preds = predict(model, fetch["val"], data.val)
-        score = mean_dice(
-            [case_scores(p, m, C, with_hd95=False) for p, m in zip(preds, data.val.masks, strict=True)]
-        )
+        score = split_dice(preds, data.val.masks, C)
         by_lr[f"{lr:g}"] = score
         if best is None or score > best[0]:
             best = (score, model, lr, stats)
@@ -275,13 +273,14 @@ def _run(
         if idx is not None:
             selected["train_cases"] = [data.train.cases[i].sample_id for i in idx]
         if shots is None and data.out is not None:
-            outputs += _write_outputs(proto, data, preds, opts)
+            outputs += write_outputs(proto, data, preds, opts)
         n_train = len(data.train) if idx is None else len(idx)
         fits.append(Fit(shots, r, scores, selected, stats, n_train))
     return SegResult(proto, hparams, fits, trainable, outputs=outputs)
 
 
-def _write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict[str, Any]) -> list[str]:
+def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict[str, Any]) -> list[str]:
+    """Test predictions (``save_predictions``) and the first ``overlays`` overlays; returns the paths."""
     assert data.out is not None and data.test.masks is not None
     prefix = f"{output.slug(UNET_NAME) if proto == 'seg-unet' else data.tag}__{proto}"
     written = []

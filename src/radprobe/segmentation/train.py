@@ -71,7 +71,8 @@ def image_fetch(images: np.ndarray, device: str) -> Fetch:
     return fetch
 
 
-def _loss_fn() -> nn.Module:
+def dice_ce_loss() -> nn.Module:
+    """The loss of every segmentation head: MONAI DiceCELoss on logits and (B, 1, H, W) class maps."""
     from monai.losses import DiceCELoss
 
     # batch=True pools Dice over the batch: slices without a class don't each count as a perfect 1
@@ -88,7 +89,7 @@ def train(
     """Train ``model`` in place on ``rows`` (indices into ``targets`` and the fetch source)."""
     device = torch.device(s.device)
     model.to(device).train()
-    loss_fn = _loss_fn()
+    loss_fn = dice_ce_loss()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=s.weight_decay)
     bs = max(1, min(s.batch_size, len(rows)))
@@ -149,6 +150,12 @@ def precise_bn(model: nn.Module, fetch: Fetch, rows: np.ndarray, batch_size: int
         m.momentum = mom
 
 
+def to_labels(logits: torch.Tensor, hw: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, h, w) logits -> (B, H, W) class maps at ``hw`` (bilinear upsampling, then argmax), on CPU."""
+    logits = F.interpolate(logits.float(), size=tuple(hw), mode="bilinear", align_corners=False)
+    return logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int16).cpu()
+
+
 @torch.no_grad()
 def predict(model: nn.Module, fetch: Fetch, split: SegSplit, chunk: int = 16) -> list[np.ndarray]:
     """Predicted class maps of every case of ``split``, each at its original mask shape."""
@@ -159,9 +166,7 @@ def predict(model: nn.Module, fetch: Fetch, split: SegSplit, chunk: int = 16) ->
         hw = case.shape[-2:]
         parts = []
         for i in range(0, len(rows), chunk):
-            logits = model(fetch(rows[i : i + chunk]))
-            logits = F.interpolate(logits.float(), size=hw, mode="bilinear", align_corners=False)
-            parts.append(logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int16).cpu())
+            parts.append(to_labels(model(fetch(rows[i : i + chunk])), hw))
         pred = torch.cat(parts).numpy()
         out.append(pred if len(case.shape) == 3 else pred[0])
     return out
