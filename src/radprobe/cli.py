@@ -190,12 +190,19 @@ def eval_cmd(
     overrides: list[str] = typer.Option(
         [], "--set", help="Protocol option PROTOCOL.KEY=VALUE, e.g. fewshot.repeats=3 (repeatable)."
     ),
+    volume_pool: str = typer.Option(
+        "mean", "--volume-pool", help="3D datasets: pool slice features per volume by mean or max."
+    ),
     batch_size: int = _BATCH,
     num_workers: int = _WORKERS,
     device: str = _DEVICE,
     as_json: bool = _JSON,
 ) -> None:
-    """Evaluate a backbone on a dataset; one results row per (protocol, metric)."""
+    """Evaluate a backbone on a dataset; one results row per (protocol, metric).
+
+    On 3D datasets rows are volumes: knn, linear, logreg and fewshot read slice features pooled by
+    --volume-pool; mil attends over each volume's slices.
+    """
     from radprobe.run import evaluate
     from radprobe.run.evaluate import parse_overrides
 
@@ -216,6 +223,7 @@ def eval_cmd(
         device=device,
         progress=not as_json,
         options=parse_overrides(overrides),
+        volume_pool=volume_pool,
     )
     summary = evaluate(cfg, warn=_warn)
     if as_json:

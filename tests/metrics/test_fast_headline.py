@@ -39,3 +39,32 @@ def test_unknown_labels_are_left_out_and_undefined_gives_minus_inf():
         want = np.mean([roc_auc_score(y[k, 0], probs[h, k, 0]), roc_auc_score(y[:, 1], probs[h, :, 1])])
         assert np.isclose(got[h], want)
     assert np.all(headline_scores(np.zeros(10, int), rng.random((2, 10, 2)), "binary") == -np.inf)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_weighted_resample_metrics_equal_sklearn_on_the_duplicated_rows(task):
+    from radprobe.metrics.classification import _resample_index
+    from radprobe.metrics.fast import bootstrap_weights, weighted_headline_metrics
+
+    rng = np.random.default_rng(5)
+    n, c = 36, 2 if task == "binary" else 3
+    if task == "multilabel":
+        y = rng.integers(0, 2, (n, c))
+        y[::5, 1] = -1
+    else:
+        y = rng.integers(0, c, n)
+    scores = np.round(rng.random((n, c)), 1)  # ties
+    groups = np.array([f"p{i // 3}" for i in range(n)])
+    w = bootstrap_weights(groups, 40, np.random.default_rng(9))
+    fast = weighted_headline_metrics(y, scores, task, w)
+    ref_rng = np.random.default_rng(9)
+    for b in range(40):
+        idx = _resample_index(groups, ref_rng)
+        assert np.array_equal(np.bincount(idx, minlength=n), w[b])  # the same resample
+        vals, _ = classification_metrics(y[idx], scores[idx], task)
+        for m in HEADLINE[task]:
+            want = vals[m]
+            if np.isfinite(want):
+                assert np.isclose(fast[m][b], want, atol=1e-12), (m, b)
+            else:
+                assert not np.isfinite(fast[m][b]), (m, b)

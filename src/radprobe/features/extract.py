@@ -5,6 +5,8 @@ classification). ``per_slice=True`` keeps one row per slice instead (segmentatio
 patch grid): sample ids become ``<volume id>#<k>``, and the arrays ``volume`` (row -> position of the
 volume in the split) and ``slice`` (row -> slice index along the dataset's axis) map rows back;
 :func:`volume_rows` gives each volume's contiguous row range. 2D datasets ignore ``per_slice``.
+Volume classification reads per-slice entries and pools them with :func:`pool_volumes` (mean or max),
+so one extraction serves every pooling.
 """
 
 from __future__ import annotations
@@ -160,6 +162,40 @@ def volume_rows(fs: FeatureSet) -> list[slice]:
     ends = np.searchsorted(vol, np.arange(n), side="right")
     starts = np.concatenate([[0], ends[:-1]]).astype(int)
     return [slice(int(a), int(b)) for a, b in zip(starts, ends, strict=True)]
+
+
+VOLUME_POOLS = ("mean", "max")
+
+
+def volume_offsets(fs: FeatureSet) -> np.ndarray:
+    """(n_volumes + 1,) row offsets of a per-slice entry: volume i holds rows offsets[i]:offsets[i + 1]."""
+    rows = volume_rows(fs)
+    if any(r.stop <= r.start for r in rows):
+        raise ValueError(f"cache entry {fs.path}: a volume has no slice rows")
+    return np.asarray([0, *(r.stop for r in rows)], dtype=np.int64)
+
+
+def pool_volumes(
+    fs: FeatureSet, how: str = "mean", arrays: tuple[str, ...] = ("cls", "blocks")
+) -> dict[str, np.ndarray]:
+    """One float32 row per volume from a per-slice entry: the mean or the max over its slices.
+
+    Volumes are pooled one at a time, so memory stays at one volume's slices whatever the entry size.
+    """
+    if how not in VOLUME_POOLS:
+        raise ValueError(f"volume pooling must be one of {', '.join(VOLUME_POOLS)}, got {how!r}")
+    offsets = volume_offsets(fs)
+    out: dict[str, np.ndarray] = {}
+    for name in arrays:
+        if name not in fs.arrays:
+            continue
+        a = fs.arrays[name]
+        res = np.empty((len(offsets) - 1, *a.shape[1:]), dtype=np.float32)
+        for v in range(len(res)):
+            x = a[offsets[v] : offsets[v + 1]]
+            res[v] = x.mean(0, dtype=np.float64) if how == "mean" else x.max(0)
+        out[name] = res
+    return out
 
 
 def _extract(

@@ -3,6 +3,9 @@
 ``scores`` are per-class probabilities/scores: (N, C) for every task (binary uses C = 2 columns,
 class 1 is positive). A class without positives (or without negatives) in the evaluated set is
 left out of macro averages and reported in ``warnings`` — never a crash, never a silent 0.5.
+
+Multi-label labels of -1 mean "unknown" (e.g. CheXpert ``uncertain=ignore``): each label's metrics are
+computed over the samples where that label is known, so a -1 is never a positive nor a negative.
 """
 
 from __future__ import annotations
@@ -42,14 +45,32 @@ class MetricValue:
 def _per_class_auc(y: np.ndarray, s: np.ndarray, fn, names: str) -> tuple[float, list[str]]:
     vals, warns = [], []
     for c in range(y.shape[1]):
-        pos = int(y[:, c].sum())
-        if pos == 0 or pos == len(y):
-            warns.append(
-                f"class {c} has {'no positives' if pos == 0 else 'no negatives'}; left out of {names}"
-            )
+        known = y[:, c] != -1
+        yc = y[known, c]
+        pos = int((yc == 1).sum())
+        if pos == 0 or pos == len(yc):
+            why = "no known labels" if len(yc) == 0 else ("no positives" if pos == 0 else "no negatives")
+            warns.append(f"class {c} has {why}; left out of {names}")
             continue
-        vals.append(fn(y[:, c], s[:, c]))
+        vals.append(fn(yc, s[known, c]))
     return (float(np.mean(vals)) if vals else float("nan")), warns
+
+
+def _multilabel_f1_macro(y: np.ndarray, pred: np.ndarray) -> float:
+    """Mean over labels of each label's F1 on its known samples (0 where F1 is undefined).
+
+    Equals scikit-learn's ``f1_score(average="macro", zero_division=0)`` when nothing is unknown; a
+    label without any known sample is left out.
+    """
+    known = y != -1
+    pos = y == 1
+    tp = (pos & pred & known).sum(0)
+    fp = (~pos & pred & known).sum(0)
+    fn = (pos & ~pred).sum(0)
+    denom = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros(len(tp)), where=denom > 0)
+    has = known.any(0)
+    return float(f1[has].mean()) if has.any() else float("nan")
 
 
 def classification_metrics(
@@ -66,8 +87,7 @@ def classification_metrics(
             out["auroc_macro"], w = _per_class_auc(y_true, scores, roc_auc_score, "auroc_macro")
             warns += w
             out["auprc_macro"], _ = _per_class_auc(y_true, scores, average_precision_score, "auprc_macro")
-            pred = (scores >= threshold).astype(int)
-            out["f1_macro"] = float(f1_score(y_true, pred, average="macro", zero_division=0))
+            out["f1_macro"] = _multilabel_f1_macro(y_true, scores >= threshold)
             return out, warns
         pred = scores.argmax(1)
         out["accuracy"] = float(accuracy_score(y_true, pred))

@@ -10,11 +10,60 @@ import numpy as np
 from radprobe.metrics.classification import HEADLINE, classification_metrics
 
 
+class Bags:
+    """Slice features of volumes: rows ``offsets[i]:offsets[i + 1]`` of ``features`` are volume i's."""
+
+    def __init__(self, features: np.ndarray, offsets: np.ndarray) -> None:
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if (
+            offsets.ndim != 1
+            or len(offsets) < 1
+            or offsets[0] != 0
+            or offsets[-1] != len(features)
+            or np.any(np.diff(offsets) <= 0)
+        ):
+            raise ValueError("bag offsets must rise strictly from 0 to the number of slice rows")
+        self.features = features
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.features[self.offsets[i] : self.offsets[i + 1]]
+
+    @property
+    def sizes(self) -> np.ndarray:
+        """Slices per volume."""
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_list(cls, bags: list[np.ndarray]) -> Bags:
+        """Bags from one (slices, D) array per volume."""
+        return cls(np.concatenate(bags), np.concatenate([[0], np.cumsum([len(b) for b in bags])]))
+
+    def subset(self, idx: np.ndarray) -> Bags:
+        """The volumes ``idx``, in that order."""
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        if len(idx) == 0:
+            return Bags(self.features[:0], np.zeros(1, dtype=np.int64))
+        return Bags.from_list([np.asarray(self[int(i)]) for i in idx])
+
+    def concat(self, other: Bags) -> Bags:
+        """These volumes followed by ``other``'s."""
+        return Bags.from_list(
+            [np.asarray(self[i]) for i in range(len(self))]
+            + [np.asarray(other[i]) for i in range(len(other))]
+        )
+
+
 class SplitFeatures:
     """Features and labels of one split, read-only.
 
     features: (N, D) the class token (kNN, logreg); blocks: (N, n, 2, D) the last n blocks'
-    (cls, patch-mean) pairs (linear probing), when the cache holds them.
+    (cls, patch-mean) pairs (linear probing), when the cache holds them. For 3D datasets a row is a
+    volume (slice features pooled), and ``bags`` holds every volume's per-slice class tokens (MIL).
+    Multi-label labels of -1 are unknown: neither positive nor negative.
     """
 
     def __init__(
@@ -23,15 +72,19 @@ class SplitFeatures:
         labels: np.ndarray,
         groups: np.ndarray,
         blocks: np.ndarray | None = None,
+        bags: Bags | None = None,
     ) -> None:
         if len(features) != len(labels) or len(labels) != len(groups):
             raise ValueError("features, labels and groups differ in length")
         if blocks is not None and len(blocks) != len(features):
             raise ValueError("blocks and features differ in length")
+        if bags is not None and len(bags) != len(features):
+            raise ValueError("bags and features differ in length")
         self.features = features
         self.labels = labels
         self.groups = groups
         self.blocks = blocks
+        self.bags = bags
 
     def subset(self, idx: np.ndarray) -> SplitFeatures:
         """The rows ``idx`` of this split (few-shot draws)."""
@@ -40,6 +93,7 @@ class SplitFeatures:
             self.labels[idx],
             self.groups[idx],
             None if self.blocks is None else np.asarray(self.blocks)[idx],
+            None if self.bags is None else self.bags.subset(idx),
         )
 
     def concat(self, other: SplitFeatures) -> SplitFeatures:
@@ -47,11 +101,15 @@ class SplitFeatures:
         blocks = None
         if self.blocks is not None and other.blocks is not None:
             blocks = np.concatenate([np.asarray(self.blocks), np.asarray(other.blocks)])
+        bags = None
+        if self.bags is not None and other.bags is not None:
+            bags = self.bags.concat(other.bags)
         return SplitFeatures(
             np.concatenate([np.asarray(self.features), np.asarray(other.features)]),
             np.concatenate([self.labels, other.labels]),
             np.concatenate([self.groups, other.groups]),
             blocks,
+            bags,
         )
 
     def __len__(self) -> int:
@@ -103,7 +161,10 @@ class ProtocolResult:
 
 
 def validation_score(labels: np.ndarray, scores: np.ndarray, task: str) -> float:
-    """The task's headline metric on validation, used for model selection (higher is better)."""
+    """The task's headline metric on validation, used for model selection (higher is better).
+
+    Multi-label labels of -1 (unknown) are left out per label, as in every metric.
+    """
     vals, _ = classification_metrics(labels, scores, task)
     v = vals[HEADLINE[task][0]]
     return float(v) if np.isfinite(v) else float("-inf")

@@ -42,7 +42,7 @@ def draw(labels: np.ndarray, groups: np.ndarray, n: int, task: str, rng: np.rand
             if need.any() and groups[i] not in used_patients:
                 chosen.append(int(i))
                 used_patients.add(groups[i])
-                counts += labels[i]
+                counts += labels[i] == 1  # -1 (unknown) is not a positive
         return np.asarray(sorted(chosen))
     out = []
     for c in np.unique(labels):

@@ -8,6 +8,10 @@ once, with train (+ val, when ``bank="train+val"``) as the bank.
 Options: ``weighting="uniform"`` (plain majority), multi-label ``method="mlknn"`` (ML-kNN, Zhang &
 Zhou 2007, a per-label Bayesian vote), and ``preset="medmnist+"`` (k = 11, plain majority) for
 comparison with MedMNIST+ numbers.
+
+Multi-label labels of -1 are unknown (CheXpert ``uncertain=ignore``): a neighbour whose label j is
+unknown casts no vote on label j, and ML-kNN counts, for each label, the k nearest bank samples whose
+label is known.
 """
 
 from __future__ import annotations
@@ -58,26 +62,61 @@ def knn_scores(
 ) -> dict[int, np.ndarray]:
     """Class scores (N_q, C) for every k: weighted votes normalised to sum to 1.
 
-    Multi-label: for each label, the weighted fraction of neighbours carrying it.
+    Multi-label: for each label, the weighted fraction of the neighbours whose label is known (!= -1)
+    that carry it; where none of the k neighbours has it known, the bank's rate of that label.
     """
     if weighting not in ("exp", "uniform"):
         raise ValueError(f"weighting must be 'exp' or 'uniform', got {weighting!r}")
     b = _normalize(bank)
-    targets = torch.as_tensor(bank_labels)
-    onehot = (
-        targets.float()
-        if task == "multilabel"
-        else torch.nn.functional.one_hot(targets.long(), num_classes).float()
-    )
+    targets = torch.as_tensor(np.asarray(bank_labels))
+    multilabel = task == "multilabel"
+    if multilabel:
+        onehot = (targets == 1).float()
+        known = (targets != -1).float()
+        prior = (onehot.sum(0) / known.sum(0).clamp_min(1)).double()
+    else:
+        onehot = torch.nn.functional.one_hot(targets.long(), num_classes).float()
     kmax = min(max(ks), len(b))
     out = {k: np.empty((len(queries), num_classes), dtype=np.float64) for k in ks}
     for start, sim, idx in _neighbours(b, queries, kmax, chunk):
         w = (sim / temperature).exp() if weighting == "exp" else torch.ones_like(sim)
         csum_votes = (onehot[idx] * w[..., None]).double().cumsum(1)  # (n, kmax, C)
-        csum_w = w.double().cumsum(1)
+        # the vote's denominator per label: only neighbours that know the label
+        csum_w = (
+            (known[idx] * w[..., None]).double().cumsum(1) if multilabel else w.double().cumsum(1)[..., None]
+        )
         for k in ks:
             kk = min(k, kmax)
-            out[k][start : start + len(sim)] = (csum_votes[:, kk - 1] / csum_w[:, kk - 1, None]).numpy()
+            votes, weight = csum_votes[:, kk - 1], csum_w[:, kk - 1]
+            scores = votes / weight
+            if multilabel:
+                scores = torch.where(weight > 0, scores, prior.expand_as(scores))
+            out[k][start : start + len(sim)] = scores.numpy()
+    return out
+
+
+def _label_neighbour_counts(
+    bank: torch.Tensor, y: torch.Tensor, queries: np.ndarray, kmax: int, chunk: int, exclude_self: bool
+) -> torch.Tensor:
+    """(N_q, kmax, L): for each label, the running count of positives among the nearest bank samples
+    whose label is known (-1 entries of ``y`` are unknown)."""
+    known = y != -1
+    pos = (y == 1).float()
+    partial = [j for j in range(y.shape[1]) if not bool(known[:, j].all())]
+    out = torch.empty(len(queries), kmax, y.shape[1])
+    for start in range(0, len(queries), chunk):
+        q = _normalize(queries[start : start + chunk])
+        sim = q @ bank.T
+        if exclude_self:
+            rows = torch.arange(len(q))
+            sim[rows, rows + start] = -float("inf")
+        _, idx = sim.topk(kmax, dim=1)
+        block = pos[idx]  # (n, kmax, L): labels every bank sample knows share one search
+        for j in partial:  # labels with unknowns: search again among the samples that know them
+            s_j, i_j = sim.masked_fill(~known[:, j], -float("inf")).topk(kmax, dim=1)
+            # a bank with fewer than kmax known samples pads with -inf rows, which count for nothing
+            block[:, :, j] = pos[i_j, j] * torch.isfinite(s_j)
+        out[start : start + len(q)] = block.cumsum(1)
     return out
 
 
@@ -89,27 +128,28 @@ def mlknn_scores(
     smoothing: float = 1.0,
     chunk: int = 1024,
 ) -> dict[int, np.ndarray]:
-    """ML-kNN posteriors P(label | neighbour counts) (N_q, L) for every k."""
+    """ML-kNN posteriors P(label | neighbour counts) (N_q, L) for every k.
+
+    Per label, priors, likelihood tables and neighbour counts use only bank samples whose label is
+    known (!= -1).
+    """
     b = _normalize(bank)
-    y = torch.as_tensor(np.asarray(bank_labels)).float()
+    y = torch.as_tensor(np.asarray(bank_labels))
     n, n_labels = y.shape
+    pos, neg = (y == 1).float(), (y == 0).float()
     kmax = min(max(ks), n - 1)
     s = smoothing
-    prior1 = (s + y.sum(0)) / (2 * s + n)
-    train_csum = torch.empty(n, kmax, n_labels)
-    for start, _, idx in _neighbours(b, np.asarray(bank), kmax, chunk, exclude_self=True):
-        train_csum[start : start + len(idx)] = y[idx].cumsum(1)
+    prior1 = (s + pos.sum(0)) / (2 * s + pos.sum(0) + neg.sum(0))
+    train_csum = _label_neighbour_counts(b, y, np.asarray(bank), kmax, chunk, exclude_self=True)
+    query_csum = _label_neighbour_counts(b, y, queries, kmax, chunk, exclude_self=False)
     out = {}
-    query_csum = torch.empty(len(queries), kmax, n_labels)
-    for start, _, idx in _neighbours(b, queries, kmax, chunk):
-        query_csum[start : start + len(idx)] = y[idx].cumsum(1)
     for k in ks:
         kk = min(k, kmax)
         counts = train_csum[:, kk - 1].long()  # (N, L) neighbours carrying each label
         c1 = torch.zeros(kk + 1, n_labels)
         c0 = torch.zeros(kk + 1, n_labels)
-        c1.scatter_add_(0, counts, y)
-        c0.scatter_add_(0, counts, 1 - y)
+        c1.scatter_add_(0, counts, pos)
+        c0.scatter_add_(0, counts, neg)
         like1 = (s + c1) / (s * (kk + 1) + c1.sum(0))
         like0 = (s + c0) / (s * (kk + 1) + c0.sum(0))
         q = query_csum[:, kk - 1].long()

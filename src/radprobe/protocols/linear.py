@@ -312,12 +312,22 @@ def predict(
     return {c: out[c] for c in heads.configs}
 
 
-def run(data: ProtocolInput, **kw) -> ProtocolResult:
+def run(
+    data: ProtocolInput,
+    lrs: Sequence[float] = DINOV2_LRS,
+    n_blocks: Sequence[int] = (1, 4),
+    avgpool: Sequence[bool] = (False, True),
+    epochs: int = 10,
+    min_iterations: int = 500,
+    batch_size: int = 256,
+    refit: bool = False,
+) -> ProtocolResult:
     """Train the grid on train, select the best head on val, score test once.
 
-    Options as :func:`run_many`; ``refit`` retrains the selected head on train + val before scoring.
+    ``refit`` retrains the selected head on train + val before scoring test.
     """
-    return run_many([data], **kw)[0]
+    kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size, refit=refit)
+    return run_many([data], lrs, n_blocks, avgpool, **kw)[0]
 
 
 def run_many(
@@ -330,7 +340,10 @@ def run_many(
     batch_size: int = 256,
     refit: bool = False,
 ) -> list[ProtocolResult]:
-    """:func:`run` on several inputs of one task (few-shot draws), their grids trained in one pass."""
+    """:func:`run` on several inputs of one task (few-shot draws), their grids trained in one pass.
+
+    Each input keeps its own seed, selection and refit; results come back in input order.
+    """
     first = inputs[0]
     available = min(1 if d.train.blocks is None else d.train.blocks.shape[1] for d in inputs)
     nb = sorted({min(n, available) for n in n_blocks})

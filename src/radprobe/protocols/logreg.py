@@ -4,7 +4,8 @@ The C grid follows DINOv2 (45 values, log-spaced over 1e-6 … 1e5); C is chosen
 test is scored once. On CPU the solver is scikit-learn's; on GPU the same objective is minimised
 with torch L-BFGS. Both minimise ``C * sum(log-loss) + ||W||² / 2`` with an unpenalised intercept;
 multi-label is one-vs-rest. The sweep runs from strong to weak regularisation, each fit starting
-from the previous solution, which is what makes 45 fits affordable.
+from the previous solution, which is what makes 45 fits affordable. Multi-label labels of -1 are
+unknown (CheXpert ``uncertain=ignore``): each label is fitted on the samples where it is known.
 """
 
 from __future__ import annotations
@@ -30,7 +31,11 @@ def fit_torch(
     multilabel: bool = False,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weights (D, K) and intercept (K,) minimising C·Σ loss + ½‖W‖² with torch L-BFGS."""
+    """Weights (D, K) and intercept (K,) minimising C·Σ loss + ½‖W‖² with torch L-BFGS.
+
+    Multi-label targets of -1 (unknown) add no loss, so each label's column is fitted on its known
+    samples, as one-vs-rest on the filtered samples would.
+    """
     k = num_classes if (multilabel or num_classes > 2) else 1
     if init is None:
         w = torch.zeros(x.shape[1], k, dtype=x.dtype, device=x.device)
@@ -54,7 +59,10 @@ def fit_torch(
         z = x @ w + b
         if multilabel or k == 1:
             target = y.to(x.dtype).view(z.shape)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(z, target, reduction="sum")
+            known = (target != -1).to(x.dtype)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                z, target.clamp_min(0), weight=known, reduction="sum"
+            )
         else:
             loss = torch.nn.functional.cross_entropy(z, y.long(), reduction="sum")
         obj = c * loss + 0.5 * (w * w).sum()
@@ -83,7 +91,12 @@ class _SklearnSweep:
 
         self.task, self.num_classes, self.x = data.task, data.num_classes, x
         y = np.asarray(data.train.labels)
-        self.targets = [y[:, j] for j in range(y.shape[1])] if data.task == "multilabel" else [y]
+        if data.task == "multilabel":
+            # one-vs-rest on each label's known samples: an unknown (-1) is neither positive nor negative
+            self.rows = [np.flatnonzero(y[:, j] != -1) for j in range(y.shape[1])]
+            self.targets = [y[r, j] for j, r in enumerate(self.rows)]
+        else:
+            self.rows, self.targets = [np.arange(len(y))], [y]
         self.models = [LogisticRegression(max_iter=max_iter, tol=tol, warm_start=True) for _ in self.targets]
 
     def fit(self, c: float) -> None:
@@ -91,15 +104,16 @@ class _SklearnSweep:
 
         with _warnings.catch_warnings():
             _warnings.simplefilter("ignore", ConvergenceWarning)
-            for m, t in zip(self.models, self.targets, strict=True):
+            for m, t, r in zip(self.models, self.targets, self.rows, strict=True):
                 if len(np.unique(t)) > 1:  # few-shot draws can leave a label with one class only
-                    m.set_params(C=c).fit(self.x, t)
+                    m.set_params(C=c).fit(self.x if len(r) == len(self.x) else self.x[r], t)
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         cols = []
         for m, t in zip(self.models, self.targets, strict=True):
             if len(np.unique(t)) < 2:
-                cols.append(np.full((len(x), 1), float(t[0])))
+                # a constant score; 0.5 when the label is unknown for every training sample
+                cols.append(np.full((len(x), 1), float(t[0]) if len(t) else 0.5))
                 continue
             p = m.predict_proba(x)
             if self.task == "multilabel":

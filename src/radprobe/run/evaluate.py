@@ -17,11 +17,12 @@ import radprobe
 from radprobe.config import cache_dir
 from radprobe.errors import RadprobeError
 from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec
-from radprobe.features.extract import ExtractStats, extract_split
+from radprobe.features.extract import VOLUME_POOLS, ExtractStats, extract_split, pool_volumes, volume_offsets
 from radprobe.metrics import bootstrap_metrics
 from radprobe.progress import make_progress
 from radprobe.protocols import ProtocolInput, get_protocol
-from radprobe.protocols.base import SplitFeatures
+from radprobe.protocols.base import Bags, SplitFeatures
+from radprobe.protocols.registry import VOLUME_PROTOCOLS
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import Predictions, predictions_path
 from radprobe.utils import digest
@@ -49,6 +50,7 @@ class EvalConfig:
     cache_root: Path | None = None
     progress: bool = True
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> keyword overrides
+    volume_pool: str = "mean"  # 3D classification: how slice features become one row per volume
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -128,35 +130,55 @@ def validate_protocols(protocols: list[str], options: dict[str, dict[str, Any]])
 
 @dataclass
 class Prepared:
-    """One backbone on one dataset with every split's features at hand."""
+    """One backbone on one dataset with every split's features at hand.
+
+    For 3D datasets ``feats`` are per-slice entries: protocols get one row per volume, pooled with
+    ``volume_pool`` (mean or max), plus each volume's slice features as bags (MIL).
+    """
 
     dataset: Any
     backbone: Any
     device: str
     feats: dict[str, FeatureSet]
     stats: dict[str, ExtractStats]
+    volume_pool: str = "mean"
+    _pooled: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def volumes(self) -> bool:
+        return self.dataset.ndim == 3
 
     @property
     def cache_hit(self) -> bool:
         return all(s.cache_hit for s in self.stats.values())
 
     def split_summary(self) -> dict[str, dict[str, Any]]:
+        def n(f: FeatureSet) -> dict[str, int]:
+            return {"n": len(volume_offsets(f)) - 1, "n_slices": len(f)} if self.volumes else {"n": len(f)}
+
         return {
-            s: {"n": len(f), "cache_key": f.key, "path": str(f.path), **asdict(self.stats[s])}
+            s: {**n(f), "cache_key": f.key, "path": str(f.path), **asdict(self.stats[s])}
             for s, f in self.feats.items()
         }
 
-    def protocol_input(self, seed: int) -> ProtocolInput:
+    def _split(self, split: str, pool: str) -> SplitFeatures:
+        ds, fs = self.dataset, self.feats[split]
+        labels, groups = ds.labels(ds.split(split)), ds.patients(ds.split(split))
+        if not self.volumes:
+            return SplitFeatures(np.asarray(fs.cls), labels, groups, blocks=fs.blocks)
+        if (split, pool) not in self._pooled:  # a study runs many jobs on one Prepared
+            self._pooled[split, pool] = pool_volumes(fs, pool)
+        pooled = self._pooled[split, pool]
+        bags = Bags(fs.cls, volume_offsets(fs))
+        return SplitFeatures(pooled["cls"], labels, groups, blocks=pooled.get("blocks"), bags=bags)
+
+    def protocol_input(self, seed: int, volume_pool: str | None = None) -> ProtocolInput:
+        """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes."""
+        pool = volume_pool or self.volume_pool
+        if pool not in VOLUME_POOLS:
+            raise RadprobeError(f"--volume-pool {pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
+        splits = {s: self._split(s, pool) for s in ("train", "val", "test")}
         ds = self.dataset
-        splits = {
-            s: SplitFeatures(
-                np.asarray(self.feats[s].cls),
-                ds.labels(ds.split(s)),
-                ds.patients(ds.split(s)),
-                blocks=self.feats[s].blocks,
-            )
-            for s in ("train", "val", "test")
-        }
         return ProtocolInput(
             splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed=seed
         )
@@ -219,6 +241,8 @@ def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
 
     if cfg.n_boot < 0:
         raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
+    if cfg.volume_pool not in VOLUME_POOLS:
+        raise RadprobeError(f"--volume-pool {cfg.volume_pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
     device = _device(cfg.device)
     dataset = load_dataset(cfg.dataset)
     if dataset.task not in CLASSIFICATION_TASKS:
@@ -226,6 +250,15 @@ def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
             f"dataset {cfg.dataset} is a {dataset.task} dataset; these protocols need a classification "
             f"dataset ({', '.join(CLASSIFICATION_TASKS)})"
         )
+    if dataset.ndim != 3:
+        for p in cfg.protocols:
+            if p in VOLUME_PROTOCOLS:
+                raise _needs_volumes(p, cfg.dataset, dataset.ndim)
+        if cfg.volume_pool != "mean":
+            raise RadprobeError(
+                f"--volume-pool {cfg.volume_pool}: applies to 3D datasets only; {cfg.dataset} is "
+                f"{dataset.ndim}D"
+            )
     for s in ("train", "val", "test"):
         if not dataset.split(s):
             raise RadprobeError(f"dataset {cfg.dataset} has no {s!r} split")
@@ -237,11 +270,14 @@ def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
     )
     # a backbone shallower than n_blocks (test models, CNNs) gives all the blocks it has
     spec = FeatureSpec(n_blocks=min(cfg.n_blocks, max(1, backbone.info.num_blocks)))
-    feats, stats = extract_all(cfg, backbone, dataset, spec, device, warn)
+    # volumes are cached slice by slice, so one extraction serves every pooling and MIL
+    volumes = dataset.ndim == 3
+    feats, stats = extract_all(cfg, backbone, dataset, spec, device, warn, per_slice=volumes)
     for split, fs in feats.items():
-        if fs.sample_ids != [r.sample_id for r in dataset.split(split)]:
+        ids = fs.meta.get("volumes") if volumes else fs.sample_ids
+        if ids != [r.sample_id for r in dataset.split(split)]:
             raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
-    return Prepared(dataset, backbone, device, feats, stats)
+    return Prepared(dataset, backbone, device, feats, stats, volume_pool=cfg.volume_pool)
 
 
 def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
@@ -281,6 +317,13 @@ def _threads_for(n_values: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _needs_volumes(protocol: str, dataset: str, ndim: int) -> RadprobeError:
+    return RadprobeError(
+        f"--protocol {protocol}: needs a 3D dataset (it attends over each volume's slices); "
+        f"{dataset} is {ndim}D"
+    )
+
+
 def run_protocol(
     prep: Prepared,
     name: str,
@@ -289,20 +332,33 @@ def run_protocol(
     n_boot: int,
     run_id: str,
     out: Path,
+    volume_pool: str | None = None,
 ) -> list[ResultRow]:
-    """Run one protocol on prepared features; returns its result rows (and saves test predictions)."""
+    """Run one protocol on prepared features; returns its result rows (and saves test predictions).
+
+    ``volume_pool`` (default: the Prepared's) pools 3D volumes for the protocols that read pooled rows.
+    """
     runner = get_protocol(name)
     dataset, info = prep.dataset, prep.backbone.info
-    data = prep.protocol_input(seed)
+    if name in VOLUME_PROTOCOLS and not prep.volumes:
+        raise _needs_volumes(name, dataset.name, dataset.ndim)
+    pool = volume_pool or prep.volume_pool
+    data = prep.protocol_input(seed, pool)
     t0 = time.perf_counter()
     try:
-        with _threads_for(np.asarray(data.train.features).size):
+        bags = data.train.bags if name in VOLUME_PROTOCOLS else None
+        with _threads_for(np.asarray(data.train.features if bags is None else bags.features).size):
             result = runner(data, **options)
     except (TypeError, ValueError) as e:
         if options:
             raise RadprobeError(f"--set {name}.…: {e}") from None
         raise
     wall = time.perf_counter() - t0
+    if prep.volumes and name not in VOLUME_PROTOCOLS:
+        # the pooling is part of what was evaluated: mean and max rows get their own keys
+        result.hparams = {**result.hparams, "volume_pool": pool}
+        for sm in result.summaries:
+            sm.hparams = {**sm.hparams, "volume_pool": pool}
     meta_stats = [f.meta.get("stats") or {} for f in prep.feats.values()]
     base = {
         "run_id": run_id,

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -72,6 +72,8 @@ class StudyConfig(BaseModel):
     batch_size: int = Field(default=64, ge=1)
     num_workers: int = Field(default=0, ge=0)
     device: str = "auto"
+    # 3D classification datasets: slice features pooled per volume (2D datasets ignore it)
+    volume_pool: Literal["mean", "max"] = "mean"
 
     @field_validator("backbones", mode="before")
     @classmethod
@@ -209,9 +211,10 @@ class Job:
     bootstrap: int
     n_blocks: int
     resolution: int | None = None
+    volume_pool: str = "mean"
 
     def spec(self) -> dict[str, Any]:
-        return {
+        spec = {
             "backbone": self.backbone.model_dump(),
             "dataset": self.dataset,
             "protocol": self.protocol,
@@ -221,6 +224,9 @@ class Job:
             "n_blocks": self.n_blocks,
             "resolution": self.resolution,
         }
+        if self.volume_pool != "mean":  # keys of studies written before the option stay valid
+            spec["volume_pool"] = self.volume_pool
+        return spec
 
     @property
     def key(self) -> str:
@@ -259,6 +265,7 @@ def expand(study: StudyConfig) -> list[Job]:
             study.bootstrap,
             study.n_blocks,
             b.resolution or d.resolution,
+            study.volume_pool,
         )
         for b in study.backbones
         for d in study.datasets
@@ -374,7 +381,9 @@ def _run_group(
             t0 = time.perf_counter()
             try:
                 if j.frozen:
-                    rows = run_protocol(prep, j.protocol, j.options, j.seed, j.bootstrap, run_id, run_dir)
+                    rows = run_protocol(
+                        prep, j.protocol, j.options, j.seed, j.bootstrap, run_id, run_dir, j.volume_pool
+                    )
                     for r in rows:
                         r.job_key = j.key
                     n = store.finish_job(j.key, rows, time.perf_counter() - t0)
