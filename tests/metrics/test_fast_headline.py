@@ -68,3 +68,26 @@ def test_weighted_resample_metrics_equal_sklearn_on_the_duplicated_rows(task):
                 assert np.isclose(fast[m][b], want, atol=1e-12), (m, b)
             else:
                 assert not np.isfinite(fast[m][b]), (m, b)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_bootstrap_cis_equal_the_per_resample_sklearn_loop(task):
+    from radprobe.metrics.classification import _resample_index, bootstrap_metrics
+
+    rng = np.random.default_rng(11)
+    n, c = 60, 2 if task == "binary" else 3
+    y = rng.integers(0, 2, (n, c)) if task == "multilabel" else rng.integers(0, c, n)
+    scores = rng.random((n, c))
+    groups = np.array([f"p{i // 2}" for i in range(n)])
+    got = {m.name: m for m in bootstrap_metrics(y, scores, task, groups, n_boot=200, seed=3)}
+    ref_rng = np.random.default_rng(3)
+    samples: dict[str, list[float]] = {m: [] for m in got}
+    for _ in range(200):
+        idx = _resample_index(groups, ref_rng)
+        vals, _ = classification_metrics(y[idx], scores[idx], task)
+        for m in got:
+            if np.isfinite(vals[m]):
+                samples[m].append(vals[m])
+    for m, mv in got.items():
+        lo, hi = np.quantile(samples[m], [0.025, 0.975])
+        assert np.isclose(mv.ci_low, lo, atol=1e-12) and np.isclose(mv.ci_high, hi, atol=1e-12), m

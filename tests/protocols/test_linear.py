@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from radprobe.metrics.classification import classification_metrics
@@ -80,13 +81,14 @@ def test_row_space_training_equals_full_space_training(toy):
     assert np.abs(_probe(full, toy.val, toy.task) - _probe(init, toy.val, toy.task)).max() > 0.05
 
 
-def test_training_sets_fused_in_one_pass_equal_each_trained_alone(toy):
+@pytest.mark.parametrize("batch_size", [32, 256])  # mini-batches; full batches (few-shot draws)
+def test_training_sets_fused_in_one_pass_equal_each_trained_alone(toy, batch_size):
     rng = np.random.default_rng(4)
     trains = [
         toy.train.subset(np.sort(rng.choice(len(toy.train), n, replace=False))) for n in (9, 30, 30, 70)
     ]
     configs = linear.head_grid(lrs=(1e-3, 1e-1), n_blocks=(1, 2), avgpool=(False, True))
-    kw = dict(epochs=2, min_iterations=50, batch_size=32)
+    kw = dict(epochs=2, min_iterations=50, batch_size=batch_size)
     fused = linear.train_many(trains, toy.task, toy.num_classes, configs, [5, 6, 7, 8], **kw)
     for train, seed, heads in zip(trains, (5, 6, 7, 8), fused, strict=True):
         alone = linear.train_heads(train, toy.task, toy.num_classes, configs, seed=seed, **kw)
@@ -126,3 +128,19 @@ def test_a_label_unknown_everywhere_never_moves_its_weights(toy):
     (_, w, b), (_, w0, _) = trained.heads[(1, False)], init.heads[(1, False)]
     assert float(b[0, 1]) == 0.0 and torch.equal(w[0, :, 1], w0[0, :, 1])
     assert float(b[0, 0].abs()) > 0  # the known labels did train
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_closed_form_logit_gradient_equals_autograd_of_the_loss(task):
+    rng = np.random.default_rng(6)
+    r, v, h, c, b = 2, 3, 4, 5, 7
+    z = torch.tensor(rng.normal(size=(r, v, h, c, b)), requires_grad=True)
+    if task == "multilabel":
+        y = torch.tensor(rng.integers(-1, 2, (r, 1, 1, c, b)))
+    else:
+        y = torch.tensor(rng.integers(0, c, (r, 1, 1, b)))
+    weight = torch.ones(r, 1, 1, b, dtype=torch.float64)
+    weight[1, ..., 5:] = 0  # padded batch slots of the second set
+    linear._losses(z, y, task, weight).sum().backward()
+    closed = linear._logit_grad(z.detach(), y, task, weight)
+    torch.testing.assert_close(closed, z.grad, atol=1e-7, rtol=1e-6)  # float32 targets

@@ -6,6 +6,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from radprobe.protocols import logreg
+from radprobe.protocols.base import ProtocolInput
 
 
 @pytest.mark.parametrize("task", ["binary", "multiclass"])
@@ -29,3 +30,16 @@ def test_sweep_selects_c_on_validation_and_backends_agree(toy):
     assert a.selected["C"] == b.selected["C"]
     np.testing.assert_allclose(a.scores, b.scores, atol=2e-3)
     assert a.scores.shape == (len(toy.test), toy.num_classes)
+
+
+def test_row_space_fit_equals_the_full_fit_when_samples_are_few(toy):
+    few = ProtocolInput(
+        toy.train.subset(np.arange(9)), toy.val, toy.test, task=toy.task, num_classes=toy.num_classes
+    )
+    assert few.train.features.shape[0] < few.train.features.shape[1]
+    kw = dict(cs=[0.01, 0.1, 1.0], tol=1e-10, max_iter=5000)
+    full = logreg.run(few, row_space=False, **kw)
+    rot = logreg.run(few, row_space=True, **kw)
+    assert rot.hparams["row_space"] and not full.hparams["row_space"]
+    assert rot.selected["C"] == full.selected["C"]
+    np.testing.assert_allclose(rot.scores, full.scores, atol=1e-5)

@@ -22,6 +22,8 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from radprobe.metrics.fast import bootstrap_weights, weighted_headline_metrics
+
 # The metric that headlines a task, in the order they are reported.
 HEADLINE: dict[str, tuple[str, ...]] = {
     "binary": ("auroc", "auprc", "accuracy", "balanced_accuracy", "f1_macro"),
@@ -128,7 +130,9 @@ def bootstrap_metrics(
 ) -> list[MetricValue]:
     """Headline metrics with percentile CIs from ``n_boot`` resamples of ``groups`` (patients).
 
-    Resamples where a metric is undefined (e.g. one class only) are skipped for that metric.
+    Resamples where a metric is undefined (e.g. one class only) are skipped for that metric. The
+    resamples are scored as weights, all at once (``metrics.fast``), with the values scikit-learn
+    gives on each resample's rows.
     """
     y_true = np.asarray(y_true)
     scores = np.asarray(scores)
@@ -136,16 +140,16 @@ def bootstrap_metrics(
     names = [m for m in HEADLINE[task] if m in point]
     groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {m: [] for m in names}
-    for _ in range(n_boot):
-        idx = _resample_index(groups, rng)
-        vals, _ = classification_metrics(y_true[idx], scores[idx], task)
+    samples: dict[str, list[np.ndarray]] = {m: [] for m in names}
+    chunk = max(1, min(n_boot, 4_000_000 // max(1, len(y_true))))  # (chunk, N) weights at a time
+    for start in range(0, n_boot, chunk):
+        w = bootstrap_weights(groups, min(chunk, n_boot - start), rng)
+        vals = weighted_headline_metrics(y_true, scores, task, w)
         for m in names:
-            if np.isfinite(vals.get(m, np.nan)):
-                samples[m].append(vals[m])
+            samples[m].append(vals[m][np.isfinite(vals[m])])
     out = []
     for m in names:
-        s = np.asarray(samples[m])
+        s = np.concatenate(samples[m]) if samples[m] else np.empty(0)
         lo, hi = np.quantile(s, [alpha / 2, 1 - alpha / 2]) if len(s) else (np.nan, np.nan)
         out.append(MetricValue(m, point[m], float(lo), float(hi), n=len(y_true), warnings=list(warns)))
     return out

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from radprobe.metrics.classification import HEADLINE, classification_metrics
+from radprobe.metrics.fast import headline_scores
 
 
 class Bags:
@@ -165,6 +165,4 @@ def validation_score(labels: np.ndarray, scores: np.ndarray, task: str) -> float
 
     Multi-label labels of -1 (unknown) are left out per label, as in every metric.
     """
-    vals, _ = classification_metrics(labels, scores, task)
-    v = vals[HEADLINE[task][0]]
-    return float(v) if np.isfinite(v) else float("-inf")
+    return float(headline_scores(labels, np.asarray(scores)[None], task)[0])

@@ -209,7 +209,7 @@ def _train_fused(
             init[-1].append(w0)
     d_n, n_max = max(x.shape[1] for xs in inputs for x in xs), max(ns)
     x_all = torch.zeros(r_n, v_n, n_max, d_n)
-    offset = torch.zeros(r_n, v_n, n_max, h_n, c_n)
+    offset = torch.zeros(r_n, v_n, h_n, c_n, n_max)  # logits laid out (..., C, B) throughout
     w = torch.zeros(r_n, v_n, d_n, h_n, c_n)
     for ri in range(r_n):
         for vi in range(v_n):
@@ -218,44 +218,52 @@ def _train_fused(
             if off is None:
                 w[ri, vi, : x.shape[1]] = init[ri][vi].permute(1, 0, 2)
             else:
-                offset[ri, vi, : ns[ri]] = off
-    b = torch.zeros(r_n, v_n, h_n, c_n)
+                offset[ri, vi, :, :, : ns[ri]] = off.permute(1, 2, 0)
+    b = torch.zeros(r_n, v_n, h_n, c_n, 1)
     lr = torch.zeros(r_n, v_n, h_n)
     live = torch.zeros(v_n, h_n)
     for vi, heads in enumerate(per_variant):
         for hi, cfg in enumerate(heads):
             lr[:, vi, hi] = cfg.lr * torch.tensor([bs / 256 for bs in batch_sizes])  # lr * batch / 256
             live[vi, hi] = 1.0
-    y_all = torch.zeros((r_n, n_max, c_n) if task == "multilabel" else (r_n, n_max), dtype=torch.long)
+    multilabel = task == "multilabel"
+    y_all = torch.zeros((r_n, c_n, n_max) if multilabel else (r_n, n_max), dtype=torch.long)
     for ri, t in enumerate(trains):
-        y_all[ri, : ns[ri]] = torch.as_tensor(np.asarray(t.labels)).long()
-    bs_max = max(batch_sizes)
-    idx = torch.zeros(iterations, r_n, bs_max, dtype=torch.long)
+        lab = torch.as_tensor(np.asarray(t.labels)).long()
+        y_all[ri, ..., : ns[ri]] = lab.T if multilabel else lab
+    # Every set trains on full batches (few-shot draws): a batch's loss is a mean, so its order does
+    # not matter and each step reads all of x_all in place, with no gather.
+    full = all(bs == n for bs, n in zip(batch_sizes, ns, strict=True))
+    bs_max = n_max if full else max(batch_sizes)
     slot = torch.zeros(r_n, bs_max)
+    idx = torch.zeros(iterations, r_n, bs_max, dtype=torch.long)
     for ri, (n, bs, seed) in enumerate(zip(ns, batch_sizes, seeds, strict=True)):
-        idx[:, ri, :bs] = _batches(n, bs, iterations, seed)
         slot[ri, :bs] = 1.0
-    w.requires_grad_()
-    b.requires_grad_()
-    buf_w, buf_b = torch.zeros_like(w), torch.zeros_like(b)
-    rows, var_r, var = (
-        torch.arange(r_n)[:, None],
-        torch.arange(r_n)[:, None, None],
-        torch.arange(v_n)[None, :, None],
-    )
+        if not full:
+            idx[:, ri, :bs] = _batches(n, bs, iterations, seed)
+    # SGD on linear heads needs no autograd: d(loss)/d(logits) has a closed form (softmax or sigmoid
+    # minus the target, see _logit_grad) and the weight gradient is one bmm.
+    rv, hc = r_n * v_n, h_n * c_n
+    w_t = w.view(rv, d_n, hc).transpose(1, 2).contiguous()  # (RV, HC, D): logits = w_t @ x^T
+    buf_w, buf_b = torch.zeros_like(w_t), torch.zeros_like(b)
+    lr_w = lr.view(rv, h_n, 1).repeat_interleave(c_n, dim=1)  # (RV, HC, 1)
+    lr_b = lr[..., None, None]
+    xb, off_b, yb = x_all.view(rv, n_max, d_n), offset, y_all
+    var_r, var = torch.arange(r_n)[:, None, None], torch.arange(v_n)[None, :, None]
     for it in range(iterations):
-        bi = idx[it]
-        xb = x_all[var_r, var, bi[:, None]].view(r_n * v_n, bs_max, d_n)
-        z = torch.bmm(xb, w.view(r_n * v_n, d_n, h_n * c_n)).view(r_n, v_n, bs_max, h_n, c_n)
-        z = (z + offset[var_r, var, bi[:, None]] + b[:, :, None]).transpose(2, 3)  # (R, V, H, B, C)
-        loss = head_losses(z, y_all[rows, bi][:, None, None], task, slot[:, None, None])
-        (loss * live).sum().backward()  # heads are independent: each gets its own gradient
+        if not full:
+            bi = idx[it]
+            xb = x_all[var_r, var, bi[:, None]].view(rv, bs_max, d_n)
+            off_b = offset.gather(-1, bi[:, None, None, None].expand(r_n, v_n, h_n, c_n, bs_max))
+            yb = y_all.gather(-1, bi[:, None].expand(r_n, c_n, bs_max)) if multilabel else y_all.gather(1, bi)
+        z = torch.bmm(w_t, xb.transpose(1, 2)).view(r_n, v_n, h_n, c_n, bs_max) + off_b + b
+        g = _logit_grad(z, yb[:, None, None], task, slot[:, None, None])  # each head's own gradient
         scale = 0.5 * (1 + math.cos(math.pi * it / iterations))
-        with torch.no_grad():
-            for p, buf, lr_p in ((w, buf_w, lr[:, :, None, :, None]), (b, buf_b, lr[..., None])):
-                buf.mul_(momentum).add_(p.grad)
-                p.sub_(lr_p * scale * buf)
-                p.grad = None
+        buf_w.mul_(momentum).add_(torch.bmm(g.view(rv, hc, bs_max), xb))
+        w_t.sub_(lr_w * scale * buf_w)
+        buf_b.mul_(momentum).add_(g.sum(-1, keepdim=True))
+        b.sub_(lr_b * scale * buf_b)
+    w = w_t.transpose(1, 2).reshape(r_n, v_n, d_n, h_n, c_n)
     out = []
     with torch.no_grad():
         for ri in range(r_n):
@@ -267,7 +275,7 @@ def _train_fused(
                 weights = (
                     init[ri][vi][: len(cfgs)] + torch.einsum("Dn,hnc->hDc", q, u) if q is not None else u
                 )
-                heads[v] = (cfgs, weights.clone(), b[ri, vi, : len(cfgs)].clone())
+                heads[v] = (cfgs, weights.clone(), b[ri, vi, : len(cfgs), :, 0].clone())
             out.append(LinearHeads(heads))
     return out
 
@@ -281,14 +289,31 @@ def head_losses(
     masks samples (batch padding); multi-label entries of -1 (unknown) are left out of the mean.
     """
     if task == "multilabel":
-        known = (y >= 0).float() if weight is None else (y >= 0).float() * weight[..., None]
-        known = known.expand_as(logits)
-        target = y.clamp(min=0).float().expand_as(logits)
-        per = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * known
+        y = y.transpose(-1, -2)
+    return _losses(logits.transpose(-1, -2), y, task, weight)
+
+
+def _logit_grad(z: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor) -> torch.Tensor:
+    """Gradient of :func:`_losses` (summed over heads) with respect to logits z laid out (..., C, B)."""
+    if task == "multilabel":
+        known = ((y >= 0).float() * weight[..., None, :]).expand_as(z)
+        count = known.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+        return (torch.sigmoid(z) - y.clamp(min=0).float()) * known / count
+    onehot = (torch.arange(z.shape[-2])[:, None] == y.unsqueeze(-2)).float()
+    return (torch.softmax(z, -2) - onehot) * (weight / weight.sum(-1, keepdim=True))[..., None, :]
+
+
+def _losses(z: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor | None) -> torch.Tensor:
+    """:func:`head_losses` on logits laid out (..., C, B): reductions over C then run along B."""
+    if task == "multilabel":
+        known = (y >= 0).float() if weight is None else (y >= 0).float() * weight[..., None, :]
+        known = known.expand_as(z)
+        target = y.clamp(min=0).float().expand_as(z)
+        per = F.binary_cross_entropy_with_logits(z, target, reduction="none") * known
         return per.sum(dim=(-2, -1)) / known.sum(dim=(-2, -1)).clamp(min=1)
-    shape = logits.shape[:-1]
+    shape = z.shape[:-2] + z.shape[-1:]
     # log-sum-exp minus the target logit: cross-entropy without flattening (heads, batch) into rows
-    per = torch.logsumexp(logits, -1) - logits.gather(-1, y.expand(shape).unsqueeze(-1)).squeeze(-1)
+    per = torch.logsumexp(z, -2) - z.gather(-2, y.expand(shape).unsqueeze(-2)).squeeze(-2)
     if weight is None:
         return per.mean(-1)
     weight = weight.expand(shape)

@@ -149,19 +149,32 @@ def run(
     max_iter: int = 1000,
     tol: float = 1e-4,
     backend: str = "auto",
+    row_space: bool | None = None,
 ) -> ProtocolResult:
-    """Sweep C on validation and score test once with the best C."""
+    """Sweep C on validation and score test once with the best C.
+
+    With fewer training samples than feature dimensions (few-shot draws), the fits run in the row
+    space of the training features (``row_space``; by default when n < D): the L2-penalised optimum
+    W lies in the span of the training rows, so rotating onto an orthonormal basis of that span is
+    exact and turns a (D x K) problem into an (n x K) one.
+    """
     if backend == "auto":
         backend = "torch" if torch.cuda.is_available() else "sklearn"
     if backend not in ("sklearn", "torch"):
         raise ValueError(f"backend must be 'auto', 'sklearn' or 'torch', got {backend!r}")
     x_tr = np.asarray(data.train.features, dtype=np.float64)
+    x_va = np.asarray(data.val.features, dtype=np.float64)
+    x_te = np.asarray(data.test.features, dtype=np.float64)
+    if row_space is None:
+        row_space = len(x_tr) < x_tr.shape[1]
+    if row_space:
+        q, _ = np.linalg.qr(x_tr.T)  # (D, n), orthonormal columns spanning the training rows
+        x_tr, x_va, x_te = x_tr @ q, x_va @ q, x_te @ q
     sweep = (
         _SklearnSweep(data, x_tr, max_iter, tol)
         if backend == "sklearn"
         else _TorchSweep(data, x_tr, max_iter)
     )
-    x_va = np.asarray(data.val.features, dtype=np.float64)
     per_c: dict[float, float] = {}
     best, best_state = None, None
     for c in sorted(float(c) for c in cs):
@@ -172,13 +185,14 @@ def run(
     if best is None or best_state is None:
         raise ValueError("logreg needs at least one C value")
     return ProtocolResult(
-        scores=best_state.scores(np.asarray(data.test.features, dtype=np.float64)),
+        scores=best_state.scores(x_te),
         hparams={
             "cs": sorted(float(c) for c in cs),
             "max_iter": max_iter,
             "tol": tol,
             "backend": backend,
             "features": "cls",
+            "row_space": row_space,
         },
         selected={"C": best, "val_score": per_c[best]},
     )
