@@ -223,15 +223,6 @@ def test_killed_seg_run_resumes_to_the_uninterrupted_result(
     assert strip == [{k: v for k, v in h.items() if k != "imgs_per_s"} for h in b["selected"]["history"]]
 
 
-def test_3d_segmentation_is_refused_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "run"
-    args = ["eval", "--backbone", BACKBONE, "--dataset", "synthetic:seg3d", "--protocol", "lora"]
-    assert main([*args, "--out", str(out), "--device", "cpu"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "3D trained segmentation is not supported yet" in err and len(err.splitlines()) == 1
-    assert not out.exists()
-
-
 @pytest.mark.parametrize(
     ("dataset", "options", "match"),
     [

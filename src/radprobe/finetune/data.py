@@ -99,9 +99,11 @@ class Augment:
 class ImageSet(TorchDataset):
     """Preprocessed (and, for training, augmented) images of one split, with their row index.
 
-    Targets stay in the main process (indexed by the returned row), so workers only decode pixels —
-    except ``masks`` (segmentation training): augmentation moves a mask with its image, so each item
-    is then ``(image, row, mask)``.
+    Rows are decoded from ``records`` one image each, or — slices of volumes — read from ``pixels``,
+    the split's images already resized to the input resolution (each volume decoded once, not once
+    per slice and epoch). Targets stay in the main process (indexed by the returned row), so workers
+    only produce pixels — except ``masks`` (segmentation training): augmentation moves a mask with
+    its image, so each item is then ``(image, row, mask)``.
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class ImageSet(TorchDataset):
         augment: Augment | None = None,
         seed: int = 0,
         masks: np.ndarray | None = None,
+        pixels: np.ndarray | None = None,
     ) -> None:
         self.dataset = dataset
         self.records = records
@@ -119,19 +122,29 @@ class ImageSet(TorchDataset):
         self.augment = augment
         self.seed = seed
         self.masks = masks  # (rows, R, R) class maps at the preprocessed resolution
+        self.pixels = pixels  # (rows, 1 or 3, R, R) in [0, 1] at the preprocessed resolution
         self.epoch = 0
         self._mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         self._std = torch.tensor(preprocess.std).view(3, 1, 1)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.records) if self.pixels is None else len(self.pixels)
+
+    def _raw(self, i: int) -> torch.Tensor:
+        """Row ``i`` as a (3, R, R) image in [0, 1]."""
+        if self.pixels is not None:
+            return torch.from_numpy(np.asarray(self.pixels[i], dtype=np.float32)).expand(3, -1, -1)
+        return self.preprocess(self.dataset.load_image(self.records[i])) * self._std + self._mean
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
-        x = self.preprocess(self.dataset.load_image(self.records[i]))
         mask = None if self.masks is None else torch.from_numpy(np.asarray(self.masks[i]))
-        if self.augment is not None:
-            g = torch.Generator().manual_seed(derived_seed("aug", self.seed, self.epoch, i))
-            x, mask = self.augment.pair(x * self._std + self._mean, mask, g)
+        if self.pixels is None and self.augment is None:
+            x = self.preprocess(self.dataset.load_image(self.records[i]))  # no round trip through [0, 1]
+        else:
+            x = self._raw(i)
+            if self.augment is not None:
+                g = torch.Generator().manual_seed(derived_seed("aug", self.seed, self.epoch, i))
+                x, mask = self.augment.pair(x, mask, g)
             x = (x - self._mean) / self._std
         return (x, i) if mask is None else (x, i, mask)
 

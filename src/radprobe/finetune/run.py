@@ -8,11 +8,14 @@ straight to scoring if training had finished), scores the test split exactly onc
 validation epoch's weights, and writes one row per metric.
 
 Classification rows are those of the frozen protocols, and the test predictions are saved for
-``radprobe compare``. Segmentation (2D datasets) trains the segmentation room's seg-linear or
-seg-decoder head on the live backbone's patch grids with the same Dice + cross-entropy loss, at the
-same input resolution, selects on validation macro Dice, and writes the frozen ``seg-*`` protocols'
-rows (Dice / IoU / HD95 per class with patient-bootstrap CIs) and overlays. Segmentation
-augmentation moves each mask with its image (geometric ops on both, intensity jitter on the image).
+``radprobe compare``. Segmentation trains the segmentation room's seg-linear or seg-decoder head on
+the live backbone's patch grids with the same Dice + cross-entropy loss, at the same input
+resolution, selects on validation macro Dice, and writes the frozen ``seg-*`` protocols' rows
+(Dice / IoU / HD95 per class with patient-bootstrap CIs) and overlays. Segmentation augmentation
+moves each mask with its image (geometric ops on both, intensity jitter on the image). 3D datasets
+are handled as the frozen path handles them: training rows are the slices along the dataset's axis
+(each volume decoded once, slices kept resized in memory), and validation and test predictions are
+reassembled per volume, which is the case that is selected on and scored.
 
 The checkpoint directory is keyed by the training spec (everything but ``n_boot``), so changing the
 number of bootstrap resamples re-scores without retraining; the rows' ``eval_key`` adds ``n_boot``.
@@ -153,13 +156,11 @@ def validate(cfg: EvalConfig) -> Plan:
             f"dataset {cfg.dataset} is a {dataset.task} dataset; trained protocols support classification "
             f"({', '.join(CLASSIFICATION_TASKS)}) and segmentation"
         )
-    if segmentation and dataset.ndim != 2:
+    if not segmentation and dataset.ndim != 2:
         raise RadprobeError(
-            f"dataset {cfg.dataset} is {dataset.ndim}D: 3D trained segmentation is not supported yet "
-            "(the frozen seg-linear / seg-decoder protocols segment volumes slice by slice)"
+            f"dataset {cfg.dataset} is {dataset.ndim}D; trained protocols classify 2D images "
+            "(3D datasets: segmentation only, slice by slice)"
         )
-    if dataset.ndim != 2:
-        raise RadprobeError(f"dataset {cfg.dataset} is {dataset.ndim}D; trained protocols support 2D images")
     _check_task_options(cfg, dataset.task)
     for s in SPLITS:
         if not dataset.split(s):
@@ -179,13 +180,27 @@ def validate(cfg: EvalConfig) -> Plan:
     seg: dict[str, SegSplit] = {}
     seg_hparams: dict[str, Any] = {}
     if segmentation:
-        from radprobe.segmentation.data import load_split
+        from radprobe.segmentation.data import load_split, uniform_spacing
         from radprobe.segmentation.evaluate import common_hparams
 
         # every mask is checked now, so a bad one fails before anything is trained or written
-        size = backbone.preprocess.resolution
-        seg = {s: load_split(dataset, s, size, keep_masks=s != "train") for s in SPLITS}
-        seg_hparams = common_hparams(dataset, seg["test"], size, resolution_source)
+        pre = backbone.preprocess
+        volumes = dataset.ndim == 3
+        seg = {
+            # a volume's slices are kept resized (as the backbone resizes them), so training reads
+            # slices from memory instead of decoding the whole volume for each slice
+            s: load_split(
+                dataset,
+                s,
+                pre.resolution,
+                keep_masks=s != "train",
+                keep_images=volumes,
+                interpolation=pre.interpolation,
+            )
+            for s in SPLITS
+        }
+        uniform_spacing(seg.values())
+        seg_hparams = common_hparams(dataset, seg["test"], pre.resolution, resolution_source)
         # recorded apart from the ``intensity`` jitter option, which shares the frozen rows' key name
         seg_hparams["input_intensity"] = seg_hparams.pop("intensity")
     details = {}
@@ -235,7 +250,13 @@ def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -
         return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed), ds.labels(recs))
     # training masks travel with their images through augmentation; val/test targets are indexed
     masks = seg.targets if name == "train" else None
-    return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, masks), seg.targets, seg)
+    images = ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, masks, seg.images)
+    return Split(images, seg.targets, seg)
+
+
+def _cases(split: Split) -> int:
+    # segmentation counts cases (images or volumes) like the frozen seg rows; its targets are rows
+    return len(split.seg) if split.seg is not None else len(split.targets)
 
 
 @dataclass
@@ -408,10 +429,10 @@ def train_protocol(
         "split_digest": ds.split_digest("test"),
         "protocol": protocol,
         "seed": cfg.seed,
-        "n": len(test.targets),
-        "n_train": len(train.targets),
-        "n_val": len(val.targets),
-        "n_test": len(test.targets),
+        "n": _cases(test),
+        "n_train": _cases(train),
+        "n_val": _cases(val),
+        "n_test": _cases(test),
         "task": ds.task,
         "num_classes": len(ds.classes),
         "resolution": backbone.preprocess.resolution,
@@ -459,7 +480,10 @@ def evaluate_finetune(cfg: EvalConfig, warn: Warn = None) -> EvalSummary:
         backbone=_backbone_name(plan),
         dataset=ds.name,
         cache_hit=False,
-        splits={s: {"n": len(ds.split(s))} for s in SPLITS},
+        splits={
+            s: {"n": len(ds.split(s)), **({"rows": plan.seg[s].n_rows} if plan.segmentation else {})}
+            for s in SPLITS
+        },
     )
     with ResultStore(cfg.out) as store:
         for protocol in cfg.protocols:

@@ -4,9 +4,9 @@ AdamW; the learning rate warms up linearly for ``warmup_epochs`` and then follow
 set per optimizer step from the step count (so resuming needs no scheduler object). Micro-batches
 accumulate ``accum_steps`` at a time; the gradient norm is clipped; on CUDA the forward pass runs under
 bf16 autocast. After every epoch the model is scored on validation (the task's headline metric;
-segmentation: macro foreground Dice of the predicted masks at their original size); the best epoch's
-weights are kept and training stops after ``patience`` epochs without improvement. The test split is
-never seen here.
+segmentation: macro foreground Dice of the predicted masks at their original size, per image or per
+reassembled volume); the best epoch's weights are kept and training stops after ``patience`` epochs
+without improvement. The test split is never seen here.
 
 Resumability: each epoch starts by seeding torch's global RNG (dropout, LoRA dropout) from
 (seed, epoch), and batch order and augmentation are functions of (seed, epoch, index), so an epoch
@@ -48,7 +48,8 @@ class Split:
     """Images of one split and their targets.
 
     Classification: ``targets`` are the labels. Segmentation: ``targets`` are the masks at the
-    preprocessed resolution, one per row, and ``seg`` holds the cases with their original masks.
+    preprocessed resolution, one per row (an image, or a slice of a volume), and ``seg`` holds the
+    cases (images or volumes) with their original masks.
     """
 
     images: ImageSet
@@ -104,23 +105,29 @@ def predict(
 def predict_masks(
     built: Built, split: Split, batch_size: int, device: torch.device, amp: bool, num_workers: int = 0
 ) -> tuple[list[np.ndarray], float]:
-    """Predicted class maps of a 2D segmentation split, each at its case's mask size, and the mean loss."""
+    """Predicted class maps of a segmentation split, one per case at its mask's shape, and the mean loss.
+
+    Rows (images, or slices of volumes) are predicted in split order; each is upsampled to its
+    case's in-plane mask size, and a volume's slices are stacked back into the volume.
+    """
     from radprobe.segmentation.train import to_labels
 
-    assert split.seg is not None
+    seg = split.seg
+    assert seg is not None
+    case_of = np.repeat(np.arange(len(seg.cases)), [c.rows.stop - c.rows.start for c in seg.cases])
     model = built.model
     model.eval()
-    preds: list[np.ndarray] = []
+    rows_out: list[np.ndarray] = []
     loss_sum = 0.0
     for batch in eval_loader(split.images, batch_size, num_workers):
         x, rows, y = _unpack(batch, split, device)
         with autocast(device, amp):
             logits = model(x)
         loss_sum += float(model.head.loss(logits, y)) * len(rows)
-        # one row per 2D case; cases may differ in size, so each is upsampled on its own
+        # cases may differ in size, so each row is upsampled on its own
         for logit, r in zip(logits, rows.tolist(), strict=True):
-            preds.append(to_labels(logit[None], split.seg.cases[r].shape)[0].numpy())
-    return preds, loss_sum / max(1, len(split.targets))
+            rows_out.append(to_labels(logit[None], seg.cases[case_of[r]].shape[-2:])[0].numpy())
+    return seg.assemble(rows_out), loss_sum / max(1, len(split.targets))
 
 
 def val_score(

@@ -13,7 +13,7 @@ resized (nearest) to the square input resolution; scoring uses the original mask
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +76,14 @@ class SegSplit:
             return np.zeros(0, dtype=np.int64)
         return np.concatenate([np.arange(c.rows.start, c.rows.stop) for c in cases])
 
+    def assemble(self, row_preds: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Per-row class maps (split order) -> one per case: an image's map, or a volume's slices stacked."""
+        if len(row_preds) != self.n_rows:
+            raise ValueError(f"split {self.name}: {len(row_preds)} row predictions for {self.n_rows} rows")
+        return [
+            np.stack(row_preds[c.rows]) if len(c.shape) == 3 else row_preds[c.rows.start] for c in self.cases
+        ]
+
     def row_ids(self) -> list[str]:
         """Sample ids of the rows as a per-slice cache entry names them."""
         out = []
@@ -122,11 +130,14 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return t[:, 0].round().numpy().astype(dtype)
 
 
-def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """(N, C, H, W) float [0, 1] -> (N, C, size, size) float16, bilinear with antialiasing."""
+def resize_images(images: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
+    """(N, C, H, W) float [0, 1] -> (N, C, size, size) float16, ``mode`` with antialiasing."""
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
     if tuple(t.shape[-2:]) != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        smooth = mode in ("bilinear", "bicubic")
+        t = F.interpolate(
+            t, size=(size, size), mode=mode, align_corners=False if smooth else None, antialias=smooth
+        )
     return t.clamp(0.0, 1.0).numpy().astype(np.float16)
 
 
@@ -175,11 +186,13 @@ def load_split(
     keep_masks: bool = True,
     keep_images: bool = False,
     records: list[Record] | None = None,
+    interpolation: str = "bilinear",
 ) -> SegSplit:
     """Read and check every case of ``split``; targets resized to ``size``.
 
-    ``keep_images`` also keeps the images resized to ``size`` (the from-scratch U-Net's input);
-    grayscale and colour images are mixed by repeating gray to 3 channels.
+    ``keep_images`` also keeps the images resized to ``size`` with ``interpolation`` (the
+    from-scratch U-Net's input, or a backbone's slices); grayscale and colour images are mixed by
+    repeating gray to 3 channels.
     """
     records = dataset.split(split) if records is None else records
     if not records:
@@ -202,12 +215,21 @@ def load_split(
         if keep_masks:
             masks.append(mask.astype(small))
         if keep_images:
-            images.append(resize_images(_channels_first(img, dataset.ndim)[:, :3], size))
+            images.append(resize_images(_channels_first(img, dataset.ndim)[:, :3], size, interpolation))
     stacked = None
     if keep_images:
         channels = max(i.shape[1] for i in images)
         stacked = np.concatenate([np.repeat(i, channels // i.shape[1], axis=1) for i in images])
     return SegSplit(split, cases, np.concatenate(targets), masks if keep_masks else None, stacked)
+
+
+def uniform_spacing(splits: Iterable[SegSplit]) -> None:
+    """Drop every case's spacing unless all are known, so HD95 has one unit (mm, else pixels)."""
+    splits = list(splits)
+    if not all(c.spacing is not None for sp in splits for c in sp.cases):
+        for sp in splits:
+            for c in sp.cases:
+                c.spacing = None
 
 
 def draw_cases(patients: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:

@@ -27,7 +27,7 @@ from radprobe.features.cache import FeatureSet, FeatureSpec
 from radprobe.features.extract import ExtractStats
 from radprobe.results import ResultRow, ResultStore
 from radprobe.run.evaluate import EvalConfig, EvalSummary, _check_options, _device, _env, extract_all
-from radprobe.segmentation.data import intensity, load_split
+from radprobe.segmentation.data import intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.metrics import summarize
 from radprobe.segmentation.output import slug
@@ -116,10 +116,7 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
         s: load_split(dataset, s, size, keep_masks=s != "train", keep_images="seg-unet" in protocols)
         for s in ("train", "val", "test")
     }
-    if not all(c.spacing is not None for sp in splits.values() for c in sp.cases):
-        for sp in splits.values():  # HD95 in one unit for every case: pixels unless all spacings are known
-            for c in sp.cases:
-                c.spacing = None
+    uniform_spacing(splits.values())
     feats: dict[str, FeatureSet] = {}
     ext: dict[str, ExtractStats] = {}
     if backbone is not None:
