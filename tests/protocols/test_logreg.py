@@ -40,6 +40,6 @@ def test_row_space_fit_equals_the_full_fit_when_samples_are_few(toy):
     kw = dict(cs=[0.01, 0.1, 1.0], tol=1e-10, max_iter=5000)
     full = logreg.run(few, row_space=False, **kw)
     rot = logreg.run(few, row_space=True, **kw)
-    assert rot.hparams["row_space"] and not full.hparams["row_space"]
+    assert rot.selected["row_space"] and not full.selected["row_space"]
     assert rot.selected["C"] == full.selected["C"]
     np.testing.assert_allclose(rot.scores, full.scores, atol=1e-5)

@@ -44,17 +44,23 @@ class DemoSize:
     seg_options: dict[str, Any] = field(default_factory=dict)
     seg_resolution: int | None = None
     seg_lung_folds: tuple[int, ...] = (1,)
+    cls_protocols: tuple[str, ...] = ("knn", "linear", "fewshot")
+    fewshot_protocols: tuple[str, ...] = ("knn", "linear")
+    decoder_options: dict[str, Any] | None = None  # seg-decoder beside seg-linear when set
 
     def describe(self) -> dict[str, Any]:
         return {
             "resolution": self.resolution,
             "lung folds": list(self.lung_folds),
+            "classification protocols": list(self.cls_protocols),
+            "few-shot protocols": list(self.fewshot_protocols),
             "few-shot shots": list(self.shots),
             "few-shot repeats": self.repeats,
             "bootstrap resamples": self.bootstrap,
-            "linear probe": self.linear,
-            "few-shot linear": self.fewshot_linear,
+            "linear probe": self.linear or _DINOV2_GRID,
+            "few-shot linear": self.fewshot_linear or _DINOV2_GRID,
             "seg-linear": self.seg_options,
+            **({"seg-decoder": self.decoder_options} if self.decoder_options is not None else {}),
             "segmentation resolution": self.seg_resolution or self.resolution,
             "lung segmentation folds": list(self.seg_lung_folds),
         }
@@ -68,8 +74,11 @@ class DemoSize:
 # extraction repeats for every fold (the feature cache is keyed by split), and the linear head's
 # per-fold results vary too much (Dice 0.47 / 0.14 / 0.14 / 0.00) for four folds to buy a usable
 # interval. Classification keeps all four lung folds: at 56 px they are cheap, and pooling their
-# test predictions gives a four-patient interval.
+# test predictions gives a four-patient interval. The full demo runs the DINOv2 linear grid (52
+# heads), logreg and few-shot with all three inner protocols. seg-decoder (decoder_options) is left
+# out: on these slices it costs ~870 s of CPU over the three backbones, beyond the 10-minute budget.
 _LRS = [1e-3, 1e-2, 1e-1, 1.0]
+_DINOV2_GRID = "DINOv2 defaults: 13 lrs x last 1/4 blocks x avgpool on/off, >= 500 iterations"
 DEMO_SIZES: dict[str, DemoSize] = {
     "demo": DemoSize(
         name="demo",
@@ -77,12 +86,14 @@ DEMO_SIZES: dict[str, DemoSize] = {
         lung_folds=(1, 2, 3, 4),
         shots=(1, 2, 4, 8, 16),
         repeats=5,
-        bootstrap=500,
-        linear={"lrs": _LRS, "n_blocks": [1, 4], "min_iterations": 300},
-        fewshot_linear={"lrs": _LRS, "n_blocks": [4], "avgpool": [True], "min_iterations": 100},
+        bootstrap=1000,
+        linear={},  # the DINOv2 defaults: 13 lrs x last 1/4 blocks x avgpool, 500+ iterations
+        fewshot_linear={},
         seg_options={"epochs": 30, "min_steps": 200, "lrs": [1e-3, 3e-3, 1e-2], "overlays": 2},
         seg_resolution=112,
         seg_lung_folds=(1,),
+        cls_protocols=("knn", "linear", "logreg", "fewshot"),
+        fewshot_protocols=("knn", "linear", "logreg"),
     ),
     "demo-quick": DemoSize(
         name="demo-quick",
@@ -150,13 +161,14 @@ def segmentation_available() -> bool:
 def demo_study(size: DemoSize, cache: Path | None = None, progress: bool = False) -> dict[str, Any]:
     """The raw study dict of a demo size (assets pulled and derived files written as needed).
 
-    Classification datasets run kNN, linear and few-shot at ``size.resolution``; segmentation
-    datasets (when :mod:`radprobe.segmentation` is importable) run seg-linear at
-    ``size.seg_resolution``. Backbones set no resolution, so each dataset's applies.
+    Classification datasets run ``size.cls_protocols`` at ``size.resolution``; segmentation
+    datasets (when :mod:`radprobe.segmentation` is importable) run seg-linear (and seg-decoder when
+    ``size.decoder_options`` is set) at ``size.seg_resolution``. Backbones set no resolution, so each
+    dataset's applies.
     """
     assets = demo_assets(cache, progress)
     cls_manifests = [assets.mni_tissue_cls] + [assets.lung_gtv_cls_folds[k - 1] for k in size.lung_folds]
-    cls_protocols = ["knn", "linear", "fewshot"]
+    cls_protocols = list(size.cls_protocols)
     datasets: list[dict[str, Any]] = [
         {
             "spec": f"csv:{m}",
@@ -168,18 +180,23 @@ def demo_study(size: DemoSize, cache: Path | None = None, progress: bool = False
     protocols: dict[str, Any] = {
         "knn": {},
         "linear": dict(size.linear),
+        "logreg": {},
         "fewshot": {
             "shots": list(size.shots),
             "repeats": size.repeats,
-            "protocols": ["knn", "linear"],
+            "protocols": list(size.fewshot_protocols),
             "inner": {"linear": dict(size.fewshot_linear)},
         },
     }
+    protocols = {k: v for k, v in protocols.items() if k in cls_protocols}
     if segmentation_available():
         seg = [assets.mni_tissue_seg] + [assets.lung_gtv_seg3d_folds[k - 1] for k in size.seg_lung_folds]
         res = size.seg_resolution or size.resolution
-        datasets += [{"spec": f"csv:{m}", "protocols": ["seg-linear"], "resolution": res} for m in seg]
+        seg_protocols = ["seg-linear"] + (["seg-decoder"] if size.decoder_options is not None else [])
+        datasets += [{"spec": f"csv:{m}", "protocols": seg_protocols, "resolution": res} for m in seg]
         protocols["seg-linear"] = dict(size.seg_options)
+        if size.decoder_options is not None:
+            protocols["seg-decoder"] = dict(size.decoder_options)
     control = random_init_weights(cache)
     return {
         "name": size.name,
