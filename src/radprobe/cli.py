@@ -124,6 +124,9 @@ _BACKBONE = typer.Option(..., "--backbone", "-b", help="Registered name, timm:<n
 _DATASET = typer.Option(..., "--dataset", "-d", help="Dataset spec (see `radprobe datasets`).")
 _WEIGHTS = typer.Option(None, "--weights", help="Local checkpoint: .safetensors, .pth/.pt or HF folder.")
 _PARTIAL = typer.Option(False, "--allow-partial-weights", help="Load checkpoints that do not fit exactly.")
+_RANDOM = typer.Option(
+    False, "--random-init", help="The architecture with a seeded random init instead of weights (a control)."
+)
 _RES = typer.Option(None, "--resolution", min=1, help="Input resolution (default: the backbone's).")
 _BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
 _WORKERS = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes.")
@@ -136,6 +139,8 @@ def _config(**kw: Any):  # type: ignore[no-untyped-def]
 
     if kw.get("weights") is not None and not Path(kw["weights"]).exists():
         raise RadprobeError(f"--weights {kw['weights']}: no such file or folder")
+    if kw.get("weights") is not None and not kw.get("pretrained", True):
+        raise RadprobeError("--random-init and --weights exclude each other: choose one")
     return EvalConfig(**kw)
 
 
@@ -145,6 +150,7 @@ def extract_cmd(
     dataset: str = _DATASET,
     weights: str | None = _WEIGHTS,
     allow_partial_weights: bool = _PARTIAL,
+    random_init: bool = _RANDOM,
     resolution: int | None = _RES,
     batch_size: int = _BATCH,
     num_workers: int = _WORKERS,
@@ -161,6 +167,7 @@ def extract_cmd(
         out=Path("."),
         weights=weights,
         allow_partial_weights=allow_partial_weights,
+        pretrained=not random_init,
         resolution=resolution,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -184,6 +191,7 @@ def eval_cmd(
     out: Path = typer.Option(..., "--out", "-o", help="Run directory (holds results.db)."),
     weights: str | None = _WEIGHTS,
     allow_partial_weights: bool = _PARTIAL,
+    random_init: bool = _RANDOM,
     resolution: int | None = _RES,
     seed: int = typer.Option(0, "--seed", help="Seed for protocols and bootstrap."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for CIs (0: none)."),
@@ -215,6 +223,7 @@ def eval_cmd(
         out=out,
         weights=weights,
         allow_partial_weights=allow_partial_weights,
+        pretrained=not random_init,
         resolution=resolution,
         seed=seed,
         n_boot=bootstrap,

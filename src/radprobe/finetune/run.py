@@ -112,6 +112,7 @@ def _create_backbone(cfg: EvalConfig, resolution: int | None) -> Backbone:
         cfg.backbone,
         weights=cfg.weights,
         allow_partial_weights=cfg.allow_partial_weights,
+        pretrained=cfg.pretrained,
         resolution=resolution,
     )
 

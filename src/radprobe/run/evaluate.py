@@ -51,6 +51,7 @@ class EvalConfig:
     progress: bool = True
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> keyword overrides
     volume_pool: str = "mean"  # 3D classification: how slice features become one row per volume
+    pretrained: bool = True  # False: the architecture's seeded random init (a control)
 
 
 def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -266,6 +267,7 @@ def prepare(cfg: EvalConfig, warn: Any = None) -> Prepared:
         cfg.backbone,
         weights=cfg.weights,
         allow_partial_weights=cfg.allow_partial_weights,
+        pretrained=cfg.pretrained,
         resolution=cfg.resolution,
     )
     # a backbone shallower than n_blocks (test models, CNNs) gives all the blocks it has

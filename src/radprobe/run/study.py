@@ -34,13 +34,34 @@ OTHER_PROTOCOLS = (*SEGMENTATION_PROTOCOLS, *TRAINED_PROTOCOLS)
 
 
 class BackboneEntry(BaseModel):
-    """A backbone of the study: a registry name plus optional local weights and resolution."""
+    """A backbone of the study: a registry name plus optional local weights and resolution.
+
+    ``pretrained: false`` takes the architecture's seeded random init (a control) instead of weights.
+    """
 
     model_config = ConfigDict(extra="forbid")
     name: str
     weights: str | None = None
     resolution: int | None = Field(default=None, gt=0)
     allow_partial_weights: bool = False
+    pretrained: bool = True
+
+    def key_fields(self) -> dict[str, Any]:
+        """What identifies the entry in job keys (``pretrained`` only when false: older keys stay)."""
+        d = self.model_dump()
+        if d.pop("pretrained"):
+            return d
+        return {**d, "pretrained": False}
+
+    @property
+    def weights_label(self) -> str:
+        return self.weights or ("" if self.pretrained else "random-init")
+
+    @model_validator(mode="after")
+    def _weights_or_random(self) -> BackboneEntry:
+        if self.weights is not None and not self.pretrained:
+            raise ValueError(f"{self.name}: weights and pretrained: false exclude each other")
+        return self
 
 
 class DatasetEntry(BaseModel):
@@ -215,7 +236,7 @@ class Job:
 
     def spec(self) -> dict[str, Any]:
         spec = {
-            "backbone": self.backbone.model_dump(),
+            "backbone": self.backbone.key_fields(),
             "dataset": self.dataset,
             "protocol": self.protocol,
             "options": self.options,
@@ -234,7 +255,7 @@ class Job:
 
     @property
     def group(self) -> tuple[str, str, int | None]:
-        return (digest(self.backbone.model_dump(), 12), self.dataset, self.resolution)
+        return (digest(self.backbone.key_fields(), 12), self.dataset, self.resolution)
 
     @property
     def frozen(self) -> bool:
@@ -293,7 +314,7 @@ def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
         with ResultStore(run_dir, create=False) as store:
             states = {j["job_key"]: j["status"] for j in store.jobs()}
     extractions = sorted(
-        {(j.backbone.name, j.backbone.weights or "", j.dataset, j.resolution or 0) for j in jobs if j.frozen}
+        {(j.backbone.name, j.backbone.weights_label, j.dataset, j.resolution or 0) for j in jobs if j.frozen}
     )
     datasets = []
     for d in study.datasets:
@@ -345,6 +366,7 @@ def _run_group(
             out=run_dir,
             weights=b.weights,
             allow_partial_weights=b.allow_partial_weights,
+            pretrained=b.pretrained,
             resolution=jobs[0].resolution,
             batch_size=study.batch_size,
             num_workers=study.num_workers,

@@ -110,6 +110,7 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
             cfg.backbone,
             weights=cfg.weights,
             allow_partial_weights=cfg.allow_partial_weights,
+            pretrained=cfg.pretrained,
             resolution=size,
         )
     splits = {
