@@ -99,3 +99,44 @@ def make_cfg(out: Path, protocols: list[str], options: dict[str, dict[str, Any]]
     }
     base.update(kw)
     return EvalConfig(protocols=protocols, out=out, options=options, **base)
+
+
+class Crash(RuntimeError):
+    """Stands in for a kill after a checkpoint."""
+
+
+def kill_then_resume(
+    tmp_path: Path, monkeypatch: Any, protocol: str, opts: dict[str, Any], after_epoch: int, **cfg_kw: Any
+) -> tuple[Any, Any]:
+    """An uninterrupted run, and the same run killed after ``after_epoch`` then resumed by rerunning.
+
+    Checks on the way that the killed run scored nothing and that the rerun said it resumed.
+    """
+    from radprobe.finetune import train
+    from radprobe.results import ResultStore
+    from radprobe.run.evaluate import evaluate
+
+    whole = evaluate(make_cfg(tmp_path / "whole", [protocol], opts, **cfg_kw))
+
+    def crash(epoch: int) -> None:
+        if epoch == after_epoch:
+            raise Crash(f"killed after epoch {after_epoch}")
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(train, "after_checkpoint", crash)
+    try:
+        evaluate(make_cfg(out, [protocol], opts, **cfg_kw))
+    except Crash:
+        pass
+    else:
+        raise AssertionError("the run was not killed")
+    with ResultStore(out) as store:
+        assert store.rows() == []
+    monkeypatch.setattr(train, "after_checkpoint", None)
+    notes: list[str] = []
+    resumed = evaluate(make_cfg(out, [protocol], opts, **cfg_kw), warn=notes.append)
+    assert any("resuming" in n and f"epoch {after_epoch}" in n for n in notes)
+    values = {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in whole.rows}
+    assert {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in resumed.rows} == values
+    assert whole.rows[0]["eval_key"] == resumed.rows[0]["eval_key"]
+    return whole, resumed

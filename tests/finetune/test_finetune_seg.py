@@ -21,6 +21,7 @@ from ft_helpers import (
     SEG_DATASET,
     backbone_side_trainable,
     base_state,
+    kill_then_resume,
     lora_count,
     make_cfg,
     seg_options,
@@ -29,14 +30,13 @@ from ft_helpers import (
 from radprobe.backbones import create_backbone
 from radprobe.cli import main
 from radprobe.errors import RadprobeError
-from radprobe.finetune import METHODS, build_model, train
+from radprobe.finetune import METHODS, build_model
 from radprobe.finetune.data import Augment
 from radprobe.finetune.heads import segmentation_head
 from radprobe.finetune.methods import unreached_parameters
 from radprobe.finetune.options import parse_options
 from radprobe.finetune.run import _split, train_protocol, validate
 from radprobe.finetune.train import predict_masks
-from radprobe.results import ResultStore
 from radprobe.run.evaluate import evaluate
 from radprobe.segmentation.metrics import case_scores, mean_dice, split_dice
 
@@ -190,35 +190,13 @@ def test_decoder_head_trains_on_the_live_grids(tmp_path: Path) -> None:
     assert r["trainable_params"] == backbone_side_trainable("bitfit") + decoder
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_killed_seg_run_resumes_to_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # augmentation and LoRA dropout on: resuming must replay the image-and-mask draws too
     opts = {"lora": seg_options("lora", epochs=3, dropout=0.1, augment=True, hflip=True)}
-    whole = evaluate(make_cfg(tmp_path / "whole", ["lora"], opts, dataset=SEG_DATASET))
-
-    def crash(epoch: int) -> None:
-        if epoch == 2:
-            raise Crash("killed after epoch 2")
-
-    out = tmp_path / "resumed"
-    monkeypatch.setattr(train, "after_checkpoint", crash)
-    with pytest.raises(Crash):
-        evaluate(make_cfg(out, ["lora"], opts, dataset=SEG_DATASET))
-    with ResultStore(out) as store:
-        assert store.rows() == []
-    monkeypatch.setattr(train, "after_checkpoint", None)
-    notes: list[str] = []
-    resumed = evaluate(make_cfg(out, ["lora"], opts, dataset=SEG_DATASET), warn=notes.append)
-    assert any("resuming" in n and "epoch 2" in n for n in notes)
-    values = {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in whole.rows}
-    assert {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in resumed.rows} == values
+    whole, resumed = kill_then_resume(tmp_path, monkeypatch, "lora", opts, 2, dataset=SEG_DATASET)
     a, b = whole.rows[0], resumed.rows[0]
-    assert a["eval_key"] == b["eval_key"]
     strip = [{k: v for k, v in h.items() if k != "imgs_per_s"} for h in a["selected"]["history"]]
     assert strip == [{k: v for k, v in h.items() if k != "imgs_per_s"} for h in b["selected"]["history"]]
 

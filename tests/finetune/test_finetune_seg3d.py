@@ -15,15 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from ft_helpers import BACKBONE, base_state, make_cfg, seg_options
+from ft_helpers import BACKBONE, base_state, kill_then_resume, make_cfg, seg_options
 
 from radprobe.backbones import create_backbone
 from radprobe.cli import main
-from radprobe.finetune import train
 from radprobe.finetune.run import _split, train_protocol, validate
 from radprobe.finetune.train import predict_masks
 from radprobe.results import ResultStore
-from radprobe.run.evaluate import evaluate
 from radprobe.segmentation.data import resize_masks
 from radprobe.segmentation.metrics import case_scores, split_dice
 
@@ -135,34 +133,12 @@ def test_slices_are_the_frozen_path_s_pixels_and_selection_uses_val_volumes(
     assert split_dice(preds, plan.seg["val"].masks, 3) == pytest.approx(sel["val_dice"], abs=1e-12)
 
 
-class Crash(RuntimeError):
-    pass
-
-
 def test_killed_3d_run_resumes_to_the_uninterrupted_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # augmentation on: resuming must replay the slice-and-mask draws too
     opts = {"bitfit": seg_options("bitfit", epochs=2, augment=True)}
-    whole = evaluate(make_cfg(tmp_path / "whole", ["bitfit"], opts, dataset=DATASET))
-
-    def crash(epoch: int) -> None:
-        if epoch == 1:
-            raise Crash("killed after epoch 1")
-
-    out = tmp_path / "resumed"
-    monkeypatch.setattr(train, "after_checkpoint", crash)
-    with pytest.raises(Crash):
-        evaluate(make_cfg(out, ["bitfit"], opts, dataset=DATASET))
-    with ResultStore(out) as store:
-        assert store.rows() == []
-    monkeypatch.setattr(train, "after_checkpoint", None)
-    notes: list[str] = []
-    resumed = evaluate(make_cfg(out, ["bitfit"], opts, dataset=DATASET), warn=notes.append)
-    assert any("resuming" in n and "epoch 1" in n for n in notes)
-    values = {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in whole.rows}
-    assert {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in resumed.rows} == values
-    assert whole.rows[0]["eval_key"] == resumed.rows[0]["eval_key"]
+    kill_then_resume(tmp_path, monkeypatch, "bitfit", opts, 1, dataset=DATASET)
 
 
 def test_cli_trains_on_volumes(
