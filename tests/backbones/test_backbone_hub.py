@@ -81,3 +81,40 @@ def test_missing_hf_extra_is_named_but_listing_still_works(monkeypatch):
     with pytest.raises(RadprobeError, match=r"radprobe\[hf\]"):
         create_backbone("rad-dino")
     assert any(r["name"] == "rad-dino" and r["params"] > 80e6 for r in list_backbones())
+
+
+def test_unreachable_hub_switches_the_hf_clients_offline_for_the_call(monkeypatch):
+    from huggingface_hub import constants
+
+    from radprobe.backbones import weights
+
+    for v in weights._PROXY_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(weights, "hub_reachable", lambda host, timeout=3.0: False)
+    with pytest.raises(RuntimeError), weights.hub_access():
+        assert constants.HF_HUB_OFFLINE is True
+        raise RuntimeError("a failed download")
+    assert constants.HF_HUB_OFFLINE is False  # restored, also after an error
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # a direct probe cannot judge a proxy
+    with weights.hub_access():
+        assert constants.HF_HUB_OFFLINE is False
+
+
+def test_offline_hub_weights_fail_at_once_with_one_line(monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    from radprobe.backbones import weights
+
+    for v in weights._PROXY_VARS:
+        monkeypatch.delenv(v, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", "/nonexistent-hub-cache")
+    monkeypatch.setattr(weights, "hub_reachable", lambda host, timeout=3.0: False)
+    t0 = time.perf_counter()
+    with pytest.raises(WeightsError) as err:
+        create_backbone("timm:test_vit")
+    assert time.perf_counter() - t0 < 15  # no retry loop
+    assert "--weights PATH" in str(err.value) and "\n" not in str(err.value)

@@ -11,7 +11,7 @@ import inspect
 import json
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from radprobe.backbones.weights import (
     PARTIAL_HINT,
     FitReport,
     first_line,
+    hub_access,
     hub_error,
     read_state_dict,
     weights_file,
@@ -148,7 +149,8 @@ def _config(transformers: Any, entry: BackboneEntry) -> Any:
         return transformers.AutoConfig.for_model(known.pop("model_type"), **known)
     repo = entry.options["repo"]
     try:
-        return transformers.AutoConfig.from_pretrained(repo)
+        with hub_access():
+            return transformers.AutoConfig.from_pretrained(repo)
     except Exception as exc:
         raise hub_error(entry.name, f"config of hf {repo}; pass an HF folder as --weights", exc) from None
 
@@ -176,7 +178,8 @@ def _load_pretrained(
     kwargs: dict[str, Any] = {"output_loading_info": True}
     with seeded(), quiet(transformers):  # seeded: keys allowed to be missing get a reproducible init
         try:
-            model, info = transformers.AutoModel.from_pretrained(where, **kwargs)
+            with hub_access() if hub else nullcontext():
+                model, info = transformers.AutoModel.from_pretrained(where, **kwargs)
         except Exception as exc:
             if "mismatch" not in str(exc).lower():
                 if hub:

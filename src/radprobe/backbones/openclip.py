@@ -15,7 +15,7 @@ from radprobe.backbones.registry import BackboneEntry, BuildOptions, register
 from radprobe.backbones.timm_cnn import TimmCNN
 from radprobe.backbones.timm_vit import TimmViT
 from radprobe.backbones.timm_zoo import create_timm_model, wrap_timm
-from radprobe.backbones.weights import apply_state_dict, hub_error
+from radprobe.backbones.weights import apply_state_dict, hub_access, hub_error
 from radprobe.errors import RadprobeError
 
 
@@ -41,7 +41,8 @@ def build_open_clip_timm(entry: BackboneEntry, opts: BuildOptions) -> TimmViT | 
     report = None
     if open_clip is not None:
         try:
-            clip = open_clip.create_model(hub, require_pretrained=True)
+            with hub_access():
+                clip = open_clip.create_model(hub, require_pretrained=True)
         except Exception as exc:
             raise hub_error(entry.name, f"open_clip {hub}", exc) from None
         report = apply_state_dict(

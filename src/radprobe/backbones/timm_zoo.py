@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import sys
+from contextlib import nullcontext
 from typing import Any
 
 from torch import nn
@@ -21,7 +22,7 @@ from radprobe.backbones.registry import (
 )
 from radprobe.backbones.timm_cnn import TimmCNN, as_feature_extractor, feature_channels
 from radprobe.backbones.timm_vit import TimmViT, is_timm_vit
-from radprobe.backbones.weights import Transform, hub_error, load_weights
+from radprobe.backbones.weights import Transform, hub_access, hub_error, load_weights
 from radprobe.errors import RadprobeError
 
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -38,7 +39,7 @@ def create_timm_model(
 
     kwargs.setdefault("dynamic_img_size", True)
     try:
-        with seeded(seed):
+        with seeded(seed), hub_access() if pretrained else nullcontext():
             for _ in range(3):
                 try:
                     return timm.create_model(timm_name, pretrained=pretrained, num_classes=0, **kwargs)

@@ -7,10 +7,14 @@ missing, unexpected or shape-mismatched key is an error unless the user explicit
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import re
-from collections.abc import Callable, Mapping
+import socket
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +299,44 @@ def load_weights(
         num_prefix_tokens=num_prefix_tokens,
     )
     return file_sha256(file), report
+
+
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+@lru_cache(maxsize=8)
+def hub_reachable(host: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host``:443 opens within ``timeout`` (asked once per process)."""
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def hub_access() -> Iterator[None]:
+    """Run hub downloads so that they fail fast offline.
+
+    Without a route to the Hugging Face hub, its client retries each request for about 50 s before
+    giving up. When the hub host cannot be reached (and no proxy is configured, which a direct probe
+    cannot judge), the HF libraries run in offline mode for the call: weights already in the local
+    cache load as usual, missing ones fail at once.
+    """
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # no hub client: nothing would be retried
+        yield
+        return
+    host = constants.ENDPOINT.split("://")[-1].split("/")[0].split(":")[0]
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in _PROXY_VARS) or hub_reachable(host):
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def hub_error(backbone: str, what: str, exc: BaseException) -> WeightsError:
