@@ -256,7 +256,10 @@ def _paper_tables(rs: _Rows) -> list[Block]:
                     rows.append([m, *cells])
             cap = f"{metric}, mean over draws [95% t-interval over draws]"
             if capped:
-                cap += "; (≤k): draws reached only k samples per class (too few training patients)"
+                cap += (
+                    "; (≤k): the draws held k samples per class on average, fewer than asked "
+                    "(too few training patients for some class)"
+                )
             blocks += [
                 Heading(2, f"{proto} on {d}"),
                 Table(headers, rows, caption=cap, numeric=set(range(1, len(headers))), kind="fewshot"),
