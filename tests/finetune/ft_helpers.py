@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +142,27 @@ def kill_then_resume(
     assert {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in resumed.rows} == values
     assert whole.rows[0]["eval_key"] == resumed.rows[0]["eval_key"]
     return whole, resumed
+
+
+@contextmanager
+def module_run(tmp_path_factory: Any) -> Iterator[Path]:
+    """A run folder for a module-scoped fixture: its own feature cache and one torch thread."""
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        # module scope: the per-test cache isolation of tests/conftest.py does not reach here
+        mp.setenv("RADPROBE_CACHE", str(tmp_path_factory.mktemp("cache")))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield tmp_path_factory.mktemp("run")
+        finally:
+            torch.set_num_threads(threads)
+
+
+def changed_base_weights(protocol: str, model: nn.Module) -> tuple[set[str], set[str]]:
+    """(every base weight name, the names whose values differ from a fresh build) after training."""
+    fresh = create_backbone(BACKBONE).state_dict()
+    after = base_state(protocol, model)
+    assert set(after) == set(fresh)
+    return set(fresh), {n for n in fresh if not torch.equal(fresh[n], after[n])}
