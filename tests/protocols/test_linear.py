@@ -144,3 +144,14 @@ def test_closed_form_logit_gradient_equals_autograd_of_the_loss(task):
     linear._losses(z, y, task, weight).sum().backward()
     closed = linear._logit_grad(z.detach(), y, task, weight)
     torch.testing.assert_close(closed, z.grad, atol=1e-7, rtol=1e-6)  # float32 targets
+
+
+def test_sets_too_large_to_stack_train_one_by_one_with_the_same_result(toy, monkeypatch):
+    configs = linear.head_grid(lrs=(1e-2, 1e-1), n_blocks=(1, 2), avgpool=(False, True))
+    kw = dict(epochs=2, min_iterations=40, batch_size=32)
+    trains = [toy.train, toy.train.subset(np.arange(100))]
+    held = linear.train_many(trains, toy.task, toy.num_classes, configs, [1, 2], **kw)
+    monkeypatch.setattr(linear, "PRECOMPUTE_BYTES", 0)  # every set now counts as too large to stack
+    streamed = linear.train_many(trains, toy.task, toy.num_classes, configs, [1, 2], **kw)
+    for a, b in zip(held, streamed, strict=True):
+        np.testing.assert_allclose(_probe(b, toy.val, toy.task), _probe(a, toy.val, toy.task), atol=2e-5)

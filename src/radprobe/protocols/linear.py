@@ -33,6 +33,8 @@ from radprobe.metrics.fast import headline_scores
 from radprobe.protocols.base import ProtocolInput, ProtocolResult, SplitFeatures
 from radprobe.utils import digest
 
+# Above this many bytes of stacked linear inputs, fused training sets train one by one instead.
+PRECOMPUTE_BYTES = 1 << 30
 DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
 
 Variant = tuple[int, bool]
@@ -181,23 +183,48 @@ def _train_fused(
     per_variant = [[c for c in configs if c.variant == v] for v in variants]
     r_n, v_n, h_n, c_n = len(trains), len(variants), max(len(h) for h in per_variant), num_classes
     ns = [len(t) for t in trains]
+    blocks_all = [_blocks(t) for t in trains]
+    dims = {v: linear_input(blocks_all[0][:1], *v).shape[1] for v in variants}
+    if r_n > 1 and 4 * v_n * max(dims.values()) * sum(ns) > PRECOMPUTE_BYTES:
+        # too large to stack in memory: each set trains on its own
+        return [
+            heads
+            for i in range(r_n)
+            for heads in _train_fused(
+                [trains[i]],
+                [batch_sizes[i]],
+                [seeds[i]],
+                task,
+                num_classes,
+                configs,
+                iterations,
+                momentum,
+                project,
+            )
+        ]
+
+    def projected(n: int, v: Variant) -> bool:
+        return project if project is not None else n < dims[v]
+
+    # A set trained alone whose inputs are not projected (n >= every width) streams its batches:
+    # each step builds its rows' linear inputs from the cached blocks instead of holding them all.
+    stream = r_n == 1 and not any(projected(ns[0], v) for v in variants)
     # per (set, variant): training inputs (projected or not), initial weights and the basis
-    inputs: list[list[torch.Tensor]] = []
+    inputs: list[list[torch.Tensor | None]] = []
     init: list[list[torch.Tensor]] = []
     bases: list[list[torch.Tensor | None]] = []
     offsets: list[list[torch.Tensor | None]] = []
-    for train, seed in zip(trains, seeds, strict=True):
-        blocks = _blocks(train)
+    for blocks, seed, n in zip(blocks_all, seeds, ns, strict=True):
         for lists in (inputs, init, bases, offsets):
             lists.append([])
         for v, heads in zip(variants, per_variant, strict=True):
-            x = linear_input(blocks, *v)
-            w0 = torch.zeros(h_n, x.shape[1], c_n)
+            w0 = torch.zeros(h_n, dims[v], c_n)
             for hi, cfg in enumerate(heads):
                 g = torch.Generator().manual_seed(_init_seed(seed, cfg))
-                w0[hi] = torch.randn(x.shape[1], c_n, generator=g) * 0.01  # DINOv2: N(0, 0.01), bias 0
-            use = project if project is not None else len(x) < x.shape[1]
-            if use:
+                w0[hi] = torch.randn(dims[v], c_n, generator=g) * 0.01  # DINOv2: N(0, 0.01), bias 0
+            init[-1].append(w0)
+            x = None if stream else linear_input(blocks, *v)
+            if x is not None and projected(n, v):
                 q, r = torch.linalg.qr(x.T.double())  # x = r^T q^T
                 inputs[-1].append(r.T.float())
                 bases[-1].append(q.float())
@@ -206,18 +233,24 @@ def _train_fused(
                 inputs[-1].append(x)
                 bases[-1].append(None)
                 offsets[-1].append(None)
-            init[-1].append(w0)
-    d_n, n_max = max(x.shape[1] for xs in inputs for x in xs), max(ns)
-    x_all = torch.zeros(r_n, v_n, n_max, d_n)
-    offset = torch.zeros(r_n, v_n, h_n, c_n, n_max)  # logits laid out (..., C, B) throughout
+    widths = [
+        [dims[v] if x is None else x.shape[1] for v, x in zip(variants, xs, strict=True)] for xs in inputs
+    ]
+    d_n, n_max = max(max(ws) for ws in widths), max(ns)
+    any_projected = any(q is not None for qs in bases for q in qs)
+    x_all = None if stream else torch.zeros(r_n, v_n, n_max, d_n)
+    # logits are laid out (..., C, B) throughout
+    offset = torch.zeros(r_n, v_n, h_n, c_n, n_max) if any_projected else None
     w = torch.zeros(r_n, v_n, d_n, h_n, c_n)
     for ri in range(r_n):
         for vi in range(v_n):
             x, off = inputs[ri][vi], offsets[ri][vi]
-            x_all[ri, vi, : ns[ri], : x.shape[1]] = x
+            if x_all is not None and x is not None:
+                x_all[ri, vi, : ns[ri], : x.shape[1]] = x
             if off is None:
-                w[ri, vi, : x.shape[1]] = init[ri][vi].permute(1, 0, 2)
+                w[ri, vi, : widths[ri][vi]] = init[ri][vi].permute(1, 0, 2)
             else:
+                assert offset is not None
                 offset[ri, vi, :, :, : ns[ri]] = off.permute(1, 2, 0)
     b = torch.zeros(r_n, v_n, h_n, c_n, 1)
     lr = torch.zeros(r_n, v_n, h_n)
@@ -233,7 +266,7 @@ def _train_fused(
         y_all[ri, ..., : ns[ri]] = lab.T if multilabel else lab
     # Every set trains on full batches (few-shot draws): a batch's loss is a mean, so its order does
     # not matter and each step reads all of x_all in place, with no gather.
-    full = all(bs == n for bs, n in zip(batch_sizes, ns, strict=True))
+    full = not stream and all(bs == n for bs, n in zip(batch_sizes, ns, strict=True))
     bs_max = n_max if full else max(batch_sizes)
     slot = torch.zeros(r_n, bs_max)
     idx = torch.zeros(iterations, r_n, bs_max, dtype=torch.long)
@@ -248,14 +281,22 @@ def _train_fused(
     buf_w, buf_b = torch.zeros_like(w_t), torch.zeros_like(b)
     lr_w = lr.view(rv, h_n, 1).repeat_interleave(c_n, dim=1)  # (RV, HC, 1)
     lr_b = lr[..., None, None]
-    xb, off_b, yb = x_all.view(rv, n_max, d_n), offset, y_all
+    xb = None if x_all is None else x_all.view(rv, n_max, d_n)
+    off_b: torch.Tensor | float = 0.0 if offset is None else offset
+    yb = y_all
     var_r, var = torch.arange(r_n)[:, None, None], torch.arange(v_n)[None, :, None]
     for it in range(iterations):
         if not full:
             bi = idx[it]
-            xb = x_all[var_r, var, bi[:, None]].view(rv, bs_max, d_n)
-            off_b = offset.gather(-1, bi[:, None, None, None].expand(r_n, v_n, h_n, c_n, bs_max))
+            if x_all is None:  # streaming one set: its rows' inputs, from the cached blocks
+                blk = blocks_all[0][bi[0]]
+                xb = torch.stack([F.pad(linear_input(blk, *v), (0, d_n - dims[v])) for v in variants])
+            else:
+                xb = x_all[var_r, var, bi[:, None]].view(rv, bs_max, d_n)
+            if offset is not None:
+                off_b = offset.gather(-1, bi[:, None, None, None].expand(r_n, v_n, h_n, c_n, bs_max))
             yb = y_all.gather(-1, bi[:, None].expand(r_n, c_n, bs_max)) if multilabel else y_all.gather(1, bi)
+        assert xb is not None
         z = torch.bmm(w_t, xb.transpose(1, 2)).view(r_n, v_n, h_n, c_n, bs_max) + off_b + b
         g = _logit_grad(z, yb[:, None, None], task, slot[:, None, None])  # each head's own gradient
         scale = 0.5 * (1 + math.cos(math.pi * it / iterations))
@@ -269,7 +310,7 @@ def _train_fused(
         for ri in range(r_n):
             heads: dict[Variant, tuple[list[HeadConfig], torch.Tensor, torch.Tensor]] = {}
             for vi, (v, cfgs) in enumerate(zip(variants, per_variant, strict=True)):
-                d = inputs[ri][vi].shape[1]
+                d = widths[ri][vi]
                 u = w[ri, vi, :d, : len(cfgs)].permute(1, 0, 2)  # (H, d, C)
                 q = bases[ri][vi]
                 weights = (
