@@ -43,3 +43,21 @@ def test_paired_interval_is_narrower_than_unpaired_for_correlated_models():
     cb = next(m for m in bootstrap_metrics(y, sb, "binary", n_boot=300, seed=2) if m.name == "auroc")
     unpaired_width = np.hypot(ca.ci_high - ca.ci_low, cb.ci_high - cb.ci_low)
     assert (r.ci_high - r.ci_low) < 0.5 * unpaired_width
+
+
+def test_paired_ci_equals_the_per_resample_sklearn_loop():
+    from radprobe.metrics.classification import _resample_index, classification_metrics
+
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 90)
+    sa, sb = rng.random((90, 3)), rng.random((90, 3))
+    groups = np.arange(90) // 3
+    r = paired_bootstrap(y, sa, sb, "multiclass", "auroc_macro", groups=groups, n_boot=150, seed=4)
+    ref_rng, diffs = np.random.default_rng(4), []
+    for _ in range(150):
+        idx = _resample_index(groups, ref_rng)
+        da = classification_metrics(y[idx], sa[idx], "multiclass")[0]["auroc_macro"]
+        db = classification_metrics(y[idx], sb[idx], "multiclass")[0]["auroc_macro"]
+        diffs.append(da - db)
+    lo, hi = np.quantile(diffs, [0.025, 0.975])
+    assert np.isclose(r.ci_low, lo, atol=1e-12) and np.isclose(r.ci_high, hi, atol=1e-12)

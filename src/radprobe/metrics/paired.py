@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radprobe.metrics.classification import _resample_index, classification_metrics
+from radprobe.metrics.classification import classification_metrics
+from radprobe.metrics.fast import bootstrap_weights, weighted_headline_metrics
 
 
 @dataclass
@@ -45,13 +46,15 @@ def paired_bootstrap(
     b = classification_metrics(y_true, scores_b, task)[0][metric]
     rng = np.random.default_rng(seed)
     diffs = []
-    for _ in range(n_boot):
-        idx = _resample_index(groups, rng)
-        da = classification_metrics(y_true[idx], scores_a[idx], task)[0][metric]
-        db = classification_metrics(y_true[idx], scores_b[idx], task)[0][metric]
-        if np.isfinite(da) and np.isfinite(db):
-            diffs.append(da - db)
-    d = np.asarray(diffs)
+    chunk = max(1, min(n_boot, 4_000_000 // max(1, len(y_true))))
+    for start in range(0, n_boot, chunk):
+        # both models scored on the same weighted resamples, all at once (see metrics.fast)
+        w = bootstrap_weights(groups, min(chunk, n_boot - start), rng)
+        da = weighted_headline_metrics(y_true, scores_a, task, w)[metric]
+        db = weighted_headline_metrics(y_true, scores_b, task, w)[metric]
+        ok = np.isfinite(da) & np.isfinite(db)
+        diffs.append((da - db)[ok])
+    d = np.concatenate(diffs) if diffs else np.empty(0)
     if len(d) == 0:
         return PairedComparison(metric, a, b, a - b, np.nan, np.nan, np.nan, len(y_true), n_boot)
     lo, hi = np.quantile(d, [0.025, 0.975])
