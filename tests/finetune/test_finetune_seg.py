@@ -101,10 +101,12 @@ def test_seg_trainable_counts_include_the_head(trained: dict[str, Any], protocol
 
 
 def test_seg_rows_match_the_frozen_seg_rows_and_carry_accounting(trained: dict[str, Any]) -> None:
+    keys = set()
     for protocol in METHODS:
         rows, _ = trained[protocol]
         assert {r.metric for r in rows} == METRICS
         assert len({r.eval_key for r in rows}) == 1
+        keys.add(rows[0].eval_key)
         for r in rows:
             assert r.protocol == protocol and r.task == "segmentation" and r.num_classes == 3
             assert (r.n, r.n_train, r.n_val, r.n_test) == (45, 170, 25, 45)
@@ -120,7 +122,8 @@ def test_seg_rows_match_the_frozen_seg_rows_and_carry_accounting(trained: dict[s
     out = trained["out"]
     # three overlays per protocol, named like the frozen heads' (backbone__protocol__case)
     assert len(list((out / "overlays").glob("test_vit-tiny-*__lora__*.png"))) == 3
-    assert not (out / "predictions").exists()  # save_predictions is off by default, as for seg-*
+    # save_predictions is off by default, as for seg-*: only the per-case score tables (for compare)
+    assert {p.name for p in (out / "predictions").iterdir()} == {f"{k}.npz" for k in keys}
 
 
 @pytest.mark.parametrize("protocol", ["finetune", "vpt"])

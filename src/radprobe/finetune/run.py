@@ -303,10 +303,17 @@ def _score_classification(
 
 
 def _score_segmentation(
-    plan: Plan, built: Built, test: Split, opts: TrainOptions, protocol: str, info: BackboneInfo
+    plan: Plan,
+    built: Built,
+    test: Split,
+    opts: TrainOptions,
+    protocol: str,
+    info: BackboneInfo,
+    eval_key: str,
 ) -> list[Scored]:
-    """Dice / IoU / HD95 per class with patient-bootstrap CIs, as the frozen seg protocols write them."""
-    from radprobe.segmentation.metrics import case_scores, summarize
+    """Dice / IoU / HD95 per class with patient-bootstrap CIs, as the frozen seg protocols write them;
+    saves the per-case scores for ``radprobe compare``."""
+    from radprobe.segmentation.metrics import CaseTable, case_scores, summarize
     from radprobe.segmentation.output import slug
     from radprobe.segmentation.protocols import SegData, write_outputs
 
@@ -325,6 +332,8 @@ def _score_segmentation(
         seed=cfg.seed,
         unit=plan.seg_hparams["hd95_unit"],
     )
+    ids = [c.sample_id for c in test.seg.cases]
+    CaseTable.of(cases, ids, test.seg.patients(), ds.classes).save(predictions_path(cfg.out, eval_key))
     data = SegData(
         dataset=ds,
         train=plan.seg["train"],
@@ -399,7 +408,7 @@ def train_protocol(
     test = _split(plan, backbone, "test", None)
     t_test = time.perf_counter()
     if plan.segmentation:
-        scored = _score_segmentation(plan, built, test, opts, protocol, info)
+        scored = _score_segmentation(plan, built, test, opts, protocol, info, eval_key)
     else:
         scored = _score_classification(plan, built, test, opts, eval_key)
     test_s = time.perf_counter() - t_test

@@ -8,7 +8,7 @@ import numpy as np
 
 from radprobe.errors import RadprobeError
 from radprobe.metrics.classification import HEADLINE
-from radprobe.metrics.paired import PairedComparison, paired_bootstrap
+from radprobe.metrics.paired import PairedComparison, paired_bootstrap, paired_bootstrap_fn
 from radprobe.results.predictions import Predictions, predictions_path
 from radprobe.results.store import ResultStore
 
@@ -61,6 +61,8 @@ def compare_backbones(
     for p in (pa_path, pb_path):
         if not p.is_file():
             raise RadprobeError(f"{p}: predictions missing; rerun the evaluation to write them")
+    if ra.get("task") == "segmentation":
+        return _compare_cases(pa_path, pb_path, a, b, metric, n_boot, seed)
     pa, pb = Predictions.load(pa_path), Predictions.load(pb_path)
     order = {s: i for i, s in enumerate(pb.sample_ids)}
     if set(order) != set(pa.sample_ids):
@@ -71,3 +73,23 @@ def compare_backbones(
     if metric not in HEADLINE[task]:
         raise RadprobeError(f"--metric {metric!r}: expected one of {', '.join(HEADLINE[task])}")
     return paired_bootstrap(pa.labels, pa.scores, pb.scores[idx], task, metric, pa.groups, n_boot, seed)
+
+
+def _compare_cases(
+    pa_path: Path, pb_path: Path, a: str, b: str, metric: str | None, n_boot: int, seed: int
+) -> PairedComparison:
+    """Segmentation: resample patients over the per-case scores and aggregate both as the rows do."""
+    from radprobe.segmentation.metrics import CaseTable
+
+    ta, tb = CaseTable.load(pa_path), CaseTable.load(pb_path)
+    order = {s: i for i, s in enumerate(tb.sample_ids)}
+    if set(order) != set(ta.sample_ids):
+        raise RadprobeError(f"{a} and {b} were scored on different cases")
+    tb.tables = {m: t[[order[s] for s in ta.sample_ids]] for m, t in tb.tables.items()}
+    names = ta.metric_names()
+    metric = metric or "dice_macro"
+    if metric not in names:
+        raise RadprobeError(f"--metric {metric!r}: expected one of {', '.join(names)}")
+    return paired_bootstrap_fn(
+        lambda idx: ta.value(metric, idx), lambda idx: tb.value(metric, idx), metric, ta.groups, n_boot, seed
+    )

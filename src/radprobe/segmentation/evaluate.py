@@ -26,10 +26,11 @@ from radprobe.errors import RadprobeError
 from radprobe.features.cache import FeatureSet, FeatureSpec
 from radprobe.features.extract import ExtractStats
 from radprobe.results import ResultRow, ResultStore
+from radprobe.results.predictions import predictions_path
 from radprobe.run.evaluate import EvalConfig, EvalSummary, _check_options, _device, _env, extract_all
 from radprobe.segmentation.data import intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
-from radprobe.segmentation.metrics import summarize
+from radprobe.segmentation.metrics import CaseTable, summarize
 from radprobe.segmentation.output import slug
 from radprobe.segmentation.protocols import (
     FROZEN,
@@ -290,6 +291,8 @@ def _rows(
             metrics, warns = summarize(
                 fits[0].scores, classes, groups, n_boot=cfg.n_boot, seed=cfg.seed, unit=unit
             )
+            ids = [c.sample_id for c in data.test.cases]
+            CaseTable.of(fits[0].scores, ids, groups, classes).save(predictions_path(cfg.out, eval_key))
             ci_method = f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else ""
             selected = dict(fits[0].selected)
             values = {m.name: (m.value, m.ci_low, m.ci_high) for m in metrics}

@@ -23,6 +23,7 @@ import re
 import warnings as _warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -138,6 +139,14 @@ def _nanmean0(x: np.ndarray) -> np.ndarray:
         return np.nanmean(x, axis=0)
 
 
+def _tables(cases: Sequence[CaseScores]) -> dict[str, np.ndarray]:
+    """Base metric -> (cases, foreground classes); hd95 only when every case has it."""
+    tables = {"dice": np.stack([c.dice for c in cases]), "iou": np.stack([c.iou for c in cases])}
+    if all(c.hd95 is not None for c in cases):
+        tables["hd95"] = np.stack([c.hd95 for c in cases])  # type: ignore[misc]
+    return tables
+
+
 def _aggregate(tables: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Per-class means over cases and the macro over defined classes, for each base metric."""
     out: dict[str, np.ndarray] = {}
@@ -184,9 +193,7 @@ def summarize(
     n = len(cases)
     if n == 0:
         raise ValueError("no cases to score")
-    tables = {"dice": np.stack([c.dice for c in cases]), "iou": np.stack([c.iou for c in cases])}
-    if all(c.hd95 is not None for c in cases):
-        tables["hd95"] = np.stack([c.hd95 for c in cases])  # type: ignore[misc]
+    tables = _tables(cases)
     gt_empty = np.stack([c.gt_empty for c in cases])
     pred_empty = np.stack([c.pred_empty for c in cases])
     warns: list[str] = []
@@ -228,3 +235,64 @@ def summarize(
             )
             out.append(SegMetric(name, float(values[j]), lo if n_boot else None, hi if n_boot else None, n))
     return out, warns
+
+
+# ------------------------------------------------------------------------------ paired comparison
+
+
+@dataclass
+class CaseTable:
+    """Per-case, per-class scores of one evaluation's test cases (kept for ``radprobe compare``)."""
+
+    sample_ids: np.ndarray
+    groups: np.ndarray
+    classes: np.ndarray  # all classes, background first (as in the row metric names)
+    tables: dict[str, np.ndarray]  # base metric -> (cases, foreground classes)
+
+    @classmethod
+    def of(
+        cls,
+        cases: Sequence[CaseScores],
+        sample_ids: Sequence[str],
+        groups: np.ndarray,
+        classes: Sequence[str],
+    ) -> CaseTable:
+        """The table of scored cases, with their ids, patients and the dataset's classes."""
+        ids, grp, cl = (np.asarray(x, dtype=str) for x in (sample_ids, groups, classes))
+        return cls(ids, grp, cl, _tables(cases))
+
+    def save(self, path: str | Path) -> None:
+        from radprobe.utils import atomic_path
+
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(
+                f,
+                sample_ids=self.sample_ids,
+                groups=self.groups,
+                classes=self.classes,
+                **{f"table_{m}": t for m, t in self.tables.items()},
+            )
+
+    @classmethod
+    def load(cls, path: str | Path) -> CaseTable:
+        with np.load(path, allow_pickle=False) as z:
+            tables = {k.removeprefix("table_"): z[k] for k in z.files if k.startswith("table_")}
+            return cls(z["sample_ids"], z["groups"], z["classes"], tables)
+
+    def metric_names(self) -> list[str]:
+        fg = [str(c) for c in self.classes[1:]]
+        names = [n for m in self.tables for n in [f"{m}_macro", *(metric_name(m, c) for c in fg)]]
+        return names + (["dice_iou_mean"] if "dice" in self.tables and "iou" in self.tables else [])
+
+    def value(self, metric: str, idx: np.ndarray | None = None) -> float:
+        """A row metric (e.g. ``dice_macro``, ``hd95_liver``) aggregated over the cases ``idx``."""
+        sub = {m: t if idx is None else t[idx] for m, t in self.tables.items()}
+        agg = _aggregate(sub)
+        if metric == "dice_iou_mean":
+            return float(agg["dice_iou_mean"][0])
+        fg = [str(c) for c in self.classes[1:]]
+        for m in self.tables:
+            names = [f"{m}_macro", *(metric_name(m, c) for c in fg)]
+            if metric in names:
+                return float(agg[m][names.index(metric)])
+        raise KeyError(metric)
