@@ -157,9 +157,8 @@ def run_demo(
     timings["study_s"] = time.perf_counter() - t1
 
     seg = segmentation_available()
-    seg_heads = "seg-linear and seg-decoder" if size.decoder_options is not None else "seg-linear"
     seg_note = (
-        f"segmentation: {seg_heads} on MRI tissue and lung GTV segmentation"
+        "segmentation: seg-linear on MRI tissue and lung GTV segmentation"
         if seg
         else "segmentation: skipped (radprobe.segmentation is not available in this installation)"
     )

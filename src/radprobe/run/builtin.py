@@ -46,7 +46,6 @@ class DemoSize:
     seg_lung_folds: tuple[int, ...] = (1,)
     cls_protocols: tuple[str, ...] = ("knn", "linear", "fewshot")
     fewshot_protocols: tuple[str, ...] = ("knn", "linear")
-    decoder_options: dict[str, Any] | None = None  # seg-decoder beside seg-linear when set
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -60,7 +59,6 @@ class DemoSize:
             "linear probe": self.linear or _DINOV2_GRID,
             "few-shot linear": self.fewshot_linear or _DINOV2_GRID,
             "seg-linear": self.seg_options,
-            **({"seg-decoder": self.decoder_options} if self.decoder_options is not None else {}),
             "segmentation resolution": self.seg_resolution or self.resolution,
             "lung segmentation folds": list(self.seg_lung_folds),
         }
@@ -75,8 +73,8 @@ class DemoSize:
 # per-fold results vary too much (Dice 0.47 / 0.14 / 0.14 / 0.00) for four folds to buy a usable
 # interval. Classification keeps all four lung folds: at 56 px they are cheap, and pooling their
 # test predictions gives a four-patient interval. The full demo runs the DINOv2 linear grid (52
-# heads), logreg and few-shot with all three inner protocols. seg-decoder (decoder_options) is left
-# out: on these slices it costs ~870 s of CPU over the three backbones, beyond the 10-minute budget.
+# heads), logreg and few-shot with all three inner protocols. seg-decoder is left out: on these
+# slices it costs ~870 s of CPU over the three backbones, beyond the 10-minute budget.
 _LRS = [1e-3, 1e-2, 1e-1, 1.0]
 _DINOV2_GRID = "DINOv2 defaults: 13 lrs x last 1/4 blocks x avgpool on/off, >= 500 iterations"
 DEMO_SIZES: dict[str, DemoSize] = {
@@ -137,9 +135,8 @@ def demo_study(size: DemoSize, cache: Path | None = None, progress: bool = False
     """The raw study dict of a demo size (assets pulled and derived files written as needed).
 
     Classification datasets run ``size.cls_protocols`` at ``size.resolution``; segmentation
-    datasets (when :mod:`radprobe.segmentation` is importable) run seg-linear (and seg-decoder when
-    ``size.decoder_options`` is set) at ``size.seg_resolution``. Backbones set no resolution, so each
-    dataset's applies.
+    datasets (when :mod:`radprobe.segmentation` is importable) run seg-linear at
+    ``size.seg_resolution``. Backbones set no resolution, so each dataset's applies.
     """
     assets = demo_assets(cache, progress)
     cls_manifests = [assets.mni_tissue_cls] + [assets.lung_gtv_cls_folds[k - 1] for k in size.lung_folds]
@@ -167,11 +164,8 @@ def demo_study(size: DemoSize, cache: Path | None = None, progress: bool = False
     if segmentation_available():
         seg = [assets.mni_tissue_seg] + [assets.lung_gtv_seg3d_folds[k - 1] for k in size.seg_lung_folds]
         res = size.seg_resolution or size.resolution
-        seg_protocols = ["seg-linear"] + (["seg-decoder"] if size.decoder_options is not None else [])
-        datasets += [{"spec": f"csv:{m}", "protocols": seg_protocols, "resolution": res} for m in seg]
+        datasets += [{"spec": f"csv:{m}", "protocols": ["seg-linear"], "resolution": res} for m in seg]
         protocols["seg-linear"] = dict(size.seg_options)
-        if size.decoder_options is not None:
-            protocols["seg-decoder"] = dict(size.decoder_options)
     return {
         "name": size.name,
         "backbones": [
