@@ -22,7 +22,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from radprobe.metrics.fast import bootstrap_weights, weighted_headline_metrics
+from radprobe.metrics.fast import weight_chunks, weighted_headline_metrics
 
 # The metric that headlines a task, in the order they are reported.
 HEADLINE: dict[str, tuple[str, ...]] = {
@@ -141,9 +141,7 @@ def bootstrap_metrics(
     groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
     samples: dict[str, list[np.ndarray]] = {m: [] for m in names}
-    chunk = max(1, min(n_boot, 4_000_000 // max(1, len(y_true))))  # (chunk, N) weights at a time
-    for start in range(0, n_boot, chunk):
-        w = bootstrap_weights(groups, min(chunk, n_boot - start), rng)
+    for w in weight_chunks(groups, n_boot, rng):
         vals = weighted_headline_metrics(y_true, scores, task, w)
         for m in names:
             samples[m].append(vals[m][np.isfinite(vals[m])])

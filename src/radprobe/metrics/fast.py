@@ -7,6 +7,8 @@ scored in one call instead of 52 metric suites. Labels of -1 (unknown) are left 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -148,3 +150,12 @@ def bootstrap_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator)
         counts = np.bincount(rng.integers(0, len(uniq), len(uniq)), minlength=len(uniq))
         out[b] = counts[inverse]
     return out
+
+
+def weight_chunks(
+    groups: np.ndarray, n_boot: int, rng: np.random.Generator, max_cells: int = 4_000_000
+) -> Iterator[np.ndarray]:
+    """:func:`bootstrap_weights` of ``n_boot`` resamples, in (chunk, N) blocks of bounded size."""
+    chunk = max(1, min(n_boot, max_cells // max(1, len(groups))))
+    for start in range(0, n_boot, chunk):
+        yield bootstrap_weights(groups, min(chunk, n_boot - start), rng)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from radprobe.metrics.classification import _resample_index, classification_metrics
-from radprobe.metrics.fast import bootstrap_weights, weighted_headline_metrics
+from radprobe.metrics.fast import weight_chunks, weighted_headline_metrics
 
 
 @dataclass
@@ -47,10 +47,8 @@ def paired_bootstrap(
     b = classification_metrics(y_true, scores_b, task)[0][metric]
     rng = np.random.default_rng(seed)
     diffs = []
-    chunk = max(1, min(n_boot, 4_000_000 // max(1, len(y_true))))
-    for start in range(0, n_boot, chunk):
+    for w in weight_chunks(groups, n_boot, rng):
         # both models scored on the same weighted resamples, all at once (see metrics.fast)
-        w = bootstrap_weights(groups, min(chunk, n_boot - start), rng)
         da = weighted_headline_metrics(y_true, scores_a, task, w)[metric]
         db = weighted_headline_metrics(y_true, scores_b, task, w)[metric]
         ok = np.isfinite(da) & np.isfinite(db)
