@@ -166,3 +166,13 @@ def changed_base_weights(protocol: str, model: nn.Module) -> tuple[set[str], set
     after = base_state(protocol, model)
     assert set(after) == set(fresh)
     return set(fresh), {n for n in fresh if not torch.equal(fresh[n], after[n])}
+
+
+def assert_peft_kept_base_weights(protocol: str, model: nn.Module) -> None:
+    """After PEFT training: BitFit moved (most of) the biases and nothing else; others moved nothing."""
+    names, changed = changed_base_weights(protocol, model)
+    if protocol == "bitfit":
+        biases = {n for n in names if n.endswith("bias")}
+        assert changed <= biases and len(changed) >= 0.8 * len(biases)
+    else:
+        assert changed == set()
