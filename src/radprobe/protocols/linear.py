@@ -1,10 +1,11 @@
 """Linear probing, DINOv2 style: a grid of linear heads trained at once on cached features.
 
 The grid is learning rates x n_last_blocks x avgpool (13 x 2 x 2 = 52 heads by default). Every head
-sees the same mini-batches; the heads' losses are summed into one backward pass, and a fused SGD
-step (momentum 0.9, no weight decay, cosine schedule, lr scaled by batch/256) updates each head with
-its own learning rate. Multi-label BCE runs over (heads x batch x classes) at once, and labels of -1
-(unknown, e.g. CheXpert's uncertain=ignore) are masked out of the loss. The best head is chosen on
+sees the same mini-batches; the gradient of every head's loss (:func:`head_losses`) comes from one
+batched matmul in closed form, and a fused SGD step (momentum 0.9, no weight decay, cosine schedule,
+lr scaled by batch/256) updates each head with its own learning rate. Multi-label BCE runs over
+(heads x batch x classes) at once, and labels of -1 (unknown, e.g. CheXpert's uncertain=ignore) are
+masked out of the loss. The best head is chosen on
 validation only; the test split is scored once.
 
 Several training sets (few-shot draws) train in the same pass: each has its own batches, seed and
@@ -123,7 +124,7 @@ def train_many(
     momentum: float = 0.9,
     project: bool | None = None,
 ) -> list[LinearHeads]:
-    """Train the grid ``configs`` on every training set at once (one backward per step).
+    """Train the grid ``configs`` on every training set at once (one fused step per iteration).
 
     Training sets with the same number of iterations share one loop. ``project`` forces (True) or
     forbids (False) training in the row space of the inputs; by default it is used where it is
@@ -158,7 +159,7 @@ def train_heads(
     seed: int = 0,
     **kw,
 ) -> LinearHeads:
-    """Train every head of ``configs`` in one pass over the cached features: one backward per step."""
+    """Train every head of ``configs`` in one pass over the cached features: one fused step per batch."""
     return train_many([train], task, num_classes, configs, [seed], **kw)[0]
 
 
@@ -177,7 +178,7 @@ def _train_fused(
 
     Shorter sets and narrower variants are zero-padded: padded inputs give padded weights zero
     gradient, padded batch slots are masked out of the loss, and variants with fewer heads than the
-    widest get inert heads (learning rate 0, loss masked out).
+    widest get inert heads (learning rate 0: they never move).
     """
     variants = sorted({c.variant for c in configs})
     per_variant = [[c for c in configs if c.variant == v] for v in variants]
@@ -254,11 +255,9 @@ def _train_fused(
                 offset[ri, vi, :, :, : ns[ri]] = off.permute(1, 2, 0)
     b = torch.zeros(r_n, v_n, h_n, c_n, 1)
     lr = torch.zeros(r_n, v_n, h_n)
-    live = torch.zeros(v_n, h_n)
     for vi, heads in enumerate(per_variant):
         for hi, cfg in enumerate(heads):
             lr[:, vi, hi] = cfg.lr * torch.tensor([bs / 256 for bs in batch_sizes])  # lr * batch / 256
-            live[vi, hi] = 1.0
     multilabel = task == "multilabel"
     y_all = torch.zeros((r_n, c_n, n_max) if multilabel else (r_n, n_max), dtype=torch.long)
     for ri, t in enumerate(trains):
@@ -306,18 +305,15 @@ def _train_fused(
         b.sub_(lr_b * scale * buf_b)
     w = w_t.transpose(1, 2).reshape(r_n, v_n, d_n, h_n, c_n)
     out = []
-    with torch.no_grad():
-        for ri in range(r_n):
-            heads: dict[Variant, tuple[list[HeadConfig], torch.Tensor, torch.Tensor]] = {}
-            for vi, (v, cfgs) in enumerate(zip(variants, per_variant, strict=True)):
-                d = widths[ri][vi]
-                u = w[ri, vi, :d, : len(cfgs)].permute(1, 0, 2)  # (H, d, C)
-                q = bases[ri][vi]
-                weights = (
-                    init[ri][vi][: len(cfgs)] + torch.einsum("Dn,hnc->hDc", q, u) if q is not None else u
-                )
-                heads[v] = (cfgs, weights.clone(), b[ri, vi, : len(cfgs), :, 0].clone())
-            out.append(LinearHeads(heads))
+    for ri in range(r_n):
+        heads: dict[Variant, tuple[list[HeadConfig], torch.Tensor, torch.Tensor]] = {}
+        for vi, (v, cfgs) in enumerate(zip(variants, per_variant, strict=True)):
+            d = widths[ri][vi]
+            u = w[ri, vi, :d, : len(cfgs)].permute(1, 0, 2)  # (H, d, C)
+            q = bases[ri][vi]
+            weights = init[ri][vi][: len(cfgs)] + torch.einsum("Dn,hnc->hDc", q, u) if q is not None else u
+            heads[v] = (cfgs, weights.clone(), b[ri, vi, : len(cfgs), :, 0].clone())
+        out.append(LinearHeads(heads))
     return out
 
 
