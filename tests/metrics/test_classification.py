@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
 from radprobe.metrics.classification import _resample_index, bootstrap_metrics, classification_metrics
 
@@ -61,3 +61,15 @@ def test_patient_bootstrap_is_wider_when_patients_are_clustered():
     wp = next(m for m in bootstrap_metrics(y, s, "binary", groups=groups, n_boot=300) if m.name == "auroc")
     wi = next(m for m in bootstrap_metrics(y, s, "binary", n_boot=300) if m.name == "auroc")
     assert (wp.ci_high - wp.ci_low) > 1.5 * (wi.ci_high - wi.ci_low)
+
+
+def test_perfect_ranking_scores_auprc_exactly_one_inside_its_ci():
+    # scikit-learn's AP sums recall steps x precision: nine positives ranked first give 1 + 2e-16
+    y = np.r_[np.ones(9, int), np.zeros(20, int)]
+    p = np.linspace(1, 0, len(y))
+    assert average_precision_score(y, p) > 1.0
+    s = np.stack([1 - p, p], 1)
+    ap = next(m for m in bootstrap_metrics(y, s, "binary", n_boot=50) if m.name == "auprc")
+    assert ap.value == 1.0 and ap.ci_low <= ap.value <= ap.ci_high
+    ml, _ = classification_metrics(np.stack([y, 1 - y], 1), np.stack([p, -p], 1), "multilabel")
+    assert ml["auprc_macro"] == 1.0

@@ -58,6 +58,11 @@ def _per_class_auc(y: np.ndarray, s: np.ndarray, fn, names: str) -> tuple[float,
     return (float(np.mean(vals)) if vals else float("nan")), warns
 
 
+def _average_precision(y: np.ndarray, s: np.ndarray) -> float:
+    """scikit-learn's AP, capped at 1: its sum of recall steps x precision can round to 1 + 2e-16."""
+    return min(1.0, float(average_precision_score(y, s)))
+
+
 def _multilabel_f1_macro(y: np.ndarray, pred: np.ndarray) -> float:
     """Mean over labels of each label's F1 on its known samples (0 where F1 is undefined).
 
@@ -88,7 +93,7 @@ def classification_metrics(
         if task == "multilabel":
             out["auroc_macro"], w = _per_class_auc(y_true, scores, roc_auc_score, "auroc_macro")
             warns += w
-            out["auprc_macro"], _ = _per_class_auc(y_true, scores, average_precision_score, "auprc_macro")
+            out["auprc_macro"], _ = _per_class_auc(y_true, scores, _average_precision, "auprc_macro")
             out["f1_macro"] = _multilabel_f1_macro(y_true, scores >= threshold)
             return out, warns
         pred = scores.argmax(1)
@@ -102,7 +107,7 @@ def classification_metrics(
                 out["auroc"] = out["auprc"] = float("nan")
             else:
                 out["auroc"] = float(roc_auc_score(y_true, scores[:, 1]))
-                out["auprc"] = float(average_precision_score(y_true, scores[:, 1]))
+                out["auprc"] = _average_precision(y_true, scores[:, 1])
         else:
             out["auroc_macro"], w = _per_class_auc(onehot, scores, roc_auc_score, "auroc_macro")
             warns += w
