@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from radprobe.backbones import BackboneEntry, BuildOptions, create_backbone
+from radprobe.backbones.testing import WIDTH
 from radprobe.backbones.timm_zoo import wrap_timm
 from radprobe.errors import RadprobeError
 
@@ -23,11 +24,11 @@ def _wrap(model: nn.Module, name: str = "test:custom"):
 def test_vit_output_shapes(name, batch):
     bb = create_backbone(name)
     out = bb(batch, n_blocks=2, grid_layers=(0, -1))
-    assert bb.info.embed_dim == 64 and bb.info.patch_size == 8 and bb.info.num_blocks == 2
-    assert out.cls.shape == out.pooled.shape == (2, 64)
-    assert out.blocks.shape == (2, 2, 2, 64)
+    assert bb.info.embed_dim == WIDTH and bb.info.patch_size == 8 and bb.info.num_blocks == 2
+    assert out.cls.shape == out.pooled.shape == (2, WIDTH)
+    assert out.blocks.shape == (2, 2, 2, WIDTH)
     assert set(out.grid) == {0, -1}
-    assert all(g.shape == (2, 64, 8, 8) for g in out.grid.values())
+    assert all(g.shape == (2, WIDTH, 8, 8) for g in out.grid.values())
 
 
 @pytest.mark.parametrize(("name", "n_prefix"), list(VITS.items()))
@@ -90,9 +91,9 @@ def test_batch_of_one_at_non_native_resolution():
     bb = create_backbone("test:vit-tiny-reg", resolution=96)
     assert bb.preprocess.resolution == 96 and bb.info.native_resolution == 64
     out = bb(torch.randn(1, 3, 96, 96), grid_layers=(-1,))
-    assert out.cls.shape == (1, 64) and out.grid[-1].shape == (1, 64, 12, 12)
+    assert out.cls.shape == (1, WIDTH) and out.grid[-1].shape == (1, WIDTH, 12, 12)
     # the same model also accepts other sizes at forward time (position embeddings interpolate)
-    assert bb(torch.randn(1, 3, 40, 56), grid_layers=(-1,)).grid[-1].shape == (1, 64, 5, 7)
+    assert bb(torch.randn(1, 3, 40, 56), grid_layers=(-1,)).grid[-1].shape == (1, WIDTH, 5, 7)
 
 
 def test_inference_mode_matches_no_grad(batch):

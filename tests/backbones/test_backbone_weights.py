@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from radprobe.backbones import create_backbone
+from radprobe.backbones.testing import WIDTH
 from radprobe.errors import WeightsError
 from radprobe.utils import file_sha256
 
@@ -82,7 +83,7 @@ def test_shape_mismatch_is_named(tmp_path):
     path = tmp_path / "ckpt.safetensors"
     save_file(sd, str(path))
     with pytest.raises(
-        WeightsError, match=r"shape mismatch blocks\.0\.mlp\.fc1\.weight \[10, 64\] vs \[256, 64\]"
+        WeightsError, match=r"shape mismatch blocks\.0\.mlp\.fc1\.weight \[10, 192\] vs \[768, 192\]"
     ):
         create_backbone("test:vit-tiny", weights=path)
 
@@ -90,7 +91,7 @@ def test_shape_mismatch_is_named(tmp_path):
 def test_unexpected_keys_fail_but_classifier_heads_are_dropped(tmp_path, batch):
     sd = _perturbed()
     heads = {
-        "head.weight": torch.zeros(10, 64),
+        "head.weight": torch.zeros(10, WIDTH),
         "fc.bias": torch.zeros(10),
         "classifier.weight": torch.zeros(2),
     }
@@ -114,7 +115,7 @@ def test_allow_partial_weights_loads_and_records_the_report(tmp_path):
     bb = create_backbone("test:vit-tiny", weights=path, allow_partial_weights=True)
     report = bb.info.extra["partial_weights"]
     assert report["missing"] == ["blocks.1.norm1.bias"]
-    assert report["mismatched"] == [["blocks.0.attn.qkv.weight", [3, 3], [192, 64]]]
+    assert report["mismatched"] == [["blocks.0.attn.qkv.weight", [3, 3], [3 * WIDTH, WIDTH]]]
     loaded = bb.model.state_dict()
     assert torch.equal(loaded["blocks.1.mlp.fc2.weight"], sd["blocks.1.mlp.fc2.weight"])
     assert not torch.equal(loaded["blocks.0.attn.qkv.weight"][:3, :3], torch.zeros(3, 3))

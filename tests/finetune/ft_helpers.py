@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from radprobe.backbones import create_backbone
+from radprobe.backbones.testing import WIDTH
 from radprobe.run.evaluate import EvalConfig
 
 BACKBONE = "test:vit-tiny"
-DIM, DEPTH = 64, 2  # test:vit-tiny
+DIM, DEPTH = WIDTH, 2  # test:vit-tiny
 # The easiest synthetic task for a random-init ViT: a bright nodule (abnormal) or not. 210/30/60 images.
 DATASET = "synthetic:cls2d-binary"
 # Organ (large, learnable) and lesion (a few pixels, below the 8-pixel patches) masks. 170/25/45 images.
@@ -23,8 +24,8 @@ SEG_DATASET = "synthetic:seg2d"
 FAST_BACKBONE_LR = {
     "finetune": 3e-3,
     "partial": 3e-3,
-    "lora": 1e-2,
-    "dora": 1e-2,
+    "lora": 3e-3,
+    "dora": 3e-3,
     "bitfit": 3e-2,
     "vpt": 3e-2,
 }

@@ -31,7 +31,7 @@ def _train(tmp: Path, batch: int, accum: int) -> dict[str, torch.Tensor]:
     ds = load_dataset("synthetic:cls2d-binary")
     bb = create_backbone(BACKBONE)
     torch.manual_seed(0)
-    head = ClassificationHead(64, 2, "binary", "cls")
+    head = ClassificationHead(bb.info.embed_dim, 2, "binary", "cls")
     raw = fast_options("finetune", epochs=1, batch_size=batch, accum_steps=accum, grad_clip=0.0)
     opts = parse_options("finetune", raw, batch)
     built = build_model("finetune", bb, head, opts)
@@ -58,7 +58,13 @@ def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path: Path) -> 
     b = _train(tmp_path, 30, 1)
     assert a.keys() == b.keys()
     for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5, rtol=1e-4), k
+        x, y = a[k], b[k]
+        if k.endswith("attn.qkv.bias"):
+            # The key bias shifts every logit of a query equally, so softmax makes its gradient zero in exact
+            # arithmetic; Adam scales the rounding noise left there up to full-size steps.
+            dim = x.numel() // 3
+            x, y = torch.cat([x[:dim], x[2 * dim :]]), torch.cat([y[:dim], y[2 * dim :]])
+        assert torch.allclose(x, y, atol=1e-5, rtol=1e-4), k
 
 
 @pytest.mark.parametrize("protocol", ["finetune", "vpt", "lora"])
@@ -67,7 +73,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(protocol: str) -> None:
     for ckpt in (False, True):
         bb = create_backbone(BACKBONE)
         torch.manual_seed(0)
-        head = ClassificationHead(64, 2, "binary", "cls+mean")
+        head = ClassificationHead(bb.info.embed_dim, 2, "binary", "cls+mean")
         opts = parse_options(protocol, fast_options(protocol, grad_checkpointing=ckpt), 4)
         model = build_model(protocol, bb, head, opts).model.train()
         x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))

@@ -32,7 +32,7 @@ from radprobe.finetune.methods import unreached_parameters
 from radprobe.finetune.options import parse_options
 from radprobe.finetune.run import train_protocol, validate
 
-HEAD = 2 * DIM * 2 + 2  # binary head on cls+mean: 128 x 2 + 2
+HEAD = 2 * DIM * 2 + 2  # binary head on cls+mean: 2 DIM x 2 + 2
 
 
 @pytest.fixture(scope="module")
@@ -104,13 +104,13 @@ def test_rows_carry_accounting(trained: dict[str, Any]) -> None:
         assert {r.metric for r in rows} >= {"auroc", "auprc", "accuracy"}
         for r in rows:
             assert r.protocol == protocol and r.n_train == 210 and r.n_val == 30 and r.n_test == 60
-            assert r.ci_low is not None and r.ci_low <= r.value <= r.ci_high
+            assert r.ci_low is not None and r.ci_low <= r.value <= r.ci_high, (protocol, r.metric)
             assert r.params >= r.trainable_params > 0
             assert r.imgs_per_s > 0 and r.peak_mem_mb > 0 and r.wall_time_s > 0
             assert r.selected["epochs_run"] == 6 and 1 <= r.selected["epoch"] <= 6
             assert r.hparams["epochs"] == 6 and r.hparams["precision"] == "fp32"
     ft, lora = trained["finetune"][0][0], trained["lora"][0][0]
-    assert lora.trainable_params < 0.2 * ft.trainable_params
+    assert lora.trainable_params < 0.03 * ft.trainable_params  # rank 4 here
 
 
 @pytest.mark.parametrize("protocol", ["lora", "dora", "bitfit", "vpt", "partial", "finetune"])

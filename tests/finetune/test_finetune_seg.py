@@ -237,5 +237,5 @@ def test_done_when_command(
     lora = by[("lora", "dice_macro")]
     assert ft == pytest.approx(100.0)
     assert lora["trainable_params"] == lora_count(8, False) + LINEAR_HEAD  # default rank 8
-    # 12.5 %: rank 8 is large next to the tiny ViT's width 64 (ViT-B at rank 8: ~1.3 %)
-    assert lora["selected"]["trainable_pct"] < 0.15 * ft
+    # about 5 %: well below a tenth of finetune's at ViT-Ti width (ViT-S/14 ~2.7 %, ViT-B ~1.3 %)
+    assert lora["selected"]["trainable_pct"] < 0.06 * ft

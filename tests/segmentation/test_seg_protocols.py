@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from radprobe.backbones.testing import WIDTH
 from radprobe.errors import RadprobeError
 from radprobe.run.evaluate import EvalConfig, evaluate
 from radprobe.segmentation import evaluate_segmentation, seg_resolution
@@ -44,7 +45,7 @@ def test_linear_and_decoder_reach_dice_09_on_an_easy_task(easy2d, tmp_path):
         assert r["hparams"]["resolution"] == 64 and r["hparams"]["resolution_source"].startswith("native")
         assert r["n_train"] + r["n_val"] + r["n_test"] == 60 and r["selected"]["val_dice"] > 0.9
     assert dice["seg-decoder"]["hparams"]["layers"] == [0, 0, 1, 1]
-    assert dice["seg-linear"]["trainable_params"] == 64 * 2 + 64 * 3 + 3
+    assert dice["seg-linear"]["trainable_params"] == WIDTH * 2 + WIDTH * 3 + 3
     overlays = sorted((tmp_path / "run" / "overlays").glob("*.png"))
     assert len(overlays) == 2 and all("seg-linear" in p.name for p in overlays)
 

@@ -14,6 +14,8 @@ from radprobe.backbones.timm_vit import TimmViT
 from radprobe.backbones.timm_zoo import wrap_timm
 
 NATIVE = 64
+# ViT-Ti's width: PEFT parameter shares (LoRA r8 ~5 %) then look like a real model's, not a toy's.
+WIDTH = 192
 
 
 def _cfg(arch: str) -> dict[str, Any]:
@@ -40,9 +42,9 @@ def _vit_builder(reg_tokens: int):
             model = VisionTransformer(
                 img_size=NATIVE,
                 patch_size=8,
-                embed_dim=64,
+                embed_dim=WIDTH,
                 depth=2,
-                num_heads=4,
+                num_heads=3,
                 num_classes=0,
                 reg_tokens=reg_tokens,
                 dynamic_img_size=True,
@@ -68,9 +70,9 @@ register(
         family="test",
         arch="vit-tiny-test",
         source="random-init",
-        description="random 2-block ViT (dim 64, patch 8, 64 px) for tests",
+        description="random 2-block ViT (dim 192, patch 8, 64 px) for tests",
         builder=_vit_builder(0),
-        stats=(116672, 8, NATIVE, 64, 2),
+        stats=(939840, 8, NATIVE, WIDTH, 2),
     )
 )
 register(
@@ -81,7 +83,7 @@ register(
         source="random-init",
         description="test:vit-tiny with 4 register tokens",
         builder=_vit_builder(4),
-        stats=(117184, 8, NATIVE, 64, 2),
+        stats=(941376, 8, NATIVE, WIDTH, 2),
     )
 )
 register(
