@@ -179,7 +179,14 @@ def extract_cmd(
         _print_json(summary.to_dict())
         return
     for split, s in summary.splits.items():
-        how = "cache hit, no forward pass" if s["cache_hit"] else f"extracted at {s['imgs_per_s']:.1f} img/s"
+        lent = s["extra"].get("reused_rows", 0)
+        if s["cache_hit"]:
+            how = "cache hit, no forward pass"
+        elif s["extra"].get("forward_images") == 0:
+            how = f"all {lent} rows lent by other cache entries, no forward pass"
+        else:
+            how = f"extracted at {s['imgs_per_s']:.1f} img/s"
+            how += f", {lent} rows lent by other cache entries" if lent else ""
         console.print(f"{split:>5}: {s['n']} samples — {how} — {s['path']}", highlight=False)
 
 

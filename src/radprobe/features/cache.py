@@ -164,6 +164,34 @@ class FeatureCache:
     def writer(self, key: str) -> EntryWriter:
         return EntryWriter(self, key)
 
+    def _family_dir(self, family: str) -> Path:
+        return self.root / ".families" / family
+
+    def add_to_family(self, family: str, key: str) -> None:
+        """Record that entry ``key`` holds rows of feature family ``family`` (see :meth:`family`)."""
+        d = self._family_dir(family)
+        d.mkdir(parents=True, exist_ok=True)
+        (d / key).touch()
+
+    def family(self, family: str, exclude: str = "", verify: str = "auto") -> list[FeatureSet]:
+        """Valid entries of one feature family (same backbone, preprocessing and spec), by key.
+
+        Markers of entries that are gone or corrupt are dropped.
+        """
+        d = self._family_dir(family)
+        if not d.is_dir():
+            return []
+        out = []
+        for marker in sorted(d.iterdir()):
+            if marker.name == exclude:
+                continue
+            fs = self.get(marker.name, verify=verify)
+            if fs is None:
+                marker.unlink(missing_ok=True)
+            else:
+                out.append(fs)
+        return out
+
     def get(self, key: str, verify: str = "auto") -> FeatureSet | None:
         """Open an entry, or None when absent. A corrupt entry is removed and None returned.
 

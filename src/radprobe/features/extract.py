@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec, cache_key
+from radprobe.features.cache import FORMAT_VERSION, FeatureCache, FeatureSet, FeatureSpec, cache_key
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
@@ -63,6 +64,18 @@ class ExtractStats:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def forward_rate(stats: list[dict[str, Any]]) -> float:
+    """Images through the backbone per second over the extractions that ran any (rows lent by
+    other cache entries took no forward pass, so they count neither as images nor as time)."""
+    ran = [
+        (m.get("extra", {}).get("forward_images", m.get("n_images", 0)), m.get("wall_time_s", 0.0))
+        for m in stats
+    ]
+    ran = [(n, t) for n, t in ran if n > 0]
+    total = sum(t for _, t in ran)
+    return float(sum(n for n, _ in ran) / total) if total > 0 else 0.0
+
+
 def peak_memory_mb(device: torch.device) -> float:
     """Peak accelerator memory on CUDA, else the process's peak resident set size."""
     if device.type == "cuda":
@@ -82,19 +95,23 @@ def _per_slice(dataset: Dataset, per_slice: bool) -> bool:
     return per_slice and dataset.ndim == 3
 
 
+def _backbone_identity(backbone: Backbone) -> dict[str, Any]:
+    info = backbone.info
+    return {
+        "name": info.name,
+        "arch": info.arch,
+        "weights": info.weights_digest,
+        # how the module was built (e.g. the position-table grid) changes its features too
+        "layout": digest({k: list(v.shape) for k, v in backbone.state_dict().items()}),
+    }
+
+
 def feature_key(
     backbone: Backbone, dataset: Dataset, split: str, spec: FeatureSpec, *, per_slice: bool = False
 ) -> str:
     """Cache key of one split's features (per-slice entries of volumes get their own key)."""
-    info = backbone.info
     return cache_key(
-        backbone={
-            "name": info.name,
-            "arch": info.arch,
-            "weights": info.weights_digest,
-            # how the module was built (e.g. the position-table grid) changes its features too
-            "layout": digest({k: list(v.shape) for k, v in backbone.state_dict().items()}),
-        },
+        backbone=_backbone_identity(backbone),
         preprocess=backbone.preprocess.to_dict(),
         manifest_digest=dataset.manifest_digest(),
         # the split label carries the layout so averaged and per-slice entries never collide,
@@ -102,6 +119,58 @@ def feature_key(
         split=f"{split}#slices" if _per_slice(dataset, per_slice) else split,
         split_digest=dataset.split_digest(split),
         spec=spec,
+    )
+
+
+def feature_family(backbone: Backbone, spec: FeatureSpec, *, per_slice: bool) -> str:
+    """What makes rows of two entries interchangeable: backbone, preprocessing, spec and row layout.
+
+    Entries of one family (other folds, split seeds or label files over the same images) lend each
+    other rows, matched by :func:`image_identity`, so an image is run through a backbone once.
+    """
+    return digest(
+        {
+            "v": FORMAT_VERSION,
+            "backbone": _backbone_identity(backbone),
+            "preprocess": backbone.preprocess.to_dict(),
+            "spec": spec.to_dict(),
+            "per_slice": per_slice,
+        },
+        length=32,
+    )
+
+
+def image_identity(dataset: Dataset, record: Record) -> str | None:
+    """Digest of what decides a record's pixels, or None when its file cannot be looked at.
+
+    The file enters by resolved path, size and modification time (each file of a folder, for DICOM
+    series), with the reference's slice/array fields and the dataset's read options; labels, splits
+    and sample ids do not enter, so the same image under another manifest has the same identity.
+    """
+    ref = record.image
+    path = Path(ref.path)
+    if not path.is_absolute() and dataset.root:
+        path = Path(dataset.root) / path
+    try:
+        if path.is_dir():
+            stamp: Any = sorted(
+                (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()
+            )
+        else:
+            st = path.stat()
+            stamp = [st.st_size, st.st_mtime_ns]
+        where = str(path.resolve())
+    except OSError:
+        return None
+    return digest(
+        {
+            "path": where,
+            "stamp": stamp,
+            "ref": [ref.kind, ref.index, ref.axis, ref.key],
+            "read": dataset.read.to_dict(),
+            "ndim": dataset.ndim,
+        },
+        length=32,
     )
 
 
@@ -198,6 +267,62 @@ def pool_volumes(
     return out
 
 
+ROW_KEYS = "row_keys"  # per-row image identity (fixed-width bytes; empty when unknown)
+ROW_KEY_DTYPE = "S48"  # a 32-character digest, "#" and a slice index
+_COPY_ROWS = 256  # rows copied from a lending entry at a time, so grids never load whole
+
+
+def _row_identities(dataset: Dataset, records: list[Record], counts: list[int], per_slice: bool) -> list[str]:
+    out = []
+    for r, c in zip(records, counts, strict=True):
+        ident = image_identity(dataset, r) or ""
+        out += [f"{ident}#{k}" if ident and per_slice else ident for k in range(c)]
+    return out
+
+
+def _borrow(
+    cache: FeatureCache, family: str, key: str, wanted: list[str]
+) -> dict[int, tuple[FeatureSet, int]]:
+    """Rows other entries of ``family`` already hold: target row -> (lending entry, its row)."""
+    need: dict[bytes, list[int]] = {}
+    for row, ident in enumerate(wanted):
+        if ident:
+            need.setdefault(ident.encode(), []).append(row)
+    found: dict[int, tuple[FeatureSet, int]] = {}
+    if not need:
+        return found
+    # candidates open with a size check only; an entry that lends is checked in full first
+    for fs in cache.family(family, exclude=key, verify="size"):
+        idents = fs.arrays.get(ROW_KEYS)
+        if idents is None:
+            continue
+        hits = [(j, ident) for j, ident in enumerate(idents.tolist()) if ident in need]
+        if not hits or (full := cache.get(fs.key)) is None:
+            continue
+        for j, ident in hits:
+            for row in need.pop(ident, ()):
+                found[row] = (full, j)
+        if not need:
+            break
+    return found
+
+
+def _copy_lent(lent: dict[int, tuple[FeatureSet, int]], out: dict[str, np.ndarray], names: list[str]) -> None:
+    by_entry: dict[str, list[tuple[int, int]]] = {}
+    entries: dict[str, FeatureSet] = {}
+    for row, (fs, j) in lent.items():
+        by_entry.setdefault(fs.key, []).append((j, row))
+        entries[fs.key] = fs
+    for k, pairs in by_entry.items():
+        pairs.sort()  # read the lending entry in file order
+        src = np.asarray([j for j, _ in pairs])
+        dst = np.asarray([r for _, r in pairs])
+        for name in names:
+            a = entries[k].arrays[name]
+            for i in range(0, len(src), _COPY_ROWS):
+                out[name][dst[i : i + _COPY_ROWS]] = a[src[i : i + _COPY_ROWS]]
+
+
 def _extract(
     backbone: Backbone,
     dataset: Dataset,
@@ -216,8 +341,19 @@ def _extract(
         raise ValueError(f"split {split!r} of {dataset.name} is empty")
     volumes = dataset.ndim == 3
     depths = volume_depths(dataset, records) if per_slice else []
+    counts = depths if per_slice else [1] * len(records)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    n = int(starts[-1])
+    family = feature_family(backbone, spec, per_slice=per_slice)
+    identities = _row_identities(dataset, records, counts, per_slice)
+    lent = _borrow(cache, family, key, identities)
+    # a record is taken over only when every one of its rows is on loan
+    todo = [i for i in range(len(records)) if any(r not in lent for r in range(starts[i], starts[i + 1]))]
+    for i in todo:
+        for r in range(starts[i], starts[i + 1]):
+            lent.pop(r, None)
     loader = DataLoader(
-        _Images(dataset, records, backbone.preprocess),
+        _Images(dataset, [records[i] for i in todo], backbone.preprocess),
         batch_size=1 if volumes else batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -227,33 +363,48 @@ def _extract(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     writer = cache.writer(key)
-    n = sum(depths) if per_slice else len(records)
     out: dict[str, np.ndarray] = {}
+
+    def put(name: str, rows: np.ndarray | slice, t: torch.Tensor) -> None:
+        if name not in out:
+            out[name] = writer.allocate(name, (n, *t.shape[1:]), spec.dtype)
+        out[name][rows] = t.float().cpu().numpy()
+
     start = time.perf_counter()
     n_forward = 0
     try:
-        row = 0
+        out[ROW_KEYS] = writer.allocate(ROW_KEYS, (n,), ROW_KEY_DTYPE)
+        out[ROW_KEYS][:] = [i.encode() for i in identities]
+        if per_slice:
+            out["volume"] = writer.allocate("volume", (n,), "int32")
+            out["slice"] = writer.allocate("slice", (n,), "int32")
+            out["volume"][:] = np.repeat(np.arange(len(records)), depths)
+            out["slice"][:] = np.concatenate([np.arange(d) for d in depths])
+        if lent:
+            some = next(iter(lent.values()))[0]
+            names = [k for k in some.arrays if k not in (ROW_KEYS, "volume", "slice")]
+            for name in names:
+                a = some.arrays[name]
+                out[name] = writer.allocate(name, (n, *a.shape[1:]), spec.dtype)
+            _copy_lent(lent, out, names)
+            if progress is not None:
+                progress(len(records) - len(todo))
         with torch.inference_mode(), _autocast(device):
-            for v, batch in enumerate(loader):
+            pos = 0
+            for batch in loader:
                 if per_slice:
-                    if batch.shape[1] != depths[v]:
+                    i = todo[pos]
+                    if batch.shape[1] != depths[i]:
                         raise ValueError(
-                            f"{records[v].image.path}: read {batch.shape[1]} slices, header says {depths[v]}"
+                            f"{records[i].image.path}: read {batch.shape[1]} slices, header says {depths[i]}"
                         )
-                    if not out:
-                        out["volume"] = writer.allocate("volume", (n,), "int32")
-                        out["slice"] = writer.allocate("slice", (n,), "int32")
-                    for i in range(0, depths[v], batch_size):
-                        feats = _forward(backbone, batch[0, i : i + batch_size].to(device), spec)
+                    for k in range(0, depths[i], batch_size):
+                        feats = _forward(backbone, batch[0, k : k + batch_size].to(device), spec)
                         b = next(iter(feats.values())).shape[0]
                         for name, t in feats.items():
-                            if name not in out:
-                                out[name] = writer.allocate(name, (n, *t.shape[1:]), spec.dtype)
-                            out[name][row : row + b] = t.float().cpu().numpy()
-                        out["volume"][row : row + b] = v
-                        out["slice"][row : row + b] = np.arange(i, i + b)
-                        row += b
-                    n_forward += depths[v]
+                            put(name, slice(starts[i] + k, starts[i] + k + b), t)
+                    n_forward += depths[i]
+                    pos += 1
                     if progress is not None:
                         progress(1)
                     continue
@@ -263,13 +414,11 @@ def _extract(
                 else:
                     feats = _forward(backbone, batch.to(device, non_blocking=True), spec)
                     n_forward += batch.shape[0]
-                if not out:
-                    for name, t in feats.items():
-                        out[name] = writer.allocate(name, (n, *t.shape[1:]), spec.dtype)
                 b = next(iter(feats.values())).shape[0]
+                rows = starts[np.asarray(todo[pos : pos + b])]
                 for name, t in feats.items():
-                    out[name][row : row + b] = t.float().cpu().numpy()
-                row += b
+                    put(name, rows, t)
+                pos += b
                 if progress is not None:
                     progress(b)
         elapsed = time.perf_counter() - start
@@ -280,7 +429,7 @@ def _extract(
             imgs_per_s=n_forward / elapsed if elapsed > 0 else 0.0,
             peak_mem_mb=peak_memory_mb(device),
             device=str(device),
-            extra={"forward_images": n_forward},
+            extra={"forward_images": n_forward, "reused_rows": len(lent)},
         )
         out.clear()
         ids = (
@@ -297,6 +446,7 @@ def _extract(
                 "split": split,
                 "spec": spec.to_dict(),
                 "stats": stats.__dict__,
+                "family": family,
                 **({"per_slice": True, "volumes": [r.sample_id for r in records]} if per_slice else {}),
             },
         )
@@ -304,6 +454,7 @@ def _extract(
         out.clear()
         writer.abort()
         raise
+    cache.add_to_family(family, key)
     return fs, stats
 
 

@@ -17,7 +17,14 @@ import radprobe
 from radprobe.config import cache_dir
 from radprobe.errors import RadprobeError
 from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec
-from radprobe.features.extract import VOLUME_POOLS, ExtractStats, extract_split, pool_volumes, volume_offsets
+from radprobe.features.extract import (
+    VOLUME_POOLS,
+    ExtractStats,
+    extract_split,
+    forward_rate,
+    pool_volumes,
+    volume_offsets,
+)
 from radprobe.metrics import bootstrap_metrics
 from radprobe.progress import make_progress
 from radprobe.protocols import ProtocolInput, get_protocol
@@ -220,7 +227,8 @@ def extract_all(
                 progress=lambda k, task=task: bar.advance(task, k),
                 per_slice=per_slice,
             )
-            suffix = " (cached)" if st.cache_hit else ""
+            reused = st.extra.get("reused_rows", 0)
+            suffix = " (cached)" if st.cache_hit else f" ({reused} rows reused)" if reused else ""
             bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
             if cache.last_problem:
                 st.extra["rebuilt"] = cache.last_problem
@@ -380,7 +388,7 @@ def run_protocol(
         "params": info.params,
         "wall_time_s": wall,
         "extract_time_s": float(sum(m.get("wall_time_s", 0.0) for m in meta_stats)),
-        "imgs_per_s": float(np.mean([m.get("imgs_per_s", 0.0) for m in meta_stats])),
+        "imgs_per_s": forward_rate(meta_stats),
         "peak_mem_mb": max(
             [s.peak_mem_mb for s in prep.stats.values()] + [m.get("peak_mem_mb", 0.0) for m in meta_stats]
         ),

@@ -24,7 +24,7 @@ from scipy import stats as sstats
 
 from radprobe.errors import RadprobeError
 from radprobe.features.cache import FeatureSet, FeatureSpec
-from radprobe.features.extract import ExtractStats
+from radprobe.features.extract import ExtractStats, forward_rate
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
 from radprobe.run.evaluate import EvalConfig, EvalSummary, _check_options, _device, _env, extract_all
@@ -238,7 +238,7 @@ def _rows(
         model_key: dict[str, Any] = {"preprocess": backbone.preprocess.to_dict()}
         meta = [f.meta.get("stats") or {} for f in feats.values()]
         extract_s = float(sum(m.get("wall_time_s", 0.0) for m in meta))
-        ext_ips = float(np.mean([m.get("imgs_per_s", 0.0) for m in meta]))
+        ext_ips = forward_rate(meta)
         ext_mem = max([s.peak_mem_mb for s in ext.values()] + [m.get("peak_mem_mb", 0.0) for m in meta])
         keys = [feats[s].key for s in ("train", "val", "test")]
     else:
