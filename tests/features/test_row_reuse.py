@@ -151,3 +151,30 @@ def test_extract_cli_reports_lent_rows(tmp_path, monkeypatch):
     res = run(app, [*base, f"csv:{root / 'subset.csv'}"])
     assert res.exit_code == 0, res.output
     assert res.output.count("rows lent by other cache entries") == 3  # every split
+
+
+def test_reduced_precision_features_get_their_own_keys_and_family(backbone, cls2d):
+    from radprobe.features.cache import cache_key
+    from radprobe.features.extract import compute_precision, feature_key
+    from radprobe.utils import digest
+
+    ds = load_dataset(f"folder:{cls2d}")
+    assert compute_precision("cpu") == "fp32"
+    fp32 = feature_key(backbone, ds, "train", SPEC)
+    bf16 = feature_key(backbone, ds, "train", SPEC, precision="bf16-autocast")
+    assert fp32 != bf16
+    # fp32 keys are the ones entries were always written under
+    info = backbone.info
+    layout = digest({k: list(v.shape) for k, v in backbone.state_dict().items()})
+    old = cache_key(
+        backbone={"name": info.name, "arch": info.arch, "weights": info.weights_digest, "layout": layout},
+        preprocess=backbone.preprocess.to_dict(),
+        manifest_digest=ds.manifest_digest(),
+        split="train",
+        split_digest=ds.split_digest("train"),
+        spec=SPEC,
+    )
+    assert fp32 == old
+    assert feature_family(backbone, SPEC, per_slice=False) != feature_family(
+        backbone, SPEC, per_slice=False, precision="bf16-autocast"
+    )

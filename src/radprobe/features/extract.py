@@ -84,34 +84,59 @@ def peak_memory_mb(device: torch.device) -> float:
     return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
-def _autocast(device: torch.device) -> torch.autocast | torch.inference_mode:
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def _autocast(device: torch.device) -> torch.autocast | torch.inference_mode:
+    dtype = _autocast_dtype(device)
+    if dtype is not None:
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
+
+
+def compute_precision(device: str | torch.device) -> str:
+    """How extraction computes on ``device``: "fp32", or "bf16-autocast" / "fp16-autocast" on CUDA."""
+    dtype = _autocast_dtype(torch.device(device))
+    return {torch.bfloat16: "bf16-autocast", torch.float16: "fp16-autocast"}.get(dtype, "fp32")
 
 
 def _per_slice(dataset: Dataset, per_slice: bool) -> bool:
     return per_slice and dataset.ndim == 3
 
 
-def _backbone_identity(backbone: Backbone) -> dict[str, Any]:
+def _backbone_identity(backbone: Backbone, precision: str = "fp32") -> dict[str, Any]:
     info = backbone.info
-    return {
+    out = {
         "name": info.name,
         "arch": info.arch,
         "weights": info.weights_digest,
         # how the module was built (e.g. the position-table grid) changes its features too
         "layout": digest({k: list(v.shape) for k, v in backbone.state_dict().items()}),
     }
+    # reduced-precision features differ from fp32 ones; fp32 keys stay what they always were
+    if precision != "fp32":
+        out["precision"] = precision
+    return out
 
 
 def feature_key(
-    backbone: Backbone, dataset: Dataset, split: str, spec: FeatureSpec, *, per_slice: bool = False
+    backbone: Backbone,
+    dataset: Dataset,
+    split: str,
+    spec: FeatureSpec,
+    *,
+    per_slice: bool = False,
+    precision: str = "fp32",
 ) -> str:
-    """Cache key of one split's features (per-slice entries of volumes get their own key)."""
+    """Cache key of one split's features (per-slice entries of volumes get their own key).
+
+    ``precision`` (:func:`compute_precision`) keeps bf16 features from CUDA apart from fp32 ones.
+    """
     return cache_key(
-        backbone=_backbone_identity(backbone),
+        backbone=_backbone_identity(backbone, precision),
         preprocess=backbone.preprocess.to_dict(),
         manifest_digest=dataset.manifest_digest(),
         # the split label carries the layout so averaged and per-slice entries never collide,
@@ -122,7 +147,7 @@ def feature_key(
     )
 
 
-def feature_family(backbone: Backbone, spec: FeatureSpec, *, per_slice: bool) -> str:
+def feature_family(backbone: Backbone, spec: FeatureSpec, *, per_slice: bool, precision: str = "fp32") -> str:
     """What makes rows of two entries interchangeable: backbone, preprocessing, spec and row layout.
 
     Entries of one family (other folds, split seeds or label files over the same images) lend each
@@ -131,7 +156,7 @@ def feature_family(backbone: Backbone, spec: FeatureSpec, *, per_slice: bool) ->
     return digest(
         {
             "v": FORMAT_VERSION,
-            "backbone": _backbone_identity(backbone),
+            "backbone": _backbone_identity(backbone, precision),
             "preprocess": backbone.preprocess.to_dict(),
             "spec": spec.to_dict(),
             "per_slice": per_slice,
@@ -195,7 +220,9 @@ def extract_split(
     spec = spec or FeatureSpec()
     device = torch.device(device)
     per_slice = _per_slice(dataset, per_slice)
-    key = feature_key(backbone, dataset, split, spec, per_slice=per_slice)
+    key = feature_key(
+        backbone, dataset, split, spec, per_slice=per_slice, precision=compute_precision(device)
+    )
     hit = cache.get(key)
     if hit is not None:
         return hit, ExtractStats(cache_hit=True, n_images=len(hit), device=str(device))
@@ -344,7 +371,7 @@ def _extract(
     counts = depths if per_slice else [1] * len(records)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n = int(starts[-1])
-    family = feature_family(backbone, spec, per_slice=per_slice)
+    family = feature_family(backbone, spec, per_slice=per_slice, precision=compute_precision(device))
     identities = _row_identities(dataset, records, counts, per_slice)
     lent = _borrow(cache, family, key, identities)
     # a record is taken over only when every one of its rows is on loan
@@ -447,6 +474,7 @@ def _extract(
                 "spec": spec.to_dict(),
                 "stats": stats.__dict__,
                 "family": family,
+                "precision": compute_precision(device),
                 **({"per_slice": True, "volumes": [r.sample_id for r in records]} if per_slice else {}),
             },
         )
