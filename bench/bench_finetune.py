@@ -25,12 +25,12 @@ from radprobe.finetune import build_model, parse_options
 from radprobe.finetune.heads import ClassificationHead
 from radprobe.features.extract import peak_memory_mb
 
-protocol, extra, res, batch, steps, warmup, device, threads = sys.argv[1:9]
+protocol, extra, res, batch, steps, warmup, device, threads, model_name = sys.argv[1:10]
 torch.set_num_threads(int(threads))
 res, batch, steps, warmup = int(res), int(batch), int(steps), int(warmup)
 dev = torch.device(device)
 torch.manual_seed(0)
-bb = create_backbone("dinov2-s", pretrained=False, resolution=res)
+bb = create_backbone(model_name, pretrained=False, resolution=res)
 opts = parse_options(protocol, json.loads(extra), batch)
 head = ClassificationHead(bb.info.embed_dim, 14, "multilabel", "cls")
 built = build_model(protocol, bb, head, opts)
@@ -102,7 +102,15 @@ CASES: list[tuple[str, str, dict]] = [
 
 
 def run_case(
-    protocol: str, extra: dict, res: int, batch: int, steps: int, warmup: int, device: str, threads: int
+    protocol: str,
+    extra: dict,
+    res: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    threads: int,
+    model: str = "dinov2-s",
 ) -> dict:
     p = subprocess.run(
         [
@@ -117,6 +125,7 @@ def run_case(
             str(warmup),
             device,
             str(threads),
+            model,
         ],
         capture_output=True,
         text=True,
@@ -126,12 +135,19 @@ def run_case(
 
 
 def main(
-    res: int = 112, batch: int = 8, steps: int = 4, warmup: int = 1, device: str = "cpu", threads: int = 1
+    res: int = 112,
+    batch: int = 8,
+    steps: int = 4,
+    warmup: int = 1,
+    device: str = "cpu",
+    threads: int = 1,
+    model: str = "dinov2-s",
 ) -> dict:
-    """``threads``: torch intra-op threads per child; 1 keeps timings stable on a shared machine."""
+    """``threads``: torch intra-op threads per child; 1 keeps timings stable on a shared machine.
+    On CUDA the step runs under bf16 autocast, as the training loop does."""
     rows = []
     for name, protocol, extra in CASES:
-        r = run_case(protocol, extra, res, batch, steps, warmup, device, threads)
+        r = run_case(protocol, extra, res, batch, steps, warmup, device, threads, model)
         rows.append(
             {
                 "method": name,
@@ -156,7 +172,8 @@ def main(
             else None
         )
     return {
-        "model": "dinov2-s (ViT-S/14) random init, 14-label multilabel head",
+        "model": f"{model} random init, 14-label multilabel head",
+        "precision": "bf16 autocast" if device.startswith("cuda") else "fp32",
         "resolution": res,
         "batch": batch,
         "timed_steps": steps,
@@ -171,4 +188,7 @@ def main(
 if __name__ == "__main__":
     from common import write_result
 
-    print(write_result("finetune", main()))
+    if "--gpu" in sys.argv:  # a lent GPU: ViT-B/14 at 224 px, bf16
+        print(write_result("finetune_gpu", main(224, 64, 20, 3, "cuda", 8, "dinov2-b")))
+    else:
+        print(write_result("finetune", main()))

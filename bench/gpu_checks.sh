@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Checks for a lent GPU machine, run from the repository root in one call (a few minutes):
+# radprobe's CUDA paths through the CLI (bf16 extraction and training, CUDA peak memory), the same
+# frozen rows on CPU for comparison, bf16 vs fp32 features, and bench_finetune on ViT-B/14 at 224 px in bf16.
+# The machine has torch but no network: missing packages travel as wheels in .whl/ (see the
+# device notes); OUT is the folder whose files come back.
+set -uo pipefail
+OUT=${OUT:-/tmp/radprobe-gpu}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD/src
+else
+  export PYTHONPATH=$PWD/src
+fi
+export PYTHONUNBUFFERED=1 RADPROBE_CACHE=/tmp/radprobe-cache
+rp=(python3 -c "import sys; from radprobe.cli import main; sys.argv[0] = 'radprobe'; sys.exit(main())")
+
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, timm, peft; print('torch', torch.__version__, 'timm', timm.__version__, 'peft', peft.__version__, torch.cuda.get_device_name(0))"
+} 2>&1 | tee "$OUT/gpu.txt"
+
+cls=(-b test:vit-tiny -d synthetic:cls2d-multilabel --bootstrap 200 --json)
+for run in "knn,linear cpu" "knn,linear cuda" "finetune,lora cuda"; do
+  set -- $run
+  timeout 200 "${rp[@]}" eval "${cls[@]}" -p "$1" --device "$2" --out "/tmp/r-$2" >"$OUT/cls_${1//,/_}_$2.json"
+  echo "eval $run rc=$?"
+done
+for p in seg-linear lora; do
+  timeout 200 "${rp[@]}" eval -b test:vit-tiny -d synthetic:seg2d -p $p --bootstrap 200 --device cuda --json \
+    --out /tmp/r-seg >"$OUT/seg_${p}_cuda.json"
+  echo "seg $p cuda rc=$?"
+done
+# bf16 features on CUDA against fp32 on CPU: own cache keys, and how far apart they are
+python3 - "$OUT/precision.json" <<'PY'
+import json, sys, tempfile
+import numpy as np
+from radprobe.backbones import create_backbone
+from radprobe.data import load_dataset
+from radprobe.features.cache import FeatureCache, FeatureSpec
+from radprobe.features.extract import extract_split
+bb = create_backbone("dinov2-s", pretrained=False, resolution=224)
+ds = load_dataset("synthetic:cls2d-multiclass")
+cache = FeatureCache(tempfile.mkdtemp())
+out = {}
+for dev in ("cpu", "cuda"):
+    fs, st = extract_split(bb, ds, "train", cache, FeatureSpec(n_blocks=4), device=dev, batch_size=64)
+    # patch means: a random-init ViT's cls output hardly depends on the image, its patch tokens do
+    out[dev] = {"key": fs.key, "precision": fs.meta["precision"], "imgs_per_s": round(st.imgs_per_s, 1), "x": np.asarray(fs.pooled)}
+a, b = out["cpu"].pop("x"), out["cuda"].pop("x")
+cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+out["max_rel_diff"] = float(np.abs(a - b).max() / np.abs(a).max())
+out["min_cosine"] = float(cos.min())
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+print(out)
+PY
+echo "precision rc=$?"
+[ "${SKIP_BENCH:-0}" = 1 ] || (cd bench && timeout 300 python3 bench_finetune.py --gpu && cp results/finetune_gpu.json "$OUT/")
+echo "bench rc=$?"
