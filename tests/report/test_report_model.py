@@ -154,3 +154,58 @@ def test_references_are_complete_and_match_only_their_setting():
     )
     assert matching({**nih, "protocol": "fewshot-linear", "hparams": {"shots": 4, "repeats": 5}}) == []
     assert matching({**nih, "derived": True}) == []
+
+
+def _seg_fold_rows(run_dir, fold: int, dice: np.ndarray, ids: list[str]) -> list[dict]:
+    from radprobe.results.predictions import predictions_path
+    from radprobe.segmentation.metrics import CaseTable
+
+    ek = f"seg-eval-{fold}"
+    table = CaseTable(
+        np.asarray(ids),
+        np.asarray([i.split("-")[0] for i in ids]),
+        np.asarray(["background", "organ", "lesion"]),
+        {"dice": dice, "iou": dice / (2 - dice)},
+    )
+    path = predictions_path(run_dir, ek)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table.save(path)
+    return [
+        _row(
+            table.value(m),
+            dataset=f"seg_fold{fold}",
+            protocol="seg-linear",
+            metric=m,
+            task="segmentation",
+            eval_key=ek,
+            n=len(ids),
+            n_test=len(ids),
+        )
+        for m in ("dice_macro", "dice_lesion", "iou_macro")
+    ]
+
+
+def test_pool_folds_pools_segmentation_cases(tmp_path):
+    rng = np.random.default_rng(0)
+    d1, d2 = rng.random((3, 2)), rng.random((4, 2))
+    d2[1, 1] = np.nan  # lesion absent from one case: left out of the lesion mean
+    rows = _seg_fold_rows(tmp_path, 1, d1, ["p1-a", "p1-b", "p2-a"])
+    rows += _seg_fold_rows(tmp_path, 2, d2, ["p3-a", "p3-b", "p4-a", "p5-a"])
+    pooled = {r["metric"]: r for r in pool_folds(rows, tmp_path, n_boot=200)}
+    assert set(pooled) == {"dice_macro", "dice_lesion", "iou_macro"}
+    cases = np.concatenate([d1, d2])
+    per_class = np.nanmean(cases, axis=0)
+    assert pooled["dice_lesion"]["value"] == pytest.approx(per_class[1])
+    assert pooled["dice_macro"]["value"] == pytest.approx(per_class.mean())
+    for r in pooled.values():
+        assert (
+            r["dataset"] == "seg (CV, 2 folds)"
+            and r["n_test"] == 7
+            and "cases of 2 folds pooled" in r["ci_method"]
+        )
+        assert r["ci_low"] <= r["value"] <= r["ci_high"]
+    # the same case in two folds is no cross-validation: the folds' values are averaged instead
+    rows = _seg_fold_rows(tmp_path, 1, d1, ["p1-a", "p1-b", "p2-a"])
+    rows += _seg_fold_rows(tmp_path, 2, d2, ["p1-a", "p3-b", "p4-a", "p5-a"])
+    pooled = {r["metric"]: r for r in pool_folds(rows, tmp_path, n_boot=200)}
+    assert "t-interval" in pooled["dice_macro"]["ci_method"]

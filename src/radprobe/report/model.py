@@ -3,9 +3,9 @@
 Rows are grouped by *model* — a backbone name together with its weights digest, since the same
 architecture may appear with several checkpoints (or none: random init). Cross-validation folds
 (datasets named ``<base>_fold<k>``) are pooled into one derived dataset per base: classification
-protocols pool the folds' saved test predictions and bootstrap over patients again; protocols
-without per-sample predictions (few-shot summaries, segmentation) average the fold values with a
-t-interval over folds.
+protocols pool the folds' saved test predictions, segmentation protocols their per-case tables, and
+bootstrap over patients again; protocols without per-sample records (few-shot summaries) average the
+fold values with a t-interval over folds.
 """
 
 from __future__ import annotations
@@ -230,6 +230,35 @@ def pooled_metrics(
     return out
 
 
+def _pool_case_tables(
+    paths: list[Path], by_eval: dict[str, list[dict[str, Any]]], n_boot: int
+) -> list[dict[str, Any]]:
+    """Segmentation rows of the folds' per-case tables pooled, one per metric the folds report;
+    none when a case appears in two folds (not a cross-validation) or the tables disagree."""
+    from radprobe.segmentation.metrics import CaseTable, bootstrap_tables
+
+    try:
+        table = CaseTable.concat([CaseTable.load(p) for p in paths])
+    except (OSError, ValueError, KeyError):
+        return []
+    if len(set(table.sample_ids.tolist())) != len(table.sample_ids):
+        return []
+    metrics = {m.name: m for m in bootstrap_tables(table.tables, list(table.classes), table.groups, n_boot)}
+    wanted = [r["metric"] for r in next(iter(by_eval.values()))]
+    return [
+        {
+            "metric": name,
+            "value": metrics[name].value,
+            "ci_low": metrics[name].ci_low if n_boot else None,
+            "ci_high": metrics[name].ci_high if n_boot else None,
+            "n": len(table.sample_ids),
+            "n_test": len(table.sample_ids),
+        }
+        for name in wanted
+        if name in metrics
+    ]
+
+
 def pool_folds(rows: Sequence[dict[str, Any]], run_dir: Path, n_boot: int = 1000) -> list[dict[str, Any]]:
     """Derived rows, one per (model, fold base, protocol, hparams, metric), for every base that has
     at least two folds with the same set of evaluations."""
@@ -285,6 +314,21 @@ def pool_folds(rows: Sequence[dict[str, Any]], run_dir: Path, n_boot: int = 1000
                         }
                     )
                 pooled_done = True
+        if task == "segmentation" and len(by_eval) == k and all(p.is_file() for p in preds):
+            pooled = _pool_case_tables(preds, by_eval, n_boot)
+            for row in pooled:
+                out.append(
+                    {
+                        **first,
+                        **row,
+                        "dataset": name,
+                        "ci_method": f"test cases of {k} folds pooled; patient bootstrap x{n_boot}",
+                        "eval_key": "",
+                        "derived": True,
+                        "warnings": sorted({w for r in members for w in (r.get("warnings") or [])}),
+                    }
+                )
+            pooled_done = bool(pooled)
         if pooled_done:
             continue
         by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -215,6 +215,21 @@ def summarize(
                 f"class {name!r} was not predicted at all in {missed} {split} case(s) that contain it: "
                 f"hd95 scored as the case diagonal ({unit}) there"
             )
+    return bootstrap_tables(tables, classes, groups, n_boot, seed, alpha), warns
+
+
+def bootstrap_tables(
+    tables: dict[str, np.ndarray],
+    classes: Sequence[str],
+    groups: np.ndarray | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> list[SegMetric]:
+    """Row metrics of per-case tables (base metric -> (cases, foreground classes)), with
+    patient-bootstrap percentile CIs: the aggregation :func:`summarize` reports."""
+    fg = list(classes[1:])
+    n = len(next(iter(tables.values())))
     point = _aggregate(tables)
     groups = np.arange(n) if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
@@ -234,7 +249,7 @@ def summarize(
                 (float(q) for q in np.quantile(s, [alpha / 2, 1 - alpha / 2])) if len(s) else (None, None)
             )
             out.append(SegMetric(name, float(values[j]), lo if n_boot else None, hi if n_boot else None, n))
-    return out, warns
+    return out
 
 
 # ------------------------------------------------------------------------------ paired comparison
@@ -278,6 +293,21 @@ class CaseTable:
         with np.load(path, allow_pickle=False) as z:
             tables = {k.removeprefix("table_"): z[k] for k in z.files if k.startswith("table_")}
             return cls(z["sample_ids"], z["groups"], z["classes"], tables)
+
+    @classmethod
+    def concat(cls, parts: Sequence[CaseTable]) -> CaseTable:
+        """The cases of several tables (e.g. CV folds) as one; classes and metrics must agree."""
+        first = parts[0]
+        if any(
+            list(p.classes) != list(first.classes) or p.tables.keys() != first.tables.keys() for p in parts
+        ):
+            raise ValueError("case tables with other classes or metrics cannot be pooled")
+        return cls(
+            np.concatenate([p.sample_ids for p in parts]),
+            np.concatenate([p.groups for p in parts]),
+            first.classes,
+            {m: np.concatenate([p.tables[m] for p in parts]) for m in first.tables},
+        )
 
     def metric_names(self) -> list[str]:
         fg = [str(c) for c in self.classes[1:]]
