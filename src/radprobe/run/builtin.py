@@ -68,11 +68,10 @@ class DemoSize:
 # 8x8 source pixels). Measured on these data, 56 px scores as well as 224 px (MRI kNN accuracy
 # 0.61 vs 0.62, lung fold-1 linear AUROC 0.78 vs 0.77) at a sixteenth of the cost. Segmentation
 # runs on whole slices at 112 px (8x8 grid); 224 px cost four times as much (MRI seg-linear, ViT:
-# 210 s instead of ~50 s on a loaded 2-core machine). Lung segmentation uses fold 1 only: its
-# extraction repeats for every fold (the feature cache is keyed by split), and the linear head's
-# per-fold results vary too much (Dice 0.47 / 0.14 / 0.14 / 0.00) for four folds to buy a usable
-# interval. Classification keeps all four lung folds: at 56 px they are cheap, and pooling their
-# test predictions gives a four-patient interval. The full demo runs the DINOv2 linear grid (52
+# 210 s instead of ~50 s on a loaded 2-core machine). Lung segmentation uses fold 1 only: the
+# linear head's per-fold results vary too much (Dice 0.47 / 0.14 / 0.14 / 0.00) for four patients
+# to buy a usable interval. Classification keeps all four lung folds: later folds borrow the first
+# fold's cached rows (same images), and pooling their test predictions gives a four-patient interval. The full demo runs the DINOv2 linear grid (52
 # heads), logreg and few-shot with all three inner protocols. seg-decoder is left out: on these
 # slices it costs ~870 s of CPU over the three backbones, beyond the 10-minute budget.
 _LRS = [1e-3, 1e-2, 1e-1, 1.0]
