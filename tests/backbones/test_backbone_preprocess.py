@@ -57,3 +57,15 @@ def test_preprocess_is_serialisable_for_cache_keys():
         "patch_size": 8,
         "interpolation": "bicubic",
     }
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (300, 180), (40, 40)])
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest"])
+def test_grayscale_equals_its_three_channel_copy(shape, interpolation):
+    # grayscale is resized as one channel and broadcast at normalisation: bit-identical to
+    # resizing the same image repeated to RGB
+    img = np.random.default_rng(0).random(shape).astype(np.float32)
+    p = Preprocess(resolution=224, interpolation=interpolation)
+    gray, rgb = p(img), p(np.repeat(img[..., None], 3, axis=2))
+    assert gray.shape == (3, 224, 224) and gray.is_contiguous()
+    assert torch.equal(gray, rgb)

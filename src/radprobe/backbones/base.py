@@ -54,24 +54,25 @@ class Preprocess:
         else:
             raise ValueError(f"expected an HxW or HxWxC image, got shape {tuple(x.shape)}")
         c = x.shape[0]
-        if c == 1:
-            x = x.expand(3, -1, -1)
-        elif c == 4:
+        if c == 4:
             x = x[:3]
-        elif c != 3:
+        elif c not in (1, 3):
             raise ValueError(f"expected 1, 3 or 4 channels, got {c}")
+        # grayscale stays one channel through resize and clamp (a third of the work, the same
+        # numbers); the normalisation below broadcasts it to three
         if tuple(x.shape[1:]) != (self.resolution, self.resolution):
+            smooth = self.interpolation in ("bilinear", "bicubic")
             x = F.interpolate(
                 x[None],
                 size=(self.resolution, self.resolution),
                 mode=self.interpolation,
-                align_corners=False,
-                antialias=self.interpolation in ("bilinear", "bicubic"),
+                align_corners=False if smooth else None,  # torch refuses it for "nearest"
+                antialias=smooth,
             )[0]
         x = x.clamp(0.0, 1.0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std
+        return (x - mean) / std  # (1 or 3, R, R) -> (3, R, R)
 
 
 @dataclass(frozen=True)
