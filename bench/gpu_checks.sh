@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks for a lent GPU machine, run from the repository root in one call (a few minutes):
 # radprobe's CUDA paths through the CLI (bf16 extraction and training, CUDA peak memory), the same
-# frozen rows on CPU for comparison, bf16 vs fp32 features, and bench_finetune on ViT-B/14 at 224 px in bf16.
+# frozen rows on CPU for comparison, bf16 vs fp32 features, bench_finetune on ViT-B/14 at 224 px in
+# bf16 and bench_extraction on the GPU by DataLoader workers. SKIP_CLI=1 and BENCHES=... pick parts.
 # The machine has torch but no network: missing packages travel as wheels in .whl/ (see the
 # device notes); OUT is the folder whose files come back.
 set -uo pipefail
@@ -21,6 +22,7 @@ rp=(python3 -c "import sys; from radprobe.cli import main; sys.argv[0] = 'radpro
   python3 -c "import torch, timm, peft; print('torch', torch.__version__, 'timm', timm.__version__, 'peft', peft.__version__, torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$OUT/gpu.txt"
 
+if [ "${SKIP_CLI:-0}" != 1 ]; then
 cls=(-b test:vit-tiny -d synthetic:cls2d-multilabel --bootstrap 200 --json)
 for run in "knn,linear cpu" "knn,linear cuda" "finetune,lora cuda"; do
   set -- $run
@@ -56,5 +58,8 @@ json.dump(out, open(sys.argv[1], "w"), indent=1)
 print(out)
 PY
 echo "precision rc=$?"
-[ "${SKIP_BENCH:-0}" = 1 ] || (cd bench && timeout 300 python3 bench_finetune.py --gpu && cp results/finetune_gpu.json "$OUT/")
-echo "bench rc=$?"
+fi
+for b in ${BENCHES-finetune extraction}; do
+  (cd bench && timeout 300 python3 "bench_$b.py" --gpu && cp "results/${b}_gpu.json" "$OUT/")
+  echo "bench $b rc=$?"
+done
