@@ -71,9 +71,10 @@ class DemoSize:
 # 210 s instead of ~50 s on a loaded 2-core machine). Lung segmentation uses fold 1 only: the
 # linear head's per-fold results vary too much (Dice 0.47 / 0.14 / 0.14 / 0.00) for four patients
 # to buy a usable interval. Classification keeps all four lung folds: later folds borrow the first
-# fold's cached rows (same images), and pooling their test predictions gives a four-patient interval. The full demo runs the DINOv2 linear grid (52
-# heads), logreg and few-shot with all three inner protocols. seg-decoder is left out: on these
-# slices it costs ~870 s of CPU over the three backbones, beyond the 10-minute budget.
+# fold's cached rows (same images), and pooling their test predictions gives a four-patient
+# interval. The full demo runs the DINOv2 linear grid (52 heads), logreg and few-shot with all
+# three inner protocols. seg-decoder is left out: on these slices it costs ~870 s of CPU over the
+# three backbones, beyond the 10-minute budget.
 _LRS = [1e-3, 1e-2, 1e-1, 1.0]
 _DINOV2_GRID = "DINOv2 defaults: 13 lrs x last 1/4 blocks x avgpool on/off, >= 500 iterations"
 DEMO_SIZES: dict[str, DemoSize] = {
