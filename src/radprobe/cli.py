@@ -27,6 +27,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Inspect and validate datasets
 app.add_typer(data_app, name="data")
 study_app = typer.Typer(no_args_is_help=True, help="Declarative studies: plan, run, status.")
 app.add_typer(study_app, name="study")
+cache_app = typer.Typer(no_args_is_help=True, help="The feature cache: list and prune entries.")
+app.add_typer(cache_app, name="cache")
 console = Console()
 
 
@@ -493,6 +495,92 @@ def study_status_cmd(
             f"{' '.join(f['error'])}",
             highlight=False,
         )
+
+
+def _feature_cache() -> Any:
+    from radprobe.config import cache_dir
+    from radprobe.features.cache import FeatureCache
+
+    return FeatureCache(cache_dir() / "features")
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GB"
+
+
+def _entry_table(entries: list[Any], title: str) -> Table:
+    import datetime as dt
+
+    t = Table(title=title)
+    for col in ("key", "backbone", "weights", "dataset", "split", "rows", "size", "created"):
+        t.add_column(col, justify="right" if col in ("rows", "size") else "left")
+    for e in entries:
+        when = dt.datetime.fromtimestamp(e.created).strftime("%Y-%m-%d %H:%M")
+        weights = e.weights[:17] + ("" if e.precision == "fp32" else f" {e.precision}")
+        t.add_row(e.key[:12], e.backbone, weights, e.dataset, e.split, str(e.rows), _size(e.bytes), when)
+    return t
+
+
+_BACKBONE_FILTER = typer.Option(None, "--backbone", "-b", help="Only entries of this backbone name.")
+_DATASET_FILTER = typer.Option(None, "--dataset", "-d", help="Only entries of this dataset name.")
+
+
+@cache_app.command("list")
+def cache_list_cmd(
+    backbone: str | None = _BACKBONE_FILTER, dataset: str | None = _DATASET_FILTER, as_json: bool = _JSON
+) -> None:
+    """Feature cache entries (under RADPROBE_CACHE/features), oldest first, with their sizes."""
+    from radprobe.features.cache import select_prune
+
+    cache = _feature_cache()
+    entries = select_prune(cache.entries(), backbone=backbone, dataset=dataset)
+    if as_json:
+        _print_json({"root": str(cache.root), "entries": [e.to_dict() for e in entries]})
+        return
+    total = _size(sum(e.bytes for e in entries))
+    console.print(_entry_table(entries, f"{len(entries)} entries, {total} in {cache.root}"))
+
+
+@cache_app.command("prune")
+def cache_prune_cmd(
+    backbone: str | None = _BACKBONE_FILTER,
+    dataset: str | None = _DATASET_FILTER,
+    older_than: float | None = typer.Option(None, "--older-than", help="Days since an entry was written."),
+    max_gb: float | None = typer.Option(
+        None, "--max-gb", help="Remove the oldest matching entries until the cache fits this size."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; remove nothing."),
+    as_json: bool = _JSON,
+) -> None:
+    """Remove cache entries by backbone, dataset, age or total size (a later run re-extracts them)."""
+    from radprobe.features.cache import select_prune
+
+    if backbone is None and dataset is None and older_than is None and max_gb is None:
+        raise RadprobeError("cache prune: name --backbone, --dataset, --older-than or --max-gb")
+    for flag, v in (("--older-than", older_than), ("--max-gb", max_gb)):
+        if v is not None and v < 0:
+            raise RadprobeError(f"{flag} {v}: expected a number >= 0")
+    cache = _feature_cache()
+    gone = select_prune(
+        cache.entries(),
+        backbone=backbone,
+        dataset=dataset,
+        older_than_s=None if older_than is None else older_than * 86400,
+        max_bytes=None if max_gb is None else int(max_gb * 2**30),
+    )
+    if not dry_run:
+        for e in gone:
+            cache.remove(e.key)
+    freed = sum(e.bytes for e in gone)
+    if as_json:
+        _print_json({"dry_run": dry_run, "removed": [e.to_dict() for e in gone], "bytes": freed})
+        return
+    verb = "would remove" if dry_run else "removed"
+    console.print(f"{verb} {len(gone)} entries, {_size(freed)}", highlight=False)
 
 
 def _register_rooms() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -146,6 +147,60 @@ class EntryWriter:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class EntryInfo:
+    """What ``radprobe cache list`` shows of one entry (read from its manifest, arrays untouched)."""
+
+    key: str
+    path: Path
+    bytes: int
+    rows: int
+    created: float  # seconds since the epoch: when the entry was committed
+    backbone: str
+    weights: str
+    dataset: str
+    split: str
+    precision: str
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def select_prune(
+    entries: list[EntryInfo],
+    *,
+    backbone: str | None = None,
+    dataset: str | None = None,
+    older_than_s: float | None = None,
+    max_bytes: int | None = None,
+    now: float | None = None,
+) -> list[EntryInfo]:
+    """Entries to remove: those matching every given filter; with ``max_bytes``, only the oldest of
+    them, until what the cache keeps fits."""
+    import time
+
+    now = time.time() if now is None else now
+    picked = [
+        e
+        for e in entries
+        if (backbone is None or e.backbone == backbone)
+        and (dataset is None or e.dataset == dataset)
+        and (older_than_s is None or now - e.created > older_than_s)
+    ]
+    if max_bytes is None:
+        return picked
+    total = sum(e.bytes for e in entries)
+    out = []
+    for e in sorted(picked, key=lambda e: e.created):
+        if total <= max_bytes:
+            break
+        out.append(e)
+        total -= e.bytes
+    return out
+
+
 class FeatureCache:
     """Directory of feature entries keyed by :func:`cache_key`."""
 
@@ -163,6 +218,51 @@ class FeatureCache:
 
     def writer(self, key: str) -> EntryWriter:
         return EntryWriter(self, key)
+
+    def entries(self) -> list[EntryInfo]:
+        """Every committed entry, oldest first; unreadable manifests are skipped (``get`` rebuilds)."""
+        out = []
+        if not self.root.is_dir():
+            return out
+        for path in self.root.iterdir():
+            manifest = path / "manifest.json"
+            if path.name.startswith(".") or not manifest.is_file():
+                continue
+            try:
+                m = json.loads(manifest.read_text())
+                meta = m.get("meta", {})
+                size = sum(int(f["bytes"]) for f in m.get("files", {}).values())
+                created = manifest.stat().st_mtime
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            bb = meta.get("backbone") or {}
+            out.append(
+                EntryInfo(
+                    key=path.name,
+                    path=path,
+                    bytes=size,
+                    rows=int(m.get("n", 0)),
+                    created=created,
+                    backbone=str(bb.get("name", "?")),
+                    weights=str(bb.get("weights_digest", "?")),
+                    dataset=str(meta.get("dataset", "?")),
+                    split=str(meta.get("split", "?")),
+                    precision=str(meta.get("precision", "fp32")),
+                )
+            )
+        return sorted(out, key=lambda e: e.created)
+
+    def remove(self, key: str) -> None:
+        """Delete an entry: renamed aside first, so no reader ever sees half of it. Open memory maps
+        of it stay valid until closed."""
+        path = self.entry_path(key)
+        with self.lock(key):
+            if path.exists():
+                trash = self.root / f".{key}.{uuid.uuid4().hex[:8]}.removed"
+                path.rename(trash)
+                shutil.rmtree(trash, ignore_errors=True)
+        for marker in (self.root / ".families").glob(f"*/{key}"):
+            marker.unlink(missing_ok=True)
 
     def _family_dir(self, family: str) -> Path:
         return self.root / ".families" / family
