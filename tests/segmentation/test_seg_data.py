@@ -115,3 +115,17 @@ def test_slices_reassemble_into_the_volume_and_save_aligned(tmp_path, volumes, s
         np.testing.assert_allclose(saved.affine, src.affine)
         np.testing.assert_array_equal(np.asarray(saved.dataobj), np.asarray(src.dataobj))
     assert nib.aff2axcodes(nib.load(root / "masks" / "p00.nii.gz").affine) == ("L", "P", "S")  # not RAS
+
+
+def test_stacked_images_equal_concatenation_with_gray_repeated():
+    from radprobe.segmentation.data import _stack
+
+    rng = np.random.default_rng(0)
+    parts = [rng.random((n, c, 6, 6)).astype(np.float16) for n, c in ((3, 1), (2, 3), (4, 1))]
+    ref = np.concatenate([np.repeat(p, 3 // p.shape[1], axis=1) for p in parts])
+    given = list(parts)
+    out = _stack(given)
+    np.testing.assert_array_equal(out, ref)
+    assert out.dtype == np.float16 and given == [None, None, None]  # parts released as copied
+    gray = [p for p in parts if p.shape[1] == 1]
+    assert _stack(list(gray)).shape == (7, 1, 6, 6)

@@ -216,11 +216,28 @@ def load_split(
             masks.append(mask.astype(small))
         if keep_images:
             images.append(resize_images(_channels_first(img, dataset.ndim)[:, :3], size, interpolation))
-    stacked = None
-    if keep_images:
-        channels = max(i.shape[1] for i in images)
-        stacked = np.concatenate([np.repeat(i, channels // i.shape[1], axis=1) for i in images])
-    return SegSplit(split, cases, np.concatenate(targets), masks if keep_masks else None, stacked)
+    return SegSplit(
+        split,
+        cases,
+        np.concatenate(targets),
+        masks if keep_masks else None,
+        _stack(images) if keep_images else None,
+    )
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    """Concatenate per-case (rows, 1 or 3, R, R) arrays, gray repeated to 3 channels where colour
+    is mixed in. Each part is dropped once copied, so memory peaks near one copy of the split
+    (the result's pages are only taken as they are written), not two."""
+    channels = max(i.shape[1] for i in images)
+    out = np.empty((sum(len(i) for i in images), channels, *images[0].shape[2:]), dtype=images[0].dtype)
+    row = 0
+    for k, part in enumerate(images):
+        out[row : row + len(part)] = part  # (n, 1, R, R) broadcasts to (n, 3, R, R)
+        row += len(part)
+        images[k] = None  # type: ignore[call-overload]
+        del part
+    return out
 
 
 def uniform_spacing(splits: Iterable[SegSplit]) -> None:
