@@ -230,6 +230,31 @@ def pooled_metrics(
     return out
 
 
+def _pool_predictions(paths: list[Path], task: str, n_boot: int) -> list[dict[str, Any]]:
+    """Classification rows of the folds' saved test predictions pooled, one per headline metric;
+    none when a sample appears in two folds (not a cross-validation)."""
+    from radprobe.results.predictions import Predictions
+
+    loaded = [Predictions.load(p) for p in paths]
+    ids = np.concatenate([p.sample_ids for p in loaded])
+    if len(set(ids.tolist())) != len(ids):
+        return []
+    labels = np.concatenate([p.labels for p in loaded])
+    scores = np.concatenate([p.scores for p in loaded])
+    groups = np.concatenate([p.groups for p in loaded])
+    return [
+        {
+            "metric": m.name,
+            "value": m.value,
+            "ci_low": m.ci_low if n_boot else None,
+            "ci_high": m.ci_high if n_boot else None,
+            "n": len(labels),
+            "n_test": len(labels),
+        }
+        for m in pooled_metrics(labels, scores, task, groups, n_boot)
+    ]
+
+
 def _pool_case_tables(
     paths: list[Path], by_eval: dict[str, list[dict[str, Any]]], n_boot: int
 ) -> list[dict[str, Any]]:
@@ -262,7 +287,7 @@ def _pool_case_tables(
 def pool_folds(rows: Sequence[dict[str, Any]], run_dir: Path, n_boot: int = 1000) -> list[dict[str, Any]]:
     """Derived rows, one per (model, fold base, protocol, hparams, metric), for every base that has
     at least two folds with the same set of evaluations."""
-    from radprobe.results.predictions import Predictions, predictions_path
+    from radprobe.results.predictions import predictions_path
 
     bases: dict[str, set[int]] = defaultdict(set)
     for r in rows:
@@ -288,48 +313,27 @@ def pool_folds(rows: Sequence[dict[str, Any]], run_dir: Path, n_boot: int = 1000
         first = members[0]
         task = first.get("task") or ""
         preds = [predictions_path(run_dir, ek) for ek in by_eval]
-        pooled_done = False
-        if task in ("binary", "multiclass") and len(by_eval) == k and all(p.is_file() for p in preds):
-            loaded = [Predictions.load(p) for p in preds]
-            ids = np.concatenate([p.sample_ids for p in loaded])
-            if len(set(ids.tolist())) == len(ids):  # each sample tested once: true cross-validation
-                labels = np.concatenate([p.labels for p in loaded])
-                scores = np.concatenate([p.scores for p in loaded])
-                groups_ = np.concatenate([p.groups for p in loaded])
-                for m in pooled_metrics(labels, scores, task, groups_, n_boot):
-                    out.append(
-                        {
-                            **first,
-                            "dataset": name,
-                            "metric": m.name,
-                            "value": m.value,
-                            "ci_low": m.ci_low if n_boot else None,
-                            "ci_high": m.ci_high if n_boot else None,
-                            "ci_method": f"test predictions of {k} folds pooled; patient bootstrap x{n_boot}",
-                            "n": len(labels),
-                            "n_test": len(labels),
-                            "eval_key": "",
-                            "derived": True,
-                            "warnings": sorted({w for r in members for w in (r.get("warnings") or [])}),
-                        }
-                    )
-                pooled_done = True
-        if task == "segmentation" and len(by_eval) == k and all(p.is_file() for p in preds):
-            pooled = _pool_case_tables(preds, by_eval, n_boot)
-            for row in pooled:
-                out.append(
-                    {
-                        **first,
-                        **row,
-                        "dataset": name,
-                        "ci_method": f"test cases of {k} folds pooled; patient bootstrap x{n_boot}",
-                        "eval_key": "",
-                        "derived": True,
-                        "warnings": sorted({w for r in members for w in (r.get("warnings") or [])}),
-                    }
-                )
-            pooled_done = bool(pooled)
-        if pooled_done:
+        pooled: list[dict[str, Any]] = []
+        what = ""
+        if len(by_eval) == k and all(p.is_file() for p in preds):
+            if task in ("binary", "multiclass"):
+                pooled, what = _pool_predictions(preds, task, n_boot), "test predictions"
+            elif task == "segmentation":
+                pooled, what = _pool_case_tables(preds, by_eval, n_boot), "test cases"
+        warnings = sorted({w for r in members for w in (r.get("warnings") or [])})
+        for row in pooled:
+            out.append(
+                {
+                    **first,
+                    **row,
+                    "dataset": name,
+                    "ci_method": f"{what} of {k} folds pooled; patient bootstrap x{n_boot}",
+                    "eval_key": "",
+                    "derived": True,
+                    "warnings": warnings,
+                }
+            )
+        if pooled:
             continue
         by_metric: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in members:
