@@ -178,9 +178,11 @@ def image_identity(dataset: Dataset, record: Record) -> str | None:
         path = Path(dataset.root) / path
     try:
         if path.is_dir():
-            stamp: Any = sorted(
-                (f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()
-            )
+            stamp: Any = []
+            for f in sorted(path.iterdir()):
+                if f.is_file():
+                    st = f.stat()
+                    stamp.append((f.name, st.st_size, st.st_mtime_ns))
         else:
             st = path.stat()
             stamp = [st.st_size, st.st_mtime_ns]
@@ -220,9 +222,8 @@ def extract_split(
     spec = spec or FeatureSpec()
     device = torch.device(device)
     per_slice = _per_slice(dataset, per_slice)
-    key = feature_key(
-        backbone, dataset, split, spec, per_slice=per_slice, precision=compute_precision(device)
-    )
+    precision = compute_precision(device)
+    key = feature_key(backbone, dataset, split, spec, per_slice=per_slice, precision=precision)
     hit = cache.get(key)
     if hit is not None:
         return hit, ExtractStats(cache_hit=True, n_images=len(hit), device=str(device))
@@ -231,7 +232,18 @@ def extract_split(
         if hit is not None:
             return hit, ExtractStats(cache_hit=True, n_images=len(hit), device=str(device))
         return _extract(
-            backbone, dataset, split, cache, key, spec, batch_size, num_workers, device, progress, per_slice
+            backbone,
+            dataset,
+            split,
+            cache,
+            key,
+            spec,
+            batch_size,
+            num_workers,
+            device,
+            progress,
+            per_slice,
+            precision,
         )
 
 
@@ -361,7 +373,8 @@ def _extract(
     num_workers: int,
     device: torch.device,
     progress: Callable[[int], None] | None,
-    per_slice: bool = False,
+    per_slice: bool,
+    precision: str,
 ) -> tuple[FeatureSet, ExtractStats]:
     records = dataset.split(split)
     if not records:
@@ -371,7 +384,7 @@ def _extract(
     counts = depths if per_slice else [1] * len(records)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     n = int(starts[-1])
-    family = feature_family(backbone, spec, per_slice=per_slice, precision=compute_precision(device))
+    family = feature_family(backbone, spec, per_slice=per_slice, precision=precision)
     identities = _row_identities(dataset, records, counts, per_slice)
     lent = _borrow(cache, family, key, identities)
     # a record is taken over only when every one of its rows is on loan
@@ -474,7 +487,7 @@ def _extract(
                 "spec": spec.to_dict(),
                 "stats": stats.__dict__,
                 "family": family,
-                "precision": compute_precision(device),
+                "precision": precision,
                 **({"per_slice": True, "volumes": [r.sample_id for r in records]} if per_slice else {}),
             },
         )
