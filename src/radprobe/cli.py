@@ -505,11 +505,13 @@ def _feature_cache() -> Any:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1024:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
         n /= 1024
-    return f"{n:.1f} GB"
+        if n < 1024:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1024:.1f} GB"
 
 
 def _entry_table(entries: list[Any], title: str) -> Table:
