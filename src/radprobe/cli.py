@@ -435,18 +435,43 @@ def study_run_cmd(
     overrides: list[str] = _SET,
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop at the first failed job."),
     workers: int = typer.Option(1, "--workers", min=1, help="Worker processes (groups run in parallel)."),
+    executor: str = typer.Option(
+        "auto",
+        "--executor",
+        help="local, torchrun (one rank per GPU; launch with `torchrun --nproc_per_node N -m radprobe "
+        "study run ...`), ray, or auto (torchrun when launched by torchrun, else local).",
+    ),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Ray cluster (default: RAY_ADDRESS, else a local instance)."
+    ),
+    ray_cpus: int = typer.Option(1, "--ray-cpus", help="CPUs per Ray task."),
+    ray_gpus: float | None = typer.Option(None, "--ray-gpus", help="GPUs per Ray task (default 1 if any)."),
     as_json: bool = _JSON,
 ) -> None:
     """Run every unfinished job of a study; rerunning skips finished jobs and retries failed ones."""
     from dataclasses import asdict
 
-    from radprobe.run.executors import LocalExecutor
+    from radprobe.run.executors import LocalExecutor, RayExecutor, TorchrunExecutor, under_torchrun
     from radprobe.run.study import load_study, run_dir_of, run_study
 
+    if executor == "auto":
+        executor = "torchrun" if under_torchrun() else "local"
+    if executor not in ("local", "torchrun", "ray"):
+        raise RadprobeError(f"--executor {executor!r}: expected local, torchrun, ray or auto")
+    if workers > 1 and executor != "local":
+        raise RadprobeError(f"--workers {workers}: only with --executor local (torchrun, ray: per rank/task)")
     cfg = load_study(study, overrides)
     run_dir = run_dir_of(cfg, out)
     if run_dir.exists() and not run_dir.is_dir():
         raise RadprobeError(f"--out {run_dir}: exists and is not a directory")
+    runner: Any
+    if executor == "torchrun":
+        runner = TorchrunExecutor()
+    elif executor == "ray":
+        runner = RayExecutor(ray_address, ray_cpus, ray_gpus)
+    else:
+        runner = LocalExecutor(workers)
+    speaks = getattr(runner, "main", True)  # under torchrun only rank 0 prints the summary
 
     def log(msg: str) -> None:
         if not as_json:
@@ -456,10 +481,14 @@ def study_run_cmd(
         cfg,
         run_dir,
         fail_fast=fail_fast,
-        progress=not as_json and workers == 1,
+        progress=not as_json and workers == 1 and executor == "local",
         log=log,
-        executor=LocalExecutor(workers),
+        executor=runner,
     )
+    if not speaks:
+        if outcome.failed:
+            raise typer.Exit(1)
+        return
     if as_json:
         _print_json({"run_dir": str(run_dir), **asdict(outcome)})
     else:
@@ -599,7 +628,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="radprobe", standalone_mode=False)
+        code = app(args=args, prog_name="radprobe", standalone_mode=False)
+        # Without standalone mode click returns typer.Exit's code instead of raising it.
+        if isinstance(code, int) and not isinstance(code, bool):
+            return code
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.exceptions.Abort:

@@ -100,11 +100,24 @@ class ResultStore:
             raise FileNotFoundError(self.path)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._con = sqlite3.connect(self.path, timeout=60)
-        self._con.execute("PRAGMA journal_mode=WAL")
+        self._wal()
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(_SCHEMA)
         self._con.execute(_JOBS_SCHEMA)
         self._con.commit()
+
+    def _wal(self, wait_s: float = 60.0) -> None:
+        # Switching a new database to WAL takes an exclusive lock and SQLite does not wait for it
+        # (no busy handler), so processes opening one run directory together (torchrun ranks) retry.
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._con.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close(self) -> None:
         self._con.close()
@@ -177,6 +190,35 @@ class ResultStore:
                 "UPDATE jobs SET status='failed', error=?, finished_at=? WHERE job_key=?",
                 (error, _now(), job_key),
             )
+
+    def merge(self, other: str | Path) -> int:
+        """Take in the rows and job states of another run directory's store (a shard written on
+        another machine), in one transaction: rows replace by ``(eval_key, metric)``; jobs take the
+        shard's state, and attempts add up. Returns the number of rows taken."""
+        db = Path(other) / DB_NAME
+        if not db.is_file():
+            raise FileNotFoundError(db)
+        cols = ", ".join(COLUMNS)
+        self._con.execute("ATTACH DATABASE ? AS shard", (str(db),))
+        try:
+            with self._con:
+                n = self._con.execute(
+                    f"INSERT OR REPLACE INTO results ({cols}) "
+                    f"SELECT {cols} FROM shard.results ORDER BY row_id"
+                ).rowcount
+                self._con.execute(
+                    "INSERT OR IGNORE INTO jobs (job_key, status, spec) "
+                    "SELECT job_key, 'pending', spec FROM shard.jobs"
+                )
+                self._con.execute(
+                    "UPDATE jobs SET status=s.status, error=s.error, attempts=jobs.attempts+s.attempts, "
+                    "pid=s.pid, started_at=s.started_at, finished_at=s.finished_at, "
+                    "wall_time_s=s.wall_time_s "
+                    "FROM shard.jobs AS s WHERE jobs.job_key = s.job_key AND s.status IN ('done', 'failed')"
+                )
+        finally:
+            self._con.execute("DETACH DATABASE shard")
+        return n
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every registered job with its state."""

@@ -1,25 +1,41 @@
 """Executors run the groups of a study. Jobs never know which executor runs them.
 
 An executor takes picklable group tasks (``GroupTask``: a study, its run directory and a group of
-jobs sharing one backbone and dataset) and returns their outcomes in order. ``LocalExecutor`` runs
-them in this process, or in N worker processes for CPU work; executors for torchrun (groups split
-across ranks) and Ray (one remote task per group) implement the same ``run``. Every task writes to
-the run's SQLite store itself (WAL mode, so concurrent writers wait rather than fail).
+jobs sharing one backbone and dataset) and returns their outcomes in order. Every task writes to the
+run's SQLite store itself (WAL mode, so concurrent writers wait rather than fail); a Ray task on
+another machine writes a private shard that the driver lands instead.
+
+* ``LocalExecutor``: in this process, or in N worker processes for CPU work.
+* ``TorchrunExecutor``: under ``torchrun --nproc_per_node N``; each rank claims the next group from a
+  counter in torchrun's TCP store, so a rank that finishes early takes more (no static deal).
+* ``RayExecutor``: one Ray task per group, with its own GPU when the cluster has GPUs, on any node.
+
+All three start the heaviest groups (trained jobs) first, so a long fine-tuning group does not start
+last and leave the other workers idle at the end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from datetime import timedelta
 from typing import Any, Protocol
+
+from radprobe.errors import RadprobeError
 
 
 class Executor(Protocol):
     """Runs group tasks and returns their outcomes in order."""
 
     def run(self, tasks: Sequence[Any], log: Callable[[str], None]) -> list[Any]: ...
+
+
+def heaviest_first(tasks: Sequence[Any]) -> list[int]:
+    """Task indices by descending ``weight`` (ties keep their order); tasks without one weigh 1."""
+    return sorted(range(len(tasks)), key=lambda i: -float(getattr(tasks[i], "weight", 1)))
 
 
 def _init_worker(threads: int) -> None:
@@ -44,10 +60,178 @@ class LocalExecutor:
         if self.workers == 1 or len(tasks) <= 1:
             return [t(log=log) for t in tasks]
         threads = max(1, (os.cpu_count() or 1) // self.workers)
+        order = heaviest_first(tasks)
         with ProcessPoolExecutor(
             max_workers=self.workers,
             mp_context=mp.get_context("spawn"),
             initializer=_init_worker,
             initargs=(threads,),
         ) as pool:
-            return list(pool.map(_call, tasks))
+            futures = {i: pool.submit(_call, tasks[i]) for i in order}
+            return [futures[i].result() for i in range(len(tasks))]
+
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def under_torchrun() -> bool:
+    """Whether this process is a rank launched by torchrun (its environment names a world)."""
+    return all(k in os.environ for k in _TORCHRUN_ENV)
+
+
+class TorchrunExecutor:
+    """One rank per GPU (or CPU share) under ``torchrun``: every rank runs the same study command.
+
+    Ranks agree on the task list (a barrier after each has read the store), then claim tasks one at a
+    time from an atomic counter in torchrun's TCP store, heaviest first. Each rank uses GPU
+    ``LOCAL_RANK`` when CUDA is available, else ``cores / LOCAL_WORLD_SIZE`` torch threads. Outcomes
+    are gathered, so every rank returns the whole list; ``main`` says which rank should print.
+    With ``fail_fast`` tasks, a rank whose task raises tells the others to stop claiming.
+    """
+
+    def __init__(self, timeout_h: float = 72.0) -> None:
+        missing = [k for k in _TORCHRUN_ENV if k not in os.environ]
+        if missing:
+            raise RadprobeError(
+                f"--executor torchrun: {', '.join(missing)} not set; launch the command with "
+                "`torchrun --nproc_per_node N -m radprobe study run ...`"
+            )
+        self.rank = int(os.environ["RANK"])
+        self.world = int(os.environ["WORLD_SIZE"])
+        self.local_rank = int(os.environ["LOCAL_RANK"])
+        self.local_world = int(os.environ["LOCAL_WORLD_SIZE"])
+        if self.local_world != self.world:
+            # SQLite's WAL index lives in shared memory: writers on other machines would corrupt it.
+            raise RadprobeError(
+                f"--executor torchrun: {self.world} ranks over several machines "
+                f"(LOCAL_WORLD_SIZE={self.local_world}); the run's results store needs every rank "
+                "on the machine that holds the run directory: use one node, or --executor ray"
+            )
+        self.timeout = timedelta(hours=timeout_h)
+        self._calls = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def _place(self) -> None:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.set_device(self.local_rank % torch.cuda.device_count())
+        else:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_world))
+
+    def run(self, tasks: Sequence[Any], log: Callable[[str], None]) -> list[Any]:
+        import torch.distributed as dist
+
+        self._place()
+        own = not dist.is_initialized()
+        if own:
+            dist.init_process_group("gloo", timeout=self.timeout)
+        self._calls += 1
+        try:
+            addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+            store = dist.TCPStore(addr, port, is_master=False, timeout=self.timeout)
+            # A fresh counter per call and per elastic restart; every rank derives the same name.
+            names = repr([getattr(t, "key", i) for i, t in enumerate(tasks)])
+            tag = hashlib.sha256(names.encode()).hexdigest()
+            restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            shared = dist.PrefixStore(f"radprobe/{restart}/{self._calls}/{tag[:16]}", store)
+            dist.barrier()  # no rank runs a task before every rank has listed the same tasks
+            order = heaviest_first(tasks)
+            mine: dict[int, Any] = {}
+            error: BaseException | None = None
+            while not shared.check(["stop"]):
+                k = shared.add("next", 1) - 1
+                if k >= len(tasks):
+                    break
+                i = order[k]
+                try:
+                    mine[i] = tasks[i](log=lambda m: log(f"rank {self.rank}: {m}"))
+                except BaseException as e:  # re-raised below, once the other ranks are told
+                    shared.set("stop", str(self.rank))
+                    error = e
+                    break
+            parts: list[Any] = [None] * self.world
+            dist.all_gather_object(parts, mine)
+        finally:
+            if own:
+                dist.destroy_process_group()
+        if error is not None:
+            raise error
+        merged: dict[int, Any] = {}
+        for p in parts:
+            merged.update(p)
+        if len(merged) < len(tasks):
+            stopped = sorted(set(range(len(tasks))) - set(merged))
+            raise RadprobeError(f"torchrun: {len(stopped)} group(s) not run: another rank stopped the study")
+        return [merged[i] for i in range(len(tasks))]
+
+
+def _ray_call(task: Any, threads: int, driver_node: str, detach: bool) -> tuple[Any, bytes | None]:
+    import ray
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    if detach or ray.get_runtime_context().get_node_id() != driver_node:
+        return task.run_detached(log=print)  # another machine: results travel back with the outcome
+    return task(log=print), None
+
+
+class RayExecutor:
+    """One Ray task per group: ``address`` as for ``ray.init`` (None: ``RAY_ADDRESS`` or a local
+    instance; ``"auto"``: the running cluster). Each task asks for ``cpus`` CPUs and ``gpus`` GPUs
+    (default: 1 when the cluster has GPUs, else 0); Ray sets each task's visible GPU.
+
+    A task on the driver's machine writes to the run directory as local workers do. A task on another
+    machine runs into a private directory there and sends it back packed; the driver lands it (files,
+    then rows and job states in one transaction) as each task ends, so nothing needs a shared
+    filesystem and SQLite is only ever written on one machine. ``detach=True`` forces that path.
+    radprobe must be installed on every node; each node keeps its own feature cache.
+    """
+
+    def __init__(
+        self, address: str | None = None, cpus: int = 1, gpus: float | None = None, detach: bool = False
+    ) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            msg = "--executor ray: ray is not installed; pip install 'radprobe[dist]'"
+            raise RadprobeError(msg) from None
+        if cpus < 1:
+            raise RadprobeError(f"--ray-cpus {cpus}: expected >= 1")
+        if gpus is not None and gpus < 0:
+            raise RadprobeError(f"--ray-gpus {gpus}: expected >= 0")
+        self.address, self.cpus, self.gpus, self.detach = address, cpus, gpus, detach
+
+    def run(self, tasks: Sequence[Any], log: Callable[[str], None]) -> list[Any]:
+        import ray
+
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
+        try:
+            gpus = self.gpus if self.gpus is not None else (1 if ray.cluster_resources().get("GPU", 0) else 0)
+            remote = ray.remote(num_cpus=self.cpus, num_gpus=gpus, max_retries=0)(_ray_call)
+            node = ray.get_runtime_context().get_node_id()
+            refs = {remote.remote(tasks[i], self.cpus, node, self.detach): i for i in heaviest_first(tasks)}
+            out: dict[int, Any] = {}
+            pending = list(refs)
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1)
+                i = refs[done[0]]
+                try:
+                    outcome, packed = ray.get(done[0])
+                except ray.exceptions.RayTaskError as e:
+                    for p in pending:
+                        ray.cancel(p)
+                    raise (e.cause if isinstance(e.cause, BaseException) else e) from None
+                if packed is not None:
+                    tasks[i].land(packed)
+                out[i] = outcome
+                log(f"ray: {len(out)}/{len(tasks)} group(s) done")
+        finally:
+            if started:
+                ray.shutdown()
+        return [out[i] for i in range(len(tasks))]

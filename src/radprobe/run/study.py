@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import copy
 import inspect
+import io
 import os
+import tarfile
+import tempfile
 import time
 import traceback
 import uuid
@@ -26,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from radprobe.errors import RadprobeError
 from radprobe.protocols import PROTOCOLS
 from radprobe.results import ResultStore
+from radprobe.results.store import DB_NAME
 from radprobe.run.evaluate import TRAINED_PROTOCOLS
 from radprobe.utils import atomic_write_text, digest
 
@@ -441,8 +445,49 @@ class GroupTask:
     fail_fast: bool
     progress: bool
 
+    @property
+    def key(self) -> str:
+        """The same on every process that expands the same study: names the task across ranks."""
+        return digest([j.key for j in self.jobs], 16)
+
+    @property
+    def weight(self) -> int:
+        """A rough cost for scheduling: a trained job costs about as much as ten frozen ones."""
+        return sum(1 if j.frozen else 10 for j in self.jobs)
+
     def __call__(self, log: Callable[[str], None] = print) -> StudyOutcome:
         return _run_group(self.study, self.run_dir, self.jobs, self.fail_fast, self.progress, log)
+
+    def run_detached(self, log: Callable[[str], None] = print) -> tuple[StudyOutcome, bytes]:
+        """Run into a private run directory (for a machine that cannot reach the run's own) and
+        return the outcome with that directory packed as a tar, for :meth:`land` where the run is."""
+        with tempfile.TemporaryDirectory(prefix="radprobe-shard-") as tmp:
+            shard = Path(tmp) / "run"
+            with ResultStore(shard) as store:
+                store.add_jobs((j.key, j.spec()) for j in self.jobs)
+            outcome = _run_group(self.study, shard, self.jobs, self.fail_fast, False, log)
+            buf = io.BytesIO()
+            with tarfile.open(fileobj=buf, mode="w") as tar:
+                for path in sorted(shard.rglob("*")):
+                    if path.is_file() and not path.name.startswith(DB_NAME + "-"):  # WAL/SHM: checkpointed
+                        tar.add(path, arcname=str(path.relative_to(shard)))
+            return outcome, buf.getvalue()
+
+    def land(self, packed: bytes) -> None:
+        """Put a packed shard from :meth:`run_detached` into the run directory: its files first
+        (each by rename), then its rows and job states in one transaction, so no row ever names a
+        file that is not there yet."""
+        with tempfile.TemporaryDirectory(prefix=".shard-", dir=self.run_dir) as tmp:
+            with tarfile.open(fileobj=io.BytesIO(packed), mode="r") as tar:
+                tar.extractall(tmp, filter="data")
+            root = Path(tmp)
+            for path in sorted(root.rglob("*")):
+                if path.is_file() and path.name != DB_NAME:
+                    dest = self.run_dir / path.relative_to(root)
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(path, dest)
+            with ResultStore(self.run_dir) as store:
+                store.merge(root)
 
 
 def run_study(
