@@ -30,6 +30,7 @@ def test_eval_writes_rows_then_hits_the_cache(tmp_path, capsys):
     acc = next(r for r in first["rows"] if r["metric"] == "accuracy")
     assert acc["ci_low"] <= acc["value"] <= acc["ci_high"]
     assert acc["selected"]["k"] in (10, 20, 100, 200)
+    assert acc["env"]["feature_precision"] == "fp32" and acc["env"]["device"] == "cpu"
     # the stored value is the metric of the stored test predictions
     import numpy as np
     from sklearn.metrics import accuracy_score
@@ -178,3 +179,18 @@ def test_compare_two_backbones_in_one_run(tmp_path, capsys):
     assert res["ci_low"] <= res["diff"] <= res["ci_high"] and 0 < res["p_value"] <= 1
     code, _, err = _run(capsys, ["compare", str(run_dir), "--a", "test:vit-tiny", "--b", "nope"])
     assert code == 2 and "nope" in err
+
+
+def test_rows_name_the_precision_their_features_were_computed_in():
+    """Rows read it from the cache entries (CUDA extractions are bf16), not from this process."""
+    from types import SimpleNamespace
+
+    from radprobe.run.evaluate import _env
+
+    def entry(meta: dict) -> SimpleNamespace:
+        return SimpleNamespace(meta=meta)
+
+    assert _env("cpu", [entry({"precision": "bf16-autocast"})] * 3)["feature_precision"] == "bf16-autocast"
+    mixed = _env("cpu", [entry({}), entry({"precision": "bf16-autocast"})])
+    assert mixed["feature_precision"] == "bf16-autocast/fp32"  # entries written before the field: fp32
+    assert "feature_precision" not in _env("cpu")  # nothing cached (a U-Net trains on images)

@@ -47,6 +47,7 @@ def _check_rows(rows: list[dict], classes: tuple[str, ...]) -> None:
     unet = next(r for r in rows if r["protocol"] == "seg-unet")
     linear = next(r for r in rows if r["protocol"] == "seg-linear")
     assert unet["backbone"] == "monai:unet" and unet["feature_keys"] == [] and unet["params"] > 0
+    assert "feature_precision" not in unet["env"] and linear["env"]["feature_precision"] == "fp32"
     assert linear["backbone"] == "test:vit-tiny" and len(linear["feature_keys"]) == 3
 
 

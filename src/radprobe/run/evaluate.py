@@ -5,7 +5,7 @@ from __future__ import annotations
 import platform
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -303,14 +303,20 @@ def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
     )
 
 
-def _env(device: str) -> dict[str, Any]:
-    return {
+def _env(device: str, feats: Iterable[FeatureSet] = ()) -> dict[str, Any]:
+    env = {
         "radprobe": radprobe.__version__,
         "python": platform.python_version(),
         "torch": __import__("torch").__version__,
         "device": device,
         "machine": platform.machine(),
     }
+    # The precision the cached features were computed in (bf16 on CUDA), which may differ from how
+    # this row's head ran: the features may come from another machine's extraction.
+    precisions = sorted({str(f.meta.get("precision", "fp32")) for f in feats})
+    if precisions:
+        env["feature_precision"] = "/".join(precisions)
+    return env
 
 
 @contextmanager
@@ -393,7 +399,7 @@ def run_protocol(
             [s.peak_mem_mb for s in prep.stats.values()] + [m.get("peak_mem_mb", 0.0) for m in meta_stats]
         ),
         "feature_keys": [prep.feats[s].key for s in ("train", "val", "test")],
-        "env": _env(prep.device),
+        "env": _env(prep.device, prep.feats.values()),
     }
     key_base = {
         "backbone": info.name,

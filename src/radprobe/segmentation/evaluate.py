@@ -268,7 +268,7 @@ def _rows(
         "imgs_per_s": ext_ips if frozen else train_ips,
         "peak_mem_mb": max([ext_mem] + [f.stats.peak_mem_mb for f in result.fits]),
         "feature_keys": keys,
-        "env": _env(data.device),
+        "env": _env(data.device, feats.values() if frozen else ()),
     }
     key_base = {
         "backbone": name,
