@@ -175,3 +175,22 @@ def test_store_opening_waits_for_a_lock_held_by_another_process(tmp_path):
     finally:
         release.join()
         con.close()
+
+
+def test_small_fits_run_on_one_blas_thread_whatever_the_environment():
+    """Rows must not follow the executor: torchrun and Ray set OMP_NUM_THREADS=1, local runs do not,
+    and sklearn's lbfgs at large C lands elsewhere with another BLAS summation order."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from radprobe.run.evaluate import _threads_for
+
+    def blas() -> set[int]:
+        return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
+
+    if not blas():
+        pytest.skip("numpy reports no BLAS thread pool here")
+    with threadpool_limits(limits=2, user_api="blas"):
+        with _threads_for(60 * 2048):
+            assert blas() == {1}
+        with _threads_for(10**8):  # large fits keep the threads they were given
+            assert blas() == {2}
