@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -243,13 +244,41 @@ def eval_cmd(
         options=parse_overrides(overrides),
         volume_pool=volume_pool,
     )
+    from radprobe.run.executors import under_torchrun
+
+    if under_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
+        cfg.device = _data_parallel(cfg)
     summary = evaluate(cfg, warn=_warn)
+    if not _speaks():
+        return
     if as_json:
         _print_json(summary.to_dict())
         return
     hit = "feature cache hit (no forward pass)" if summary.cache_hit else "features extracted and cached"
     console.print(f"{summary.backbone} on {summary.dataset}: {hit}", highlight=False)
     console.print(_results_table(summary.rows, title=f"run {summary.run_id} → {out}"))
+
+
+def _data_parallel(cfg: Any) -> str:
+    """``eval`` under torchrun trains one model on all ranks: trained protocols only."""
+    from radprobe.finetune import distributed
+    from radprobe.run.evaluate import TRAINED_PROTOCOLS
+
+    frozen = [p for p in cfg.protocols if p not in TRAINED_PROTOCOLS]
+    if frozen:
+        raise RadprobeError(
+            f"--protocol {','.join(frozen)} under torchrun: `eval` trains one model data-parallel, so "
+            "it takes trained protocols only; run frozen ones with `torchrun ... study run`"
+        )
+    return distributed.join(cfg.device)
+
+
+def _speaks() -> bool:
+    """False on the data-parallel ranks other than rank 0 (they print nothing)."""
+    from radprobe.finetune import distributed
+
+    ranks = distributed.current()
+    return ranks is None or ranks.main
 
 
 class Fmt(str, Enum):

@@ -101,10 +101,13 @@ class Checkpointer:
     def exists(self) -> bool:
         return self.last.is_file()
 
-    def save_best(self, model: nn.Module, epoch: int) -> str:
+    def save_best(self, model: nn.Module, epoch: int, write: bool = True) -> str:
+        """Save the best epoch's weights; returns the file name (``write=False``: only the name, for
+        the data-parallel ranks that leave the writing to rank 0)."""
         name = f"best-e{epoch}.safetensors"
-        meta = {"format": FORMAT, "key": self.key, "epoch": str(epoch)}
-        _save(self.dir / name, {f"model/{k}": v for k, v in mutable_state(model).items()}, meta)
+        if write:
+            meta = {"format": FORMAT, "key": self.key, "epoch": str(epoch)}
+            _save(self.dir / name, {f"model/{k}": v for k, v in mutable_state(model).items()}, meta)
         return name
 
     def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState) -> None:

@@ -150,23 +150,35 @@ class ImageSet(TorchDataset):
 
 
 def train_loader(
-    images: ImageSet, batch_size: int, epoch: int, seed: int, num_workers: int = 0
+    images: ImageSet,
+    batch_size: int,
+    epoch: int,
+    seed: int,
+    num_workers: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> DataLoader:
     """Shuffled batches of one epoch; the order is a function of (seed, epoch) only.
 
     The last incomplete batch is dropped when there is more than one batch (BatchNorm in train mode
-    fails on a batch of one, and an odd small batch adds noise to the last step).
+    fails on a batch of one, and an odd small batch adds noise to the last step). ``shard=(rank,
+    world)``: this rank's rows of every batch (rows rank, rank + world, ...), for data-parallel
+    training; the batches together are the single-process batches.
     """
     images.epoch = epoch
     g = torch.Generator().manual_seed(derived_seed("order", seed, epoch))
     order = torch.randperm(len(images), generator=g).tolist()
-    return DataLoader(
-        images,
-        batch_size=batch_size,
-        sampler=order,
-        num_workers=num_workers,
-        drop_last=len(images) > batch_size,
-    )
+    if shard is None:
+        return DataLoader(
+            images,
+            batch_size=batch_size,
+            sampler=order,
+            num_workers=num_workers,
+            drop_last=len(images) > batch_size,
+        )
+    rank, world = shard
+    n = batches_per_epoch(len(images), batch_size)
+    batches = [order[i * batch_size : (i + 1) * batch_size][rank::world] for i in range(n)]
+    return DataLoader(images, batch_sampler=batches, num_workers=num_workers)
 
 
 def eval_loader(images: ImageSet, batch_size: int, num_workers: int = 0) -> DataLoader:

@@ -37,6 +37,7 @@ import torch
 
 import radprobe
 from radprobe.errors import RadprobeError
+from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer
 from radprobe.finetune.data import Augment, ImageSet
 from radprobe.finetune.heads import ClassificationHead, Head, class_weights, segmentation_head
@@ -404,6 +405,9 @@ def train_protocol(
         progress=cfg.progress,
         warn=warn,
     )
+    distributed.barrier()  # every rank holds the best weights before rank 0 may remove them
+    if (ranks := distributed.current()) is not None and not ranks.main:
+        return [], built  # rank 0 scores the test split and writes the rows
     # Training is over: the model sees the test split for the first and only time here.
     test = _split(plan, backbone, "test", None)
     t_test = time.perf_counter()

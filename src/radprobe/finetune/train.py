@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from radprobe.errors import RadprobeError
 from radprobe.features.extract import peak_memory_mb
+from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import ImageSet, batches_per_epoch, derived_seed, eval_loader, train_loader
 from radprobe.finetune.heads import SegmentationHead
@@ -160,12 +162,23 @@ def fit(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
 ) -> TrainState:
-    """Train ``built`` on ``train``, select on ``val``; leaves the model holding the best epoch's weights."""
+    """Train ``built`` on ``train``, select on ``val``; leaves the model holding the best epoch's weights.
+
+    Under torchrun (:mod:`radprobe.finetune.distributed`) the ranks train one model together.
+    """
     model = built.model.to(device)
+    ranks = distributed.current()
+    bs, accum = int(opts.batch_size or 1), opts.accum_steps
+    if ranks is not None and bs % ranks.world:
+        raise RadprobeError(
+            f"batch_size {bs}: must be a multiple of the {ranks.world} torchrun ranks (equal shares)"
+        )
+    net = distributed.wrap(model, device)
     optimizer = torch.optim.AdamW(built.groups, lr=opts.lr, betas=(0.9, 0.999))
     for g in optimizer.param_groups:
         g["base_lr"] = g["lr"]
-    bs, accum = int(opts.batch_size or 1), opts.accum_steps
+    writes = ranks is None or ranks.main
+    shard = None if ranks is None else (ranks.rank, ranks.world)
     n_batches = batches_per_epoch(len(train.images), bs)
     steps_per_epoch = math.ceil(n_batches / accum)
     total = opts.epochs * steps_per_epoch
@@ -178,7 +191,7 @@ def fit(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    with make_progress(progress) as bar:
+    with make_progress(progress and writes) as bar:
         task_id = bar.add_task(
             label, total=opts.epochs * n_batches * bs, completed=state.epoch * n_batches * bs
         )
@@ -190,17 +203,17 @@ def fit(
             losses: list[float] = []
             seen = 0
             t0 = time.perf_counter()
-            loader = train_loader(train.images, bs, epoch, seed, num_workers)
+            loader = train_loader(train.images, bs, epoch, seed, num_workers, shard=shard)
             for j, batch in enumerate(loader):
                 group_start = (j // accum) * accum
                 in_group = min(accum, n_batches - group_start)
                 x, rows, y = _unpack(batch, train, device)
                 with autocast(device, opts.amp):
-                    logits = model(x)
+                    logits = net(x)
                 loss = model.head.loss(logits, y)
                 (loss / in_group).backward()
                 losses.append(float(loss.detach()))
-                seen += len(rows)
+                seen += len(rows) * (1 if ranks is None else ranks.world)  # the ranks' shares are equal
                 if j + 1 - group_start == in_group:
                     factor = lr_factor(state.step, total, warmup)
                     for g in optimizer.param_groups:
@@ -212,7 +225,7 @@ def fit(
                     state.step += 1
                 bar.update(
                     task_id,
-                    advance=len(rows),
+                    advance=len(rows) * (1 if ranks is None else ranks.world),
                     description=f"{label} · epoch {epoch + 1}/{opts.epochs} · loss {np.mean(losses):.4f}"
                     f" · lr {optimizer.param_groups[-1]['lr']:.2e}",
                 )
@@ -226,13 +239,13 @@ def fit(
             improved = state.best_epoch == 0 or score > state.best_score
             if improved:
                 state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-                state.best_file = checkpoints.save_best(model, state.epoch)
+                state.best_file = checkpoints.save_best(model, state.epoch, write=writes)
             else:
                 state.bad_epochs += 1
             state.history.append(
                 {
                     "epoch": state.epoch,
-                    "train_loss": float(np.mean(losses)),
+                    "train_loss": distributed.mean(float(np.mean(losses))),
                     "val_loss": val_loss,
                     "val_score": score,
                     "imgs_per_s": seen / train_s if train_s > 0 else 0.0,
@@ -244,7 +257,9 @@ def fit(
                 state.finished, state.stop_reason = True, "max epochs"
             state.peak_mem_mb = max(state.peak_mem_mb, peak_memory_mb(device))
             state.wall_time_s += time.perf_counter() - t_epoch
-            checkpoints.save(model, optimizer, state)
+            if writes:
+                checkpoints.save(model, optimizer, state)
+            distributed.barrier()  # the other ranks may read these files (resume, best weights)
             if after_checkpoint is not None:
                 after_checkpoint(state.epoch)
     checkpoints.load_best(model, state.best_file)

@@ -1,0 +1,70 @@
+"""Data-parallel training under torchrun: two CPU ranks (gloo) train the model one process trains."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+
+import numpy as np
+
+from radprobe.cli import main
+
+ARGS = [
+    "eval", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-multiclass", "-p", "finetune",
+    "--set", "finetune.epochs=3", "--set", "finetune.lr=0.001", "--set", "finetune.batch_size=16",
+    "--bootstrap", "50", "--json",
+]  # fmt: skip
+
+
+def _torchrun(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port)]
+    cmd += ["-m", "radprobe", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _history(row: dict) -> np.ndarray:
+    return np.array([[h["train_loss"], h["val_loss"], h["val_score"]] for h in row["selected"]["history"]])
+
+
+def test_two_ranks_train_the_single_process_model(tmp_path, capsys):
+    assert main([*ARGS, "-o", str(tmp_path / "single")]) == 0
+    single = json.loads(capsys.readouterr().out)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = _torchrun([*ARGS, "-o", str(tmp_path / "ddp")], env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads(proc.stdout)  # rank 0 alone prints
+    # every step averaged the two halves of the single-process batch: the same losses, epoch by epoch
+    a, b = single["rows"][0], ddp["rows"][0]
+    assert np.allclose(_history(a), _history(b), rtol=1e-5, atol=1e-6), (_history(a), _history(b))
+    assert a["selected"]["epoch"] == b["selected"]["epoch"]
+    assert [r["metric"] for r in ddp["rows"]] == [r["metric"] for r in single["rows"]]
+    assert np.allclose([r["value"] for r in ddp["rows"]], [r["value"] for r in single["rows"]], atol=1e-6)
+    con = sqlite3.connect(tmp_path / "ddp" / "results.db")
+    assert con.execute("select count(*) from results").fetchone()[0] == len(single["rows"])  # once, by rank 0
+    con.close()
+    names = {p.name for p in (tmp_path / "single").glob("checkpoints/*/*.safetensors")}
+    assert {p.name for p in (tmp_path / "ddp").glob("checkpoints/*/*.safetensors")} == names
+    assert b["imgs_per_s"] > 0 and b["hparams"]["batch_size"] == 16
+
+    bad = [a.replace("batch_size=16", "batch_size=15") for a in ARGS]
+    proc = _torchrun([*bad, "-o", str(tmp_path / "bad")], env)
+    assert proc.returncode != 0 and "multiple of the 2 torchrun ranks" in proc.stderr
+
+
+def test_eval_under_torchrun_takes_trained_protocols_only(tmp_path, monkeypatch, capsys):
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    for k, v in {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
+        monkeypatch.setenv(k, v)
+    args = ["eval", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-binary", "-p", "knn"]
+    args += ["-o", str(tmp_path / "r")]
+    assert main(args) == 2
+    assert "under torchrun" in capsys.readouterr().err and not (tmp_path / "r" / "results.db").exists()
+    assert main([*args[:-2], "-p", "finetune", "--device", "cuda:1", "-o", str(tmp_path / "r")]) == 2
+    assert "every rank would train on that one GPU" in capsys.readouterr().err
