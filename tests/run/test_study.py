@@ -195,3 +195,24 @@ def test_worker_processes_give_the_sequential_rows(tmp_path):
     assert out.done == 8 and out.failed == 0
     strip = [r[:5] for r in _rows(tmp_path / "seq" / "results.db")]
     assert [r[:5] for r in _rows(tmp_path / "par" / "results.db")] == strip
+
+
+def test_scientific_notation_reads_as_a_number_everywhere(tmp_path):
+    """``1e-3`` is a string to YAML 1.1 (PyYAML); study files, --set and sidecars read it as a float."""
+    from radprobe.run.evaluate import parse_overrides
+    from radprobe.utils import load_yaml
+
+    assert parse_overrides(["finetune.lr=1e-3", "linear.lrs=[1e-3, 2E+2]", "logreg.cs=1e-2,10"]) == {
+        "finetune": {"lr": 0.001},
+        "linear": {"lrs": [0.001, 200.0]},
+        "logreg": {"cs": [0.01, 10]},
+    }
+    study = {**STUDY, "protocols": {"linear": {"lrs": "LRS", "epochs": 1}}}
+    text = yaml.safe_dump(study).replace("LRS", "[1e-3, 1e-2]")
+    (tmp_path / "s.yaml").write_text(text)
+    assert load_study(str(tmp_path / "s.yaml")).protocols["linear"]["lrs"] == [0.001, 0.01]
+    loaded = load_study(str(tmp_path / "s.yaml"), ["protocols.linear.lrs=[5e-1]"])
+    assert loaded.protocols["linear"]["lrs"] == [0.5]
+    assert load_yaml("a: '1e-3'\nb: 2.0\nc: 10\nd: e5") == {"a": "1e-3", "b": 2.0, "c": 10, "d": "e5"}
+    with pytest.raises(yaml.YAMLError):  # still a safe loader
+        load_yaml("!!python/object/apply:os.system ['true']")

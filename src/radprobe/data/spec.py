@@ -64,6 +64,7 @@ from urllib.parse import unquote
 
 from radprobe.data.presets.registry import PRESETS
 from radprobe.errors import DataError
+from radprobe.utils import load_yaml
 
 SCHEMES = ("synthetic", "folder", "csv", "parquet", "npz", "nifti", "dicom")
 SPEC_FORMS = (
@@ -167,7 +168,7 @@ def read_sidecar(path: Path) -> dict[str, str]:
     import yaml
 
     try:
-        data = yaml.safe_load(side.read_text()) or {}
+        data = load_yaml(side.read_text()) or {}
     except (OSError, yaml.YAMLError) as e:
         raise DataError(f"cannot read dataset sidecar {side}: {e}") from None
     if not isinstance(data, dict):

@@ -32,7 +32,7 @@ from radprobe.protocols.base import Bags, SplitFeatures
 from radprobe.protocols.registry import VOLUME_PROTOCOLS
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import Predictions, predictions_path
-from radprobe.utils import digest
+from radprobe.utils import digest, load_yaml
 
 CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
 
@@ -76,7 +76,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
             raise RadprobeError(f"--set {item!r}: expected PROTOCOL.KEY=VALUE, e.g. linear.epochs=20")
         text = f"[{raw}]" if "," in raw and not raw.lstrip().startswith("[") else raw
         try:
-            value = yaml.safe_load(text)
+            value = load_yaml(text)
         except yaml.YAMLError:
             raise RadprobeError(f"--set {item!r}: cannot parse value {raw!r}") from None
         out.setdefault(proto, {})[name] = value

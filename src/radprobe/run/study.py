@@ -31,7 +31,7 @@ from radprobe.protocols import PROTOCOLS
 from radprobe.results import ResultStore
 from radprobe.results.store import DB_NAME
 from radprobe.run.evaluate import TRAINED_PROTOCOLS
-from radprobe.utils import atomic_write_text, digest
+from radprobe.utils import atomic_write_text, digest, load_yaml
 
 SEGMENTATION_PROTOCOLS = ("seg-linear", "seg-decoder", "seg-unet")
 OTHER_PROTOCOLS = (*SEGMENTATION_PROTOCOLS, *TRAINED_PROTOCOLS)
@@ -183,7 +183,7 @@ def apply_overrides(raw: dict[str, Any], items: list[str]) -> dict[str, Any]:
             if not isinstance(node, dict):
                 raise RadprobeError(f"--set {item!r}: {p!r} is not a mapping in the study")
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            node[parts[-1]] = load_yaml(value)
         except yaml.YAMLError:
             raise RadprobeError(f"--set {item!r}: cannot parse value {value!r}") from None
     return raw
@@ -210,7 +210,7 @@ def load_study(source: str, overrides: list[str] | None = None) -> StudyConfig:
         if not path.is_file():
             raise RadprobeError(f"{source}: study file not found")
         try:
-            raw = yaml.safe_load(path.read_text())
+            raw = load_yaml(path.read_text())
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" at line {mark.line + 1}" if mark else ""
