@@ -194,3 +194,18 @@ def test_small_fits_run_on_one_blas_thread_whatever_the_environment():
             assert blas() == {1}
         with _threads_for(10**8):  # large fits keep the threads they were given
             assert blas() == {2}
+
+
+def test_ray_executor_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
+    from radprobe.run.executors import RayExecutor
+
+    with pytest.raises(RadprobeError, match="--ray-gpus -1"):
+        RayExecutor(gpus=-1)
+    with pytest.raises(RadprobeError, match="--ray-cpus 0"):
+        RayExecutor(cpus=0)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    path = _study_file(tmp_path, STUDY)
+    assert main(["study", "run", str(path), "-o", str(tmp_path / "r"), "--executor", "ray"]) == 2
+    assert "pip install 'radprobe[dist]'" in capsys.readouterr().err
+    assert main(["study", "run", str(path), "--executor", "ray", "--workers", "2"]) == 2
+    assert "only with --executor local" in capsys.readouterr().err
