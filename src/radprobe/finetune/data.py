@@ -181,8 +181,12 @@ def train_loader(
     return DataLoader(images, batch_sampler=batches, num_workers=num_workers)
 
 
-def eval_loader(images: ImageSet, batch_size: int, num_workers: int = 0) -> DataLoader:
-    return DataLoader(images, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+def eval_loader(
+    images: ImageSet, batch_size: int, num_workers: int = 0, shard: tuple[int, int] | None = None
+) -> DataLoader:
+    """Rows in order; ``shard=(rank, world)``: rows rank, rank + world, ... only."""
+    sampler = None if shard is None else range(shard[0], len(images), shard[1])
+    return DataLoader(images, batch_size=batch_size, sampler=sampler, num_workers=num_workers)
 
 
 def batches_per_epoch(n: int, batch_size: int) -> int:

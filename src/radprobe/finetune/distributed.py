@@ -4,14 +4,16 @@
 CPU processes, gloo): every rank builds the same model and sees the same batch order; each global
 batch of ``batch_size`` rows is dealt row by row to the ranks (rank r takes rows r, r+N, ...), and
 DistributedDataParallel averages the gradients, so a step matches the single-process step on the
-whole batch (the loss is a mean over equal shares). Every rank validates on the whole validation
-split and so takes the same decisions; rank 0 alone writes checkpoints, predictions and rows.
+whole batch (the loss is a mean over equal shares). Validation is shared too: each rank predicts
+every N-th row, the predictions are gathered, and every rank scores the whole split and so takes
+the same decisions. Rank 0 alone writes checkpoints, scores the test split and writes rows.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -105,3 +107,24 @@ def mean(value: float) -> float:
         t = t.cuda()
     dist.all_reduce(t)  # gloo has no AVG: sum, then divide
     return float(t.item()) / ranks.world
+
+
+def gather(
+    rows: list[int], items: list[Any], loss_sum: float, n: int, shard: tuple[int, int] | None
+) -> tuple[list[Any], float]:
+    """After a sharded pass (``shard`` given: every rank must call this), each rank's per-row results
+    (``items[i]`` belongs to row ``rows[i]``) put back in row order on every rank, with the ranks'
+    summed loss; unsharded, ``items`` as they are."""
+    if shard is None:
+        return items, loss_sum
+    import torch.distributed as dist
+
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (rows, items, loss_sum))
+    out: list[Any] = [None] * n
+    total = 0.0
+    for part_rows, part_items, part_loss in parts:
+        for r, item in zip(part_rows, part_items, strict=True):
+            out[r] = item
+        total += part_loss
+    return out, total

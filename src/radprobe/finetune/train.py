@@ -88,29 +88,46 @@ def precision(device: torch.device, amp: bool) -> str:
 
 @torch.no_grad()
 def predict(
-    built: Built, split: Split, batch_size: int, device: torch.device, amp: bool, num_workers: int = 0
+    built: Built,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    num_workers: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, float]:
-    """Scores (N, C) of a split and its mean loss, in eval mode."""
+    """Scores (N, C) of a split and its mean loss, in eval mode (``shard``: the ranks share the rows)."""
     model = built.model
     model.eval()
-    scores, loss_sum = [], 0.0
-    for batch in eval_loader(split.images, batch_size, num_workers):
+    scores: list[np.ndarray] = []
+    order: list[int] = []
+    loss_sum = 0.0
+    for batch in eval_loader(split.images, batch_size, num_workers, shard):
         x, rows, y = _unpack(batch, split, device)
         with autocast(device, amp):
             logits = model(x)
         loss_sum += float(model.head.loss(logits, y)) * len(rows)
-        scores.append(model.head.scores(logits).cpu().double().numpy())
-    return np.concatenate(scores), loss_sum / max(1, len(split.targets))
+        scores.extend(model.head.scores(logits).cpu().double().numpy())
+        order.extend(rows.tolist())
+    scores, loss_sum = distributed.gather(order, scores, loss_sum, len(split.targets), shard)
+    return np.stack(scores), loss_sum / max(1, len(split.targets))
 
 
 @torch.no_grad()
 def predict_masks(
-    built: Built, split: Split, batch_size: int, device: torch.device, amp: bool, num_workers: int = 0
+    built: Built,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    num_workers: int = 0,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[list[np.ndarray], float]:
     """Predicted class maps of a segmentation split, one per case at its mask's shape, and the mean loss.
 
-    Rows (images, or slices of volumes) are predicted in split order; each is upsampled to its
-    case's in-plane mask size, and a volume's slices are stacked back into the volume.
+    Rows (images, or slices of volumes) are predicted in split order (``shard``: the ranks share the
+    rows); each is upsampled to its case's in-plane mask size, and a volume's slices are stacked back
+    into the volume.
     """
     from radprobe.segmentation.train import to_labels
 
@@ -120,8 +137,9 @@ def predict_masks(
     model = built.model
     model.eval()
     rows_out: list[np.ndarray] = []
+    order: list[int] = []
     loss_sum = 0.0
-    for batch in eval_loader(split.images, batch_size, num_workers):
+    for batch in eval_loader(split.images, batch_size, num_workers, shard):
         x, rows, y = _unpack(batch, split, device)
         with autocast(device, amp):
             logits = model(x)
@@ -129,21 +147,31 @@ def predict_masks(
         # cases may differ in size, so each row is upsampled on its own
         for logit, r in zip(logits, rows.tolist(), strict=True):
             rows_out.append(to_labels(logit[None], seg.cases[case_of[r]].shape[-2:])[0].numpy())
+            order.append(r)
+    rows_out, loss_sum = distributed.gather(order, rows_out, loss_sum, len(split.targets), shard)
     return seg.assemble(rows_out), loss_sum / max(1, len(split.targets))
 
 
 def val_score(
-    built: Built, split: Split, task: str, batch_size: int, device: torch.device, amp: bool, num_workers: int
+    built: Built,
+    split: Split,
+    task: str,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    num_workers: int,
+    shard: tuple[int, int] | None = None,
 ) -> tuple[float, float]:
-    """The validation score model selection maximises, and the mean validation loss."""
+    """The validation score model selection maximises, and the mean validation loss (``shard``: the
+    data-parallel ranks predict a share each and every rank scores the whole split)."""
     if split.seg is not None:
         from radprobe.segmentation.metrics import split_dice
 
         head = built.model.head
         assert split.seg.masks is not None and isinstance(head, SegmentationHead)
-        preds, loss = predict_masks(built, split, batch_size, device, amp, num_workers)
+        preds, loss = predict_masks(built, split, batch_size, device, amp, num_workers, shard)
         return split_dice(preds, split.seg.masks, head.num_classes), loss
-    scores, loss = predict(built, split, batch_size, device, amp, num_workers)
+    scores, loss = predict(built, split, batch_size, device, amp, num_workers, shard)
     return validation_score(split.targets, scores, task), loss
 
 
@@ -232,7 +260,7 @@ def fit(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_s = time.perf_counter() - t0
-            score, val_loss = val_score(built, val, task, bs, device, opts.amp, num_workers)
+            score, val_loss = val_score(built, val, task, bs, device, opts.amp, num_workers, shard)
             state.epoch += 1
             state.train_time_s += train_s
             state.train_images += seen
