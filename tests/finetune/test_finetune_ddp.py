@@ -52,6 +52,7 @@ def test_two_ranks_train_the_single_process_model(tmp_path, capsys):
     names = {p.name for p in (tmp_path / "single").glob("checkpoints/*/*.safetensors")}
     assert {p.name for p in (tmp_path / "ddp").glob("checkpoints/*/*.safetensors")} == names
     assert b["imgs_per_s"] > 0 and b["hparams"]["batch_size"] == 16
+    assert (a["env"]["data_parallel_ranks"], b["env"]["data_parallel_ranks"]) == (1, 2)
 
     bad = [a.replace("batch_size=16", "batch_size=15") for a in ARGS]
     proc = _torchrun([*bad, "-o", str(tmp_path / "bad")], env)

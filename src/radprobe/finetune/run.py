@@ -71,12 +71,15 @@ def _device(name: str) -> torch.device:
 
 
 def _env(device: torch.device) -> dict[str, Any]:
+    ranks = distributed.current()
     return {
         "radprobe": radprobe.__version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": str(device),
         "machine": platform.machine(),
+        # imgs/s counts every rank's images; peak memory is rank 0's
+        "data_parallel_ranks": 1 if ranks is None else ranks.world,
     }
 
 
