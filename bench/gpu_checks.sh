@@ -58,6 +58,18 @@ json.dump(out, open(sys.argv[1], "w"), indent=1)
 print(out)
 PY
 echo "precision rc=$?"
+# the study executor under torchrun on CUDA: two ranks share the GPU and claim groups; rows as one process's
+printf 'name: tr\nbackbones: [test:vit-tiny, test:cnn-tiny]\ndatasets: [synthetic:cls2d-binary, synthetic:cls2d-multiclass]\nprotocols: {knn: {}, logreg: {}}\ndevice: cuda\n' >/tmp/tr.yaml
+timeout 200 "${rp[@]}" study run /tmp/tr.yaml -o /tmp/tr-seq >"$OUT/study_seq.txt" 2>&1
+timeout 200 python3 -m torch.distributed.run --nproc_per_node 2 -m radprobe study run /tmp/tr.yaml -o /tmp/tr-2 >"$OUT/study_torchrun.txt" 2>&1
+echo "study torchrun rc=$?"
+python3 - "$OUT/study_torchrun.json" <<'PY'
+import json, sqlite3, sys
+q = "select eval_key, metric, value from results order by eval_key, metric"
+a, b = (sqlite3.connect(f"/tmp/{d}/results.db").execute(q).fetchall() for d in ("tr-seq", "tr-2"))
+json.dump({"rows": len(a), "equal": a == b}, open(sys.argv[1], "w"))
+print("torchrun rows", len(a), "equal", a == b)
+PY
 fi
 for b in ${BENCHES-finetune extraction}; do
   (cd bench && timeout 300 python3 "bench_$b.py" --gpu && cp "results/${b}_gpu.json" "$OUT/")

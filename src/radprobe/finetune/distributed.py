@@ -63,6 +63,11 @@ def join(device: str) -> str:
             "use --device cuda (rank r takes GPU LOCAL_RANK)"
         )
     if cuda:
+        if local >= torch.cuda.device_count():  # NCCL cannot put two ranks on one GPU
+            raise RadprobeError(
+                f"torchrun started {os.environ['LOCAL_WORLD_SIZE']} ranks on this machine but it has "
+                f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node {torch.cuda.device_count()}"
+            )
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
