@@ -213,7 +213,9 @@ class RayExecutor:
             ray.init(address=self.address, include_dashboard=False, log_to_driver=True)
         try:
             gpus = self.gpus if self.gpus is not None else (1 if ray.cluster_resources().get("GPU", 0) else 0)
-            remote = ray.remote(num_cpus=self.cpus, num_gpus=gpus, max_retries=0)(_ray_call)
+            # A lost worker or node (preemption) reruns the group elsewhere: its rows are keyed, so
+            # a rerun replaces rather than duplicates. An exception inside a group is not retried.
+            remote = ray.remote(num_cpus=self.cpus, num_gpus=gpus, max_retries=2)(_ray_call)
             node = ray.get_runtime_context().get_node_id()
             refs = {remote.remote(tasks[i], self.cpus, node, self.detach): i for i in heaviest_first(tasks)}
             out: dict[int, Any] = {}
