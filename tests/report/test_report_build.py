@@ -77,3 +77,13 @@ def test_report_cli_errors_are_one_line(tmp_path, capsys):
     ResultStore(tmp_path / "empty").close()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no result rows" in capsys.readouterr().err
+
+
+def test_compute_table_names_the_device_and_data_parallel_ranks(run_dir):
+    from radprobe.report.build import device_label
+
+    assert device_label({"env": {"device": "cuda:0", "data_parallel_ranks": 4}}) == "cuda x4"
+    assert device_label({"env": {"device": "cuda:1", "data_parallel_ranks": 1}}) == "cuda"
+    assert device_label({"env": {"device": "cpu"}}) == "cpu" and device_label({}) == "?"
+    md = build_report(run_dir).markdown.read_text()
+    assert "| backbone | device | params |" in md and "| ViT pretrained | cpu |" in md

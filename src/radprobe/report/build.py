@@ -395,11 +395,20 @@ def _overlays(run_dir: Path) -> tuple[list[Block], list[Figure]]:
     return blocks, figs
 
 
+def device_label(row: dict[str, Any]) -> str:
+    """Where a row's compute ran: ``cpu``, ``cuda``, or ``cuda x4`` for four data-parallel ranks
+    (whose imgs/s counts every rank's images)."""
+    env = row.get("env") or {}
+    device = str(env.get("device") or "?").split(":")[0]
+    ranks = int(env.get("data_parallel_ranks") or 1)
+    return f"{device} x{ranks}" if ranks > 1 else device
+
+
 def _compute(rs: _Rows) -> list[Block]:
     raw = [r for r in rs.all if not r.get("derived")]
     if not raw:
         return []
-    headers = ["backbone", "params", "imgs/s (mean)", "feature extraction (s)", "peak memory (MB)"]
+    headers = ["backbone", "device", "params", "imgs/s (mean)", "feature extraction (s)", "peak memory (MB)"]
     rows = []
     for m in rs.models:
         mr = [r for r in raw if r["_model"] == m]
@@ -410,6 +419,7 @@ def _compute(rs: _Rows) -> list[Block]:
         rows.append(
             [
                 m,
+                ", ".join(sorted({device_label(r) for r in mr})),
                 f"{int(mr[0].get('params') or 0) / 1e6:.2f} M",
                 f"{np.mean(ips):.1f}" if ips else "-",
                 f"{sum(float(r.get('extract_time_s') or 0) for r in per_ds.values()):.1f}",
@@ -421,9 +431,10 @@ def _compute(rs: _Rows) -> list[Block]:
         Table(
             headers,
             rows,
-            numeric={1, 2, 3, 4},
+            numeric={2, 3, 4, 5},
             kind="compute",
-            caption="extraction time summed over datasets (each split extracted once, then cached)",
+            caption="extraction time summed over datasets (each split extracted once, then cached); "
+            "device x N: N data-parallel ranks, imgs/s over all of them",
         ),
     ]
     headers2 = ["backbone", "protocol", "trainable params", "trainable %", "protocol wall time (s)"]
