@@ -129,3 +129,29 @@ def test_stacked_images_equal_concatenation_with_gray_repeated():
     assert out.dtype == np.float16 and given == [None, None, None]  # parts released as copied
     gray = [p for p in parts if p.shape[1] == 1]
     assert _stack(list(gray)).shape == (7, 1, 6, 6)
+
+
+def test_large_slice_stacks_spill_to_an_unlinked_memory_map(tmp_path, volumes, monkeypatch):
+    """Past the spill threshold the resized slices are served from disk; they equal the in-memory
+    stack, and nothing is left in the cache's tmp folder even while the map is open."""
+    import radprobe.segmentation.data as segdata
+
+    ds = load_dataset(f"nifti:{volumes(n=4)}")
+    ref = load_split(ds, "train", 16, keep_images=True)
+    assert not isinstance(ref.images, np.memmap)
+    monkeypatch.setattr(segdata, "SPILL_BYTES", 0)
+    spilled = load_split(ds, "train", 16, keep_images=True)
+    assert isinstance(spilled.images, np.memmap) and not spilled.images.flags.writeable
+    np.testing.assert_array_equal(spilled.images, ref.images)
+    tmp = tmp_path / "cache" / "tmp"
+    monkeypatch.setenv("RADPROBE_CACHE", str(tmp_path / "cache"))
+    load_split(ds, "val", 16, keep_images=True)
+    assert tmp.is_dir() and list(tmp.iterdir()) == []
+    # colour arriving after gray parts were spilled: back to memory, gray repeated as _stack does
+    rng = np.random.default_rng(0)
+    parts = [rng.random((n, c, 6, 6)).astype(np.float16) for n, c in ((3, 1), (4, 1), (2, 3), (1, 1))]
+    stack = segdata.SliceStack()
+    for p in parts:
+        stack.add(p)
+    out = stack.finish()
+    np.testing.assert_array_equal(out, np.concatenate([np.repeat(p, 3 // p.shape[1], axis=1) for p in parts]))

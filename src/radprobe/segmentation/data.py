@@ -13,8 +13,12 @@ resized (nearest) to the square input resolution; scoring uses the original mask
 
 from __future__ import annotations
 
+import contextlib
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -200,7 +204,7 @@ def load_split(
     cases: list[Case] = []
     targets: list[np.ndarray] = []
     masks: list[np.ndarray] = []
-    images: list[np.ndarray] = []
+    images = SliceStack()
     row = 0
     small = np.uint8 if len(dataset.classes) <= 256 else np.int16
     for rec in records:
@@ -215,14 +219,80 @@ def load_split(
         if keep_masks:
             masks.append(mask.astype(small))
         if keep_images:
-            images.append(resize_images(_channels_first(img, dataset.ndim)[:, :3], size, interpolation))
+            images.add(resize_images(_channels_first(img, dataset.ndim)[:, :3], size, interpolation))
     return SegSplit(
         split,
         cases,
         np.concatenate(targets),
         masks if keep_masks else None,
-        _stack(images) if keep_images else None,
+        images.finish() if keep_images else None,
     )
+
+
+# Resized slices past this many bytes go to disk (RADPROBE_SPILL_MB): AMOS's 500 CT volumes at
+# 448 px are about 20 GB of float16 slices, which a memory map serves from the page cache instead.
+SPILL_BYTES = int(float(os.environ.get("RADPROBE_SPILL_MB", "2048")) * 2**20)
+
+
+class SliceStack:
+    """Collects per-case (rows, C, R, R) image arrays into one array, in memory while small.
+
+    Past :data:`SPILL_BYTES` (and while every part has the same channels) the parts are appended to
+    a file in the cache's ``tmp/`` folder that is unlinked as soon as it is created, and
+    :meth:`finish` returns a read-only memory map of it: nothing stays on disk once the array is
+    gone, even after a crash.
+    """
+
+    def __init__(self) -> None:
+        self.parts: list[np.ndarray] = []
+        self.nbytes = 0
+        self.file: Any = None
+        self.rows = 0
+        self.layout: tuple[int, ...] = ()
+        self.dtype: Any = None
+
+    def add(self, part: np.ndarray) -> None:
+        if self.file is not None and (tuple(part.shape[1:]) != self.layout or part.dtype != self.dtype):
+            self.parts = [np.array(self._map())]  # mixed channels after spilling (rare): back to memory
+        if self.file is None:
+            self.parts.append(part)
+            self.nbytes += part.nbytes
+            if self.nbytes > SPILL_BYTES and len({(p.shape[1:], p.dtype) for p in self.parts}) == 1:
+                self._spill()
+            return
+        self._write(part)
+
+    def _spill(self) -> None:
+        from radprobe.config import cache_dir
+
+        folder = cache_dir() / "tmp"
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix="slices-", suffix=".bin", dir=folder)
+        with contextlib.suppress(OSError):  # POSIX keeps the open file; elsewhere the OS tmp sweep will
+            os.unlink(name)
+        self.file = os.fdopen(fd, "w+b")
+        self.layout, self.dtype, self.rows = tuple(self.parts[0].shape[1:]), self.parts[0].dtype, 0
+        parts, self.parts = self.parts, []
+        for k, p in enumerate(parts):
+            self._write(p)
+            parts[k] = None  # type: ignore[call-overload]
+
+    def _write(self, part: np.ndarray) -> None:
+        self.file.write(np.ascontiguousarray(part).tobytes())
+        self.rows += len(part)
+
+    def _map(self) -> np.ndarray:
+        self.file.flush()
+        arr = np.memmap(self.file, dtype=self.dtype, mode="r", shape=(self.rows, *self.layout))
+        self.file.close()  # the mapping keeps the data
+        self.file = None
+        return arr
+
+    def finish(self) -> np.ndarray:
+        """The stacked array: in memory, or a memory map of the spilled file."""
+        if self.file is not None:
+            return self._map()
+        return _stack(self.parts)
 
 
 def _stack(images: list[np.ndarray]) -> np.ndarray:
