@@ -496,6 +496,11 @@ def study_run_cmd(
     runner: Any
     if executor == "torchrun":
         runner = TorchrunExecutor()
+        if cfg.device.startswith("cuda:") and runner.local_world > 1:
+            raise RadprobeError(
+                f"device {cfg.device} under torchrun: every rank would use that one GPU; "
+                "use device: cuda (rank r takes GPU LOCAL_RANK)"
+            )
     elif executor == "ray":
         runner = RayExecutor(ray_address, ray_cpus, ray_gpus)
     else:

@@ -110,6 +110,9 @@ def test_torchrun_executor_needs_torchrun(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv(k, v)
     with pytest.raises(RadprobeError, match="several machines"):
         TorchrunExecutor()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["study", "run", str(path), "-o", str(tmp_path / "r"), "--set", "device=cuda:0"]) == 2
+    assert "every rank would use that one GPU" in capsys.readouterr().err
 
 
 def _row(key: str, value: float, job: str) -> ResultRow:
