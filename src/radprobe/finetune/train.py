@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -87,6 +87,34 @@ def precision(device: torch.device, amp: bool) -> str:
 
 
 @torch.no_grad()
+def _predict_rows(
+    built: Built,
+    split: Split,
+    batch_size: int,
+    device: torch.device,
+    amp: bool,
+    num_workers: int,
+    shard: tuple[int, int] | None,
+    per_row: Callable[[torch.Tensor, list[int]], list[Any]],
+) -> tuple[list[Any], float]:
+    """``per_row(logits, rows)``'s outputs for every row in split order, and the mean loss; with
+    ``shard`` each rank predicts its share and the shares are gathered."""
+    model = built.model
+    model.eval()
+    out: list[Any] = []
+    order: list[int] = []
+    loss_sum = 0.0
+    for batch in eval_loader(split.images, batch_size, num_workers, shard):
+        x, rows, y = _unpack(batch, split, device)
+        with autocast(device, amp):
+            logits = model(x)
+        loss_sum += float(model.head.loss(logits, y)) * len(rows)
+        out.extend(per_row(logits, rows.tolist()))
+        order.extend(rows.tolist())
+    out, loss_sum = distributed.gather(order, out, loss_sum, len(split.targets), shard)
+    return out, loss_sum / max(1, len(split.targets))
+
+
 def predict(
     built: Built,
     split: Split,
@@ -97,23 +125,14 @@ def predict(
     shard: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Scores (N, C) of a split and its mean loss, in eval mode (``shard``: the ranks share the rows)."""
-    model = built.model
-    model.eval()
-    scores: list[np.ndarray] = []
-    order: list[int] = []
-    loss_sum = 0.0
-    for batch in eval_loader(split.images, batch_size, num_workers, shard):
-        x, rows, y = _unpack(batch, split, device)
-        with autocast(device, amp):
-            logits = model(x)
-        loss_sum += float(model.head.loss(logits, y)) * len(rows)
-        scores.extend(model.head.scores(logits).cpu().double().numpy())
-        order.extend(rows.tolist())
-    scores, loss_sum = distributed.gather(order, scores, loss_sum, len(split.targets), shard)
-    return np.stack(scores), loss_sum / max(1, len(split.targets))
+    head = built.model.head
+    scores, loss = _predict_rows(
+        built, split, batch_size, device, amp, num_workers, shard,
+        lambda logits, rows: list(head.scores(logits).cpu().double().numpy()),
+    )  # fmt: skip
+    return np.stack(scores), loss
 
 
-@torch.no_grad()
 def predict_masks(
     built: Built,
     split: Split,
@@ -134,22 +153,16 @@ def predict_masks(
     seg = split.seg
     assert seg is not None
     case_of = np.repeat(np.arange(len(seg.cases)), [c.rows.stop - c.rows.start for c in seg.cases])
-    model = built.model
-    model.eval()
-    rows_out: list[np.ndarray] = []
-    order: list[int] = []
-    loss_sum = 0.0
-    for batch in eval_loader(split.images, batch_size, num_workers, shard):
-        x, rows, y = _unpack(batch, split, device)
-        with autocast(device, amp):
-            logits = model(x)
-        loss_sum += float(model.head.loss(logits, y)) * len(rows)
+
+    def labels(logits: torch.Tensor, rows: list[int]) -> list[np.ndarray]:
         # cases may differ in size, so each row is upsampled on its own
-        for logit, r in zip(logits, rows.tolist(), strict=True):
-            rows_out.append(to_labels(logit[None], seg.cases[case_of[r]].shape[-2:])[0].numpy())
-            order.append(r)
-    rows_out, loss_sum = distributed.gather(order, rows_out, loss_sum, len(split.targets), shard)
-    return seg.assemble(rows_out), loss_sum / max(1, len(split.targets))
+        return [
+            to_labels(logit[None], seg.cases[case_of[r]].shape[-2:])[0].numpy()
+            for logit, r in zip(logits, rows, strict=True)
+        ]
+
+    rows_out, loss = _predict_rows(built, split, batch_size, device, amp, num_workers, shard, labels)
+    return seg.assemble(rows_out), loss
 
 
 def val_score(
