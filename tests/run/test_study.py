@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -216,3 +217,30 @@ def test_scientific_notation_reads_as_a_number_everywhere(tmp_path):
     assert load_yaml("a: '1e-3'\nb: 2.0\nc: 10\nd: e5") == {"a": "1e-3", "b": 2.0, "c": 10, "d": "e5"}
     with pytest.raises(yaml.YAMLError):  # still a safe loader
         load_yaml("!!python/object/apply:os.system ['true']")
+
+
+def test_protocol_option_values_are_checked_before_anything_runs(tmp_path, capsys):
+    from radprobe.protocols.registry import check_options
+
+    assert check_options("knn", {"ks": 10, "temperature": 0.1}) == {"ks": [10], "temperature": 0.1}
+    assert check_options("knn", {"ks": [1e1, 20]}) == {"ks": [10, 20]}  # integral floats (1e1) are ints
+    assert check_options("logreg", {"row_space": None, "cs": [1, 0.5]}) == {"row_space": None, "cs": [1, 0.5]}
+    inner = {"shots": [1, 2], "inner": {"linear": {"lrs": [0.1]}}}
+    assert check_options("fewshot", inner) == inner
+    for opts, needle in (
+        ({"ks": "abc"}, "knn.ks='abc': expected an integer"),
+        ({"ks": []}, "expected at least one value"),
+        ({"temperature": "hot"}, "expected a number"),
+        ({"weighting": 3}, "expected a string"),
+    ):
+        with pytest.raises(RadprobeError, match=re.escape(needle)):
+            check_options("knn", opts)
+    with pytest.raises(RadprobeError, match=re.escape("linear.epochs=2.5: expected an integer")):
+        check_options("linear", {"epochs": 2.5})
+    # through the command line: one line, exit 2, before any feature is extracted
+    args = ["eval", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-binary", "-p", "knn"]
+    assert main([*args, "-o", str(tmp_path / "r"), "--set", "knn.ks=abc"]) == 2
+    assert "expected an integer" in capsys.readouterr().err and not (tmp_path / "r").exists()
+    bad = {**STUDY, "protocols": {"knn": {"ks": "abc"}}}
+    with pytest.raises(RadprobeError, match="expected an integer"):
+        load_study(str(_write(tmp_path, bad)))

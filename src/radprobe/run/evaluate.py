@@ -29,7 +29,7 @@ from radprobe.metrics import bootstrap_metrics
 from radprobe.progress import make_progress
 from radprobe.protocols import ProtocolInput, get_protocol
 from radprobe.protocols.base import Bags, SplitFeatures
-from radprobe.protocols.registry import VOLUME_PROTOCOLS
+from radprobe.protocols.registry import VOLUME_PROTOCOLS, check_options
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import Predictions, predictions_path
 from radprobe.utils import digest, load_yaml
@@ -133,6 +133,8 @@ def validate_protocols(protocols: list[str], options: dict[str, dict[str, Any]])
         raise RadprobeError("--protocol: expected at least one protocol name")
     runners = {p: get_protocol(p) for p in protocols}
     _check_options(runners, options)
+    for p, kw in options.items():
+        check_options(p, kw)  # values too, before any feature is extracted
     return runners
 
 
@@ -362,6 +364,7 @@ def run_protocol(
     ``volume_pool`` (default: the Prepared's) pools 3D volumes for the protocols that read pooled rows.
     """
     runner = get_protocol(name)
+    options = check_options(name, options)
     dataset, info = prep.dataset, prep.backbone.info
     if name in VOLUME_PROTOCOLS and not prep.volumes:
         raise _needs_volumes(name, dataset.name, dataset.ndim)

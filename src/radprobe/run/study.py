@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from radprobe.errors import RadprobeError
 from radprobe.protocols import PROTOCOLS
+from radprobe.protocols.registry import check_options
 from radprobe.results import ResultStore
 from radprobe.results.store import DB_NAME
 from radprobe.run.evaluate import TRAINED_PROTOCOLS
@@ -140,6 +141,10 @@ class StudyConfig(BaseModel):
             for key in opts:
                 if key not in allowed:
                     raise ValueError(f"{proto}: unknown option {key!r}; allowed: {', '.join(allowed)}")
+            try:
+                check_options(proto, opts)
+            except RadprobeError as e:
+                raise ValueError(str(e).removeprefix("--set ")) from None
         return v
 
     @model_validator(mode="after")
