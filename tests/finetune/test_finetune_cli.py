@@ -62,6 +62,7 @@ def test_cli_trains_four_methods_on_multilabel(tmp_path: Path, capsys: pytest.Ca
         (["lora"], {"lora": {"rnak": 4}}, {}, r"lora\.rnak: unknown option; lora takes .*rank"),
         (["lora"], {"lora": {"rank": 0}}, {}, r"lora\.rank=0: expected a value >= 1"),
         (["lora"], {"lora": {"rank": "big"}}, {}, r"lora\.rank='big': expected an integer"),
+        (["lora"], {"lora": {"rank": 2.5}}, {}, r"lora\.rank=2\.5: expected an integer"),
         (["vpt"], {"vpt": {"deep": "yes"}}, {}, r"vpt\.deep='yes': expected true or false"),
         (
             ["bitfit"],
@@ -107,6 +108,8 @@ def test_presets_and_defaults_resolve() -> None:
     assert d.backbone_lr is not None and d.backbone_lr < d.lr
     assert d.hflip is False  # laterality matters in chest X-rays
     assert parse_options("lora", {"targets": "qkv"}, 8).targets == ["qkv"]
+    r = parse_options("lora", {"rank": 1.6e1, "epochs": 1e1}, 8)  # YAML's 1e1 is a float
+    assert (r.rank, r.epochs) == (16, 10) and isinstance(r.rank, int)
 
 
 def test_augmentation_is_seeded_conservative_and_never_flips_by_default() -> None:

@@ -157,6 +157,8 @@ def _coerce(proto: str, f: dataclasses.Field, value: Any) -> Any:
             raise RadprobeError(f"{where}: expected true or false")
         return value
     if kind.startswith("int"):
+        if isinstance(value, float) and value.is_integer():  # 1e2, as YAML reads it
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise RadprobeError(f"{where}: expected an integer")
         return value
