@@ -96,6 +96,31 @@ def test_torchrun_ranks_share_the_groups(tmp_path):
     assert _files(tmp_path / "tr") == _files(tmp_path / "seq")
 
 
+def test_torchrun_over_two_machines_needs_no_shared_filesystem(tmp_path):
+    """Two torchrun "nodes" on this machine, each with its own run directory and feature cache: the
+    second node's groups travel to rank 0 through torchrun's store and land in rank 0's run
+    directory, which ends with the rows and files of a sequential run."""
+    path = _study_file(tmp_path, STUDY)
+    assert main(["study", "run", str(path), "-o", str(tmp_path / "seq"), "--json"]) == 0
+    port = _free_port()
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node)]
+        cmd += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        cmd += ["-m", "radprobe", "study", "run", str(path), "-o", str(tmp_path / f"node{node}")]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RADPROBE_CACHE": str(tmp_path / f"cache{node}")}
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        procs.append(subprocess.Popen(cmd, env=env, **pipes))
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert _rows(tmp_path / "node0") == _rows(tmp_path / "seq")
+    assert _files(tmp_path / "node0") == _files(tmp_path / "seq")
+    assert {v for v in _jobs(tmp_path / "node0").values()} == {("done", 1)}
+    assert "rank 1: done" in outs[1][0]  # the second node did run groups
+    assert _rows(tmp_path / "node1") == [] and not list((tmp_path / "node1").rglob("*.npz"))
+    assert not list((tmp_path / "node0").glob(".shard-*"))
+
+
 def test_torchrun_executor_needs_torchrun(tmp_path, monkeypatch, capsys):
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.delenv(k, raising=False)
@@ -105,12 +130,13 @@ def test_torchrun_executor_needs_torchrun(tmp_path, monkeypatch, capsys):
     assert main(["study", "run", str(path), "--executor", "mpi"]) == 2
     assert "expected local, torchrun, ray or auto" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
-    env = {"RANK": "0", "WORLD_SIZE": "4", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
+    env = {"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "2"}
     for k, v in {**env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}.items():
         monkeypatch.setenv(k, v)
-    with pytest.raises(RadprobeError, match="several machines"):
-        TorchrunExecutor()
-    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert not TorchrunExecutor().detached
+    monkeypatch.setenv("GROUP_RANK", "1")
+    assert TorchrunExecutor().detached  # a rank on a second machine ships its groups
+    monkeypatch.delenv("GROUP_RANK")
     assert main(["study", "run", str(path), "-o", str(tmp_path / "r"), "--set", "device=cuda:0"]) == 2
     assert "every rank would use that one GPU" in capsys.readouterr().err
 

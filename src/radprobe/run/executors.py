@@ -82,11 +82,14 @@ def under_torchrun() -> bool:
 class TorchrunExecutor:
     """One rank per GPU (or CPU share) under ``torchrun``: every rank runs the same study command.
 
-    Ranks agree on the task list (a barrier after each has read the store), then claim tasks one at a
-    time from an atomic counter in torchrun's TCP store, heaviest first. Each rank uses GPU
-    ``LOCAL_RANK`` when CUDA is available, else ``cores / LOCAL_WORLD_SIZE`` torch threads. Outcomes
-    are gathered, so every rank returns the whole list; ``main`` says which rank should print.
-    With ``fail_fast`` tasks, a rank whose task raises tells the others to stop claiming.
+    Rank 0's task list is the study's (a barrier first, so every rank has read its store, then a
+    broadcast); ranks then claim tasks one at a time from an atomic counter in torchrun's TCP store,
+    heaviest first. Each rank uses GPU ``LOCAL_RANK`` when CUDA is available, else ``cores /
+    LOCAL_WORLD_SIZE`` torch threads. Ranks on rank 0's machine write to the run directory; ranks on
+    other machines (``GROUP_RANK`` > 0) run each group into a private shard and post it packed to the
+    store, where rank 0 lands it, so several nodes need no shared filesystem. Outcomes are gathered,
+    so every rank returns the whole list; ``main`` says which rank should print. With ``fail_fast``
+    tasks, a rank whose task raises tells the others to stop claiming.
     """
 
     def __init__(self, timeout_h: float = 72.0) -> None:
@@ -100,13 +103,8 @@ class TorchrunExecutor:
         self.world = int(os.environ["WORLD_SIZE"])
         self.local_rank = int(os.environ["LOCAL_RANK"])
         self.local_world = int(os.environ["LOCAL_WORLD_SIZE"])
-        if self.local_world != self.world:
-            # SQLite's WAL index lives in shared memory: writers on other machines would corrupt it.
-            raise RadprobeError(
-                f"--executor torchrun: {self.world} ranks over several machines "
-                f"(LOCAL_WORLD_SIZE={self.local_world}); the run's results store needs every rank "
-                "on the machine that holds the run directory: use one node, or --executor ray"
-            )
+        # global ranks are numbered node by node, so node (group) 0 holds rank 0 and its run directory
+        self.detached = os.environ.get("GROUP_RANK", "0") != "0"
         self.timeout = timedelta(hours=timeout_h)
         self._calls = 0
 
@@ -122,6 +120,27 @@ class TorchrunExecutor:
         else:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.local_world))
 
+    def _run_one(self, task: Any, j: int, shared: Any, log: Callable[[str], None]) -> Any:
+        say = lambda m: log(f"rank {self.rank}: {m}")  # noqa: E731
+        if not self.detached:
+            return task(log=say)
+        outcome, packed = task.run_detached(log=say)
+        shared.set(f"shard/{j}", packed)
+        return outcome
+
+    @staticmethod
+    def _land(plan: Sequence[Any], shared: Any, j: int, settled: set[int]) -> None:
+        key = f"shard/{j}"
+        plan[j].land(shared.get(key))
+        shared.delete_key(key)  # the store holds each shard only until it is landed
+        settled.add(j)
+
+    def _land_ready(self, plan: Sequence[Any], shared: Any, settled: set[int]) -> None:
+        """Rank 0, between its own groups: land the shards other machines have posted so far."""
+        for j in range(len(plan)):
+            if j not in settled and shared.check([f"shard/{j}"]):
+                self._land(plan, shared, j, settled)
+
     def run(self, tasks: Sequence[Any], log: Callable[[str], None]) -> list[Any]:
         import torch.distributed as dist
 
@@ -133,40 +152,63 @@ class TorchrunExecutor:
         try:
             addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
             store = dist.TCPStore(addr, port, is_master=False, timeout=self.timeout)
+            dist.barrier()  # every rank has read its results store before any rank runs a task
+            # Rank 0's list is the study's; a machine without the run directory sees its own store.
+            mine_keys = [getattr(t, "key", i) for i, t in enumerate(tasks)]
+            box: list[Any] = [mine_keys if self.main else None]
+            dist.broadcast_object_list(box, src=0)
+            keys: list[Any] = box[0]
+            local = {k: i for i, k in enumerate(mine_keys)}
+            if any(k not in local for k in keys):
+                raise RadprobeError(
+                    f"torchrun rank {self.rank}: this machine's run directory already holds groups that "
+                    "rank 0's still has to run; give the other machines an empty (or no) run directory"
+                )
+            plan = [tasks[local[k]] for k in keys]
             # A fresh counter per call and per elastic restart; every rank derives the same name.
-            names = repr([getattr(t, "key", i) for i, t in enumerate(tasks)])
-            tag = hashlib.sha256(names.encode()).hexdigest()
+            tag = hashlib.sha256(repr(keys).encode()).hexdigest()[:16]
             restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-            shared = dist.PrefixStore(f"radprobe/{restart}/{self._calls}/{tag[:16]}", store)
-            dist.barrier()  # no rank runs a task before every rank has listed the same tasks
-            order = heaviest_first(tasks)
+            shared = dist.PrefixStore(f"radprobe/{restart}/{self._calls}/{tag}", store)
+            order = heaviest_first(plan)
             mine: dict[int, Any] = {}
+            settled: set[int] = set()
             error: BaseException | None = None
             while not shared.check(["stop"]):
                 k = shared.add("next", 1) - 1
-                if k >= len(tasks):
+                if k >= len(plan):
                     break
-                i = order[k]
+                j = order[k]
                 try:
-                    mine[i] = tasks[i](log=lambda m: log(f"rank {self.rank}: {m}"))
+                    mine[j] = self._run_one(plan[j], j, shared, log)
                 except BaseException as e:  # re-raised below, once the other ranks are told
                     shared.set("stop", str(self.rank))
                     error = e
                     break
+                if self.main:
+                    settled.add(j)
+                    self._land_ready(plan, shared, settled)
             parts: list[Any] = [None] * self.world
-            dist.all_gather_object(parts, mine)
+            dist.all_gather_object(parts, (mine, self.detached))
+            if self.main:  # every shard was posted before its rank reached the gather
+                shipped = {j for done, away in parts if away for j in done}
+                for j in sorted(shipped - settled):
+                    self._land(plan, shared, j, settled)
         finally:
             if own:
                 dist.destroy_process_group()
         if error is not None:
             raise error
         merged: dict[int, Any] = {}
-        for p in parts:
-            merged.update(p)
-        if len(merged) < len(tasks):
-            stopped = sorted(set(range(len(tasks))) - set(merged))
-            raise RadprobeError(f"torchrun: {len(stopped)} group(s) not run: another rank stopped the study")
-        return [merged[i] for i in range(len(tasks))]
+        for done, _ in parts:
+            merged.update(done)
+        if len(merged) < len(plan):
+            raise RadprobeError(
+                f"torchrun: {len(plan) - len(merged)} group(s) not run: another rank stopped the study"
+            )
+        out: list[Any] = [None] * len(tasks)  # groups rank 0 had finished already stay None
+        for j, k in enumerate(keys):
+            out[local[k]] = merged[j]
+        return out
 
 
 def _ray_call(task: Any, threads: int, driver_node: str, detach: bool) -> tuple[Any, bytes | None]:

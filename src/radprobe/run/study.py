@@ -522,6 +522,8 @@ def run_study(
     outcomes = executor.run(tasks, log)
     total = StudyOutcome(0, 0, len(jobs) - len(todo), 0)
     for o in outcomes:
+        if o is None:  # a group another process (torchrun rank 0) had finished already
+            continue
         total.done += o.done
         total.failed += o.failed
         total.rows += o.rows
