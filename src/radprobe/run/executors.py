@@ -2,12 +2,12 @@
 
 An executor takes picklable group tasks (``GroupTask``: a study, its run directory and a group of
 jobs sharing one backbone and dataset) and returns their outcomes in order. Every task writes to the
-run's SQLite store itself (WAL mode, so concurrent writers wait rather than fail); a Ray task on
-another machine writes a private shard that the driver lands instead.
+run's SQLite store itself (WAL mode, so concurrent writers wait rather than fail); a torchrun rank
+or Ray task on another machine writes a private shard that rank 0 or the driver lands instead.
 
 * ``LocalExecutor``: in this process, or in N worker processes for CPU work.
-* ``TorchrunExecutor``: under ``torchrun --nproc_per_node N``; each rank claims the next group from a
-  counter in torchrun's TCP store, so a rank that finishes early takes more (no static deal).
+* ``TorchrunExecutor``: under ``torchrun --nproc_per_node N [--nnodes M]``; each rank claims the next
+  group from a counter in torchrun's TCP store, so a rank that finishes early takes more.
 * ``RayExecutor``: one Ray task per group, with its own GPU when the cluster has GPUs, on any node.
 
 All three start the heaviest groups (trained jobs) first, so a long fine-tuning group does not start
