@@ -92,3 +92,23 @@ def test_two_ranks_train_and_validate_segmentation_as_one_process(tmp_path, caps
     con = sqlite3.connect(tmp_path / "ddp" / "results.db")
     assert con.execute("select count(*) from results").fetchone()[0] == len(single["rows"])
     con.close()
+
+
+def test_ranks_that_see_different_run_directories_stop_with_one_line(tmp_path, capsys):
+    """Data-parallel ranks on machines without a shared run directory would resume differently
+    (one finds a checkpoint, the other does not): they stop, naming the reason."""
+    assert main([*ARGS, "-o", str(tmp_path / "node0")]) == 0  # leaves its checkpoints (the default)
+    capsys.readouterr()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = []
+    for node in (0, 1):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node)]
+        cmd += ["--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+        cmd += ["-m", "radprobe", *ARGS, "-o", str(tmp_path / f"node{node}")]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        procs.append(subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, **pipes))
+    errs = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode != 0 for p in procs)
+    assert any("disagree about a checkpoint" in e and "shared filesystem" in e for e in errs), errs[0][-2000:]

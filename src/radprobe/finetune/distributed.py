@@ -75,6 +75,23 @@ def join(device: str) -> str:
     return f"cuda:{local}" if cuda else ("cpu" if device == "auto" else device)
 
 
+def agree(value: bool, what: str) -> None:
+    """Raise unless every rank sees the same ``value`` (e.g. whether a checkpoint exists: ranks on
+    machines that do not share the run directory would otherwise resume differently)."""
+    if current() is None:
+        return
+    import torch.distributed as dist
+
+    seen: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(seen, bool(value))
+    if len(set(seen)) > 1:
+        have = [r for r, v in enumerate(seen) if v]
+        raise RadprobeError(
+            f"data-parallel ranks disagree about {what} (ranks {have} see it, the others do not): "
+            "every machine must see the same run directory (a shared filesystem)"
+        )
+
+
 def barrier() -> None:
     """Wait for every rank (no-op in a single process)."""
     if current() is not None:

@@ -225,6 +225,7 @@ def fit(
     total = opts.epochs * steps_per_epoch
     warmup = round(opts.warmup_epochs * steps_per_epoch)
     state = TrainState()
+    distributed.agree(checkpoints.exists(), f"a checkpoint in {checkpoints.dir}")
     if checkpoints.exists():
         state = checkpoints.load(model, optimizer, device)
         if warn is not None and not state.finished:
@@ -303,7 +304,8 @@ def fit(
             distributed.barrier()  # the other ranks may read these files (resume, best weights)
             if after_checkpoint is not None:
                 after_checkpoint(state.epoch)
-    checkpoints.load_best(model, state.best_file)
+    if writes:  # the other data-parallel ranks are done: rank 0 alone scores the test split
+        checkpoints.load_best(model, state.best_file)
     return state
 
 
