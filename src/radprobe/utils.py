@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from radprobe.errors import RadprobeError
 
 
 def stable_json(obj: Any) -> str:
@@ -53,6 +56,24 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text)
 
 
+def check_scalar(value: Any, kind: type, where: str) -> Any:
+    """A user option's ``value`` checked as a ``kind`` (bool, int, float or str): one line naming
+    ``where`` and what it takes if it is not one. An integral float (``1e2``, as YAML reads it) is
+    taken as an int; anything else comes back as given."""
+    if kind is bool and not isinstance(value, bool):
+        raise RadprobeError(f"{where}: expected true or false")
+    if kind is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RadprobeError(f"{where}: expected an integer")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise RadprobeError(f"{where}: expected a number")
+    if kind is str and not isinstance(value, str):
+        raise RadprobeError(f"{where}: expected a string")
+    return value
+
+
 def load_yaml(text: str) -> Any:
     """``yaml.safe_load`` that also reads ``1e-3`` as a number.
 
@@ -64,24 +85,19 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_yaml_loader())  # a SafeLoader subclass: no arbitrary objects
 
 
-_LOADER: Any = None
-
-
+@functools.cache
 def _yaml_loader() -> Any:
-    global _LOADER
-    if _LOADER is None:
-        import re
+    import re
 
-        import yaml
+    import yaml
 
-        class Loader(yaml.SafeLoader):
-            pass
+    class Loader(yaml.SafeLoader):
+        pass
 
-        # add_implicit_resolver copies the parent's table first, so yaml.SafeLoader is left as it is
-        Loader.add_implicit_resolver(
-            "tag:yaml.org,2002:float",
-            re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-            list("-+0123456789"),
-        )
-        _LOADER = Loader
-    return _LOADER
+    # add_implicit_resolver copies the parent's table first, so yaml.SafeLoader is left as it is
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from radprobe.errors import RadprobeError
+from radprobe.utils import check_scalar
 
 POOLS = ("cls", "mean", "cls+mean")
 CLASS_WEIGHTS = ("none", "balanced")
@@ -152,28 +153,14 @@ def _coerce(proto: str, f: dataclasses.Field, value: Any) -> Any:
         if "None" not in kind:
             raise RadprobeError(f"{where}: a value is required")
         return None
-    if kind.startswith("bool"):
-        if not isinstance(value, bool):
-            raise RadprobeError(f"{where}: expected true or false")
-        return value
-    if kind.startswith("int"):
-        if isinstance(value, float) and value.is_integer():  # 1e2, as YAML reads it
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RadprobeError(f"{where}: expected an integer")
-        return value
-    if kind.startswith("float"):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RadprobeError(f"{where}: expected a number")
-        return float(value)
     if kind.startswith("list"):
         items = value if isinstance(value, list) else [value]
         if not items or not all(isinstance(v, str) and v for v in items):
             raise RadprobeError(f"{where}: expected one or more names, e.g. qkv,proj")
         return list(items)
-    if not isinstance(value, str):
-        raise RadprobeError(f"{where}: expected a string")
-    return value
+    scalar = {"bool": bool, "int": int, "float": float}.get(kind.split(" | ")[0], str)
+    value = check_scalar(value, scalar, where)
+    return float(value) if scalar is float else value
 
 
 def _check(proto: str, f: dataclasses.Field, value: Any) -> None:

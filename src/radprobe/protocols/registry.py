@@ -11,6 +11,7 @@ from typing import Any
 from radprobe.errors import RadprobeError
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
 from radprobe.protocols.base import ProtocolInput, ProtocolResult
+from radprobe.utils import check_scalar
 
 PROTOCOLS: dict[str, Callable[..., ProtocolResult]] = {
     "knn": knn.run,
@@ -61,15 +62,4 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not values:
             raise RadprobeError(f"{where}: expected at least one value")
         return [_coerce(v, args[0] if args else Any, where) for v in values]
-    if hint is bool and not isinstance(value, bool):
-        raise RadprobeError(f"{where}: expected true or false")
-    if hint is int:
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RadprobeError(f"{where}: expected an integer")
-    if hint is float and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise RadprobeError(f"{where}: expected a number")
-    if hint is str and not isinstance(value, str):
-        raise RadprobeError(f"{where}: expected a string")
-    return value
+    return check_scalar(value, hint, where) if hint in (bool, int, float, str) else value
