@@ -220,13 +220,15 @@ def fit(
         g["base_lr"] = g["lr"]
     writes = ranks is None or ranks.main
     shard = None if ranks is None else (ranks.rank, ranks.world)
+    world = 1 if ranks is None else ranks.world  # rows per epoch count every rank's equal share
     n_batches = batches_per_epoch(len(train.images), bs)
     steps_per_epoch = math.ceil(n_batches / accum)
     total = opts.epochs * steps_per_epoch
     warmup = round(opts.warmup_epochs * steps_per_epoch)
     state = TrainState()
-    distributed.agree(checkpoints.exists(), f"a checkpoint in {checkpoints.dir}")
-    if checkpoints.exists():
+    resume = checkpoints.exists()
+    distributed.agree(resume, f"a checkpoint in {checkpoints.dir}")
+    if resume:
         state = checkpoints.load(model, optimizer, device)
         if warn is not None and not state.finished:
             warn(f"{label}: resuming from the checkpoint after epoch {state.epoch} in {checkpoints.dir}")
@@ -255,7 +257,7 @@ def fit(
                 loss = model.head.loss(logits, y)
                 (loss / in_group).backward()
                 losses.append(float(loss.detach()))
-                seen += len(rows) * (1 if ranks is None else ranks.world)  # the ranks' shares are equal
+                seen += len(rows) * world
                 if j + 1 - group_start == in_group:
                     factor = lr_factor(state.step, total, warmup)
                     for g in optimizer.param_groups:
@@ -267,7 +269,7 @@ def fit(
                     state.step += 1
                 bar.update(
                     task_id,
-                    advance=len(rows) * (1 if ranks is None else ranks.world),
+                    advance=len(rows) * world,
                     description=f"{label} · epoch {epoch + 1}/{opts.epochs} · loss {np.mean(losses):.4f}"
                     f" · lr {optimizer.param_groups[-1]['lr']:.2e}",
                 )
