@@ -53,8 +53,22 @@ def main() -> dict:
     runs = {
         "sequential": [*radprobe, "{study}", "-o", "{out}"],
         "local_workers": [*radprobe, "{study}", "-o", "{out}", "--workers", str(cores)],
-        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(cores),
-                     "--master_port", "{port}", "-m", "radprobe", "study", "run", "{study}", "-o", "{out}"],
+        "torchrun": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(cores),
+            "--master_port",
+            "{port}",
+            "-m",
+            "radprobe",
+            "study",
+            "run",
+            "{study}",
+            "-o",
+            "{out}",
+        ],
         "ray": [*radprobe, "{study}", "-o", "{out}", "--executor", "ray"],
     }
     walls: dict[str, float] = {}

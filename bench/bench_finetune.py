@@ -23,7 +23,7 @@ import torch
 from radprobe.backbones import create_backbone
 from radprobe.finetune import build_model, parse_options
 from radprobe.finetune.heads import ClassificationHead
-from radprobe.features.extract import peak_memory_mb
+from radprobe.core.runtime import peak_memory_mb
 
 protocol, extra, res, batch, steps, warmup, device, threads, model_name = sys.argv[1:10]
 torch.set_num_threads(int(threads))

@@ -42,7 +42,7 @@ def main(dataset: str = DATASET) -> dict:
             for s, f in feats.items()
         }
     data = ProtocolInput(splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed=0)
-    from radprobe.run.evaluate import _threads_for  # the thread policy `radprobe eval` applies
+    from radprobe.core.runtime import threads_for  # the thread policy `radprobe eval` applies
 
     timings = {}
     for name, fn in (
@@ -52,7 +52,7 @@ def main(dataset: str = DATASET) -> dict:
         ("fewshot_5x5", lambda: fewshot.run(data, shots=(1, 2, 4, 8, 16), repeats=5)),
     ):
         t0 = time.perf_counter()
-        with _threads_for(splits["train"].features.size):
+        with threads_for(splits["train"].features.size):
             fn()
         timings[name] = round(time.perf_counter() - t0, 3)
     suite = sum(timings.values())

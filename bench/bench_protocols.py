@@ -164,7 +164,7 @@ def fewshot_fused(
 
 def bootstrap(n: int = 2000, c: int = 14, n_boot: int = 1000) -> dict:
     """Patient bootstrap of multi-label headline metrics: weighted resamples vs sklearn per resample."""
-    from radprobe.metrics.classification import _resample_index, bootstrap_metrics, classification_metrics
+    from radprobe.metrics.classification import bootstrap_metrics, classification_metrics, resample_index
 
     rng = np.random.default_rng(0)
     y = (rng.random((n, c)) < 0.2).astype(int)
@@ -177,7 +177,7 @@ def bootstrap(n: int = 2000, c: int = 14, n_boot: int = 1000) -> dict:
     loop_boot = max(1, n_boot // 10)  # the loop is timed on a tenth of the resamples, then scaled
     t0 = time.perf_counter()
     for _ in range(loop_boot):
-        idx = _resample_index(groups, ref_rng)
+        idx = resample_index(groups, ref_rng)
         classification_metrics(y[idx], s[idx], "multilabel")
     t_loop = (time.perf_counter() - t0) * n_boot / loop_boot
     return {

@@ -185,12 +185,14 @@ def test_rows_name_the_precision_their_features_were_computed_in():
     """Rows read it from the cache entries (CUDA extractions are bf16), not from this process."""
     from types import SimpleNamespace
 
-    from radprobe.run.evaluate import _env
+    from radprobe.core.runtime import env_info
+    from radprobe.features.cache import FeatureSet
 
-    def entry(meta: dict) -> SimpleNamespace:
-        return SimpleNamespace(meta=meta)
+    def precision(meta: dict) -> str:
+        return FeatureSet.precision.fget(SimpleNamespace(meta=meta))  # type: ignore[attr-defined]
 
-    assert _env("cpu", [entry({"precision": "bf16-autocast"})] * 3)["feature_precision"] == "bf16-autocast"
-    mixed = _env("cpu", [entry({}), entry({"precision": "bf16-autocast"})])
+    bf16 = precision({"precision": "bf16-autocast"})
+    assert env_info("cpu", feature_precisions=[bf16] * 3)["feature_precision"] == "bf16-autocast"
+    mixed = env_info("cpu", feature_precisions=[precision({}), bf16])
     assert mixed["feature_precision"] == "bf16-autocast/fp32"  # entries written before the field: fp32
-    assert "feature_precision" not in _env("cpu")  # nothing cached (a U-Net trains on images)
+    assert "feature_precision" not in env_info("cpu")  # nothing cached (a U-Net trains on images)

@@ -26,11 +26,14 @@ from ft_helpers import (
 from torch import nn
 
 from radprobe.backbones import create_backbone
-from radprobe.finetune import METHODS, build_model
+from radprobe.finetune import build_model
 from radprobe.finetune.heads import ClassificationHead
 from radprobe.finetune.methods import unreached_parameters
 from radprobe.finetune.options import parse_options
-from radprobe.finetune.run import train_protocol, validate
+from radprobe.protocols.registry import names
+from radprobe.run.trained import train_protocol, validate
+
+METHODS = tuple(names("trained"))
 
 HEAD = 2 * DIM * 2 + 2  # binary head on cls+mean: 2 DIM x 2 + 2
 

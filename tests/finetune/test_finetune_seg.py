@@ -31,15 +31,18 @@ from ft_helpers import (
 from radprobe.backbones import create_backbone
 from radprobe.cli import main
 from radprobe.errors import RadprobeError
-from radprobe.finetune import METHODS, build_model
+from radprobe.finetune import build_model
 from radprobe.finetune.data import Augment
 from radprobe.finetune.heads import segmentation_head
 from radprobe.finetune.methods import unreached_parameters
 from radprobe.finetune.options import parse_options
-from radprobe.finetune.run import _split, train_protocol, validate
 from radprobe.finetune.train import predict_masks
+from radprobe.metrics.segmentation import case_scores, mean_dice, split_dice
+from radprobe.protocols.registry import names
 from radprobe.run.evaluate import evaluate
-from radprobe.segmentation.metrics import case_scores, mean_dice, split_dice
+from radprobe.run.trained import _split, train_protocol, validate
+
+METHODS = tuple(names("trained"))
 
 CLASSES = ("organ", "lesion")
 METRICS = {f"{m}_{s}" for m in ("dice", "iou", "hd95") for s in ("macro", *CLASSES)} | {"dice_iou_mean"}

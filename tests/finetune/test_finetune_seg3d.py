@@ -25,11 +25,11 @@ from ft_helpers import (
 )
 
 from radprobe.cli import main
-from radprobe.finetune.run import _split, train_protocol, validate
 from radprobe.finetune.train import predict_masks
+from radprobe.metrics.segmentation import case_scores, split_dice
 from radprobe.results import ResultStore
+from radprobe.run.trained import _split, train_protocol, validate
 from radprobe.segmentation.data import resize_masks
-from radprobe.segmentation.metrics import case_scores, split_dice
 
 DATASET = "synthetic:seg3d"
 CLASSES = ("organ", "lesion")

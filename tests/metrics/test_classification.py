@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
-from radprobe.metrics.classification import _resample_index, bootstrap_metrics, classification_metrics
+from radprobe.metrics.classification import bootstrap_metrics, classification_metrics, resample_index
 
 
 def test_multiclass_matches_sklearn():
@@ -29,7 +29,7 @@ def test_multilabel_class_without_positives_is_excluded_with_warning():
 
 def test_patient_resample_keeps_patients_whole():
     groups = np.array(["a", "a", "b", "c", "c", "c"])
-    idx = _resample_index(groups, np.random.default_rng(0))
+    idx = resample_index(groups, np.random.default_rng(0))
     drawn = groups[idx]
     for g in np.unique(drawn):
         assert (drawn == g).sum() % (groups == g).sum() == 0

@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 from radprobe.metrics import bootstrap_metrics, classification_metrics
-from radprobe.metrics.classification import _resample_index
-from radprobe.protocols.base import validation_score
+from radprobe.metrics.classification import resample_index
+from radprobe.metrics.fast import validation_score
 
 
 def _labels_with_unknowns(rng: np.random.Generator, n: int = 80, c: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -83,7 +83,7 @@ def test_bootstrap_and_validation_score_respect_unknowns():
     boot = np.random.default_rng(5)
     vals = []
     for _ in range(30):
-        idx = _resample_index(groups, boot)
+        idx = resample_index(groups, boot)
         vals.append(_reference(y[idx], s[idx])["auroc_macro"])
     lo, hi = np.quantile(vals, [0.025, 0.975])
     assert (auroc.ci_low, auroc.ci_high) == (pytest.approx(lo), pytest.approx(hi))

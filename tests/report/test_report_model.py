@@ -157,8 +157,8 @@ def test_references_are_complete_and_match_only_their_setting():
 
 
 def _seg_fold_rows(run_dir, fold: int, dice: np.ndarray, ids: list[str]) -> list[dict]:
+    from radprobe.metrics.segmentation import CaseTable
     from radprobe.results.predictions import predictions_path
-    from radprobe.segmentation.metrics import CaseTable
 
     ek = f"seg-eval-{fold}"
     table = CaseTable(

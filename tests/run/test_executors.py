@@ -211,7 +211,7 @@ def test_small_fits_run_on_one_blas_thread_whatever_the_environment():
     and sklearn's lbfgs at large C lands elsewhere with another BLAS summation order."""
     from threadpoolctl import threadpool_info, threadpool_limits
 
-    from radprobe.run.evaluate import _threads_for
+    from radprobe.core.runtime import threads_for
 
     def blas() -> set[int]:
         return {p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"}
@@ -219,9 +219,9 @@ def test_small_fits_run_on_one_blas_thread_whatever_the_environment():
     if not blas():
         pytest.skip("numpy reports no BLAS thread pool here")
     with threadpool_limits(limits=2, user_api="blas"):
-        with _threads_for(60 * 2048):
+        with threads_for(60 * 2048):
             assert blas() == {1}
-        with _threads_for(10**8):  # large fits keep the threads they were given
+        with threads_for(10**8):  # large fits keep the threads they were given
             assert blas() == {2}
 
 

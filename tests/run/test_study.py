@@ -61,10 +61,10 @@ def test_expansion_and_keys(tmp_path):
     ("patch", "needle"),
     [
         ({"backbonez": []}, "backbonez: unknown key; allowed keys: name, out, data_root, backbones"),
-        ({"protocols": {"knn": {"kk": 3}}}, "unknown option 'kk'; allowed: ks"),
+        ({"protocols": {"knn": {"kk": 3}}}, "knn.kk: unknown option; knn takes ks"),
         (
             {"protocols": {"bogus": {}}},
-            "unknown protocol 'bogus'; allowed: bitfit, dora, fewshot, finetune, knn, linear",
+            "unknown protocol 'bogus'; expected one of: knn, linear, logreg, fewshot, mil, seg-linear",
         ),
         ({"seeds": "zero"}, "seeds"),
         ({"protocols": {"lora": {"rnak": 4}}}, "lora.rnak: unknown option"),

@@ -7,9 +7,9 @@ import json
 import numpy as np
 
 from radprobe.cli import main
+from radprobe.metrics.segmentation import CaseTable
 from radprobe.results.compare import compare_backbones
 from radprobe.results.predictions import predictions_path
-from radprobe.segmentation.metrics import CaseTable
 
 FAST = ["--set", "seg-linear.lrs=0.01", "--set", "seg-linear.epochs=2", "--set", "seg-linear.min_steps=8"]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from radprobe.segmentation.metrics import case_scores, dice_iou, hd95, mean_dice, metric_name, summarize
+from radprobe.metrics.segmentation import case_scores, dice_iou, hd95, mean_dice, metric_name, summarize
 
 
 def _reference(pred: np.ndarray, gt: np.ndarray, c: int) -> tuple[float, float]:

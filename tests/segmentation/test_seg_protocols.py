@@ -10,7 +10,7 @@ import pytest
 from radprobe.backbones.testing import WIDTH
 from radprobe.errors import RadprobeError
 from radprobe.run.evaluate import EvalConfig, evaluate
-from radprobe.segmentation import evaluate_segmentation, seg_resolution
+from radprobe.run.segment import seg_resolution
 
 
 def _cfg(root: Path, out: Path, protocols: list[str], **options: dict) -> EvalConfig:
@@ -36,7 +36,7 @@ def test_linear_and_decoder_reach_dice_09_on_an_easy_task(easy2d, tmp_path):
             "seg-decoder": {"lrs": "1e-2", "epochs": 25, "min_steps": 0, "channels": 16, "overlays": 0},
         },
     )
-    summary = evaluate_segmentation(cfg)
+    summary = evaluate(cfg)
     dice = {r["protocol"]: r for r in summary.rows if r["metric"] == "dice_macro"}
     assert dice["seg-linear"]["value"] > 0.9, dice["seg-linear"]["value"]
     assert dice["seg-decoder"]["value"] > 0.9, dice["seg-decoder"]["value"]
@@ -56,7 +56,7 @@ def test_fewshot_rows_per_shots(easy2d, tmp_path):
     cfg = _cfg(
         root, tmp_path / "run", ["seg-linear"], **{"seg-linear": {**opts, "shots": [2, 1], "repeats": 2}}
     )
-    rows = evaluate_segmentation(cfg).rows
+    rows = evaluate(cfg).rows
     dice = [r for r in rows if r["metric"] == "dice_macro"]
     assert [(r["hparams"]["shots"], r["n_train"]) for r in dice] == [(1, 1), (2, 2)]
     for r in dice:
@@ -65,7 +65,7 @@ def test_fewshot_rows_per_shots(easy2d, tmp_path):
         assert all(len(d["train_cases"]) == r["n_train"] for d in r["selected"]["per_draw"])
     assert len({r["eval_key"] for r in dice}) == 2
     one = _cfg(root, tmp_path / "run1", ["seg-linear"], **{"seg-linear": {**opts, "shots": 1, "repeats": 1}})
-    row = next(r for r in evaluate_segmentation(one).rows if r["metric"] == "dice_macro")
+    row = next(r for r in evaluate(one).rows if r["metric"] == "dice_macro")
     assert row["ci_method"].startswith("patient bootstrap") and row["hparams"]["shots"] == 1
 
 
@@ -87,7 +87,7 @@ def test_bad_protocols_and_options_fail_before_writing(easy2d, tmp_path, protoco
     root = easy2d(n=12)
     out = tmp_path / "run"
     with pytest.raises(RadprobeError) as e:
-        evaluate_segmentation(_cfg(root, out, protocols, **options))
+        evaluate(_cfg(root, out, protocols, **options))
     assert culprit in str(e.value) and "\n" not in str(e.value)
     assert not out.exists()
 
@@ -120,8 +120,8 @@ def test_resolution_defaults():
 def test_one_extraction_serves_every_head(easy2d, tmp_path):
     root = easy2d(n=12)
     tiny = {"lrs": 0.01, "epochs": 0, "min_steps": 2, "overlays": 0}
-    first = evaluate_segmentation(_cfg(root, tmp_path / "a", ["seg-linear"], **{"seg-linear": tiny}))
+    first = evaluate(_cfg(root, tmp_path / "a", ["seg-linear"], **{"seg-linear": tiny}))
     dec = {**tiny, "channels": 8}
-    second = evaluate_segmentation(_cfg(root, tmp_path / "b", ["seg-decoder"], **{"seg-decoder": dec}))
+    second = evaluate(_cfg(root, tmp_path / "b", ["seg-decoder"], **{"seg-decoder": dec}))
     assert not first.cache_hit and second.cache_hit
     assert first.rows[0]["feature_keys"] == second.rows[0]["feature_keys"]

@@ -91,6 +91,11 @@ class FeatureSet:
     def grid(self, layer: int) -> np.ndarray:
         return self.arrays[f"grid_{layer}"]
 
+    @property
+    def precision(self) -> str:
+        """The precision the features were computed in (entries written before the field: fp32)."""
+        return str(self.meta.get("precision", "fp32"))
+
     def __len__(self) -> int:
         return len(self.sample_ids)
 

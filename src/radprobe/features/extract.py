@@ -11,8 +11,6 @@ so one extraction serves every pooling.
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from radprobe.core.runtime import peak_memory_mb
 from radprobe.features.cache import FORMAT_VERSION, FeatureCache, FeatureSet, FeatureSpec, cache_key
 from radprobe.utils import digest
 
@@ -74,14 +73,6 @@ def forward_rate(stats: list[dict[str, Any]]) -> float:
     ran = [(n, t) for n, t in ran if n > 0]
     total = sum(t for _, t in ran)
     return float(sum(n for n, _ in ran) / total) if total > 0 else 0.0
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    """Peak accelerator memory on CUDA, else the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from radprobe.core.runtime import under_torchrun
 from radprobe.errors import RadprobeError
 
 # Set by join(): a process group alone does not mean data-parallel training (the study executor
@@ -50,8 +51,6 @@ def join(device: str) -> str:
     device (``cuda`` becomes ``cuda:LOCAL_RANK``); otherwise return ``device`` unchanged."""
     global _joined
     import torch.distributed as dist
-
-    from radprobe.run.executors import under_torchrun
 
     if not under_torchrun() or int(os.environ["WORLD_SIZE"]) < 2:
         return device

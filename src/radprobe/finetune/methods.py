@@ -28,6 +28,7 @@ from radprobe.errors import RadprobeError
 from radprobe.finetune.anatomy import _BLOCK_RE, anatomy, inner_model
 from radprobe.finetune.heads import Head
 from radprobe.finetune.options import (
+    OPTION_TYPES,
     FinetuneOptions,
     LoraOptions,
     PartialOptions,
@@ -36,7 +37,6 @@ from radprobe.finetune.options import (
 )
 from radprobe.finetune.vpt import PromptedViT, supports_vpt
 
-METHODS = ("finetune", "lora", "dora", "bitfit", "vpt", "partial")
 # Parameters that are embeddings or gates rather than weights: no weight decay (like 1-D params).
 _NO_DECAY = ("cls_token", "reg_token", "pos_embed", "prompts", "lora_magnitude_vector")
 
@@ -144,9 +144,9 @@ def _enable_grad_checkpointing(encoder: nn.Module) -> None:
 def check_method(protocol: str, backbone: nn.Module, opts: TrainOptions) -> dict[str, Any]:
     """Validate ``opts`` of ``protocol`` against ``backbone`` (left unchanged); returns resolved facts."""
     name = backbone.info.name  # type: ignore[attr-defined]
-    if protocol not in METHODS:
+    if protocol not in OPTION_TYPES:
         raise RadprobeError(
-            f"--protocol {protocol}: unknown trained protocol; expected one of {', '.join(METHODS)}"
+            f"--protocol {protocol}: unknown trained protocol; expected one of {', '.join(OPTION_TYPES)}"
         )
     if opts.grad_checkpointing and not _supports_grad_checkpointing(backbone):
         raise RadprobeError(f"--set {protocol}.grad_checkpointing=true: backbone {name} does not support it")

@@ -26,16 +26,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from radprobe.core.runtime import peak_memory_mb
 from radprobe.errors import RadprobeError
-from radprobe.features.extract import peak_memory_mb
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import ImageSet, batches_per_epoch, derived_seed, eval_loader, train_loader
 from radprobe.finetune.heads import SegmentationHead
 from radprobe.finetune.methods import Built
 from radprobe.finetune.options import TrainOptions
+from radprobe.metrics.fast import validation_score
 from radprobe.progress import make_progress
-from radprobe.protocols.base import validation_score
 
 if TYPE_CHECKING:
     from radprobe.segmentation.data import SegSplit
@@ -178,7 +178,7 @@ def val_score(
     """The validation score model selection maximises, and the mean validation loss (``shard``: the
     data-parallel ranks predict a share each and every rank scores the whole split)."""
     if split.seg is not None:
-        from radprobe.segmentation.metrics import split_dice
+        from radprobe.metrics.segmentation import split_dice
 
         head = built.model.head
         assert split.seg.masks is not None and isinstance(head, SegmentationHead)

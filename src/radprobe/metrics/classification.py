@@ -114,7 +114,7 @@ def classification_metrics(
     return out, warns
 
 
-def _resample_index(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def resample_index(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Indices of a bootstrap resample drawn over groups (patients), keeping each group's samples."""
     uniq, inverse = np.unique(groups, return_inverse=True)
     order = np.argsort(inverse, kind="stable")

@@ -1,6 +1,6 @@
 """The headline metric of many score sets at once (model selection over a grid of heads).
 
-Equal to :func:`radprobe.protocols.base.validation_score` for each score set (tests check this against
+Equal to :func:`validation_score` for each score set (tests check this against
 scikit-learn), but vectorised: AUROC comes from average ranks (Mann-Whitney U), so a 52-head grid is
 scored in one call instead of 52 metric suites. Labels of -1 (unknown) are left out per label.
 """
@@ -141,7 +141,7 @@ def weighted_headline_metrics(
 def bootstrap_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, N) sample multiplicities of patient resamples.
 
-    Draws exactly as ``metrics.classification._resample_index`` does (one ``rng.integers`` call per
+    Draws exactly as ``metrics.classification.resample_index`` does (one ``rng.integers`` call per
     resample), so a seed gives the same resamples either way.
     """
     uniq, inverse = np.unique(groups, return_inverse=True)
@@ -159,3 +159,11 @@ def weight_chunks(
     chunk = max(1, min(n_boot, max_cells // max(1, len(groups))))
     for start in range(0, n_boot, chunk):
         yield bootstrap_weights(groups, min(chunk, n_boot - start), rng)
+
+
+def validation_score(labels: np.ndarray, scores: np.ndarray, task: str) -> float:
+    """The task's headline metric on validation, used for model selection (higher is better).
+
+    Multi-label labels of -1 (unknown) are left out per label, as in every metric.
+    """
+    return float(headline_scores(labels, np.asarray(scores)[None], task)[0])

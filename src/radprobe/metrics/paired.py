@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from radprobe.metrics.classification import _resample_index, classification_metrics
+from radprobe.metrics.classification import classification_metrics, resample_index
 from radprobe.metrics.fast import weight_chunks, weighted_headline_metrics
 
 
@@ -70,7 +70,7 @@ def paired_bootstrap_fn(
     rng = np.random.default_rng(seed)
     diffs = []
     for _ in range(n_boot):
-        idx = _resample_index(groups, rng)
+        idx = resample_index(groups, rng)
         da, db = value_a(idx), value_b(idx)
         if np.isfinite(da) and np.isfinite(db):
             diffs.append(da - db)

@@ -7,8 +7,6 @@ from typing import Any
 
 import numpy as np
 
-from radprobe.metrics.fast import headline_scores
-
 
 class Bags:
     """Slice features of volumes: rows ``offsets[i]:offsets[i + 1]`` of ``features`` are volume i's."""
@@ -158,11 +156,3 @@ class ProtocolResult:
     selected: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     summaries: list[Summary] = field(default_factory=list)
-
-
-def validation_score(labels: np.ndarray, scores: np.ndarray, task: str) -> float:
-    """The task's headline metric on validation, used for model selection (higher is better).
-
-    Multi-label labels of -1 (unknown) are left out per label, as in every metric.
-    """
-    return float(headline_scores(labels, np.asarray(scores)[None], task)[0])

@@ -21,7 +21,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from radprobe.protocols.base import ProtocolInput, ProtocolResult, validation_score
+from radprobe.metrics.fast import validation_score
+from radprobe.protocols.base import ProtocolInput, ProtocolResult
 
 DEFAULT_KS = (10, 20, 100, 200)
 PRESETS = {

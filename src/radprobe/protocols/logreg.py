@@ -17,7 +17,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from radprobe.protocols.base import ProtocolInput, ProtocolResult, validation_score
+from radprobe.metrics.fast import validation_score
+from radprobe.protocols.base import ProtocolInput, ProtocolResult
 
 DINOV2_CS = tuple(float(c) for c in np.logspace(-6, 5, 45))
 

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from radprobe.errors import RadprobeError
-from radprobe.protocols.base import Bags, ProtocolInput, ProtocolResult, validation_score
+from radprobe.metrics.fast import validation_score
+from radprobe.protocols.base import Bags, ProtocolInput, ProtocolResult
 from radprobe.utils import digest
 
 DEFAULT_LRS = (3e-4, 1e-3, 3e-3)

@@ -1,53 +1,260 @@
-"""Protocol names → runners."""
+"""Every protocol of radprobe, in one place: its name, family, what it consumes, which datasets it
+fits, its options (with defaults and ranges) and its runner.
+
+Families:
+
+- ``frozen``: classification heads on cached pooled features (``knn``, ``linear``, ``logreg``,
+  ``fewshot``) or on each volume's slice features (``mil``); runners take a
+  :class:`~radprobe.protocols.base.ProtocolInput`.
+- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``) and a U-Net trained
+  from scratch (``seg-unet``); runners take a :class:`~radprobe.segmentation.protocols.SegData`.
+- ``trained``: the backbone trains with a head (``finetune`` and the PEFT methods); one training loop
+  serves them all, parameterised by the method, so their runner is the method's name.
+
+Every path that takes a protocol name (``eval``, study files, ``--set``, the report) resolves it here:
+:func:`get`, :func:`check_options` and :func:`describe` are the only ways in.
+"""
 
 from __future__ import annotations
 
+import inspect
 import types
 import typing
 from collections import abc
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import annotated_types as at
+
 from radprobe.errors import RadprobeError
+from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
-from radprobe.protocols.base import ProtocolInput, ProtocolResult
+from radprobe.segmentation import protocols as seg
 from radprobe.utils import check_scalar
 
-PROTOCOLS: dict[str, Callable[..., ProtocolResult]] = {
-    "knn": knn.run,
-    "linear": linear.run,
-    "logreg": logreg.run,
-    "fewshot": fewshot.run,
-    "mil": mil.run,
+CLASSIFICATION = ("binary", "multiclass", "multilabel")
+SEGMENTATION = ("segmentation",)
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """One protocol: what it is, what it reads and where it applies."""
+
+    name: str
+    family: str  # frozen | segmentation | trained
+    consumes: str  # pooled features | slice bags | patch grids | images | live model
+    summary: str
+    tasks: tuple[str, ...]
+    ndims: tuple[int, ...]
+    runner: Callable[..., Any] | None = None  # None: the trained loop, parameterised by ``name``
+
+    def fits(self, dataset: str, task: str, ndim: int) -> str | None:
+        """Why this protocol cannot run on ``dataset``, a ``task`` dataset of ``ndim`` dimensions
+        (None: it can)."""
+        if task not in self.tasks:
+            wants = (
+                "a segmentation dataset (images with masks)"
+                if self.tasks == SEGMENTATION
+                else f"a classification dataset ({', '.join(CLASSIFICATION)})"
+            )
+            return f"needs {wants}; {dataset} is a {task} dataset"
+        if self.family == "trained" and task in CLASSIFICATION and ndim != 2:
+            return (
+                f"classifies 2D images (3D datasets: segmentation only, slice by slice); {dataset} is {ndim}D"
+            )
+        if ndim not in self.ndims:
+            return f"needs a 3D dataset (it attends over each volume's slices); {dataset} is {ndim}D"
+        return None
+
+
+_BOTH = (2, 3)
+_TRAINED_SUMMARY = {
+    "finetune": "end-to-end fine-tuning with layer-wise lr decay",
+    "lora": "LoRA adapters (peft) on attention and MLP projections",
+    "dora": "DoRA: weight-decomposed LoRA (peft)",
+    "bitfit": "train the biases only",
+    "vpt": "visual prompt tuning (learned prompt tokens)",
+    "partial": "train the last k blocks",
 }
-# Protocols that read each volume's slice features (bags) rather than pooled rows: 3D datasets only,
-# and the volume pooling option does not apply to them.
-VOLUME_PROTOCOLS = frozenset({"mil"})
+
+_SPECS = [
+    ProtocolSpec(
+        "knn",
+        "frozen",
+        "pooled features",
+        "k-nearest neighbours, k and T chosen on val",
+        CLASSIFICATION,
+        _BOTH,
+        knn.run,
+    ),
+    ProtocolSpec(
+        "linear",
+        "frozen",
+        "pooled features",
+        "linear heads over lr x blocks x avgpool, chosen on val",
+        CLASSIFICATION,
+        _BOTH,
+        linear.run,
+    ),
+    ProtocolSpec(
+        "logreg",
+        "frozen",
+        "pooled features",
+        "L2 logistic regression, C chosen on val",
+        CLASSIFICATION,
+        _BOTH,
+        logreg.run,
+    ),
+    ProtocolSpec(
+        "fewshot",
+        "frozen",
+        "pooled features",
+        "knn / linear / logreg on n-shot draws",
+        CLASSIFICATION,
+        _BOTH,
+        fewshot.run,
+    ),
+    ProtocolSpec(
+        "mil",
+        "frozen",
+        "slice bags",
+        "attention MIL over each volume's slice features",
+        CLASSIFICATION,
+        (3,),
+        mil.run,
+    ),
+    ProtocolSpec(
+        "seg-linear",
+        "segmentation",
+        "patch grids",
+        "a linear head on the last block's patch grid",
+        SEGMENTATION,
+        _BOTH,
+        seg.seg_linear,
+    ),
+    ProtocolSpec(
+        "seg-decoder",
+        "segmentation",
+        "patch grids",
+        "a light multi-level decoder on patch grids",
+        SEGMENTATION,
+        _BOTH,
+        seg.seg_decoder,
+    ),
+    ProtocolSpec(
+        "seg-unet",
+        "segmentation",
+        "images",
+        "a MONAI U-Net trained from scratch (reference)",
+        SEGMENTATION,
+        _BOTH,
+        seg.seg_unet,
+    ),
+    *(
+        ProtocolSpec(m, "trained", "live model", _TRAINED_SUMMARY[m], (*CLASSIFICATION, *SEGMENTATION), _BOTH)
+        for m in train_options.OPTION_TYPES
+    ),
+]
+PROTOCOLS: dict[str, ProtocolSpec] = {s.name: s for s in _SPECS}
+FAMILIES = ("frozen", "segmentation", "trained")
 
 
-def get_protocol(name: str) -> Callable[[ProtocolInput], ProtocolResult]:
-    """The runner of protocol ``name``; unknown names raise a one-line error listing the known ones."""
+def names(family: str | None = None) -> list[str]:
+    """Protocol names, in registry order (``family``: only that family's)."""
+    return [n for n, s in PROTOCOLS.items() if family is None or s.family == family]
+
+
+def get(name: str) -> ProtocolSpec:
+    """The spec of protocol ``name``; unknown names raise one line listing every protocol."""
     try:
         return PROTOCOLS[name]
     except KeyError:
-        raise RadprobeError(
-            f"unknown protocol {name!r}; expected one of: {', '.join(sorted(PROTOCOLS))}"
-        ) from None
+        raise RadprobeError(f"unknown protocol {name!r}; expected one of: {', '.join(PROTOCOLS)}") from None
 
 
-def check_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Protocol ``name``'s options checked against its runner's annotations, before anything runs:
-    a bad value is one line naming the option and what it takes. A single value where a list is
-    taken becomes a one-item list, and an integral float (``1e2``) an int where an int is taken;
-    everything else is passed on as given (so result keys do not change)."""
-    hints = typing.get_type_hints(get_protocol(name))
+def get_protocol(name: str) -> Callable[..., Any]:
+    """The runner of a frozen protocol (knn, linear, logreg, fewshot, mil)."""
+    spec = get(name)
+    if spec.family != "frozen" or spec.runner is None:
+        raise RadprobeError(f"protocol {name!r} is a {spec.family} protocol, not a frozen-feature one")
+    return spec.runner
+
+
+def check_fit(name: str, dataset: str, task: str, ndim: int) -> None:
+    """One line when protocol ``name`` cannot run on this dataset (before anything is extracted)."""
+    why = get(name).fits(dataset, task, ndim)
+    if why:
+        raise RadprobeError(f"--protocol {name}: {why}")
+
+
+def check_options(name: str, options: dict[str, Any], *, n_train: int | None = None) -> dict[str, Any]:
+    """Protocol ``name``'s ``options`` checked before anything runs: unknown keys, wrong types and
+    values out of range are one line naming the option and what it takes.
+
+    Frozen protocols: a single value where a list is taken becomes a one-item list, and an integral
+    float (``1e2``) an int where an int is taken; everything else passes on as given (so result keys
+    do not change). Segmentation options come back resolved with their defaults (``n_train`` also
+    checks few-shot sizes against the training split); trained options are checked and passed on.
+    """
+    spec = get(name)
+    if spec.family == "trained":
+        train_options.parse_options(name, options, batch_size=1)
+        return dict(options)
+    assert spec.runner is not None
+    params = [p for p in inspect.signature(spec.runner).parameters if p != "data"]
+    for key in options:
+        if key not in params:
+            raise RadprobeError(f"--set {name}.{key}: unknown option; {name} takes {', '.join(params)}")
+    if spec.family == "segmentation":
+        return seg.resolve_options(name, spec.runner, options, n_train)
+    hints = typing.get_type_hints(spec.runner, include_extras=True)
     return {
         k: _coerce(v, hints[k], f"--set {name}.{k}={v!r}") if k in hints else v for k, v in options.items()
     }
 
 
+def describe(name: str) -> list[dict[str, Any]]:
+    """Every option of ``name``: its name, default, type and help (``radprobe protocols``)."""
+    spec = get(name)
+    if spec.family == "trained":
+        return [{**o, "type": o.get("type", "")} for o in train_options.describe_options(name)]
+    assert spec.runner is not None
+    hints = typing.get_type_hints(spec.runner, include_extras=True)
+    out = []
+    for p in inspect.signature(spec.runner).parameters.values():
+        if p.name == "data":
+            continue
+        default = list(p.default) if isinstance(p.default, tuple) else p.default
+        out.append({"name": p.name, "default": default, "type": _type_text(hints.get(p.name)), "help": ""})
+    return out
+
+
+def _type_text(hint: Any) -> str:
+    text = str(hint).replace("typing.", "").replace("collections.abc.", "")
+    return text.replace("Annotated[", "").replace("annotated_types.", "")
+
+
+def _bounds(value: Any, metadata: tuple[Any, ...], where: str) -> None:
+    for m in metadata:
+        for attr, ok, word in (
+            ("ge", lambda a, b: a >= b, ">="),
+            ("gt", lambda a, b: a > b, ">"),
+            ("le", lambda a, b: a <= b, "<="),
+            ("lt", lambda a, b: a < b, "<"),
+        ):
+            bound = getattr(m, attr, None)
+            if isinstance(m, at.BaseMetadata) and bound is not None and not ok(value, bound):
+                raise RadprobeError(f"{where}: expected a value {word} {bound}")
+
+
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is typing.Annotated:
+        value = _coerce(value, args[0], where)
+        if value is not None and not isinstance(value, bool) and isinstance(value, int | float):
+            _bounds(value, args[1:], where)
+        return value
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in args if a is not type(None)]
         if value is None and len(inner) < len(args):

@@ -2,5 +2,5 @@
 curves, overlays, compute and published numbers) and the offline demo.
 
 ``radprobe report RUN_DIR`` -> :func:`radprobe.report.build.build_report`;
-``radprobe demo [--quick]`` -> :func:`radprobe.report.demo.run_demo`.
+``radprobe demo [--quick]`` -> :func:`radprobe.demo.run_demo`.
 """

@@ -208,7 +208,7 @@ def pooled_metrics(
     Computed with numpy (ranks for AUROC) rather than scikit-learn: the report resamples thousands
     of times and scikit-learn's input validation would dominate; tests check both agree.
     """
-    from radprobe.metrics.classification import _resample_index
+    from radprobe.metrics.classification import resample_index
 
     y = np.asarray(y).astype(int)
     scores = np.asarray(scores, dtype=np.float64)
@@ -217,7 +217,7 @@ def pooled_metrics(
     rng = np.random.default_rng(seed)
     samples: dict[str, list[float]] = {m: [] for m in names}
     for _ in range(n_boot):
-        idx = _resample_index(np.asarray(groups), rng)
+        idx = resample_index(np.asarray(groups), rng)
         vals = _point(y[idx], scores[idx], task)
         for m in names:
             if np.isfinite(vals[m]):
@@ -260,7 +260,7 @@ def _pool_case_tables(
 ) -> list[dict[str, Any]]:
     """Segmentation rows of the folds' per-case tables pooled, one per metric the folds report;
     none when a case appears in two folds (not a cross-validation) or the tables disagree."""
-    from radprobe.segmentation.metrics import CaseTable, bootstrap_tables
+    from radprobe.metrics.segmentation import CaseTable, bootstrap_tables
 
     try:
         table = CaseTable.concat([CaseTable.load(p) for p in paths])

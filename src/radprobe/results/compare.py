@@ -79,7 +79,7 @@ def _compare_cases(
     pa_path: Path, pb_path: Path, a: str, b: str, metric: str | None, n_boot: int, seed: int
 ) -> PairedComparison:
     """Segmentation: resample patients over the per-case scores and aggregate both as the rows do."""
-    from radprobe.segmentation.metrics import CaseTable
+    from radprobe.metrics.segmentation import CaseTable
 
     ta, tb = CaseTable.load(pa_path), CaseTable.load(pb_path)
     order = {s: i for i, s in enumerate(tb.sample_ids)}

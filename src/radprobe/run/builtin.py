@@ -124,11 +124,9 @@ def demo_assets(cache: Path | None = None, progress: bool = False) -> Any:
 
 def segmentation_available() -> bool:
     """Whether the segmentation protocols can run in this installation."""
-    try:
-        from radprobe.segmentation import evaluate_segmentation  # noqa: F401
-    except Exception:
-        return False
-    return True
+    import importlib.util
+
+    return importlib.util.find_spec("monai") is not None
 
 
 def demo_study(size: DemoSize, cache: Path | None = None, progress: bool = False) -> dict[str, Any]:

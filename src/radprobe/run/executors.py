@@ -24,6 +24,7 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
 from typing import Any, Protocol
 
+from radprobe.core.runtime import TORCHRUN_ENV
 from radprobe.errors import RadprobeError
 
 
@@ -71,14 +72,6 @@ class LocalExecutor:
             return [futures[i].result() for i in range(len(tasks))]
 
 
-_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-def under_torchrun() -> bool:
-    """Whether this process is a rank launched by torchrun (its environment names a world)."""
-    return all(k in os.environ for k in _TORCHRUN_ENV)
-
-
 class TorchrunExecutor:
     """One rank per GPU (or CPU share) under ``torchrun``: every rank runs the same study command.
 
@@ -93,7 +86,7 @@ class TorchrunExecutor:
     """
 
     def __init__(self, timeout_h: float = 72.0) -> None:
-        missing = [k for k in _TORCHRUN_ENV if k not in os.environ]
+        missing = [k for k in TORCHRUN_ENV if k not in os.environ]
         if missing:
             raise RadprobeError(
                 f"--executor torchrun: {', '.join(missing)} not set; launch the command with "

@@ -10,7 +10,6 @@ of an uninterrupted run; finished jobs are skipped, failed and interrupted ones 
 from __future__ import annotations
 
 import copy
-import inspect
 import io
 import os
 import tarfile
@@ -27,15 +26,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from radprobe.errors import RadprobeError
-from radprobe.protocols import PROTOCOLS
-from radprobe.protocols.registry import check_options
+from radprobe.protocols import registry
 from radprobe.results import ResultStore
 from radprobe.results.store import DB_NAME
-from radprobe.run.evaluate import TRAINED_PROTOCOLS
 from radprobe.utils import atomic_write_text, digest, load_yaml
-
-SEGMENTATION_PROTOCOLS = ("seg-linear", "seg-decoder", "seg-unet")
-OTHER_PROTOCOLS = (*SEGMENTATION_PROTOCOLS, *TRAINED_PROTOCOLS)
 
 
 class BackboneEntry(BaseModel):
@@ -123,26 +117,9 @@ class StudyConfig(BaseModel):
     @field_validator("protocols")
     @classmethod
     def _known_protocols(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        known = sorted({*PROTOCOLS, *OTHER_PROTOCOLS})
         for proto, opts in v.items():
-            if proto not in known:
-                raise ValueError(f"unknown protocol {proto!r}; allowed: {', '.join(known)}")
-            if proto in TRAINED_PROTOCOLS:
-                from radprobe.finetune.options import parse_options
-
-                try:
-                    parse_options(proto, opts, batch_size=64)
-                except RadprobeError as e:
-                    raise ValueError(str(e).removeprefix("--set ")) from None
-                continue
-            if proto not in PROTOCOLS:
-                continue  # segmentation protocols check their options when they run
-            allowed = [p for p in inspect.signature(PROTOCOLS[proto]).parameters if p != "data"]
-            for key in opts:
-                if key not in allowed:
-                    raise ValueError(f"{proto}: unknown option {key!r}; allowed: {', '.join(allowed)}")
             try:
-                check_options(proto, opts)
+                registry.check_options(proto, opts)
             except RadprobeError as e:
                 raise ValueError(str(e).removeprefix("--set ")) from None
         return v
@@ -268,7 +245,7 @@ class Job:
 
     @property
     def frozen(self) -> bool:
-        return self.protocol in PROTOCOLS
+        return registry.get(self.protocol).family == "frozen"
 
 
 def dataset_spec(study: StudyConfig, entry: DatasetEntry) -> str:
@@ -279,8 +256,9 @@ def dataset_spec(study: StudyConfig, entry: DatasetEntry) -> str:
     return entry.spec.replace("{data_root}", root.rstrip("/"))
 
 
-# Reference protocols that train their own model: one job per dataset, whatever the backbones.
-BACKBONE_FREE = ("seg-unet",)
+def backbone_free(protocol: str) -> bool:
+    """Reference protocols that train their own model: one job per dataset, whatever the backbones."""
+    return registry.get(protocol).consumes == "images"
 
 
 def expand(study: StudyConfig) -> list[Job]:
@@ -304,7 +282,7 @@ def expand(study: StudyConfig) -> list[Job]:
         for seed in study.seeds
     ]
     first = study.backbones[0]
-    return [j for j in jobs if j.protocol not in BACKBONE_FREE or j.backbone == first]
+    return [j for j in jobs if not backbone_free(j.protocol) or j.backbone == first]
 
 
 def run_dir_of(study: StudyConfig, out: str | Path | None) -> Path:

@@ -36,6 +36,7 @@ from torch import nn
 from radprobe.backbones.base import BackboneInfo
 from radprobe.data import Dataset
 from radprobe.errors import RadprobeError
+from radprobe.metrics.segmentation import CaseScores, case_scores, split_dice
 from radprobe.segmentation import output
 from radprobe.segmentation.data import SegSplit, draw_cases
 from radprobe.segmentation.heads import (
@@ -46,7 +47,6 @@ from radprobe.segmentation.heads import (
     decoder_plan,
     linear_layer,
 )
-from radprobe.segmentation.metrics import CaseScores, case_scores, split_dice
 from radprobe.segmentation.train import (
     Fetch,
     TrainSettings,
@@ -128,9 +128,10 @@ def _number(proto: str, key: str, v: Any, lo: float, integer: bool, what: str) -
 
 
 def resolve_options(
-    proto: str, runner: Callable[..., Any], given: dict[str, Any], n_train: int
+    proto: str, runner: Callable[..., Any], given: dict[str, Any], n_train: int | None = None
 ) -> dict[str, Any]:
-    """Defaults of ``runner`` overridden by ``given``, each checked; one-line errors name the option."""
+    """Defaults of ``runner`` overridden by ``given``, each checked; one-line errors name the option.
+    ``n_train`` (the training split's cases, when known) bounds the few-shot sizes."""
     sig = inspect.signature(runner)
     opts = {k: p.default for k, p in sig.parameters.items() if k != "data"}
     for k in given:
@@ -169,7 +170,7 @@ def resolve_options(
             )
             if not shots:
                 raise _fail(proto, k, v, "positive integers, e.g. [1,2,4,8,16]")
-            if shots[-1] > n_train:
+            if n_train is not None and shots[-1] > n_train:
                 raise RadprobeError(
                     f"--set {proto}.shots: {shots[-1]}-shot needs {shots[-1]} training cases; "
                     f"the training split has {n_train}"
@@ -427,11 +428,3 @@ def _image_stats(images: np.ndarray) -> tuple[float, float]:
     mean = total / max(n, 1)
     std = float(np.sqrt(max(sq / max(n, 1) - mean * mean, 1e-12)))
     return mean, max(std, 1e-3)
-
-
-SEG_PROTOCOLS: dict[str, Callable[..., SegResult]] = {
-    "seg-linear": seg_linear,
-    "seg-decoder": seg_decoder,
-    "seg-unet": seg_unet,
-}
-FROZEN = ("seg-linear", "seg-decoder")

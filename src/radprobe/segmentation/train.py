@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radprobe.features.extract import peak_memory_mb
+from radprobe.core.runtime import peak_memory_mb
 from radprobe.segmentation.data import SegSplit
 
 Inputs = Any  # dict[int, Tensor] of grids, or a Tensor of images

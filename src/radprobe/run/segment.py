@@ -1,10 +1,10 @@
-"""``evaluate_segmentation``: dataset → masks → backbone → per-slice grid cache → heads → rows.
+"""The segmentation family: dataset → masks → backbone → per-slice grid cache → heads → rows.
 
-Mirrors the classification path of :mod:`radprobe.run.evaluate`: every protocol name, option and
+:func:`validate` checks every protocol name, option and
 value, the dataset's task, every mask (shape and labels) and the backbone are checked before anything
 is written to ``cfg.out``; the feature cache is the only thing written earlier. One extraction
 (all layers any requested head reads, float16, one row per image or slice) serves every head and
-learning rate. Rows: one per (protocol[, shots], metric), see :mod:`radprobe.segmentation.metrics`.
+learning rate. Rows: one per (protocol[, shots], metric), see :mod:`radprobe.metrics.segmentation`.
 
 Input resolution: ``--resolution`` when given; otherwise 448 (the paper's segmentation resolution,
 snapped to the patch size) for real foundation models (native resolution >= 224), and the native
@@ -15,32 +15,27 @@ from __future__ import annotations
 
 import importlib.util
 import time
-import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from scipy import stats as sstats
 
+from radprobe.core.runtime import env_info, resolve_device
 from radprobe.errors import RadprobeError
 from radprobe.features.cache import FeatureSet, FeatureSpec
 from radprobe.features.extract import ExtractStats, forward_rate
+from radprobe.metrics.segmentation import CaseTable, summarize
+from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
-from radprobe.run.evaluate import EvalConfig, EvalSummary, _check_options, _device, _env, extract_all
-from radprobe.segmentation.data import intensity, load_split, uniform_spacing
+from radprobe.results.rows import Subject, base_row, ci_method, eval_key
+from radprobe.run.config import EvalConfig, EvalSummary
+from radprobe.run.frozen import extract_all
+from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
-from radprobe.segmentation.metrics import CaseTable, summarize
 from radprobe.segmentation.output import slug
-from radprobe.segmentation.protocols import (
-    FROZEN,
-    SEG_PROTOCOLS,
-    UNET_NAME,
-    SegData,
-    SegResult,
-    resolve_options,
-)
-from radprobe.utils import digest
+from radprobe.segmentation.protocols import UNET_NAME, SegData, SegResult
 
 DEFAULT_RESOLUTION = 448
 
@@ -69,20 +64,33 @@ def grid_layers(num_blocks: int, is_vit: bool) -> list[int]:
     return sorted({linear_layer(num_blocks), *decoder_plan(num_blocks, is_vit)[0]})
 
 
-def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
-    """Run the ``seg-*`` protocols of ``cfg``; one result row per (protocol, metric)."""
+@dataclass
+class SegPlan:
+    """A validated segmentation evaluation: every mask read, the backbone built, nothing extracted."""
+
+    cfg: EvalConfig
+    dataset: Any
+    protocols: list[str]
+    options: dict[str, dict[str, Any]]
+    size: int
+    size_source: str
+    device: str
+    backbone: Any  # None when only seg-unet runs
+    splits: dict[str, SegSplit]
+
+
+def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
+    """Check the ``seg-*`` protocols of ``cfg`` against the dataset, its masks and the backbone;
+    raises :class:`RadprobeError` and writes nothing (the feature cache included)."""
     from radprobe.backbones import create_backbone
     from radprobe.data import load_dataset
 
-    # -- validate names, options, data and backbone; nothing is written to cfg.out yet
-    unknown = [p for p in cfg.protocols if p not in SEG_PROTOCOLS]
-    if unknown:
-        raise RadprobeError(
-            f"unknown segmentation protocol {unknown[0]!r}; expected one of: {', '.join(SEG_PROTOCOLS)}"
-        )
     protocols = list(dict.fromkeys(cfg.protocols))
-    runners = {p: SEG_PROTOCOLS[p] for p in protocols}
-    _check_options(runners, cfg.options)
+    for p in protocols:
+        if registry.get(p).family != "segmentation":
+            raise RadprobeError(
+                f"--protocol {p}: not a segmentation protocol ({', '.join(registry.names('segmentation'))})"
+            )
     if cfg.n_boot < 0:
         raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
     if importlib.util.find_spec("monai") is None:
@@ -90,8 +98,8 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
             f"--protocol {protocols[0]}: segmentation needs MONAI (losses, U-Net, HD95); "
             "pip install 'monai>=1.3'"
         )
-    device = _device(cfg.device)
-    dataset = load_dataset(cfg.dataset)
+    device = resolve_device(cfg.device)
+    dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
     if dataset.task != "segmentation":
         raise RadprobeError(
             f"dataset {cfg.dataset} is a {dataset.task} dataset; segmentation protocols "
@@ -102,11 +110,11 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
         if not dataset.split(s):
             raise RadprobeError(f"dataset {cfg.dataset} has no {s!r} split")
     n_train = len(dataset.split("train"))
-    opts = {p: resolve_options(p, runners[p], cfg.options.get(p, {}), n_train) for p in protocols}
+    opts = {p: registry.check_options(p, cfg.options.get(p, {}), n_train=n_train) for p in protocols}
     size, size_source = seg_resolution(cfg.backbone, cfg.resolution)
-    frozen = [p for p in protocols if p in FROZEN]
     backbone = None
-    if frozen:  # built before the (slower) pass over every mask, so weight problems surface first
+    if any(registry.get(p).consumes == "patch grids" for p in protocols):
+        # built before the (slower) pass over every mask, so weight problems surface first
         backbone = create_backbone(
             cfg.backbone,
             weights=cfg.weights,
@@ -119,20 +127,23 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
         for s in ("train", "val", "test")
     }
     uniform_spacing(splits.values())
+    return SegPlan(cfg, dataset, protocols, opts, size, size_source, device, backbone, splits)
+
+
+def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> EvalSummary:
+    """Extract the patch grids (or find them cached), run each protocol and write its rows."""
+    cfg, dataset, backbone, splits = plan.cfg, plan.dataset, plan.backbone, plan.splits
     feats: dict[str, FeatureSet] = {}
     ext: dict[str, ExtractStats] = {}
     if backbone is not None:
         info = backbone.info
         layers = grid_layers(max(1, info.num_blocks), info.patch_size is not None)
-        feats, ext = _extract(cfg, backbone, dataset, layers, device, warn)
+        feats, ext = _extract(cfg, backbone, dataset, layers, plan.device, warn)
         for s, split in splits.items():
             if feats[s].sample_ids != split.row_ids():
                 raise RuntimeError(f"cache entry {feats[s].path} holds other rows than split {s}")
             # memory-mapped: after the first epoch the OS page cache serves every head and lr
             split.features = {la: feats[s].grid(la) for la in layers}
-
-    # -- run and write
-    run_id = uuid.uuid4().hex[:12]
     # the weights digest keeps two checkpoints of one architecture (e.g. pretrained vs control) apart
     tag = slug(
         f"{backbone.info.name}-{backbone.info.weights_digest[:8]}" if backbone is not None else cfg.backbone
@@ -142,9 +153,9 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
         train=splits["train"],
         val=splits["val"],
         test=splits["test"],
-        size=size,
+        size=plan.size,
         seed=cfg.seed,
-        device=device,
+        device=plan.device,
         info=backbone.info if backbone is not None else None,
         out=cfg.out,
         tag=tag,
@@ -155,29 +166,24 @@ def evaluate_segmentation(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
         backbone=backbone.info.name if backbone is not None else cfg.backbone,
         dataset=dataset.name,
         cache_hit=bool(ext) and all(st.cache_hit for st in ext.values()),
-        splits={
-            s: {
-                "n": len(splits[s]),
-                "rows": splits[s].n_rows,
-                **(
-                    {"cache_key": feats[s].key, "path": str(feats[s].path), **asdict(ext[s])}
-                    if s in feats
-                    else {}
-                ),
-            }
-            for s in splits
-        },
+        splits={s: _split_summary(splits[s], feats.get(s), ext.get(s)) for s in splits},
     )
-    common = {**common_hparams(dataset, splits["test"], size, size_source), "n_boot": cfg.n_boot}
-    with ResultStore(cfg.out) as store:
-        for name in protocols:
-            t0 = time.perf_counter()
-            result = runners[name](data, **opts[name])
-            wall = time.perf_counter() - t0
-            rows = _rows(cfg, run_id, data, backbone, feats, ext, result, common, wall)
-            store.write(rows)
-            summary.rows.extend(asdict(r) for r in rows)
+    common = {**common_hparams(dataset, splits["test"], plan.size, plan.size_source), "n_boot": cfg.n_boot}
+    for name in plan.protocols:
+        t0 = time.perf_counter()
+        result = registry.get(name).runner(data, **plan.options[name])  # type: ignore[misc]
+        wall = time.perf_counter() - t0
+        rows = _rows(cfg, run_id, data, backbone, feats, ext, result, common, wall)
+        store.write(rows)
+        summary.rows.extend(asdict(r) for r in rows)
     return summary
+
+
+def _split_summary(split: SegSplit, fs: FeatureSet | None, st: ExtractStats | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": len(split), "rows": split.n_rows}
+    if fs is not None and st is not None:
+        out.update(cache_key=fs.key, path=str(fs.path), **asdict(st))
+    return out
 
 
 def common_hparams(dataset: Any, test: Any, size: int, size_source: str) -> dict[str, Any]:
@@ -228,107 +234,113 @@ def _rows(
     wall: float,
 ) -> list[ResultRow]:
     dataset = data.dataset
-    frozen = result.protocol in FROZEN
-    classes = list(dataset.classes)
-    groups = data.test.patients()
-    unit = common["hd95_unit"]
+    frozen = registry.get(result.protocol).consumes == "patch grids"
     if frozen:
         info = backbone.info
-        name, weights, params = info.name, info.weights_digest, info.params
-        model_key: dict[str, Any] = {"preprocess": backbone.preprocess.to_dict()}
+        subject = Subject(
+            info.name, info.weights_digest, dataset, cfg.seed, {"preprocess": backbone.preprocess.to_dict()}
+        )
+        params = info.params
         meta = [f.meta.get("stats") or {} for f in feats.values()]
         extract_s = float(sum(m.get("wall_time_s", 0.0) for m in meta))
         ext_ips = forward_rate(meta)
         ext_mem = max([s.peak_mem_mb for s in ext.values()] + [m.get("peak_mem_mb", 0.0) for m in meta])
         keys = [feats[s].key for s in ("train", "val", "test")]
     else:
-        name, weights, params = UNET_NAME, f"random-init:seed{cfg.seed}", result.trainable_params
-        model_key = {"resolution": data.size}
+        subject = Subject(
+            UNET_NAME, f"random-init:seed{cfg.seed}", dataset, cfg.seed, {"resolution": data.size}
+        )
+        params = result.trainable_params
         extract_s, ext_ips, ext_mem, keys = 0.0, 0.0, 0.0, []
     train_ips = float(np.mean([f.stats.imgs_per_s for f in result.fits]))
-    base = {
-        "run_id": run_id,
-        "backbone": name,
-        "weights_digest": weights,
-        "dataset": dataset.name,
-        "task": "segmentation",
-        "num_classes": len(classes),
-        "resolution": int(data.size),
-        "manifest_digest": dataset.manifest_digest(),
-        "split_digest": dataset.split_digest("test"),
-        "seed": cfg.seed,
-        "n": len(data.test),
-        "n_val": len(data.val),
-        "n_test": len(data.test),
-        "params": int(params),
-        "trainable_params": int(result.trainable_params),
-        "wall_time_s": wall,
-        "extract_time_s": extract_s,
+    base = base_row(
+        subject,
+        run_id,
+        resolution=int(data.size),
+        n=len(data.test),
+        n_val=len(data.val),
+        n_test=len(data.test),
+        params=int(params),
+        trainable_params=int(result.trainable_params),
+        wall_time_s=wall,
+        extract_time_s=extract_s,
         # frozen heads: extraction throughput, as for classification; the U-Net: training throughput
-        "imgs_per_s": ext_ips if frozen else train_ips,
-        "peak_mem_mb": max([ext_mem] + [f.stats.peak_mem_mb for f in result.fits]),
-        "feature_keys": keys,
-        "env": _env(data.device, feats.values() if frozen else ()),
-    }
-    key_base = {
-        "backbone": name,
-        "weights": weights,
-        **model_key,
-        "dataset": dataset.manifest_digest(),
-        "splits": [dataset.split_digest(s) for s in ("train", "val", "test")],
-        "seed": cfg.seed,
-        "protocol": result.protocol,
-    }
-    hparams_base = {**result.hparams, **common}
-    rows: list[ResultRow] = []
+        imgs_per_s=ext_ips if frozen else train_ips,
+        peak_mem_mb=max([ext_mem] + [f.stats.peak_mem_mb for f in result.fits]),
+        feature_keys=keys,
+        env=env_info(
+            data.device,
+            feature_precisions=(f.precision for f in feats.values()) if frozen else (),
+        ),
+    )
     by_shots: dict[int | None, list[Any]] = {}
     for f in result.fits:
         by_shots.setdefault(f.shots, []).append(f)
+    rows: list[ResultRow] = []
     for shots, fits in by_shots.items():
-        hparams = dict(hparams_base) if shots is None else {**hparams_base, "shots": shots}
-        eval_key = digest({**key_base, "hparams": hparams}, 24)
-        if len(fits) == 1:
-            metrics, warns = summarize(
-                fits[0].scores, classes, groups, n_boot=cfg.n_boot, seed=cfg.seed, unit=unit
+        hparams = {**result.hparams, **common}
+        if shots is not None:
+            hparams["shots"] = shots
+        rows += _shot_rows(cfg, data, subject, base, result, shots, fits, hparams)
+    return rows
+
+
+def _shot_rows(
+    cfg: EvalConfig,
+    data: SegData,
+    subject: Subject,
+    base: dict[str, Any],
+    result: SegResult,
+    shots: int | None,
+    fits: list[Any],
+    hparams: dict[str, Any],
+) -> list[ResultRow]:
+    """The rows of one training size: a patient bootstrap of one fit, or a t-interval over draws."""
+    classes, groups, unit = list(data.dataset.classes), data.test.patients(), hparams["hd95_unit"]
+    key = eval_key(subject, result.protocol, hparams)
+    per_draw: dict[str, list[float]] = {}
+    if len(fits) == 1:
+        metrics, warns = summarize(
+            fits[0].scores, classes, groups, n_boot=cfg.n_boot, seed=cfg.seed, unit=unit
+        )
+        ids = [c.sample_id for c in data.test.cases]
+        CaseTable.of(fits[0].scores, ids, groups, classes).save(predictions_path(cfg.out, key))
+        method = ci_method(cfg.n_boot)
+        selected = dict(fits[0].selected)
+        values = {m.name: (m.value, m.ci_low, m.ci_high) for m in metrics}
+    else:
+        draws, warns = [], []
+        for f in fits:
+            ms, w = summarize(f.scores, classes, groups, n_boot=0, seed=cfg.seed, unit=unit)
+            draws.append({m.name: m.value for m in ms})
+            warns += [f"{shots}-shot draw {f.draw}: {x}" for x in w]
+        per_draw = {m: [d[m] for d in draws] for m in draws[0]}
+        values = {}
+        for m, vals in per_draw.items():
+            finite = [v for v in vals if np.isfinite(v)]
+            values[m] = (float(np.mean(finite)) if finite else float("nan"), *_t_interval(vals))
+        method = f"t-interval over {len(fits)} draws"
+        selected = {"per_draw": [f.selected for f in fits], "lr": [f.selected["lr"] for f in fits]}
+    rows = []
+    for metric, (value, lo, hi) in values.items():
+        sel = dict(selected)
+        if per_draw:
+            vals = per_draw[metric]
+            sel.update(values=vals, sd=float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0)
+        rows.append(
+            ResultRow(
+                **base,
+                n_train=int(fits[0].train_cases),
+                eval_key=key,
+                protocol=result.protocol,
+                metric=metric,
+                value=value,
+                ci_low=lo,
+                ci_high=hi,
+                ci_method=method if lo is not None else "",
+                hparams=hparams,
+                selected=sel,
+                warnings=sorted(set(result.warnings + warns)),
             )
-            ids = [c.sample_id for c in data.test.cases]
-            CaseTable.of(fits[0].scores, ids, groups, classes).save(predictions_path(cfg.out, eval_key))
-            ci_method = f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else ""
-            selected = dict(fits[0].selected)
-            values = {m.name: (m.value, m.ci_low, m.ci_high) for m in metrics}
-            per_draw: dict[str, list[float]] = {}
-        else:
-            draws, warns = [], []
-            for f in fits:
-                ms, w = summarize(f.scores, classes, groups, n_boot=0, seed=cfg.seed, unit=unit)
-                draws.append({m.name: m.value for m in ms})
-                warns += [f"{shots}-shot draw {f.draw}: {x}" for x in w]
-            per_draw = {m: [d[m] for d in draws] for m in draws[0]}
-            values = {}
-            for m, vals in per_draw.items():
-                finite = [v for v in vals if np.isfinite(v)]
-                values[m] = (float(np.mean(finite)) if finite else float("nan"), *_t_interval(vals))
-            ci_method = f"t-interval over {len(fits)} draws"
-            selected = {"per_draw": [f.selected for f in fits], "lr": [f.selected["lr"] for f in fits]}
-        for metric, (value, lo, hi) in values.items():
-            sel = dict(selected)
-            if per_draw:
-                vals = per_draw[metric]
-                sel.update(values=vals, sd=float(np.nanstd(vals, ddof=1)) if len(vals) > 1 else 0.0)
-            rows.append(
-                ResultRow(
-                    **base,
-                    n_train=int(fits[0].train_cases),
-                    eval_key=eval_key,
-                    protocol=result.protocol,
-                    metric=metric,
-                    value=value,
-                    ci_low=lo,
-                    ci_high=hi,
-                    ci_method=ci_method if lo is not None else "",
-                    hparams=hparams,
-                    selected=sel,
-                    warnings=sorted(set(result.warnings + warns)),
-                )
-            )
+        )
     return rows

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radprobe.metrics.classification import _resample_index
+from radprobe.metrics.classification import resample_index
 
 BASE_METRICS = ("dice", "iou", "hd95")
 
@@ -235,7 +235,7 @@ def bootstrap_tables(
     rng = np.random.default_rng(seed)
     boots: dict[str, list[np.ndarray]] = {m: [] for m in point}
     for _ in range(n_boot):
-        idx = _resample_index(groups, rng)
+        idx = resample_index(groups, rng)
         for m, v in _aggregate({m: t[idx] for m, t in tables.items()}).items():
             boots[m].append(v)
     out: list[SegMetric] = []

@@ -1,4 +1,4 @@
-"""``radprobe eval --protocol finetune,lora,dora,bitfit,vpt,partial``: train, select on val, score test.
+"""The trained family (finetune and the PEFT methods): train, select on val, score test.
 
 Everything is validated first — protocols, options, device, dataset (segmentation: every mask),
 backbone and each method's fit to the backbone — and nothing is written to ``cfg.out`` before that
@@ -24,9 +24,7 @@ number of bootstrap resamples re-scores without retraining; the rows' ``eval_key
 from __future__ import annotations
 
 import importlib.util
-import platform
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,52 +33,37 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-import radprobe
+from radprobe.core.runtime import env_info, peak_memory_mb, resolve_device
 from radprobe.errors import RadprobeError
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer
 from radprobe.finetune.data import Augment, ImageSet
 from radprobe.finetune.heads import ClassificationHead, Head, class_weights, segmentation_head
-from radprobe.finetune.methods import METHODS, Built, build_model, check_method, unreached_parameters
+from radprobe.finetune.methods import Built, build_model, check_method, unreached_parameters
 from radprobe.finetune.options import OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions, parse_options
 from radprobe.finetune.train import Split, fit, precision, predict, predict_masks, remove_checkpoints
 from radprobe.metrics import bootstrap_metrics
+from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import Predictions, predictions_path
+from radprobe.results.rows import Subject, base_row, ci_method, eval_key
+from radprobe.run.config import EvalConfig, EvalSummary
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Backbone, BackboneInfo
     from radprobe.data import Dataset
-    from radprobe.run.evaluate import EvalConfig, EvalSummary
     from radprobe.segmentation.data import SegSplit
 
-CLASSIFICATION_TASKS = ("binary", "multiclass", "multilabel")
+CLASSIFICATION_TASKS = registry.CLASSIFICATION
 SPLITS = ("train", "val", "test")
 Warn = Callable[[str], None] | None
 
 
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RadprobeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if name != "cpu" and not name.startswith("cuda") and name != "mps":
-        raise RadprobeError(f"--device {name!r}: expected cpu, cuda, cuda:N, mps or auto")
-    return torch.device(name)
-
-
 def _env(device: torch.device) -> dict[str, Any]:
     ranks = distributed.current()
-    return {
-        "radprobe": radprobe.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": str(device),
-        "machine": platform.machine(),
-        # imgs/s counts every rank's images; peak memory is rank 0's
-        "data_parallel_ranks": 1 if ranks is None else ranks.world,
-    }
+    # imgs/s counts every rank's images; peak memory is rank 0's
+    return env_info(str(device), data_parallel_ranks=1 if ranks is None else ranks.world)
 
 
 @dataclass
@@ -132,16 +115,18 @@ def _check_task_options(cfg: EvalConfig, task: str) -> None:
                 )
 
 
-def validate(cfg: EvalConfig) -> Plan:
-    """Check everything a trained evaluation needs; raises :class:`RadprobeError`, writes nothing."""
+def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
+    """Check everything a trained evaluation needs; raises :class:`RadprobeError`, writes nothing.
+    ``dataset``: the loaded ``cfg.dataset``, if at hand."""
     from radprobe.data import load_dataset
 
     if not cfg.protocols:
         raise RadprobeError("--protocol: expected at least one protocol name")
+    trained = registry.names("trained")
     for p in cfg.protocols:
-        if p not in METHODS:
+        if p not in trained:
             raise RadprobeError(
-                f"--protocol {p}: unknown trained protocol; expected one of {', '.join(METHODS)}"
+                f"--protocol {p}: unknown trained protocol; expected one of {', '.join(trained)}"
             )
     if len(set(cfg.protocols)) != len(cfg.protocols):
         raise RadprobeError(f"--protocol {','.join(cfg.protocols)}: a protocol is listed twice")
@@ -153,8 +138,8 @@ def validate(cfg: EvalConfig) -> Plan:
     if cfg.n_boot < 0:
         raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
     options = {p: parse_options(p, cfg.options.get(p, {}), cfg.batch_size) for p in cfg.protocols}
-    device = _device(cfg.device)
-    dataset = load_dataset(cfg.dataset)
+    device = torch.device(resolve_device(cfg.device))
+    dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
     segmentation = dataset.task == "segmentation"
     if not segmentation and dataset.task not in CLASSIFICATION_TASKS:
         raise RadprobeError(
@@ -172,7 +157,7 @@ def validate(cfg: EvalConfig) -> Plan:
             raise RadprobeError(f"dataset {cfg.dataset} has no {s!r} split")
     resolution, resolution_source = cfg.resolution, ""
     if segmentation:
-        from radprobe.segmentation import seg_resolution
+        from radprobe.run.segment import seg_resolution
 
         if importlib.util.find_spec("monai") is None:
             raise RadprobeError(
@@ -185,8 +170,8 @@ def validate(cfg: EvalConfig) -> Plan:
     seg: dict[str, SegSplit] = {}
     seg_hparams: dict[str, Any] = {}
     if segmentation:
+        from radprobe.run.segment import common_hparams
         from radprobe.segmentation.data import load_split, uniform_spacing
-        from radprobe.segmentation.evaluate import common_hparams
 
         # every mask is checked now, so a bad one fails before anything is trained or written
         pre = backbone.preprocess
@@ -277,7 +262,7 @@ class Scored:
 
 
 def _score_classification(
-    plan: Plan, built: Built, test: Split, opts: TrainOptions, eval_key: str
+    plan: Plan, built: Built, test: Split, opts: TrainOptions, key: str
 ) -> list[Scored]:
     """Test scores with patient-bootstrap CIs; saves the predictions for ``radprobe compare``."""
     cfg, ds = plan.cfg, plan.dataset
@@ -291,8 +276,8 @@ def _score_classification(
         groups=groups,
         labels=test.targets,
         scores=scores,
-    ).save(predictions_path(cfg.out, eval_key))
-    ci = f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else ""
+    ).save(predictions_path(cfg.out, key))
+    ci = ci_method(cfg.n_boot)
     return [
         Scored(
             m.name,
@@ -313,11 +298,11 @@ def _score_segmentation(
     opts: TrainOptions,
     protocol: str,
     info: BackboneInfo,
-    eval_key: str,
+    key: str,
 ) -> list[Scored]:
     """Dice / IoU / HD95 per class with patient-bootstrap CIs, as the frozen seg protocols write them;
     saves the per-case scores for ``radprobe compare``."""
-    from radprobe.segmentation.metrics import CaseTable, case_scores, summarize
+    from radprobe.metrics.segmentation import CaseTable, case_scores, summarize
     from radprobe.segmentation.output import slug
     from radprobe.segmentation.protocols import SegData, write_outputs
 
@@ -337,7 +322,7 @@ def _score_segmentation(
         unit=plan.seg_hparams["hd95_unit"],
     )
     ids = [c.sample_id for c in test.seg.cases]
-    CaseTable.of(cases, ids, test.seg.patients(), ds.classes).save(predictions_path(cfg.out, eval_key))
+    CaseTable.of(cases, ids, test.seg.patients(), ds.classes).save(predictions_path(cfg.out, key))
     data = SegData(
         dataset=ds,
         train=plan.seg["train"],
@@ -353,7 +338,7 @@ def _score_segmentation(
     write_outputs(
         protocol, data, preds, {"save_predictions": opts.save_predictions, "overlays": opts.overlays}
     )
-    ci = f"patient bootstrap x{cfg.n_boot}, percentile 95%" if cfg.n_boot else ""
+    ci = ci_method(cfg.n_boot)
     return [
         Scored(m.name, m.value, m.ci_low, m.ci_high, ci if m.ci_low is not None else "", warns)
         for m in metrics
@@ -375,18 +360,11 @@ def train_protocol(
     hparams = hparams_of(protocol, opts, details, plan.device, ds.task)
     if plan.segmentation:
         hparams.update(plan.seg_hparams, layers=list(head.grid_layers))
-    spec = {
-        "backbone": info.name,
-        "weights": info.weights_digest,
-        "preprocess": backbone.preprocess.to_dict(),
-        "dataset": ds.manifest_digest(),
-        "splits": [ds.split_digest(s) for s in SPLITS],
-        "seed": cfg.seed,
-        "protocol": protocol,
-        "hparams": hparams,
-    }
-    train_key = digest(spec, 24)
-    eval_key = digest({**spec, "n_boot": cfg.n_boot}, 24)
+    subject = Subject(
+        info.name, info.weights_digest, ds, cfg.seed, {"preprocess": backbone.preprocess.to_dict()}
+    )
+    train_key = eval_key(subject, protocol, hparams)
+    key = eval_key(subject, protocol, hparams, cfg.n_boot)
     augment = (
         Augment(crop_scale=opts.crop_scale, rotate=opts.rotate, intensity=opts.intensity, hflip=opts.hflip)
         if opts.augment
@@ -415,55 +393,33 @@ def train_protocol(
     test = _split(plan, backbone, "test", None)
     t_test = time.perf_counter()
     if plan.segmentation:
-        scored = _score_segmentation(plan, built, test, opts, protocol, info, eval_key)
+        scored = _score_segmentation(plan, built, test, opts, protocol, info, key)
     else:
-        scored = _score_classification(plan, built, test, opts, eval_key)
+        scored = _score_classification(plan, built, test, opts, key)
     test_s = time.perf_counter() - t_test
     if not opts.keep_checkpoints:
         remove_checkpoints(ckpt_dir)
-    from radprobe.features.extract import peak_memory_mb
-
-    params, trainable = built.params, built.trainable_params
-    hist = state.history
-    selected = {
-        "epoch": state.best_epoch,
-        "val_score": state.best_score,
-        "epochs_run": state.epoch,
-        "early_stopped": state.stop_reason != "max epochs",
-        "trainable_params": trainable,
-        "trainable_pct": 100.0 * trainable / params,
-        "history": hist,  # per epoch: train_loss, val_loss, val_score, imgs_per_s
-    }
-    if plan.segmentation:
-        selected["val_dice"] = state.best_score  # the frozen seg protocols' name for it
-    base = {
-        "eval_key": eval_key,
-        "run_id": run_id,
-        "backbone": info.name,
-        "weights_digest": info.weights_digest,
-        "dataset": ds.name,
-        "manifest_digest": ds.manifest_digest(),
-        "split_digest": ds.split_digest("test"),
-        "protocol": protocol,
-        "seed": cfg.seed,
-        "n": _cases(test),
-        "n_train": _cases(train),
-        "n_val": _cases(val),
-        "n_test": _cases(test),
-        "task": ds.task,
-        "num_classes": len(ds.classes),
-        "resolution": backbone.preprocess.resolution,
+    base = base_row(
+        subject,
+        run_id,
+        eval_key=key,
+        protocol=protocol,
+        n=_cases(test),
+        n_train=_cases(train),
+        n_val=_cases(val),
+        n_test=_cases(test),
+        resolution=backbone.preprocess.resolution,
         # seg rows also record n_boot there, like the frozen seg rows (the training key leaves it out)
-        "hparams": {**hparams, "n_boot": cfg.n_boot} if plan.segmentation else hparams,
-        "selected": selected,
-        "params": params,
-        "trainable_params": trainable,
+        hparams={**hparams, "n_boot": cfg.n_boot} if plan.segmentation else hparams,
+        selected=_selected(plan, state, built),
+        params=built.params,
+        trainable_params=built.trainable_params,
         # training and validation time over all sessions of this run, plus scoring the test split
-        "wall_time_s": state.wall_time_s + test_s,
-        "imgs_per_s": state.train_images / state.train_time_s if state.train_time_s else 0.0,
-        "peak_mem_mb": max(state.peak_mem_mb, peak_memory_mb(plan.device)),
-        "env": _env(plan.device),
-    }
+        wall_time_s=state.wall_time_s + test_s,
+        imgs_per_s=state.train_images / state.train_time_s if state.train_time_s else 0.0,
+        peak_mem_mb=max(state.peak_mem_mb, peak_memory_mb(plan.device)),
+        env=_env(plan.device),
+    )
     notes = (
         [f"{len(unused)} backbone parameters the forward pass never reaches were kept frozen: {unused[:3]}"]
         if unused
@@ -484,13 +440,26 @@ def train_protocol(
     return rows, built
 
 
-def evaluate_finetune(cfg: EvalConfig, warn: Warn = None) -> EvalSummary:
-    """Run every trained protocol of ``cfg``; one result row per (protocol, metric)."""
-    from radprobe.run.evaluate import EvalSummary
+def _selected(plan: Plan, state: Any, built: Built) -> dict[str, Any]:
+    """What training chose on validation, and what it cost in trainable parameters."""
+    params, trainable = built.params, built.trainable_params
+    selected = {
+        "epoch": state.best_epoch,
+        "val_score": state.best_score,
+        "epochs_run": state.epoch,
+        "early_stopped": state.stop_reason != "max epochs",
+        "trainable_params": trainable,
+        "trainable_pct": 100.0 * trainable / params,
+        "history": state.history,  # per epoch: train_loss, val_loss, val_score, imgs_per_s
+    }
+    if plan.segmentation:
+        selected["val_dice"] = state.best_score  # the frozen seg protocols' name for it
+    return selected
 
-    plan = validate(cfg)
-    run_id = uuid.uuid4().hex[:12]
-    ds = plan.dataset
+
+def run(plan: Plan, store: ResultStore, run_id: str, warn: Warn = None) -> EvalSummary:
+    """Train each protocol of ``plan`` in turn and write its rows; one result row per (protocol, metric)."""
+    cfg, ds = plan.cfg, plan.dataset
     summary = EvalSummary(
         run_id=run_id,
         out=str(cfg.out),
@@ -502,14 +471,13 @@ def evaluate_finetune(cfg: EvalConfig, warn: Warn = None) -> EvalSummary:
             for s in SPLITS
         },
     )
-    with ResultStore(cfg.out) as store:
-        for protocol in cfg.protocols:
-            # training seeds torch's global RNG; the caller's stream is left as it was
-            with torch.random.fork_rng(devices=_rng_devices(plan.device)):
-                rows, built = train_protocol(plan, protocol, run_id, warn)
-            del built  # free the trained copy before the next protocol builds its own
-            store.write(rows)
-            summary.rows.extend(asdict(r) for r in rows)
+    for protocol in cfg.protocols:
+        # training seeds torch's global RNG; the caller's stream is left as it was
+        with torch.random.fork_rng(devices=_rng_devices(plan.device)):
+            rows, built = train_protocol(plan, protocol, run_id, warn)
+        del built  # free the trained copy before the next protocol builds its own
+        store.write(rows)
+        summary.rows.extend(asdict(r) for r in rows)
     return summary
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import sys
+from dataclasses import fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,35 @@ def backbones_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-re
             r["source"],
             r.get("requires") or "",
         )
+    console.print(t)
+
+
+@app.command("protocols")
+def protocols_cmd(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """List every protocol with its family, what it consumes, its options and their defaults."""
+    from radprobe.protocols import registry
+
+    rows = [
+        {
+            "name": s.name,
+            "family": s.family,
+            "consumes": s.consumes,
+            "summary": s.summary,
+            "tasks": list(s.tasks),
+            "ndims": list(s.ndims),
+            "options": registry.describe(s.name),
+        }
+        for s in registry.PROTOCOLS.values()
+    ]
+    if as_json:
+        _print_json(rows)
+        return
+    t = Table(title=f"{len(rows)} protocols")
+    for col in ("name", "family", "consumes", "options (default)"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        opts = ", ".join(f"{o['name']}={o['default']}" for o in r["options"])
+        t.add_row(r["name"], r["family"], r["consumes"], opts)
     console.print(t)
 
 
@@ -221,8 +251,9 @@ def eval_cmd(
     On 3D datasets rows are volumes: knn, linear, logreg and fewshot read slice features pooled by
     --volume-pool; mil attends over each volume's slices.
     """
-    from radprobe.run import evaluate
-    from radprobe.run.evaluate import parse_overrides
+    from radprobe.api import evaluate
+    from radprobe.core.runtime import under_torchrun
+    from radprobe.run.config import parse_overrides
 
     if out.exists() and not out.is_dir():
         raise RadprobeError(f"--out {out}: exists and is not a directory")
@@ -244,11 +275,9 @@ def eval_cmd(
         options=parse_overrides(overrides),
         volume_pool=volume_pool,
     )
-    from radprobe.run.executors import under_torchrun
-
     if under_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
         cfg.device = _data_parallel(cfg)
-    summary = evaluate(cfg, warn=_warn)
+    summary = evaluate(**{f.name: getattr(cfg, f.name) for f in fields(cfg)}, warn=_warn)
     if not _speaks():
         return
     if as_json:
@@ -262,9 +291,9 @@ def eval_cmd(
 def _data_parallel(cfg: Any) -> str:
     """``eval`` under torchrun trains one model on all ranks: trained protocols only."""
     from radprobe.finetune import distributed
-    from radprobe.run.evaluate import TRAINED_PROTOCOLS
+    from radprobe.protocols import registry
 
-    frozen = [p for p in cfg.protocols if p not in TRAINED_PROTOCOLS]
+    frozen = [p for p in cfg.protocols if registry.get(p).family != "trained"]
     if frozen:
         raise RadprobeError(
             f"--protocol {','.join(frozen)} under torchrun: `eval` trains one model data-parallel, so "
@@ -480,7 +509,8 @@ def study_run_cmd(
     """Run every unfinished job of a study; rerunning skips finished jobs and retries failed ones."""
     from dataclasses import asdict
 
-    from radprobe.run.executors import LocalExecutor, RayExecutor, TorchrunExecutor, under_torchrun
+    from radprobe.core.runtime import under_torchrun
+    from radprobe.run.executors import LocalExecutor, RayExecutor, TorchrunExecutor
     from radprobe.run.study import load_study, run_dir_of, run_study
 
     if executor == "auto":
@@ -649,7 +679,7 @@ def cache_prune_cmd(
 
 
 def _register_rooms() -> None:
-    from radprobe.report.commands import register
+    from radprobe.cli.report import register
 
     register(app)
 

@@ -80,7 +80,7 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Real pretrained backbones vs a random-init control on real MRI and CT images, offline."""
-        from radprobe.report.demo import run_demo
+        from radprobe.demo import run_demo
 
         res = run_demo(
             quick=quick,

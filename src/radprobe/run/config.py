@@ -1,0 +1,72 @@
+"""What one evaluation is asked to do (:class:`EvalConfig`) and what it did (:class:`EvalSummary`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from radprobe.errors import RadprobeError
+from radprobe.utils import load_yaml
+
+
+@dataclass
+class EvalConfig:
+    """One backbone on one dataset under one or more protocols."""
+
+    backbone: str
+    dataset: str
+    protocols: list[str]
+    out: Path
+    weights: str | None = None
+    allow_partial_weights: bool = False
+    resolution: int | None = None
+    seed: int = 0
+    batch_size: int = 64
+    num_workers: int = 0
+    device: str = "cpu"
+    n_boot: int = 1000
+    n_blocks: int = 4
+    cache_root: Path | None = None
+    progress: bool = True
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> keyword overrides
+    volume_pool: str = "mean"  # 3D classification: how slice features become one row per volume
+    pretrained: bool = True  # False: the architecture's seeded random init (a control)
+
+
+@dataclass
+class EvalSummary:
+    """What an evaluation did: cache hits per split, timings, and the rows it wrote."""
+
+    run_id: str
+    out: str
+    backbone: str
+    dataset: str
+    cache_hit: bool
+    splits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["linear.epochs=20", "knn.ks=[10,20]"]`` → ``{"linear": {"epochs": 20}, "knn": {"ks": [10, 20]}}``.
+
+    Values are parsed as YAML scalars or lists; a bare comma list ``10,20`` becomes a list too.
+    """
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        proto, dot, name = key.partition(".")
+        if not sep or not dot or not proto or not name:
+            raise RadprobeError(f"--set {item!r}: expected PROTOCOL.KEY=VALUE, e.g. linear.epochs=20")
+        text = f"[{raw}]" if "," in raw and not raw.lstrip().startswith("[") else raw
+        try:
+            value = load_yaml(text)
+        except yaml.YAMLError:
+            raise RadprobeError(f"--set {item!r}: cannot parse value {raw!r}") from None
+        out.setdefault(proto, {})[name] = value
+    return out

@@ -1,0 +1,314 @@
+"""The frozen family: features extracted (or found in the cache) once, then knn, linear, logreg,
+fewshot and mil run on them; each protocol's test scores become rows with patient-bootstrap CIs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from radprobe.config import cache_dir
+from radprobe.core.runtime import env_info, resolve_device, threads_for
+from radprobe.errors import RadprobeError
+from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec
+from radprobe.features.extract import (
+    VOLUME_POOLS,
+    ExtractStats,
+    extract_split,
+    forward_rate,
+    pool_volumes,
+    volume_offsets,
+)
+from radprobe.metrics import bootstrap_metrics
+from radprobe.progress import make_progress
+from radprobe.protocols import registry
+from radprobe.protocols.base import Bags, ProtocolInput, SplitFeatures
+from radprobe.results import ResultRow
+from radprobe.results.predictions import Predictions, predictions_path
+from radprobe.results.rows import Subject, base_row, ci_method, eval_key
+from radprobe.run.config import EvalConfig, EvalSummary
+
+
+@dataclass
+class Prepared:
+    """One backbone on one dataset with every split's features at hand.
+
+    For 3D datasets ``feats`` are per-slice entries: protocols get one row per volume, pooled with
+    ``volume_pool`` (mean or max), plus each volume's slice features as bags (MIL).
+    """
+
+    dataset: Any
+    backbone: Any
+    device: str
+    feats: dict[str, FeatureSet]
+    stats: dict[str, ExtractStats]
+    volume_pool: str = "mean"
+    _pooled: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+
+    @property
+    def volumes(self) -> bool:
+        return self.dataset.ndim == 3
+
+    @property
+    def cache_hit(self) -> bool:
+        return all(s.cache_hit for s in self.stats.values())
+
+    def split_summary(self) -> dict[str, dict[str, Any]]:
+        def n(f: FeatureSet) -> dict[str, int]:
+            return {"n": len(volume_offsets(f)) - 1, "n_slices": len(f)} if self.volumes else {"n": len(f)}
+
+        return {
+            s: {**n(f), "cache_key": f.key, "path": str(f.path), **asdict(self.stats[s])}
+            for s, f in self.feats.items()
+        }
+
+    def _split(self, split: str, pool: str) -> SplitFeatures:
+        ds, fs = self.dataset, self.feats[split]
+        labels, groups = ds.labels(ds.split(split)), ds.patients(ds.split(split))
+        if not self.volumes:
+            return SplitFeatures(np.asarray(fs.cls), labels, groups, blocks=fs.blocks)
+        if (split, pool) not in self._pooled:  # a study runs many jobs on one Prepared
+            self._pooled[split, pool] = pool_volumes(fs, pool)
+        pooled = self._pooled[split, pool]
+        bags = Bags(fs.cls, volume_offsets(fs))
+        return SplitFeatures(pooled["cls"], labels, groups, blocks=pooled.get("blocks"), bags=bags)
+
+    def protocol_input(self, seed: int, volume_pool: str | None = None) -> ProtocolInput:
+        """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes."""
+        pool = volume_pool or self.volume_pool
+        if pool not in VOLUME_POOLS:
+            raise RadprobeError(f"--volume-pool {pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
+        splits = {s: self._split(s, pool) for s in ("train", "val", "test")}
+        ds = self.dataset
+        return ProtocolInput(
+            splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed=seed
+        )
+
+
+def extract_all(
+    cfg: EvalConfig,
+    backbone: Any,
+    dataset: Any,
+    spec: FeatureSpec,
+    device: str,
+    warn: Any = None,
+    *,
+    per_slice: bool = False,
+    label: str = "",
+) -> tuple[dict[str, FeatureSet], dict[str, ExtractStats]]:
+    """Features of train / val / test from the cache or one extraction each, with progress bars.
+
+    ``warn`` receives one-line notices (e.g. a corrupt cache entry being rebuilt).
+    """
+    cache = FeatureCache((cfg.cache_root or cache_dir()) / "features")
+    feats: dict[str, FeatureSet] = {}
+    stats: dict[str, ExtractStats] = {}
+    name = backbone.info.name
+    with make_progress(cfg.progress) as bar:
+        for split in ("train", "val", "test"):
+            n = len(dataset.split(split))
+            task = bar.add_task(f"{name} · {split}{label}", total=n)
+            fs, st = extract_split(
+                backbone,
+                dataset,
+                split,
+                cache,
+                spec,
+                batch_size=cfg.batch_size,
+                num_workers=cfg.num_workers,
+                device=device,
+                progress=lambda k, task=task: bar.advance(task, k),
+                per_slice=per_slice,
+            )
+            reused = st.extra.get("reused_rows", 0)
+            suffix = " (cached)" if st.cache_hit else f" ({reused} rows reused)" if reused else ""
+            bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
+            if cache.last_problem:
+                st.extra["rebuilt"] = cache.last_problem
+                if warn is not None:
+                    warn(cache.last_problem)
+                cache.last_problem = None
+            feats[split], stats[split] = fs, st
+    return feats, stats
+
+
+def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
+    """Validate the inputs, load dataset and backbone, and extract (or find cached) features.
+
+    Nothing is written outside the feature cache. ``warn`` receives one-line notices (e.g. a
+    corrupt cache entry being rebuilt); ``dataset``: the loaded ``cfg.dataset``, if at hand.
+    """
+    from radprobe.backbones import create_backbone
+    from radprobe.data import load_dataset
+
+    if cfg.n_boot < 0:
+        raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
+    if cfg.volume_pool not in VOLUME_POOLS:
+        raise RadprobeError(f"--volume-pool {cfg.volume_pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
+    device = resolve_device(cfg.device)
+    dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
+    if dataset.task not in registry.CLASSIFICATION:
+        raise RadprobeError(
+            f"dataset {cfg.dataset} is a {dataset.task} dataset; these protocols need a classification "
+            f"dataset ({', '.join(registry.CLASSIFICATION)})"
+        )
+    for p in cfg.protocols:
+        registry.check_fit(p, cfg.dataset, dataset.task, dataset.ndim)
+    if dataset.ndim != 3 and cfg.volume_pool != "mean":
+        raise RadprobeError(
+            f"--volume-pool {cfg.volume_pool}: applies to 3D datasets only; {cfg.dataset} is {dataset.ndim}D"
+        )
+    for s in ("train", "val", "test"):
+        if not dataset.split(s):
+            raise RadprobeError(f"dataset {cfg.dataset} has no {s!r} split")
+    backbone = create_backbone(
+        cfg.backbone,
+        weights=cfg.weights,
+        allow_partial_weights=cfg.allow_partial_weights,
+        pretrained=cfg.pretrained,
+        resolution=cfg.resolution,
+    )
+    # a backbone shallower than n_blocks (test models, CNNs) gives all the blocks it has
+    spec = FeatureSpec(n_blocks=min(cfg.n_blocks, max(1, backbone.info.num_blocks)))
+    # volumes are cached slice by slice, so one extraction serves every pooling and MIL
+    volumes = dataset.ndim == 3
+    feats, stats = extract_all(cfg, backbone, dataset, spec, device, warn, per_slice=volumes)
+    for split, fs in feats.items():
+        ids = fs.meta.get("volumes") if volumes else fs.sample_ids
+        if ids != [r.sample_id for r in dataset.split(split)]:
+            raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
+    return Prepared(dataset, backbone, device, feats, stats, volume_pool=cfg.volume_pool)
+
+
+def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
+    """Extract (or find cached) features of every split, writing nothing else."""
+    prep = prepare(cfg, warn)
+    return EvalSummary(
+        run_id="",
+        out="",
+        backbone=prep.backbone.info.name,
+        dataset=prep.dataset.name,
+        cache_hit=prep.cache_hit,
+        splits=prep.split_summary(),
+    )
+
+
+def _subject(prep: Prepared, seed: int) -> Subject:
+    info = prep.backbone.info
+    return Subject(
+        info.name, info.weights_digest, prep.dataset, seed, {"preprocess": prep.backbone.preprocess.to_dict()}
+    )
+
+
+def _compute(prep: Prepared, data: ProtocolInput, wall: float) -> dict[str, Any]:
+    """Counts and compute of a frozen row: extraction cost read from the cache entries' stats."""
+    meta_stats = [f.meta.get("stats") or {} for f in prep.feats.values()]
+    return {
+        "n": len(data.test),
+        "n_train": len(data.train),
+        "n_val": len(data.val),
+        "n_test": len(data.test),
+        "resolution": prep.backbone.preprocess.resolution,
+        "params": prep.backbone.info.params,
+        "wall_time_s": wall,
+        "extract_time_s": float(sum(m.get("wall_time_s", 0.0) for m in meta_stats)),
+        "imgs_per_s": forward_rate(meta_stats),
+        "peak_mem_mb": max(
+            [s.peak_mem_mb for s in prep.stats.values()] + [m.get("peak_mem_mb", 0.0) for m in meta_stats]
+        ),
+        "feature_keys": [prep.feats[s].key for s in ("train", "val", "test")],
+        "env": env_info(
+            prep.device,
+            feature_precisions=(f.precision for f in prep.feats.values()),
+        ),
+    }
+
+
+def run_protocol(
+    prep: Prepared,
+    name: str,
+    options: dict[str, Any],
+    seed: int,
+    n_boot: int,
+    run_id: str,
+    out: Path,
+    volume_pool: str | None = None,
+) -> list[ResultRow]:
+    """Run one protocol on prepared features; returns its result rows (and saves test predictions).
+
+    ``volume_pool`` (default: the Prepared's) pools 3D volumes for the protocols that read pooled rows.
+    """
+    runner = registry.get_protocol(name)
+    options = registry.check_options(name, options)
+    registry.check_fit(name, prep.dataset.name, prep.dataset.task, prep.dataset.ndim)
+    bags_only = registry.get(name).consumes == "slice bags"
+    pool = volume_pool or prep.volume_pool
+    data = prep.protocol_input(seed, pool)
+    t0 = time.perf_counter()
+    try:
+        bags = data.train.bags if bags_only else None
+        with threads_for(np.asarray(data.train.features if bags is None else bags.features).size):
+            result = runner(data, **options)
+    except (TypeError, ValueError) as e:
+        if options:
+            raise RadprobeError(f"--set {name}.…: {e}") from None
+        raise
+    wall = time.perf_counter() - t0
+    if prep.volumes and not bags_only:
+        # the pooling is part of what was evaluated: mean and max rows get their own keys
+        result.hparams = {**result.hparams, "volume_pool": pool}
+        for sm in result.summaries:
+            sm.hparams = {**sm.hparams, "volume_pool": pool}
+    subject = _subject(prep, seed)
+    base = base_row(subject, run_id, **_compute(prep, data, wall))
+    if result.summaries:
+        return [
+            ResultRow(
+                **base,
+                eval_key=eval_key(subject, sm.protocol, sm.hparams),
+                protocol=sm.protocol,
+                metric=sm.metric,
+                value=sm.value,
+                ci_low=sm.ci_low,
+                ci_high=sm.ci_high,
+                ci_method=sm.ci_method,
+                hparams=sm.hparams,
+                selected=sm.selected,
+                trainable_params=int(sm.selected.get("trainable_params", 0)),
+                warnings=result.warnings + sm.warnings,
+            )
+            for sm in result.summaries
+        ]
+    if result.scores is None:
+        raise RuntimeError(f"protocol {name} returned neither scores nor summaries")
+    ds = prep.dataset
+    metrics = bootstrap_metrics(
+        data.test.labels, result.scores, ds.task, groups=data.test.groups, n_boot=n_boot, seed=seed
+    )
+    key = eval_key(subject, name, result.hparams, n_boot)
+    Predictions(
+        sample_ids=np.asarray([r.sample_id for r in ds.split("test")]),
+        groups=data.test.groups,
+        labels=data.test.labels,
+        scores=result.scores,
+    ).save(predictions_path(out, key))
+    return [
+        ResultRow(
+            **base,
+            eval_key=key,
+            protocol=name,
+            metric=m.name,
+            value=m.value,
+            ci_low=m.ci_low if n_boot else None,
+            ci_high=m.ci_high if n_boot else None,
+            ci_method=ci_method(n_boot),
+            hparams=result.hparams,
+            selected=result.selected,
+            trainable_params=int(result.selected.get("trainable_params", 0)),
+            warnings=result.warnings + m.warnings,
+        )
+        for m in metrics
+    ]
