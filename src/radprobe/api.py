@@ -74,15 +74,9 @@ def evaluate(
 def results(run_dir: str | Path, **where: Any) -> pd.DataFrame:
     """The rows of a run directory as a DataFrame (one row per evaluation and metric); ``where``
     filters on columns, e.g. ``protocol="knn"``."""
-    import pandas as pd
+    from radprobe.results import read_results
 
-    from radprobe.results import COLUMNS, ResultStore
-
-    path = Path(run_dir)
-    if not (path / "results.db").is_file():
-        raise RadprobeError(f"{path}: no results.db here; expected a run directory")
-    with ResultStore(path, create=False) as store:
-        return pd.DataFrame(store.rows(**where), columns=COLUMNS)
+    return read_results(run_dir, **where)
 
 
 def run_study(

@@ -10,9 +10,10 @@ task's headline metric with a t-interval over draws, and every draw's value, sd 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from annotated_types import Ge
 from scipy import stats
 
 from radprobe.metrics.classification import HEADLINE, classification_metrics
@@ -61,8 +62,8 @@ def draw(labels: np.ndarray, groups: np.ndarray, n: int, task: str, rng: np.rand
 
 def run(
     data: ProtocolInput,
-    shots: Sequence[int] = DEFAULT_SHOTS,
-    repeats: int = 5,
+    shots: Sequence[Annotated[int, Ge(1)]] = DEFAULT_SHOTS,
+    repeats: Annotated[int, Ge(1)] = 5,
     protocols: Sequence[str] = ("knn", "linear", "logreg"),
     inner: dict[str, dict[str, Any]] | None = None,
 ) -> ProtocolResult:

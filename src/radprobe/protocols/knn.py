@@ -17,9 +17,11 @@ label is known.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 
 from radprobe.metrics.fast import validation_score
 from radprobe.protocols.base import ProtocolInput, ProtocolResult
@@ -162,8 +164,8 @@ def mlknn_scores(
 
 def run(
     data: ProtocolInput,
-    ks: Sequence[int] | None = None,
-    temperature: float | None = None,
+    ks: Sequence[Annotated[int, Ge(1)]] | None = None,
+    temperature: Annotated[float, Gt(0)] | None = None,
     bank: str = "train",
     weighting: str | None = None,
     method: str = "vote",

@@ -25,10 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt
 
 from radprobe.metrics.fast import headline_scores
 from radprobe.protocols.base import ProtocolInput, ProtocolResult, SplitFeatures
@@ -376,12 +378,12 @@ def predict(
 
 def run(
     data: ProtocolInput,
-    lrs: Sequence[float] = DINOV2_LRS,
-    n_blocks: Sequence[int] = (1, 4),
+    lrs: Sequence[Annotated[float, Gt(0)]] = DINOV2_LRS,
+    n_blocks: Sequence[Annotated[int, Ge(1)]] = (1, 4),
     avgpool: Sequence[bool] = (False, True),
-    epochs: int = 10,
-    min_iterations: int = 500,
-    batch_size: int = 256,
+    epochs: Annotated[int, Ge(1)] = 10,
+    min_iterations: Annotated[int, Ge(0)] = 500,
+    batch_size: Annotated[int, Ge(1)] = 256,
     refit: bool = False,
 ) -> ProtocolResult:
     """Train the grid on train, select the best head on val, score test once.

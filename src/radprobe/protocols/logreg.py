@@ -13,9 +13,11 @@ from __future__ import annotations
 import copy
 import warnings as _warnings
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
 import torch
+from annotated_types import Ge, Gt
 
 from radprobe.metrics.fast import validation_score
 from radprobe.protocols.base import ProtocolInput, ProtocolResult
@@ -146,9 +148,9 @@ class _TorchSweep:
 
 def run(
     data: ProtocolInput,
-    cs: Sequence[float] = DINOV2_CS,
-    max_iter: int = 1000,
-    tol: float = 1e-4,
+    cs: Sequence[Annotated[float, Gt(0)]] = DINOV2_CS,
+    max_iter: Annotated[int, Ge(1)] = 1000,
+    tol: Annotated[float, Gt(0)] = 1e-4,
     backend: str = "auto",
     row_space: bool | None = None,
 ) -> ProtocolResult:

@@ -17,10 +17,12 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
+from typing import Annotated
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, Gt, Lt
 from torch import nn
 
 from radprobe.errors import RadprobeError
@@ -156,13 +158,13 @@ def predict_mil(model: GatedAttentionMIL, bags: list[torch.Tensor], task: str, c
 
 def run(
     data: ProtocolInput,
-    lrs: Sequence[float] = DEFAULT_LRS,
-    hidden: int = 128,
-    epochs: int = 50,
-    min_steps: int = 500,
-    batch_size: int = 16,
-    weight_decay: float = 1e-4,
-    dropout: float = 0.25,
+    lrs: Sequence[Annotated[float, Gt(0)]] = DEFAULT_LRS,
+    hidden: Annotated[int, Ge(1)] = 128,
+    epochs: Annotated[int, Ge(1)] = 50,
+    min_steps: Annotated[int, Ge(0)] = 500,
+    batch_size: Annotated[int, Ge(1)] = 16,
+    weight_decay: Annotated[float, Ge(0)] = 1e-4,
+    dropout: Annotated[float, Ge(0), Lt(1)] = 0.25,
 ) -> ProtocolResult:
     """Train one attention-MIL head per learning rate, select (lr, step) on val, score test once."""
     if any(s.bags is None for s in (data.train, data.val, data.test)):

@@ -71,22 +71,19 @@ def _order(items: Sequence[str], first: Sequence[str] = ()) -> list[str]:
     return [x for x in first if x in seen] + [x for x in seen if x not in first]
 
 
-# Protocols in the order a reader expects them; others follow in order of appearance.
-PROTOCOL_ORDER = (
-    "knn",
-    "linear",
-    "logreg",
-    "fewshot-knn",
-    "fewshot-linear",
-    "fewshot-logreg",
-    "seg-linear",
-    "seg-decoder",
-    "seg-unet",
-)
+def _protocol_order() -> list[str]:
+    """Protocols in the registry's order, few-shot rows by their inner protocol; others (rows of
+    older versions) follow in order of appearance."""
+    from radprobe.protocols import fewshot, registry
+
+    order: list[str] = []
+    for name in registry.names():
+        order += [f"fewshot-{inner}" for inner in fewshot.INNER] if name == "fewshot" else [name]
+    return order
 
 
 def _protocols(items: Sequence[str]) -> list[str]:
-    return _order(items, PROTOCOL_ORDER)
+    return _order(items, _protocol_order())
 
 
 def _natural(items: Sequence[str]) -> list[str]:
