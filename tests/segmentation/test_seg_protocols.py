@@ -92,7 +92,7 @@ def test_bad_protocols_and_options_fail_before_writing(easy2d, tmp_path, protoco
     assert not out.exists()
 
 
-def test_dataset_must_be_segmentation_and_protocols_not_mixed(tmp_path):
+def test_dataset_must_be_segmentation_for_segmentation_protocols(tmp_path):
     out = tmp_path / "run"
     cfg = EvalConfig(
         backbone="test:vit-tiny",
@@ -101,10 +101,10 @@ def test_dataset_must_be_segmentation_and_protocols_not_mixed(tmp_path):
         out=out,
         progress=False,
     )
-    with pytest.raises(RadprobeError, match=r"binary dataset.*segmentation dataset"):
+    with pytest.raises(RadprobeError, match=r"seg-linear: needs a segmentation dataset.*is a binary dataset"):
         evaluate(cfg)
-    cfg.protocols = ["seg-linear", "knn"]
-    with pytest.raises(RadprobeError, match="seg-linear,knn"):  # one family per call
+    cfg.protocols = ["knn", "seg-linear"]  # families mix in one call, but each must fit the dataset
+    with pytest.raises(RadprobeError, match=r"seg-linear: needs a segmentation dataset"):
         evaluate(cfg)
     assert not out.exists()
 
