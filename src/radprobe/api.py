@@ -96,12 +96,12 @@ def run_study(
     if isinstance(study, Mapping):
         from pydantic import ValidationError
 
-        from radprobe.run.study import _format_errors
+        from radprobe.run.study_config import format_errors
 
         try:
             cfg = StudyConfig.model_validate(apply_overrides(dict(study), list(overrides)))
         except ValidationError as e:
-            raise RadprobeError(_format_errors("study", e)) from None
+            raise RadprobeError(format_errors("study", e)) from None
     else:
         cfg = load_study(str(study), list(overrides))
     return run(cfg, run_dir_of(cfg, out), fail_fast=fail_fast, progress=progress, log=log)
