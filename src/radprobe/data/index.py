@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from radprobe.data.formats.common import Source
+from radprobe.data.formats.common import RootGuard, Source
 from radprobe.data.formats.folder import index_tree
 from radprobe.data.formats.manifest import index_manifest
 from radprobe.data.formats.npz import index_npz
@@ -20,8 +20,7 @@ from radprobe.data.spec import Spec
 from radprobe.errors import DataError
 
 
-def index(spec: Spec) -> Source:
-    """Index a parsed (non-synthetic) spec."""
+def _index(spec: Spec) -> Source:
     if spec.scheme in PRESETS:
         return index_preset(spec)
     if spec.scheme in ("csv", "parquet"):
@@ -31,6 +30,18 @@ def index(spec: Spec) -> Source:
     if spec.scheme in ("folder", "nifti", "dicom"):
         return index_tree(spec)
     raise DataError(f"dataset scheme {spec.scheme!r} cannot be indexed here")
+
+
+def index(spec: Spec) -> Source:
+    """Index a parsed (non-synthetic) spec.
+
+    Raises :class:`OutsideRootError` when a file of any format or preset resolves outside the
+    dataset root (symlinks followed), unless the spec says ``allow_outside_root=1``.
+    """
+    src = _index(spec)
+    if spec.scheme not in ("csv", "parquet"):  # manifests check each cell as they read it, naming the row
+        RootGuard(src.root, spec.options).check_records(src.records)
+    return src
 
 
 def duplicate_issues(records: list[Record]) -> list[Problem]:

@@ -12,6 +12,7 @@ group, else the whole match), the DICOM PatientID tag, or else the sample id.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -20,8 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from radprobe.data.problems import Problem, error
-from radprobe.data.readers import VOLUME_KINDS, ReadOptions, read_mask, strip_suffix, volume_depth
-from radprobe.data.records import Record, TaskType
+from radprobe.data.readers import (
+    MASK_SET_KINDS,
+    VOLUME_KINDS,
+    ReadOptions,
+    mask_set_files,
+    read_mask,
+    strip_suffix,
+    volume_depth,
+)
+from radprobe.data.records import ImageRef, Record, TaskType
 from radprobe.data.spec import Spec, opt_bool, opt_int, opt_list, opt_window
 from radprobe.errors import DataError
 
@@ -52,6 +61,82 @@ class Source:
     conventions: dict[str, str] = field(default_factory=dict)
     fractions: tuple[float, float, float] | None = None  # overrides load_dataset's fractions
     patient_counts: tuple[int, int, int] | None = None  # exact patients per split instead of fractions
+
+
+# ---------------------------------------------------------------------------- the data root
+
+OUTSIDE_ROOT_HINT = (
+    "move the file under the root, set root= to a folder that holds it, or add allow_outside_root=1 "
+    "to the spec if the manifest is trusted"
+)
+
+
+class OutsideRootError(DataError):
+    """A file of the dataset resolves outside its root; refused unless ``allow_outside_root=1``."""
+
+
+class RootGuard:
+    """Refuses files that resolve (``..``, absolute paths, symlinks) outside the dataset root.
+
+    Manifests travel between people and machines; a row must not make radprobe read (and report
+    results on) files its author chose anywhere on the reader's disk.
+    """
+
+    def __init__(self, root: Path | str, options: dict[str, str]) -> None:
+        self.root = os.path.realpath(root)
+        self.allowed = opt_bool(options, "allow_outside_root")
+        self._dirs: dict[str, str] = {}  # realpath of each folder, as most files share a few folders
+        self._seen: set[str] = set()
+
+    def real(self, path: str) -> str:
+        """``os.path.realpath(path)``, resolving each parent folder once."""
+        head, tail = os.path.split(path)
+        if tail in ("", ".", ".."):
+            return os.path.realpath(path)
+        if head not in self._dirs:
+            self._dirs[head] = os.path.realpath(head or ".")
+        full = os.path.join(self._dirs[head], tail)
+        return os.path.realpath(full) if os.path.islink(full) else full
+
+    def inside(self, real: str) -> bool:
+        return real == self.root or real.startswith(self.root.rstrip(os.sep) + os.sep)
+
+    def check(self, path: str, where: str, what: str, shown: str | None = None) -> None:
+        """Raise ``OutsideRootError`` naming ``where`` and the path (``shown``: as the manifest gives it)."""
+        if self.allowed or path in self._seen:
+            return
+        real = self.real(path)
+        if not self.inside(real):
+            raise OutsideRootError(
+                f"{where}: {what} {shown or repr(path)} resolves to {real}, outside the dataset root "
+                f"{self.root}; {OUTSIDE_ROOT_HINT}"
+            )
+        self._seen.add(path)
+
+    def check_ref(self, ref: ImageRef, where: str, what: str) -> None:
+        """Every file ``ref`` reads: mask-set members, and symlinks inside series/stack folders."""
+        if self.allowed or ref.path in self._seen:
+            return
+        files = mask_set_files(ref) if ref.kind in MASK_SET_KINDS else [ref.path]
+        for f in files[1:]:
+            self.check(f, where, what)
+        if ref.kind in ("dicom-series", "image-stack") and os.path.isdir(ref.path):
+            with os.scandir(ref.path) as entries:
+                for e in entries:
+                    if e.is_symlink():
+                        self.check(e.path, where, what)
+        self.check(ref.path, where, what)
+
+    def check_records(self, records: list[Record]) -> None:
+        """Check each record's image and mask, naming its manifest row or else its sample id."""
+        if self.allowed:
+            return
+        for r in records:
+            row = r.meta.get("row")
+            where = f"{r.meta['manifest']} row {row}" if row is not None else f"sample {r.sample_id}"
+            self.check_ref(r.image, where, "image")
+            if r.mask is not None:
+                self.check_ref(r.mask, where, "mask")
 
 
 # ---------------------------------------------------------------------------- shared helpers

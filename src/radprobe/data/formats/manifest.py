@@ -13,6 +13,7 @@ from pathlib import Path
 from radprobe.data.formats.common import (
     TASKS,
     PatientRule,
+    RootGuard,
     Source,
     axis_option,
     finish_source,
@@ -116,6 +117,7 @@ class _Plan:
     mask_key: str | None
     axis: int
     patient_rule: PatientRule
+    guard: RootGuard
     class_index: dict[str, int] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -123,17 +125,12 @@ class _Plan:
 
 
 def _manifest_ref(
-    value: str,
-    base: Path,
-    key: str | None,
-    index: int | None,
-    axis: int,
-    what: str,
-    where: str,
-    issues: list[Problem],
+    plan: _Plan, value: str, key: str | None, index: int | None, what: str, where: str, issues: list[Problem]
 ) -> ImageRef | None:
+    """The file a cell names, relative to the root; None (reported in ``issues``) when unusable."""
     p = Path(value).expanduser()
-    p = p if p.is_absolute() else base / p
+    p = p if p.is_absolute() else plan.base / p
+    plan.guard.check(str(p), where, f"{what} path", shown=repr(value))
     if not p.exists():
         issues.append(error(f"{where}: {what} file not found: {p}"))
         if kind_of(p) is None:
@@ -142,7 +139,7 @@ def _manifest_ref(
     if kind is None:
         issues.append(error(f"{where}: unsupported {what} file type: {p}"))
         return None
-    return ImageRef(str(p), kind, index=index, axis=axis, key=key if kind == "h5" else None)
+    return ImageRef(str(p), kind, index=index, axis=plan.axis, key=key if kind == "h5" else None)
 
 
 def _base(path: Path, opts: dict[str, str]) -> Path:
@@ -245,9 +242,10 @@ def _plan(spec: Spec, rows: list[dict[str, str]]) -> _Plan:
     if explicit_task == "segmentation" and not mask_col:
         raise DataError(f"manifest {path}: task=segmentation needs a mask column (mask=<column>)")
     task, classes = _task_and_classes(opts, rows, label_cols, mask_col, explicit_task)
+    base = _base(path, opts)
     return _Plan(
         path=path,
-        base=_base(path, opts),
+        base=base,
         offset=1 if spec.scheme == "parquet" else 2,  # CSV: header is line 1
         path_col=path_col,
         mask_col=mask_col,
@@ -265,6 +263,7 @@ def _plan(spec: Spec, rows: list[dict[str, str]]) -> _Plan:
         mask_key=opts.get("mask_key") or None,
         axis=axis_option(opts),
         patient_rule=PatientRule(opts.get("patient_re")),
+        guard=RootGuard(base, opts),
     )
 
 
@@ -280,13 +279,12 @@ def _row_refs(
             raise _RowError(f"{where}: {plan.index_col}={row[plan.index_col]!r} is not an integer") from None
     if not row[plan.path_col]:
         raise _RowError(f"{where}: empty image path in column {plan.path_col!r}")
-    image = _manifest_ref(row[plan.path_col], plan.base, plan.key, index, plan.axis, "image", where, issues)
+    image = _manifest_ref(plan, row[plan.path_col], plan.key, index, "image", where, issues)
     if image is None:
         return None
     mask = None
     if plan.mask_col and row[plan.mask_col]:
-        value = row[plan.mask_col]
-        mask = _manifest_ref(value, plan.base, plan.mask_key, index, plan.axis, "mask", where, issues)
+        mask = _manifest_ref(plan, row[plan.mask_col], plan.mask_key, index, "mask", where, issues)
         if mask is None:
             return None
     elif plan.mask_col and plan.task == "segmentation":
