@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from radprobe.data.dataset import Dataset, build
+from radprobe.data.formats.common import OutsideRootError
 from radprobe.data.problems import Problem, error, warning
 from radprobe.data.readers import VOLUME_KINDS
 from radprobe.data.records import SPLITS, Record
@@ -166,6 +167,8 @@ def check_dataset(
     """
     try:
         ds, problems = build(spec, split_seed=split_seed, fractions=fractions, save=False)
+    except OutsideRootError:
+        raise  # a refusal, not a problem to list: the dataset is not opened at all
     except DataError as e:
         return [error(str(e))]
     problems = list(problems)

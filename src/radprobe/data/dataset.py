@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from radprobe.data.formats.common import Source
+from radprobe.data.index import duplicate_issues, index
 from radprobe.data.problems import Problem, error
 from radprobe.data.readers import ReadOptions, read_image, read_mask
 from radprobe.data.records import SPLITS, ImageRef, Record, TaskType, labels_array
-from radprobe.data.sources import Source, duplicate_issues, index
 from radprobe.data.spec import parse_spec, validate_options
 from radprobe.data.splits import (
     apply_split_file,

@@ -36,6 +36,8 @@ percent-decoded (write ``%26`` for ``&``). Options:
     patient_re=<regex>    derive the patient id from the file name (first group, else the whole match)
     mask_values=0,128,255 mask pixel values that map to class indices 0, 1, 2, ...
     pad=<n>               zero-pad 2D images centrally to n x n (MedMNIST+ convention; never resizes)
+    allow_outside_root=1  read files that resolve (``..``, absolute paths, symlinks) outside the dataset
+                          root; off by default, so a manifest cannot make radprobe read arbitrary files
   manifests only:
     path=<col>            image path column (default: path, image, image_path, filepath, file, filename)
     mask=<col>            mask path column (default: mask, mask_path, segmentation, seg); present ->
@@ -94,6 +96,7 @@ COMMON_OPTIONS = frozenset(
         "patient_re",
         "mask_values",
         "pad",
+        "allow_outside_root",
     }
 )
 MANIFEST_OPTIONS = frozenset(

@@ -18,7 +18,7 @@ from radprobe.data.presets.registry import PRESETS, PresetInfo
 from radprobe.errors import DataError
 
 if TYPE_CHECKING:
-    from radprobe.data.sources import Source
+    from radprobe.data.formats.common import Source
     from radprobe.data.spec import Spec
 
 log = logging.getLogger(__name__)

@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
+from radprobe.data.formats.common import Source, axis_option
 from radprobe.data.presets.common import finish, root_dir
 from radprobe.data.presets.registry import BTCV_ORGANS
 from radprobe.data.problems import Problem, error, warning
 from radprobe.data.readers import NIFTI_SUFFIXES, natural_key, strip_suffix
 from radprobe.data.records import ImageRef, Record
-from radprobe.data.sources import Source, axis_option
 from radprobe.data.spec import Spec, opt_int
 from radprobe.errors import DataError
 

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
+from radprobe.data.formats.common import Source
 from radprobe.data.presets.common import finish, root_dir
 from radprobe.data.problems import Problem, error
 from radprobe.data.readers import natural_key
 from radprobe.data.records import ImageRef, Record
-from radprobe.data.sources import Source
 from radprobe.data.spec import Spec
 from radprobe.errors import DataError
 

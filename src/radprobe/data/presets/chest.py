@@ -7,11 +7,11 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
+from radprobe.data.formats.common import Source
 from radprobe.data.presets.common import find_file, finish, read_table, root_dir
 from radprobe.data.presets.registry import CHEXPERT_ALL, CHEXPERT_COMPETITION, NIH_FINDINGS
 from radprobe.data.problems import Problem, error, warning
 from radprobe.data.records import ImageRef, Record
-from radprobe.data.sources import Source
 from radprobe.data.spec import Spec, opt_bool
 from radprobe.errors import DataError
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from radprobe.data.formats.common import Source, expand_slices, ndim_of, read_options
 from radprobe.data.presets.registry import PRESETS
 from radprobe.data.problems import Problem
 from radprobe.data.readers import VOLUME_KINDS
 from radprobe.data.records import Record, TaskType
-from radprobe.data.sources import Source, expand_slices, ndim_of, read_options
 from radprobe.data.spec import Spec, opt_bool, opt_list
 from radprobe.errors import DataError
 

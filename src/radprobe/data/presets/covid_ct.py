@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from radprobe.data.formats.common import Source, axis_option
 from radprobe.data.presets.common import finish, root_dir
 from radprobe.data.problems import Problem, error
 from radprobe.data.readers import IMAGE_SUFFIXES, natural_key
 from radprobe.data.records import ImageRef, Record
-from radprobe.data.sources import Source, axis_option
 from radprobe.data.spec import Spec
 from radprobe.errors import DataError
 

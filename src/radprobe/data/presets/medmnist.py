@@ -12,8 +12,9 @@ import os
 import re
 from pathlib import Path
 
+from radprobe.data.formats.common import Source, read_options
+from radprobe.data.formats.npz import index_npz, npz_shapes
 from radprobe.data.presets.medmnist_info import MEDMNIST, ZENODO, MedInfo
-from radprobe.data.sources import Source, index_npz, npz_shapes, read_options
 from radprobe.data.spec import Spec, opt_int
 from radprobe.errors import DataError
 

@@ -17,6 +17,7 @@ READ_OPTIONS = {
     "bits": "integer images are divided by 2**bits - 1",
     "slices": "1: one 2D sample per slice of each volume",
     "axis": "slicing axis of volumes (default 2, axial)",
+    "allow_outside_root": "1: read files that resolve (symlinks) outside the dataset root",
 }
 PAPER_OPTION = {"paper": "1: the conventions of Baharoon et al. (arXiv 2312.02366), see 'paper'"}
 FRACTIONS_OPTION = {
