@@ -12,7 +12,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -165,6 +164,8 @@ _BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass."
 _WORKERS = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes.")
 _DEVICE = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto.")
 _JSON = typer.Option(False, "--json", help="Print a JSON summary on stdout.")
+# numpy's legacy RandomState and torch take seeds in [0, 2**32): anything else fails deep inside a run.
+_SEED_RANGE: dict[str, int] = {"min": 0, "max": 2**32 - 1}
 
 
 def _config(**kw: Any):  # type: ignore[no-untyped-def]
@@ -233,7 +234,7 @@ def eval_cmd(
     allow_partial_weights: bool = _PARTIAL,
     random_init: bool = _RANDOM,
     resolution: int | None = _RES,
-    seed: int = typer.Option(0, "--seed", help="Seed for protocols and bootstrap."),
+    seed: int = typer.Option(0, "--seed", **_SEED_RANGE, help="Seed for protocols and bootstrap."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=0, help="Bootstrap resamples for CIs (0: none)."),
     overrides: list[str] = typer.Option(
         [], "--set", help="Protocol option PROTOCOL.KEY=VALUE, e.g. fewshot.repeats=3 (repeatable)."
@@ -414,7 +415,7 @@ def compare_cmd(
     ),
     metric: str | None = typer.Option(None, "--metric", help="Metric (default: the task's headline)."),
     bootstrap: int = typer.Option(1000, "--bootstrap", min=1, help="Bootstrap resamples."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", **_SEED_RANGE, help="Seed for the bootstrap."),
     as_json: bool = _JSON,
 ) -> None:
     """Paired bootstrap test of backbone A against B on the same test samples."""
@@ -502,8 +503,10 @@ def study_run_cmd(
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster (default: RAY_ADDRESS, else a local instance)."
     ),
-    ray_cpus: int = typer.Option(1, "--ray-cpus", help="CPUs per Ray task."),
-    ray_gpus: float | None = typer.Option(None, "--ray-gpus", help="GPUs per Ray task (default 1 if any)."),
+    ray_cpus: int = typer.Option(1, "--ray-cpus", min=1, help="CPUs per Ray task."),
+    ray_gpus: float | None = typer.Option(
+        None, "--ray-gpus", min=0, help="GPUs per Ray task (default 1 if any)."
+    ),
     as_json: bool = _JSON,
 ) -> None:
     """Run every unfinished job of a study; rerunning skips finished jobs and retries failed ones."""
@@ -644,9 +647,11 @@ def cache_list_cmd(
 def cache_prune_cmd(
     backbone: str | None = _BACKBONE_FILTER,
     dataset: str | None = _DATASET_FILTER,
-    older_than: float | None = typer.Option(None, "--older-than", help="Days since an entry was written."),
+    older_than: float | None = typer.Option(
+        None, "--older-than", min=0, help="Days since an entry was written."
+    ),
     max_gb: float | None = typer.Option(
-        None, "--max-gb", help="Remove the oldest matching entries until the cache fits this size."
+        None, "--max-gb", min=0, help="Remove the oldest matching entries until the cache fits this size."
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would go; remove nothing."),
     as_json: bool = _JSON,
@@ -656,9 +661,6 @@ def cache_prune_cmd(
 
     if backbone is None and dataset is None and older_than is None and max_gb is None:
         raise RadprobeError("cache prune: name --backbone, --dataset, --older-than or --max-gb")
-    for flag, v in (("--older-than", older_than), ("--max-gb", max_gb)):
-        if v is not None and v < 0:
-            raise RadprobeError(f"{flag} {v}: expected a number >= 0")
     cache = _feature_cache()
     gone = select_prune(
         cache.entries(),
@@ -687,6 +689,49 @@ def _register_rooms() -> None:
 _register_rooms()
 
 
+def _is_click(exc: BaseException, name: str) -> bool:
+    """Whether ``exc`` is click's exception class ``name`` (or a subclass), from click itself or from
+    the copy typer bundles (``typer._click``) — typer versions differ in which one they raise."""
+    return any(
+        c.__name__ == name and c.__module__.split(".")[0] in ("click", "typer") for c in type(exc).__mro__
+    )
+
+
+def _usage_line(exc: Any) -> str:
+    """A click usage error as one line: the message, the commands a group accepts, where help is."""
+    message = " ".join(str(exc.format_message()).split()).replace("Value error, ", "").rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return f"error: {message}"
+    command = ctx.command
+    # A group's plain usage error is an unknown or missing command: name the ones it has.
+    if type(exc).__name__ == "UsageError" and hasattr(command, "list_commands"):
+        message = f"{message}; expected one of: {', '.join(command.list_commands(ctx))}"
+    return f"error: {ctx.command_path}: {message} (see '{ctx.command_path} --help')"
+
+
+def _handle(exc: Exception, debug: bool) -> int:
+    """The exit code for an exception that left the app; re-raises what is not a user's error."""
+    if _is_click(exc, "Exit"):
+        return int(exc.exit_code)  # type: ignore[attr-defined]
+    if _is_click(exc, "Abort"):
+        print("aborted", file=sys.stderr)
+        return 130
+    if _is_click(exc, "NoArgsIsHelpError"):
+        # The group's help; typer's rich help prints itself to stdout and leaves the message empty.
+        text = str(exc.format_message())  # type: ignore[attr-defined]
+        if text.strip():
+            print(text, file=sys.stderr)
+        return 2
+    if _is_click(exc, "ClickException") and not debug:
+        print(_usage_line(exc), file=sys.stderr)
+        return 2 if _is_click(exc, "UsageError") else int(getattr(exc, "exit_code", 1))
+    if isinstance(exc, RadprobeError) and not debug:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    raise exc
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one line and exit 2 (tracebacks only with --debug)."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -696,22 +741,11 @@ def main(argv: list[str] | None = None) -> int:
         # Without standalone mode click returns typer.Exit's code instead of raising it.
         if isinstance(code, int) and not isinstance(code, bool):
             return code
-    except click.exceptions.Exit as e:
-        return e.exit_code
-    except click.exceptions.Abort:
-        print("aborted", file=sys.stderr)
-        return 130
-    except click.ClickException as e:
-        e.show()
-        return 2
-    except RadprobeError as e:
-        if debug:
-            raise
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        return _handle(e, debug)
     return 0
 
 
