@@ -90,8 +90,9 @@ def run_study(
 ) -> StudyOutcome:
     """Run a study (a YAML path, ``builtin:<name>``, or a mapping of the same shape) into ``out``
     (default: the study's ``out``, else ``runs/<name>``); finished jobs are skipped."""
-    from radprobe.run.study import StudyConfig, apply_overrides, load_study, run_dir_of
+    from radprobe.run.study import run_dir_of
     from radprobe.run.study import run_study as run
+    from radprobe.run.study_config import StudyConfig, apply_overrides, load_study
 
     if isinstance(study, Mapping):
         from pydantic import ValidationError

@@ -8,12 +8,19 @@ the levels its segmentation-room head (:mod:`radprobe.segmentation.heads`) reads
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from radprobe.backbones.base import BackboneOutput
+
+if TYPE_CHECKING:
+    from radprobe.backbones.base import Backbone
+    from radprobe.data import Dataset
+    from radprobe.finetune.options import TrainOptions
 
 
 class Head(nn.Module):
@@ -147,3 +154,16 @@ def grid_dims(backbone: nn.Module, layers: list[int]) -> list[int]:
     finally:
         backbone.train(was_training)
     return [int(out.grid[layer].shape[1]) for layer in layers]
+
+
+def make_head(dataset: Dataset, backbone: Backbone, opts: TrainOptions) -> Head:
+    """The task's head: a linear classifier, or the segmentation room's seg-linear / seg-decoder head."""
+    if dataset.task == "segmentation":
+        return segmentation_head(backbone, len(dataset.classes), opts.seg_head, opts.decoder_channels)
+    labels = dataset.labels(dataset.split("train"))
+    weights = (
+        class_weights(labels, dataset.task, len(dataset.classes))
+        if opts.class_weights == "balanced"
+        else None
+    )
+    return ClassificationHead(backbone.info.embed_dim, len(dataset.classes), dataset.task, opts.pool, weights)

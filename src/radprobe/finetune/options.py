@@ -212,3 +212,15 @@ def describe_options(protocol: str) -> list[dict[str, Any]]:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         out.append({"name": f.name, "default": default, "help": f.metadata.get("help", "")})
     return out
+
+
+def check_task_options(options: dict[str, dict[str, Any]], dataset: str, task: str) -> None:
+    """One line when an option applies to the other kind of dataset (e.g. seg_head on classification)."""
+    kind = "segmentation" if task == "segmentation" else "classification"
+    for proto, kw in options.items():
+        for name in kw:
+            other = next((k for k, names in TASK_OPTIONS.items() if k != kind and name in names), None)
+            if other is not None:
+                raise RadprobeError(
+                    f"--set {proto}.{name}: applies to {other} datasets; {dataset} is a {task} dataset"
+                )

@@ -19,7 +19,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import ImageSet, batches_per_epoch, derived_seed, eval_loader, train_loader
 from radprobe.finetune.heads import SegmentationHead
 from radprobe.finetune.methods import Built
-from radprobe.finetune.options import TrainOptions
+from radprobe.finetune.options import OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions
 from radprobe.metrics.fast import validation_score
 from radprobe.progress import make_progress
 
@@ -317,3 +317,15 @@ def remove_checkpoints(directory: Path) -> None:
         p.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         directory.rmdir()
+
+
+def hparams_of(
+    protocol: str, opts: TrainOptions, details: dict[str, Any], device: torch.device, task: str
+) -> dict[str, Any]:
+    """Everything that shapes the training result (and so the checkpoint key)."""
+    other = TASK_OPTIONS["classification" if task == "segmentation" else "segmentation"]
+    out = {k: v for k, v in asdict(opts).items() if k not in OUTPUT_OPTIONS and k not in other}
+    if "targets" in details:
+        out["targets"] = details["targets"]
+    out["precision"] = precision(device, opts.amp)
+    return out

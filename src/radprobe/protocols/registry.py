@@ -30,6 +30,7 @@ import annotated_types as at
 from radprobe.errors import RadprobeError
 from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
+from radprobe.segmentation import options as seg_options
 from radprobe.segmentation import protocols as seg
 from radprobe.utils import check_scalar
 
@@ -207,7 +208,7 @@ def check_options(name: str, options: dict[str, Any], *, n_train: int | None = N
         if key not in params:
             raise RadprobeError(f"--set {name}.{key}: unknown option; {name} takes {', '.join(params)}")
     if spec.family == "segmentation":
-        return seg.resolve_options(name, spec.runner, options, n_train)
+        return seg_options.resolve_options(name, spec.runner, options, n_train)
     hints = typing.get_type_hints(spec.runner, include_extras=True)
     return {
         k: _coerce(v, hints[k], f"--set {name}.{k}={v!r}") if k in hints else v for k, v in options.items()

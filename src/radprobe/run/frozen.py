@@ -22,14 +22,14 @@ from radprobe.features.extract import (
     pool_volumes,
     volume_offsets,
 )
-from radprobe.metrics import bootstrap_metrics
 from radprobe.progress import make_progress
 from radprobe.protocols import registry
 from radprobe.protocols.base import Bags, ProtocolInput, SplitFeatures
 from radprobe.results import ResultRow
-from radprobe.results.predictions import Predictions, predictions_path
-from radprobe.results.rows import Subject, base_row, ci_method, eval_key
+from radprobe.results.predictions import predictions_path
+from radprobe.results.rows import Subject, base_row, eval_key
 from radprobe.run.config import EvalConfig, EvalSummary
+from radprobe.run.scoring import score_classification
 
 
 @dataclass
@@ -285,16 +285,17 @@ def run_protocol(
     if result.scores is None:
         raise RuntimeError(f"protocol {name} returned neither scores nor summaries")
     ds = prep.dataset
-    metrics = bootstrap_metrics(
-        data.test.labels, result.scores, ds.task, groups=data.test.groups, n_boot=n_boot, seed=seed
-    )
     key = eval_key(subject, name, result.hparams, n_boot)
-    Predictions(
-        sample_ids=np.asarray([r.sample_id for r in ds.split("test")]),
-        groups=data.test.groups,
-        labels=data.test.labels,
-        scores=result.scores,
-    ).save(predictions_path(out, key))
+    scored = score_classification(
+        data.test.labels,
+        result.scores,
+        ds.task,
+        data.test.groups,
+        [r.sample_id for r in ds.split("test")],
+        n_boot=n_boot,
+        seed=seed,
+        path=predictions_path(out, key),
+    )
     return [
         ResultRow(
             **base,
@@ -302,13 +303,13 @@ def run_protocol(
             protocol=name,
             metric=m.name,
             value=m.value,
-            ci_low=m.ci_low if n_boot else None,
-            ci_high=m.ci_high if n_boot else None,
-            ci_method=ci_method(n_boot),
+            ci_low=m.ci_low,
+            ci_high=m.ci_high,
+            ci_method=m.ci_method,
             hparams=result.hparams,
             selected=result.selected,
             trainable_params=int(result.selected.get("trainable_params", 0)),
             warnings=result.warnings + m.warnings,
         )
-        for m in metrics
+        for m in scored
     ]

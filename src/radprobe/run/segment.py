@@ -25,13 +25,14 @@ from radprobe.core.runtime import env_info, resolve_device
 from radprobe.errors import RadprobeError
 from radprobe.features.cache import FeatureSet, FeatureSpec
 from radprobe.features.extract import ExtractStats, forward_rate
-from radprobe.metrics.segmentation import CaseTable, summarize
+from radprobe.metrics.segmentation import summarize
 from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Subject, base_row, ci_method, eval_key
 from radprobe.run.config import EvalConfig, EvalSummary
 from radprobe.run.frozen import extract_all
+from radprobe.run.scoring import score_cases
 from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.output import slug
@@ -300,11 +301,17 @@ def _shot_rows(
     key = eval_key(subject, result.protocol, hparams)
     per_draw: dict[str, list[float]] = {}
     if len(fits) == 1:
-        metrics, warns = summarize(
-            fits[0].scores, classes, groups, n_boot=cfg.n_boot, seed=cfg.seed, unit=unit
-        )
         ids = [c.sample_id for c in data.test.cases]
-        CaseTable.of(fits[0].scores, ids, groups, classes).save(predictions_path(cfg.out, key))
+        metrics, warns = score_cases(
+            fits[0].scores,
+            classes,
+            groups,
+            ids,
+            n_boot=cfg.n_boot,
+            seed=cfg.seed,
+            unit=unit,
+            path=predictions_path(cfg.out, key),
+        )
         method = ci_method(cfg.n_boot)
         selected = dict(fits[0].selected)
         values = {m.name: (m.value, m.ci_low, m.ci_high) for m in metrics}

@@ -28,30 +28,8 @@ from radprobe.errors import RadprobeError
 from radprobe.protocols import registry
 from radprobe.results import ResultStore
 from radprobe.results.store import DB_NAME
-from radprobe.run.study_config import (
-    BackboneEntry,
-    DatasetEntry,
-    StudyConfig,
-    apply_overrides,
-    builtin_studies,
-    load_study,
-)
-
-__all__ = [
-    "BackboneEntry",
-    "DatasetEntry",
-    "GroupTask",
-    "Job",
-    "StudyConfig",
-    "StudyOutcome",
-    "apply_overrides",
-    "builtin_studies",
-    "expand",
-    "load_study",
-    "plan",
-    "run_study",
-    "status",
-]
+from radprobe.run.study_config import BackboneEntry, DatasetEntry, StudyConfig
+from radprobe.run.study_config import load_study as load_study  # studies are loaded and run from here
 from radprobe.utils import atomic_write_text, digest
 
 

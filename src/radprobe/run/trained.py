@@ -23,37 +23,35 @@ number of bootstrap resamples re-scores without retraining; the rows' ``eval_key
 
 from __future__ import annotations
 
-import importlib.util
+__all__ = ["Plan", "run", "train_protocol", "validate"]
+
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
-from radprobe.core.runtime import env_info, peak_memory_mb, resolve_device
-from radprobe.errors import RadprobeError
+from radprobe.core.runtime import env_info, peak_memory_mb
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer
 from radprobe.finetune.data import Augment, ImageSet
-from radprobe.finetune.heads import ClassificationHead, Head, class_weights, segmentation_head
-from radprobe.finetune.methods import Built, build_model, check_method, unreached_parameters
-from radprobe.finetune.options import OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions, parse_options
-from radprobe.finetune.train import Split, fit, precision, predict, predict_masks, remove_checkpoints
-from radprobe.metrics import bootstrap_metrics
+from radprobe.finetune.heads import make_head
+from radprobe.finetune.methods import Built, build_model
+from radprobe.finetune.options import TrainOptions
+from radprobe.finetune.train import Split, fit, hparams_of, predict, predict_masks, remove_checkpoints
 from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
-from radprobe.results.predictions import Predictions, predictions_path
-from radprobe.results.rows import Subject, base_row, ci_method, eval_key
-from radprobe.run.config import EvalConfig, EvalSummary
+from radprobe.results.predictions import predictions_path
+from radprobe.results.rows import Subject, base_row, eval_key
+from radprobe.run.config import EvalSummary
+from radprobe.run.scoring import Scored, score_cases, score_classification, scored_cases
+from radprobe.run.trained_plan import Plan, validate
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Backbone, BackboneInfo
-    from radprobe.data import Dataset
-    from radprobe.segmentation.data import SegSplit
 
 CLASSIFICATION_TASKS = registry.CLASSIFICATION
 SPLITS = ("train", "val", "test")
@@ -64,172 +62,6 @@ def _env(device: torch.device) -> dict[str, Any]:
     ranks = distributed.current()
     # imgs/s counts every rank's images; peak memory is rank 0's
     return env_info(str(device), data_parallel_ranks=1 if ranks is None else ranks.world)
-
-
-@dataclass
-class Plan:
-    """A validated trained evaluation: dataset, a first backbone, and each protocol's options."""
-
-    cfg: EvalConfig
-    dataset: Dataset
-    backbone: Backbone | None  # handed to the first protocol; later ones build their own
-    device: torch.device
-    options: dict[str, TrainOptions]
-    details: dict[str, dict[str, Any]] = field(default_factory=dict)
-    resolution: int | None = None  # None: the backbone's own
-    seg: dict[str, SegSplit] = field(default_factory=dict)  # segmentation: each split's cases and masks
-    seg_hparams: dict[str, Any] = field(default_factory=dict)  # what seg rows record about the inputs
-
-    @property
-    def segmentation(self) -> bool:
-        return bool(self.seg)
-
-    def take_backbone(self) -> Backbone:
-        """The validated backbone once, then fresh (identical) builds: each protocol changes its own."""
-        if self.backbone is not None:
-            bb, self.backbone = self.backbone, None
-            return bb
-        return _create_backbone(self.cfg, self.resolution)
-
-
-def _create_backbone(cfg: EvalConfig, resolution: int | None) -> Backbone:
-    from radprobe.backbones import create_backbone
-
-    return create_backbone(
-        cfg.backbone,
-        weights=cfg.weights,
-        allow_partial_weights=cfg.allow_partial_weights,
-        pretrained=cfg.pretrained,
-        resolution=resolution,
-    )
-
-
-def _check_task_options(cfg: EvalConfig, task: str) -> None:
-    kind = "segmentation" if task == "segmentation" else "classification"
-    for proto, kw in cfg.options.items():
-        for name in kw:
-            other = next((k for k, names in TASK_OPTIONS.items() if k != kind and name in names), None)
-            if other is not None:
-                raise RadprobeError(
-                    f"--set {proto}.{name}: applies to {other} datasets; {cfg.dataset} is a {task} dataset"
-                )
-
-
-def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
-    """Check everything a trained evaluation needs; raises :class:`RadprobeError`, writes nothing.
-    ``dataset``: the loaded ``cfg.dataset``, if at hand."""
-    from radprobe.data import load_dataset
-
-    if not cfg.protocols:
-        raise RadprobeError("--protocol: expected at least one protocol name")
-    trained = registry.names("trained")
-    for p in cfg.protocols:
-        if p not in trained:
-            raise RadprobeError(
-                f"--protocol {p}: unknown trained protocol; expected one of {', '.join(trained)}"
-            )
-    if len(set(cfg.protocols)) != len(cfg.protocols):
-        raise RadprobeError(f"--protocol {','.join(cfg.protocols)}: a protocol is listed twice")
-    for proto in cfg.options:
-        if proto not in cfg.protocols:
-            raise RadprobeError(
-                f"--set {proto}.…: protocol {proto!r} is not being run (running: {', '.join(cfg.protocols)})"
-            )
-    if cfg.n_boot < 0:
-        raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
-    options = {p: parse_options(p, cfg.options.get(p, {}), cfg.batch_size) for p in cfg.protocols}
-    device = torch.device(resolve_device(cfg.device))
-    dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
-    segmentation = dataset.task == "segmentation"
-    if not segmentation and dataset.task not in CLASSIFICATION_TASKS:
-        raise RadprobeError(
-            f"dataset {cfg.dataset} is a {dataset.task} dataset; trained protocols support classification "
-            f"({', '.join(CLASSIFICATION_TASKS)}) and segmentation"
-        )
-    if not segmentation and dataset.ndim != 2:
-        raise RadprobeError(
-            f"dataset {cfg.dataset} is {dataset.ndim}D; trained protocols classify 2D images "
-            "(3D datasets: segmentation only, slice by slice)"
-        )
-    _check_task_options(cfg, dataset.task)
-    for s in SPLITS:
-        if not dataset.split(s):
-            raise RadprobeError(f"dataset {cfg.dataset} has no {s!r} split")
-    resolution, resolution_source = cfg.resolution, ""
-    if segmentation:
-        from radprobe.run.segment import seg_resolution
-
-        if importlib.util.find_spec("monai") is None:
-            raise RadprobeError(
-                f"--protocol {cfg.protocols[0]}: segmentation needs MONAI (losses, HD95); "
-                "pip install 'monai>=1.3'"
-            )
-        # the frozen seg protocols' resolution, so trained and frozen rows see the same pixels
-        resolution, resolution_source = seg_resolution(cfg.backbone, cfg.resolution)
-    backbone = _create_backbone(cfg, resolution)
-    seg: dict[str, SegSplit] = {}
-    seg_hparams: dict[str, Any] = {}
-    if segmentation:
-        from radprobe.run.segment import common_hparams
-        from radprobe.segmentation.data import load_split, uniform_spacing
-
-        # every mask is checked now, so a bad one fails before anything is trained or written
-        pre = backbone.preprocess
-        volumes = dataset.ndim == 3
-        seg = {
-            # a volume's slices are kept resized (as the backbone resizes them), so training reads
-            # slices from memory instead of decoding the whole volume for each slice
-            s: load_split(
-                dataset,
-                s,
-                pre.resolution,
-                keep_masks=s != "train",
-                keep_images=volumes,
-                interpolation=pre.interpolation,
-            )
-            for s in SPLITS
-        }
-        uniform_spacing(seg.values())
-        seg_hparams = common_hparams(dataset, seg["test"], pre.resolution, resolution_source)
-        # recorded apart from the ``intensity`` jitter option, which shares the frozen rows' key name
-        seg_hparams["input_intensity"] = seg_hparams.pop("intensity")
-    details = {}
-    with torch.random.fork_rng(devices=[]):  # heads drawn here must not shift the caller's RNG
-        for p in cfg.protocols:
-            details[p] = check_method(p, backbone, options[p])
-            # one forward/backward on a copy: the method's own parameters must receive gradients
-            unused, error = unreached_parameters(
-                p, backbone, make_head(dataset, backbone, options[p]), options[p]
-            )
-            if error:
-                raise RadprobeError(error)
-            details[p]["unused"] = unused
-    return Plan(cfg, dataset, backbone, device, options, details, resolution, seg, seg_hparams)
-
-
-def make_head(dataset: Dataset, backbone: Backbone, opts: TrainOptions) -> Head:
-    """The task's head: a linear classifier, or the segmentation room's seg-linear / seg-decoder head."""
-    if dataset.task == "segmentation":
-        return segmentation_head(backbone, len(dataset.classes), opts.seg_head, opts.decoder_channels)
-    labels = dataset.labels(dataset.split("train"))
-    weights = (
-        class_weights(labels, dataset.task, len(dataset.classes))
-        if opts.class_weights == "balanced"
-        else None
-    )
-    return ClassificationHead(backbone.info.embed_dim, len(dataset.classes), dataset.task, opts.pool, weights)
-
-
-def hparams_of(
-    protocol: str, opts: TrainOptions, details: dict[str, Any], device: torch.device, task: str
-) -> dict[str, Any]:
-    """Everything that shapes the training result (and so the checkpoint key)."""
-    other = TASK_OPTIONS["classification" if task == "segmentation" else "segmentation"]
-    out = {k: v for k, v in asdict(opts).items() if k not in OUTPUT_OPTIONS and k not in other}
-    if "targets" in details:
-        out["targets"] = details["targets"]
-    out["precision"] = precision(device, opts.amp)
-    return out
 
 
 def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -> Split:
@@ -249,60 +81,31 @@ def _cases(split: Split) -> int:
     return len(split.seg) if split.seg is not None else len(split.targets)
 
 
-@dataclass
-class Scored:
-    """One metric of the test split, ready to become a row."""
-
-    name: str
-    value: float
-    ci_low: float | None
-    ci_high: float | None
-    ci_method: str
-    warnings: list[str]
-
-
 def _score_classification(
     plan: Plan, built: Built, test: Split, opts: TrainOptions, key: str
 ) -> list[Scored]:
     """Test scores with patient-bootstrap CIs; saves the predictions for ``radprobe compare``."""
     cfg, ds = plan.cfg, plan.dataset
     scores, _ = predict(built, test, int(opts.batch_size or 1), plan.device, opts.amp, cfg.num_workers)
-    groups = ds.patients(ds.split("test"))
-    metrics = bootstrap_metrics(
-        test.targets, scores, ds.task, groups=groups, n_boot=cfg.n_boot, seed=cfg.seed
+    recs = ds.split("test")
+    return score_classification(
+        test.targets,
+        scores,
+        ds.task,
+        ds.patients(recs),
+        [r.sample_id for r in recs],
+        n_boot=cfg.n_boot,
+        seed=cfg.seed,
+        path=predictions_path(cfg.out, key),
     )
-    Predictions(
-        sample_ids=np.asarray([r.sample_id for r in ds.split("test")]),
-        groups=groups,
-        labels=test.targets,
-        scores=scores,
-    ).save(predictions_path(cfg.out, key))
-    ci = ci_method(cfg.n_boot)
-    return [
-        Scored(
-            m.name,
-            m.value,
-            m.ci_low if cfg.n_boot else None,
-            m.ci_high if cfg.n_boot else None,
-            ci,
-            list(m.warnings),
-        )
-        for m in metrics
-    ]
 
 
 def _score_segmentation(
-    plan: Plan,
-    built: Built,
-    test: Split,
-    opts: TrainOptions,
-    protocol: str,
-    info: BackboneInfo,
-    key: str,
+    plan: Plan, built: Built, test: Split, opts: TrainOptions, protocol: str, info: BackboneInfo, key: str
 ) -> list[Scored]:
     """Dice / IoU / HD95 per class with patient-bootstrap CIs, as the frozen seg protocols write them;
     saves the per-case scores for ``radprobe compare``."""
-    from radprobe.metrics.segmentation import CaseTable, case_scores, summarize
+    from radprobe.metrics.segmentation import case_scores
     from radprobe.segmentation.output import slug
     from radprobe.segmentation.protocols import SegData, write_outputs
 
@@ -313,16 +116,16 @@ def _score_segmentation(
     cases = [
         case_scores(p, m, C, c.spacing) for p, m, c in zip(preds, test.seg.masks, test.seg.cases, strict=True)
     ]
-    metrics, warns = summarize(
+    metrics, warns = score_cases(
         cases,
         ds.classes,
         test.seg.patients(),
+        [c.sample_id for c in test.seg.cases],
         n_boot=cfg.n_boot,
         seed=cfg.seed,
         unit=plan.seg_hparams["hd95_unit"],
+        path=predictions_path(cfg.out, key),
     )
-    ids = [c.sample_id for c in test.seg.cases]
-    CaseTable.of(cases, ids, test.seg.patients(), ds.classes).save(predictions_path(cfg.out, key))
     data = SegData(
         dataset=ds,
         train=plan.seg["train"],
@@ -338,11 +141,7 @@ def _score_segmentation(
     write_outputs(
         protocol, data, preds, {"save_predictions": opts.save_predictions, "overlays": opts.overlays}
     )
-    ci = ci_method(cfg.n_boot)
-    return [
-        Scored(m.name, m.value, m.ci_low, m.ci_high, ci if m.ci_low is not None else "", warns)
-        for m in metrics
-    ]
+    return scored_cases(metrics, warns, cfg.n_boot)
 
 
 def train_protocol(
