@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError
 from radprobe.report.model import META_FILE, ReportMeta
 
 # What the sanity gate checks. kNN on the class token trains nothing, so it measures the
@@ -121,7 +121,7 @@ def run_demo(
     size = DEMO_SIZES[name]
     run_dir = Path(out) if out is not None else Path("runs") / name
     if run_dir.exists() and not run_dir.is_dir():
-        raise RadprobeError(f"--out {run_dir}: exists and is not a directory")
+        raise OptionError("--out", f"{run_dir}: exists and is not a directory")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 

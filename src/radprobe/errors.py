@@ -17,3 +17,20 @@ class WeightsError(RadprobeError):
 
 class DataError(RadprobeError):
     """A dataset, manifest or image file is missing, unreadable or malformed."""
+
+
+class OptionError(RadprobeError):
+    """A bad value of one setting. The message names the setting as the library knows it
+    (``knn.ks=0: expected a value >= 1``); ``flag`` is the command-line flag that sets it
+    (``--set``), which only the CLI puts in front. Study files and Python callers see the message."""
+
+    def __init__(self, flag: str, message: str) -> None:
+        super().__init__(message)
+        self.flag = flag
+
+    def __reduce__(self) -> tuple[type[OptionError], tuple[str, str]]:
+        return (type(self), (self.flag, str(self)))
+
+    def for_cli(self) -> str:
+        """The message as the command line says it: flag first."""
+        return f"{self.flag} {self}" if self.flag else str(self)

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError
 
 
 def stable_json(obj: Any) -> str:
@@ -57,20 +57,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 
 def check_scalar(value: Any, kind: type, where: str) -> Any:
-    """A user option's ``value`` checked as a ``kind`` (bool, int, float or str): one line naming
-    ``where`` and what it takes if it is not one. An integral float (``1e2``, as YAML reads it) is
-    taken as an int; anything else comes back as given."""
+    """A protocol option's ``value`` checked as a ``kind`` (bool, int, float or str): one line naming
+    ``where`` (``knn.ks=...``; ``--set`` on the command line) and what it takes if it is not one.
+    An integral float (``1e2``, as YAML reads it) is taken as an int; anything else comes back as
+    given."""
     if kind is bool and not isinstance(value, bool):
-        raise RadprobeError(f"{where}: expected true or false")
+        raise OptionError("--set", f"{where}: expected true or false")
     if kind is int:
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RadprobeError(f"{where}: expected an integer")
+            raise OptionError("--set", f"{where}: expected an integer")
     if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise RadprobeError(f"{where}: expected a number")
+        raise OptionError("--set", f"{where}: expected a number")
     if kind is str and not isinstance(value, str):
-        raise RadprobeError(f"{where}: expected a string")
+        raise OptionError("--set", f"{where}: expected a string")
     return value
 
 

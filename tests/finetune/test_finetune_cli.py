@@ -80,7 +80,7 @@ def test_cli_trains_four_methods_on_multilabel(tmp_path: Path, capsys: pytest.Ca
         ),
         (["vpt"], {}, {"backbone": "test:cnn-tiny"}, r"vpt: needs a timm ViT backbone"),
         (["lora"], {}, {"backbone": "test:cnn-tiny"}, r"no Linear layers in its blocks"),
-        (["bitfit"], {}, {"device": "tpu"}, r"--device 'tpu'"),
+        (["bitfit"], {}, {"device": "tpu"}, r"'tpu': expected cpu, cuda"),
         (["bitfit", "bitfit"], {}, {}, r"listed twice"),
     ],
 )
@@ -93,9 +93,14 @@ def test_bad_input_fails_before_anything_is_written(
     assert not out.exists()
 
 
-def test_trained_and_frozen_protocols_do_not_mix(tmp_path: Path) -> None:
-    with pytest.raises(RadprobeError, match="separate calls"):
-        evaluate(make_cfg(tmp_path / "x", ["lora", "knn"], {}))
+def test_a_bad_trained_option_stops_frozen_protocols_of_the_same_call_before_extraction(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RADPROBE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(RadprobeError, match=r"partial\.blocks=3: backbone test:vit-tiny has only 2"):
+        evaluate(make_cfg(tmp_path / "x", ["knn", "partial"], {"partial": {"blocks": 3}}))
+    assert not (tmp_path / "x").exists()
+    assert not list((tmp_path / "cache").rglob("*.npy"))  # knn's features were never extracted
 
 
 def test_presets_and_defaults_resolve() -> None:

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 
 app = typer.Typer(
     add_completion=False,
@@ -727,7 +727,8 @@ def _handle(exc: Exception, debug: bool) -> int:
         print(_usage_line(exc), file=sys.stderr)
         return 2 if _is_click(exc, "UsageError") else int(getattr(exc, "exit_code", 1))
     if isinstance(exc, RadprobeError) and not debug:
-        print(f"error: {exc}", file=sys.stderr)
+        # the library names a setting as it knows it; the command line puts the flag in front
+        print(f"error: {exc.for_cli() if isinstance(exc, OptionError) else exc}", file=sys.stderr)
         return 2
     raise exc
 

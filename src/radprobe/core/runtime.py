@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError
 
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -23,9 +23,9 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RadprobeError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        raise OptionError("--device", f"{name}: CUDA is not available on this machine; use --device cpu")
     if name != "cpu" and not name.startswith("cuda") and name != "mps":
-        raise RadprobeError(f"--device {name!r}: expected cpu, cuda, cuda:N, mps or auto")
+        raise OptionError("--device", f"{name!r}: expected cpu, cuda, cuda:N, mps or auto")
     return name
 
 

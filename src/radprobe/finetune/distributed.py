@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from radprobe.core.runtime import under_torchrun
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 
 # Set by join(): a process group alone does not mean data-parallel training (the study executor
 # under torchrun starts one to deal out groups, and each rank then trains its own models).
@@ -57,9 +57,10 @@ def join(device: str) -> str:
     local = int(os.environ["LOCAL_RANK"])
     cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if device.startswith("cuda:"):
-        raise RadprobeError(
-            f"--device {device} under torchrun: every rank would train on that one GPU; "
-            "use --device cuda (rank r takes GPU LOCAL_RANK)"
+        raise OptionError(
+            "--device",
+            f"{device} under torchrun: every rank would train on that one GPU; "
+            "use --device cuda (rank r takes GPU LOCAL_RANK)",
         )
     if cuda:
         if local >= torch.cuda.device_count():  # NCCL cannot put two ranks on one GPU

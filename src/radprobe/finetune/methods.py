@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from radprobe.backbones.base import BackboneOutput
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune.anatomy import _BLOCK_RE, anatomy, inner_model
 from radprobe.finetune.heads import Head
 from radprobe.finetune.options import (
@@ -118,9 +118,10 @@ def lora_targets(backbone: nn.Module, targets: list[str] | None) -> list[str]:
             n for n, m in model.named_modules() if isinstance(m, kinds) and (n == t or n.endswith("." + t))
         ]
         if not hits:
-            raise RadprobeError(
-                f"--set lora.targets: no Linear or Conv2d module of {backbone.info.name} "  # type: ignore[attr-defined]
-                f"is named {t!r} (e.g. qkv, proj, fc1, fc2 on timm ViTs)"
+            raise OptionError(
+                "--set",
+                f"lora.targets: no Linear or Conv2d module of {backbone.info.name} "  # type: ignore[attr-defined]
+                f"is named {t!r} (e.g. qkv, proj, fc1, fc2 on timm ViTs)",
             )
         found += [h for h in hits if h not in found]
     return found
@@ -145,29 +146,32 @@ def check_method(protocol: str, backbone: nn.Module, opts: TrainOptions) -> dict
     """Validate ``opts`` of ``protocol`` against ``backbone`` (left unchanged); returns resolved facts."""
     name = backbone.info.name  # type: ignore[attr-defined]
     if protocol not in OPTION_TYPES:
-        raise RadprobeError(
-            f"--protocol {protocol}: unknown trained protocol; expected one of {', '.join(OPTION_TYPES)}"
+        raise OptionError(
+            "--protocol", f"{protocol}: unknown trained protocol; expected one of {', '.join(OPTION_TYPES)}"
         )
     if opts.grad_checkpointing and not _supports_grad_checkpointing(backbone):
-        raise RadprobeError(f"--set {protocol}.grad_checkpointing=true: backbone {name} does not support it")
+        raise OptionError("--set", f"{protocol}.grad_checkpointing=true: backbone {name} does not support it")
     details: dict[str, Any] = {}
     if protocol in ("finetune", "partial"):
         a = anatomy(backbone)
         details["depth"] = a.depth
         if isinstance(opts, PartialOptions) and opts.blocks > a.depth:
-            raise RadprobeError(
-                f"--set partial.blocks={opts.blocks}: backbone {name} has only {a.depth} "
-                f"{'blocks' if a.is_vit else 'stages'}"
+            raise OptionError(
+                "--set",
+                f"partial.blocks={opts.blocks}: backbone {name} has only {a.depth} "
+                f"{'blocks' if a.is_vit else 'stages'}",
             )
     elif protocol in ("lora", "dora"):
         assert isinstance(opts, LoraOptions)
         try:
             import peft  # noqa: F401
         except ImportError:
-            raise RadprobeError(f"--protocol {protocol}: needs the peft package (pip install peft)") from None
+            raise OptionError(
+                "--protocol", f"{protocol}: needs the peft package (pip install peft)"
+            ) from None
         details["targets"] = lora_targets(backbone, opts.targets)
     elif protocol == "vpt" and not supports_vpt(backbone):
-        raise RadprobeError(f"--protocol vpt: needs a timm ViT backbone; {name} is not one")
+        raise OptionError("--protocol", f"vpt: needs a timm ViT backbone; {name} is not one")
     return details
 
 

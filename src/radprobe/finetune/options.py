@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError
 from radprobe.utils import check_scalar
 
 POOLS = ("cls", "mean", "cls+mean")
@@ -147,16 +147,16 @@ def option_names(protocol: str) -> list[str]:
 
 
 def _coerce(proto: str, f: dataclasses.Field, value: Any) -> Any:
-    where = f"--set {proto}.{f.name}={value!r}"
+    where = f"{proto}.{f.name}={value!r}"
     kind = str(f.type)
     if value is None:
         if "None" not in kind:
-            raise RadprobeError(f"{where}: a value is required")
+            raise OptionError("--set", f"{where}: a value is required")
         return None
     if kind.startswith("list"):
         items = value if isinstance(value, list) else [value]
         if not items or not all(isinstance(v, str) and v for v in items):
-            raise RadprobeError(f"{where}: expected one or more names, e.g. qkv,proj")
+            raise OptionError("--set", f"{where}: expected one or more names, e.g. qkv,proj")
         return list(items)
     scalar = {"bool": bool, "int": int, "float": float}.get(kind.split(" | ")[0], str)
     value = check_scalar(value, scalar, where)
@@ -165,17 +165,17 @@ def _coerce(proto: str, f: dataclasses.Field, value: Any) -> Any:
 
 def _check(proto: str, f: dataclasses.Field, value: Any) -> None:
     m = f.metadata
-    where = f"--set {proto}.{f.name}={value!r}"
+    where = f"{proto}.{f.name}={value!r}"
     if m.get("choices") is not None and value not in m["choices"]:
         allowed = ", ".join(str(c) for c in m["choices"] if c is not None)
-        raise RadprobeError(f"{where}: expected one of {allowed}")
+        raise OptionError("--set", f"{where}: expected one of {allowed}")
     if value is None or isinstance(value, bool) or not isinstance(value, int | float):
         return
     low, high = m.get("low"), m.get("high")
     if low is not None and (value < low or (m.get("low_open") and value == low)):
-        raise RadprobeError(f"{where}: expected a value {'>' if m.get('low_open') else '>='} {low}")
+        raise OptionError("--set", f"{where}: expected a value {'>' if m.get('low_open') else '>='} {low}")
     if high is not None and value > high:
-        raise RadprobeError(f"{where}: expected a value <= {high}")
+        raise OptionError("--set", f"{where}: expected a value <= {high}")
 
 
 def parse_options(protocol: str, raw: dict[str, Any], batch_size: int) -> TrainOptions:
@@ -188,8 +188,8 @@ def parse_options(protocol: str, raw: dict[str, Any], batch_size: int) -> TrainO
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in raw:
         if name not in fields:
-            raise RadprobeError(
-                f"--set {protocol}.{name}: unknown option; {protocol} takes {', '.join(fields)}"
+            raise OptionError(
+                "--set", f"{protocol}.{name}: unknown option; {protocol} takes {', '.join(fields)}"
             )
     values = {name: _coerce(protocol, fields[name], v) for name, v in raw.items()}
     for name, v in values.items():
@@ -221,6 +221,6 @@ def check_task_options(options: dict[str, dict[str, Any]], dataset: str, task: s
         for name in kw:
             other = next((k for k, names in TASK_OPTIONS.items() if k != kind and name in names), None)
             if other is not None:
-                raise RadprobeError(
-                    f"--set {proto}.{name}: applies to {other} datasets; {dataset} is a {task} dataset"
+                raise OptionError(
+                    "--set", f"{proto}.{name}: applies to {other} datasets; {dataset} is a {task} dataset"
                 )

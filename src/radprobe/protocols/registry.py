@@ -27,7 +27,7 @@ from typing import Any
 
 import annotated_types as at
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
 from radprobe.segmentation import options as seg_options
@@ -186,7 +186,7 @@ def check_fit(name: str, dataset: str, task: str, ndim: int) -> None:
     """One line when protocol ``name`` cannot run on this dataset (before anything is extracted)."""
     why = get(name).fits(dataset, task, ndim)
     if why:
-        raise RadprobeError(f"--protocol {name}: {why}")
+        raise OptionError("--protocol", f"{name}: {why}")
 
 
 def check_options(name: str, options: dict[str, Any], *, n_train: int | None = None) -> dict[str, Any]:
@@ -206,13 +206,11 @@ def check_options(name: str, options: dict[str, Any], *, n_train: int | None = N
     params = [p for p in inspect.signature(spec.runner).parameters if p != "data"]
     for key in options:
         if key not in params:
-            raise RadprobeError(f"--set {name}.{key}: unknown option; {name} takes {', '.join(params)}")
+            raise OptionError("--set", f"{name}.{key}: unknown option; {name} takes {', '.join(params)}")
     if spec.family == "segmentation":
         return seg_options.resolve_options(name, spec.runner, options, n_train)
     hints = typing.get_type_hints(spec.runner, include_extras=True)
-    return {
-        k: _coerce(v, hints[k], f"--set {name}.{k}={v!r}") if k in hints else v for k, v in options.items()
-    }
+    return {k: _coerce(v, hints[k], f"{name}.{k}={v!r}") if k in hints else v for k, v in options.items()}
 
 
 def describe(name: str) -> list[dict[str, Any]]:
@@ -246,7 +244,7 @@ def _bounds(value: Any, metadata: tuple[Any, ...], where: str) -> None:
         ):
             bound = getattr(m, attr, None)
             if isinstance(m, at.BaseMetadata) and bound is not None and not ok(value, bound):
-                raise RadprobeError(f"{where}: expected a value {word} {bound}")
+                raise OptionError("--set", f"{where}: expected a value {word} {bound}")
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -263,11 +261,11 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         return _coerce(value, inner[0], where) if len(inner) == 1 else value
     if origin is typing.Literal:
         if value not in args:
-            raise RadprobeError(f"{where}: expected one of {', '.join(map(str, args))}")
+            raise OptionError("--set", f"{where}: expected one of {', '.join(map(str, args))}")
         return value
     if origin in (abc.Sequence, list, tuple):
         values = list(value) if isinstance(value, list | tuple) else [value]
         if not values:
-            raise RadprobeError(f"{where}: expected at least one value")
+            raise OptionError("--set", f"{where}: expected at least one value")
         return [_coerce(v, args[0] if args else Any, where) for v in values]
     return check_scalar(value, hint, where) if hint in (bool, int, float, str) else value

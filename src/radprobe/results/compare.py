@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.metrics.classification import HEADLINE
 from radprobe.metrics.paired import PairedComparison, paired_bootstrap, paired_bootstrap_fn
 from radprobe.results.predictions import Predictions, predictions_path
@@ -71,7 +71,7 @@ def compare_backbones(
     task = _task(pa.labels, pa.scores)
     metric = metric or HEADLINE[task][0]
     if metric not in HEADLINE[task]:
-        raise RadprobeError(f"--metric {metric!r}: expected one of {', '.join(HEADLINE[task])}")
+        raise OptionError("--metric", f"{metric!r}: expected one of {', '.join(HEADLINE[task])}")
     return paired_bootstrap(pa.labels, pa.scores, pb.scores[idx], task, metric, pa.groups, n_boot, seed)
 
 
@@ -89,7 +89,7 @@ def _compare_cases(
     names = ta.metric_names()
     metric = metric or "dice_macro"
     if metric not in names:
-        raise RadprobeError(f"--metric {metric!r}: expected one of {', '.join(names)}")
+        raise OptionError("--metric", f"{metric!r}: expected one of {', '.join(names)}")
     return paired_bootstrap_fn(
         lambda idx: ta.value(metric, idx), lambda idx: tb.value(metric, idx), metric, ta.groups, n_boot, seed
     )

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError
 from radprobe.utils import load_yaml
 
 
@@ -62,11 +62,11 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
         key, sep, raw = item.partition("=")
         proto, dot, name = key.partition(".")
         if not sep or not dot or not proto or not name:
-            raise RadprobeError(f"--set {item!r}: expected PROTOCOL.KEY=VALUE, e.g. linear.epochs=20")
+            raise OptionError("--set", f"{item!r}: expected PROTOCOL.KEY=VALUE, e.g. linear.epochs=20")
         text = f"[{raw}]" if "," in raw and not raw.lstrip().startswith("[") else raw
         try:
             value = load_yaml(text)
         except yaml.YAMLError:
-            raise RadprobeError(f"--set {item!r}: cannot parse value {raw!r}") from None
+            raise OptionError("--set", f"{item!r}: cannot parse value {raw!r}") from None
         out.setdefault(proto, {})[name] = value
     return out

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import asdict, replace
 from typing import Any
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.protocols import registry
 from radprobe.results import ResultStore
 from radprobe.run import frozen, segment, trained
@@ -39,12 +39,12 @@ def validate_protocols(protocols: list[str], options: dict[str, dict[str, Any]])
     if not protocols:
         raise RadprobeError("--protocol: expected at least one protocol name")
     if len(set(protocols)) != len(protocols):
-        raise RadprobeError(f"--protocol {','.join(protocols)}: a protocol is listed twice")
+        raise OptionError("--protocol", f"{','.join(protocols)}: a protocol is listed twice")
     families = {p: registry.get(p).family for p in protocols}
     for proto, kw in options.items():
         if proto not in families:
-            raise RadprobeError(
-                f"--set {proto}.…: protocol {proto!r} is not being run (running: {', '.join(protocols)})"
+            raise OptionError(
+                "--set", f"{proto}.…: protocol {proto!r} is not being run (running: {', '.join(protocols)})"
             )
         registry.check_options(proto, kw)
     return families
@@ -61,7 +61,7 @@ def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
 
     families = validate_protocols(cfg.protocols, cfg.options)
     if cfg.n_boot < 0:
-        raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
     dataset = load_dataset(cfg.dataset)
     for p in cfg.protocols:
         registry.check_fit(p, cfg.dataset, dataset.task, dataset.ndim)

@@ -25,7 +25,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from radprobe.core.runtime import TORCHRUN_ENV
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 
 
 class Executor(Protocol):
@@ -88,9 +88,10 @@ class TorchrunExecutor:
     def __init__(self, timeout_h: float = 72.0) -> None:
         missing = [k for k in TORCHRUN_ENV if k not in os.environ]
         if missing:
-            raise RadprobeError(
-                f"--executor torchrun: {', '.join(missing)} not set; launch the command with "
-                "`torchrun --nproc_per_node N -m radprobe study run ...`"
+            raise OptionError(
+                "--executor",
+                f"torchrun: {', '.join(missing)} not set; launch the command with "
+                "`torchrun --nproc_per_node N -m radprobe study run ...`",
             )
         self.rank = int(os.environ["RANK"])
         self.world = int(os.environ["WORLD_SIZE"])
@@ -235,9 +236,9 @@ class RayExecutor:
             msg = "--executor ray: ray is not installed; pip install 'radprobe[dist]'"
             raise RadprobeError(msg) from None
         if cpus < 1:
-            raise RadprobeError(f"--ray-cpus {cpus}: expected >= 1")
+            raise OptionError("--ray-cpus", f"{cpus}: expected >= 1")
         if gpus is not None and gpus < 0:
-            raise RadprobeError(f"--ray-gpus {gpus}: expected >= 0")
+            raise OptionError("--ray-gpus", f"{gpus}: expected >= 0")
         self.address, self.cpus, self.gpus, self.detach = address, cpus, gpus, detach
 
     def run(self, tasks: Sequence[Any], log: Callable[[str], None]) -> list[Any]:

@@ -12,7 +12,7 @@ import numpy as np
 
 from radprobe.config import cache_dir
 from radprobe.core.runtime import env_info, resolve_device, threads_for
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec
 from radprobe.features.extract import (
     VOLUME_POOLS,
@@ -80,7 +80,7 @@ class Prepared:
         """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes."""
         pool = volume_pool or self.volume_pool
         if pool not in VOLUME_POOLS:
-            raise RadprobeError(f"--volume-pool {pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
+            raise OptionError("--volume-pool", f"{pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
         splits = {s: self._split(s, pool) for s in ("train", "val", "test")}
         ds = self.dataset
         return ProtocolInput(
@@ -145,9 +145,9 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
     from radprobe.data import load_dataset
 
     if cfg.n_boot < 0:
-        raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
     if cfg.volume_pool not in VOLUME_POOLS:
-        raise RadprobeError(f"--volume-pool {cfg.volume_pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
+        raise OptionError("--volume-pool", f"{cfg.volume_pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
     device = resolve_device(cfg.device)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
     if dataset.task not in registry.CLASSIFICATION:
@@ -158,8 +158,9 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
     for p in cfg.protocols:
         registry.check_fit(p, cfg.dataset, dataset.task, dataset.ndim)
     if dataset.ndim != 3 and cfg.volume_pool != "mean":
-        raise RadprobeError(
-            f"--volume-pool {cfg.volume_pool}: applies to 3D datasets only; {cfg.dataset} is {dataset.ndim}D"
+        raise OptionError(
+            "--volume-pool",
+            f"{cfg.volume_pool}: applies to 3D datasets only; {cfg.dataset} is {dataset.ndim}D",
         )
     for s in ("train", "val", "test"):
         if not dataset.split(s):
@@ -254,7 +255,7 @@ def run_protocol(
             result = runner(data, **options)
     except (TypeError, ValueError) as e:
         if options:
-            raise RadprobeError(f"--set {name}.…: {e}") from None
+            raise OptionError("--set", f"{name}.…: {e}") from None
         raise
     wall = time.perf_counter() - t0
     if prep.volumes and not bags_only:

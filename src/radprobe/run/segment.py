@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats as sstats
 
 from radprobe.core.runtime import env_info, resolve_device
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.features.cache import FeatureSet, FeatureSpec
 from radprobe.features.extract import ExtractStats, forward_rate
 from radprobe.metrics.segmentation import summarize
@@ -89,15 +89,16 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
     protocols = list(dict.fromkeys(cfg.protocols))
     for p in protocols:
         if registry.get(p).family != "segmentation":
-            raise RadprobeError(
-                f"--protocol {p}: not a segmentation protocol ({', '.join(registry.names('segmentation'))})"
+            raise OptionError(
+                "--protocol",
+                f"{p}: not a segmentation protocol ({', '.join(registry.names('segmentation'))})",
             )
     if cfg.n_boot < 0:
-        raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
     if importlib.util.find_spec("monai") is None:
-        raise RadprobeError(
-            f"--protocol {protocols[0]}: segmentation needs MONAI (losses, U-Net, HD95); "
-            "pip install 'monai>=1.3'"
+        raise OptionError(
+            "--protocol",
+            f"{protocols[0]}: segmentation needs MONAI (losses, U-Net, HD95); pip install 'monai>=1.3'",
         )
     device = resolve_device(cfg.device)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)

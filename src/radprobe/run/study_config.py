@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.protocols import registry
 from radprobe.utils import load_yaml
 
@@ -108,7 +108,7 @@ class StudyConfig(BaseModel):
             try:
                 registry.check_options(proto, opts)
             except RadprobeError as e:
-                raise ValueError(str(e).removeprefix("--set ")) from None
+                raise ValueError(str(e)) from None
         return v
 
     @model_validator(mode="after")
@@ -142,7 +142,7 @@ def apply_overrides(raw: dict[str, Any], items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise RadprobeError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. protocols.linear.epochs=20")
+            raise OptionError("--set", f"{item!r}: expected KEY.PATH=VALUE, e.g. protocols.linear.epochs=20")
         node = raw
         parts = key.split(".")
         for p in parts[:-1]:
@@ -150,11 +150,11 @@ def apply_overrides(raw: dict[str, Any], items: list[str]) -> dict[str, Any]:
                 node[p] = {}
             node = node[p]
             if not isinstance(node, dict):
-                raise RadprobeError(f"--set {item!r}: {p!r} is not a mapping in the study")
+                raise OptionError("--set", f"{item!r}: {p!r} is not a mapping in the study")
         try:
             node[parts[-1]] = load_yaml(value)
         except yaml.YAMLError:
-            raise RadprobeError(f"--set {item!r}: cannot parse value {value!r}") from None
+            raise OptionError("--set", f"{item!r}: cannot parse value {value!r}") from None
     return raw
 
 

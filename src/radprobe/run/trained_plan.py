@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from radprobe.core.runtime import resolve_device
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune.heads import make_head
 from radprobe.finetune.methods import check_method, unreached_parameters
 from radprobe.finetune.options import TrainOptions, check_task_options, parse_options
@@ -77,18 +77,19 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
     trained = registry.names("trained")
     for p in cfg.protocols:
         if p not in trained:
-            raise RadprobeError(
-                f"--protocol {p}: unknown trained protocol; expected one of {', '.join(trained)}"
+            raise OptionError(
+                "--protocol", f"{p}: unknown trained protocol; expected one of {', '.join(trained)}"
             )
     if len(set(cfg.protocols)) != len(cfg.protocols):
-        raise RadprobeError(f"--protocol {','.join(cfg.protocols)}: a protocol is listed twice")
+        raise OptionError("--protocol", f"{','.join(cfg.protocols)}: a protocol is listed twice")
     for proto in cfg.options:
         if proto not in cfg.protocols:
-            raise RadprobeError(
-                f"--set {proto}.…: protocol {proto!r} is not being run (running: {', '.join(cfg.protocols)})"
+            raise OptionError(
+                "--set",
+                f"{proto}.…: protocol {proto!r} is not being run (running: {', '.join(cfg.protocols)})",
             )
     if cfg.n_boot < 0:
-        raise RadprobeError(f"--bootstrap {cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
     options = {p: parse_options(p, cfg.options.get(p, {}), cfg.batch_size) for p in cfg.protocols}
     device = torch.device(resolve_device(cfg.device))
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
@@ -112,9 +113,9 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
         from radprobe.run.segment import seg_resolution
 
         if importlib.util.find_spec("monai") is None:
-            raise RadprobeError(
-                f"--protocol {cfg.protocols[0]}: segmentation needs MONAI (losses, HD95); "
-                "pip install 'monai>=1.3'"
+            raise OptionError(
+                "--protocol",
+                f"{cfg.protocols[0]}: segmentation needs MONAI (losses, HD95); pip install 'monai>=1.3'",
             )
         # the frozen seg protocols' resolution, so trained and frozen rows see the same pixels
         resolution, resolution_source = seg_resolution(cfg.backbone, cfg.resolution)

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from radprobe.errors import RadprobeError
+from radprobe.errors import OptionError, RadprobeError
 
 
 def _fail(proto: str, key: str, value: Any, expected: str) -> RadprobeError:
-    return RadprobeError(f"--set {proto}.{key}={value!r}: expected {expected}")
+    return OptionError("--set", f"{proto}.{key}={value!r}: expected {expected}")
 
 
 def _number(proto: str, key: str, v: Any, lo: float, integer: bool, what: str) -> Any:
@@ -39,7 +39,7 @@ def resolve_options(
     opts = {k: p.default for k, p in sig.parameters.items() if k != "data"}
     for k in given:
         if k not in opts:
-            raise RadprobeError(f"--set {proto}.{k}: unknown option; {proto} takes {', '.join(opts)}")
+            raise OptionError("--set", f"{proto}.{k}: unknown option; {proto} takes {', '.join(opts)}")
     opts.update(given)
     out: dict[str, Any] = {}
     for k, v in opts.items():
@@ -74,9 +74,10 @@ def resolve_options(
             if not shots:
                 raise _fail(proto, k, v, "positive integers, e.g. [1,2,4,8,16]")
             if n_train is not None and shots[-1] > n_train:
-                raise RadprobeError(
-                    f"--set {proto}.shots: {shots[-1]}-shot needs {shots[-1]} training cases; "
-                    f"the training split has {n_train}"
+                raise OptionError(
+                    "--set",
+                    f"{proto}.shots: {shots[-1]}-shot needs {shots[-1]} training cases; "
+                    f"the training split has {n_train}",
                 )
             out[k] = shots
         elif k == "save_predictions":
@@ -86,5 +87,5 @@ def resolve_options(
         else:
             out[k] = v
     if out.get("epochs", 1) == 0 and out.get("min_steps", 1) == 0:
-        raise RadprobeError(f"--set {proto}.epochs / min_steps: both are 0, so nothing would be trained")
+        raise OptionError("--set", f"{proto}.epochs / min_steps: both are 0, so nothing would be trained")
     return out
