@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import radprobe
@@ -53,19 +54,22 @@ def test_frozen_and_trained_in_one_call_give_the_rows_of_separate_calls(tmp_path
     assert rows == _rows(tmp_path / "two")
 
 
-def test_segmentation_and_trained_in_one_call(tmp_path: Path) -> None:
+def test_knn_linear_seg_linear_and_lora_in_one_call_on_a_dataset_with_labels_and_masks(
+    tmp_path: Path,
+) -> None:
     res = _cli(
         "eval",
         "-b",
         "test:vit-tiny",
         "-d",
-        "synthetic:seg2d",
+        "synthetic:seg2d-labelled",
         "-p",
-        "seg-linear,lora",
+        "knn,linear,seg-linear,lora",
         "-o",
         str(tmp_path),
         "--bootstrap",
         "10",
+        *FAST[:8],
         "--set",
         "seg-linear.epochs=1",
         "--set",
@@ -76,11 +80,34 @@ def test_segmentation_and_trained_in_one_call(tmp_path: Path) -> None:
         "seg-linear.overlays=0",
         "--set",
         "lora.epochs=1",
-        "--set",
-        "lora.overlays=0",
     )
     assert res.returncode == 0, res.stderr[-2000:]
-    assert {r["protocol"] for r in _rows(tmp_path)} == {"seg-linear", "lora"}
+    df = radprobe.results(tmp_path)
+    tasks = df.groupby("protocol")["task"].agg(set).to_dict()
+    # frozen and trained protocols read the labels; seg-linear reads the masks of the same images
+    assert tasks == {
+        "knn": {"binary"},
+        "linear": {"binary"},
+        "lora": {"binary"},
+        "seg-linear": {"segmentation"},
+    }
+    assert set(df[df.protocol == "seg-linear"].metric) >= {"dice_macro", "dice_lesion", "dice_organ"}
+
+
+def test_a_dataset_with_labels_and_masks_has_two_views(tmp_path: Path) -> None:
+    from radprobe.data import load_dataset
+
+    ds = load_dataset("synthetic:seg2d-labelled")
+    assert ds.kinds() == ("classification", "segmentation")
+    seg = ds.view("segmentation")
+    assert (seg.task, seg.classes) == ("segmentation", ("background", "organ", "lesion"))
+    assert [r.split for r in seg.records] == [r.split for r in ds.records]  # the same splits
+    assert seg.manifest_digest() != ds.manifest_digest()  # features and keys of each view stay apart
+    labels = ds.labels(ds.records)
+    lesion = np.asarray([int((seg.load_mask(r) == 2).any()) for r in ds.records])
+    assert np.array_equal(labels, lesion)  # the label says what the mask shows
+    with pytest.raises(RadprobeError, match="no segmentation view"):
+        load_dataset("synthetic:cls2d-binary").view("segmentation")
 
 
 @pytest.mark.parametrize(

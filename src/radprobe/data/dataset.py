@@ -54,11 +54,29 @@ class Dataset:
     split_file: str | None = None
     # Label/split conventions a preset applied (e.g. CheXpert's uncertainty policy); part of the digest.
     conventions: dict[str, str] = field(default_factory=dict)
+    # A labelled dataset whose records also carry masks (``mask_classes=``): the mask class names,
+    # so the same images serve segmentation protocols through ``view("segmentation")``.
+    mask_classes: tuple[str, ...] = ()
     _digest_cache: dict[int, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def kinds(self) -> tuple[str, ...]:
+        """What this dataset can be evaluated as: ``classification``, ``segmentation`` or both."""
+        if self.task == "segmentation":
+            return ("segmentation",)
+        return ("classification", "segmentation") if self.mask_classes else ("classification",)
+
+    def view(self, kind: str) -> Dataset:
+        """This dataset as a ``classification`` or ``segmentation`` dataset (the same records and
+        splits). A labelled dataset with ``mask_classes`` has both views; any other only its own."""
+        if kind not in self.kinds():
+            raise DataError(f"dataset {self.name} has no {kind} view; it is a {self.task} dataset")
+        if kind == "segmentation" and self.task != "segmentation":
+            return replace(self, task="segmentation", classes=self.mask_classes, mask_classes=())
+        return self
 
     def split(self, name: str) -> list[Record]:
         """Records of one split (``train``/``val``/``test``), in dataset order."""
@@ -130,6 +148,7 @@ class Dataset:
                 self.ndim,
                 self.read,
                 self.mask_values,
+                self.mask_classes,
                 tuple(sorted(self.conventions.items())),
                 tuple(self.records),
             )
@@ -160,6 +179,8 @@ class Dataset:
             }
             if self.conventions:  # absent otherwise, so digests of plain datasets stay as they were
                 payload["conventions"] = dict(sorted(self.conventions.items()))
+            if self.mask_classes:  # likewise
+                payload["mask_classes"] = list(self.mask_classes)
             self._digest_cache.clear()
             self._digest_cache[key] = digest(payload)
         return self._digest_cache[key]
@@ -245,6 +266,7 @@ def build(
         mask_values=src.mask_values,
         has_patients=src.has_patients,
         conventions=dict(src.conventions),
+        mask_classes=src.mask_classes,
     )
     present = {r.split for r in ds.records}
     if not ds.records:

@@ -35,6 +35,8 @@ percent-decoded (write ``%26`` for ``&``). Options:
     slices=1              turn each volume into 2D samples, one per slice along ``axis``
     patient_re=<regex>    derive the patient id from the file name (first group, else the whole match)
     mask_values=0,128,255 mask pixel values that map to class indices 0, 1, 2, ...
+    mask_classes=a,b,c    a labelled manifest whose rows also name masks: the mask classes in index
+                          order; the dataset then serves classification and segmentation protocols
     pad=<n>               zero-pad 2D images centrally to n x n (MedMNIST+ convention; never resizes)
     allow_outside_root=1  read files that resolve (``..``, absolute paths, symlinks) outside the dataset
                           root; off by default, so a manifest cannot make radprobe read arbitrary files
@@ -103,6 +105,7 @@ MANIFEST_OPTIONS = frozenset(
     {
         "path",
         "mask",
+        "mask_classes",
         "id",
         "label",
         "sep",

@@ -250,6 +250,26 @@ def _seg2d(root: Path) -> None:
     )
 
 
+def _seg2d_labelled(root: Path) -> None:
+    """seg2d's images and masks, listed in a manifest with a per-image label (lesion or none)."""
+    from PIL import Image
+
+    _seg2d(root)
+    rows = []
+    for mask_path in sorted((root / "masks").glob("*.png")):
+        has_lesion = bool((np.asarray(Image.open(mask_path)) == 2).any())
+        name = mask_path.name
+        rows.append(
+            [f"images/{name}", f"masks/{name}", "lesion" if has_lesion else "none", name.split("_")[0]]
+        )
+    _write_csv(root / "manifest.csv", ["path", "mask", "label", "patient"], rows)
+    (root / "radprobe.yaml").unlink()  # the folder's; the manifest has its own
+    _sidecar(
+        root / "manifest.radprobe.yaml",
+        {"classes": ["none", "lesion"], "mask_classes": ["background", "organ", "lesion"], "modality": "ct"},
+    )
+
+
 def _cls3d(root: Path) -> None:
     rng = np.random.default_rng(1005)
     n = SIZE_3D
@@ -327,6 +347,11 @@ SYNTHETIC: dict[str, SyntheticInfo] = {
             name="seg2d", task="segmentation", modality="ct", ndim=2,
             description="organ + lesion masks, 3 classes, 240 images, 48 patients",
             format="folder (PNG images + masks)", scheme="folder", entry="", generate=_seg2d,
+        ),
+        SyntheticInfo(
+            name="seg2d-labelled", task="binary", modality="ct", ndim=2,
+            description="seg2d's images with masks and a lesion/none label: classification and segmentation",
+            format="csv (PNG images + masks)", scheme="csv", entry="manifest.csv", generate=_seg2d_labelled,
         ),
         SyntheticInfo(
             name="cls3d", task="binary", modality="mri", ndim=3,

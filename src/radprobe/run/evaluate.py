@@ -4,7 +4,9 @@
 dataset once and checks that each protocol fits it, then validates each family's plan (masks,
 backbone, methods) — all before any feature is extracted or any row written. It then runs the
 families in turn (frozen features, segmentation heads, trained models) into one results store, so
-``eval -p knn,linear,seg-linear,lora`` works in one call on a dataset with labels and masks.
+``eval -p knn,linear,seg-linear,lora`` works in one call on a dataset with labels and masks
+(``mask_classes=``): frozen protocols read its classification view, segmentation protocols its
+segmentation view, and trained protocols train on its own task (its labels).
 """
 
 from __future__ import annotations
@@ -63,17 +65,16 @@ def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
     if cfg.n_boot < 0:
         raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
     dataset = load_dataset(cfg.dataset)
+    views = {f: _view(dataset, f) for f in registry.FAMILIES}
     for p in cfg.protocols:
-        registry.check_fit(p, cfg.dataset, dataset.task, dataset.ndim)
+        view = views[families[p]]
+        registry.check_fit(p, cfg.dataset, view.task, view.ndim)
     by_family = {f: [p for p in cfg.protocols if families[p] == f] for f in registry.FAMILIES}
     # every family is validated before the first extracts or trains anything
-    seg_plan = (
-        segment.validate(_part(cfg, by_family["segmentation"]), dataset)
-        if by_family["segmentation"]
-        else None
-    )
-    train_plan = trained.validate(_part(cfg, by_family["trained"]), dataset) if by_family["trained"] else None
-    prep = prepare(_part(cfg, by_family["frozen"]), warn, dataset) if by_family["frozen"] else None
+    seg, train, frozen_ = (by_family[f] for f in ("segmentation", "trained", "frozen"))
+    seg_plan = segment.validate(_part(cfg, seg), views["segmentation"]) if seg else None
+    train_plan = trained.validate(_part(cfg, train), views["trained"]) if train else None
+    prep = prepare(_part(cfg, frozen_), warn, views["frozen"]) if frozen_ else None
     run_id = uuid.uuid4().hex[:12]
     summaries: list[EvalSummary] = []
     with ResultStore(cfg.out) as store:
@@ -84,6 +85,16 @@ def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
         if train_plan is not None:
             summaries.append(trained.run(train_plan, store, run_id, warn))
     return _merge(summaries)
+
+
+# The view of a dataset each family reads; trained protocols train on the dataset's own task.
+_KIND = {"frozen": "classification", "segmentation": "segmentation"}
+
+
+def _view(dataset: Any, family: str) -> Any:
+    """The dataset as ``family`` reads it: a labelled dataset with masks serves both kinds."""
+    kind = _KIND.get(family)
+    return dataset.view(kind) if kind in dataset.kinds() else dataset
 
 
 def _run_frozen(

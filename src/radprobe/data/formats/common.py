@@ -61,6 +61,7 @@ class Source:
     conventions: dict[str, str] = field(default_factory=dict)
     fractions: tuple[float, float, float] | None = None  # overrides load_dataset's fractions
     patient_counts: tuple[int, int, int] | None = None  # exact patients per split instead of fractions
+    mask_classes: tuple[str, ...] = ()  # a labelled dataset whose records also carry masks
 
 
 # ---------------------------------------------------------------------------- the data root
@@ -300,9 +301,12 @@ def finish_source(
 ) -> Source:
     """The ``Source`` of indexed records: segmentation classes, ``slices=1`` expansion, dimensionality."""
     mask_values = None
+    mask_classes: tuple[str, ...] = ()
     if task == "segmentation":
         classes, mask_values = seg_classes(records, opts, issues)
-    elif len(classes) < 2 and task != "multilabel":
+    elif opts.get("mask_classes"):
+        mask_classes, mask_values = _label_masks(spec, records, opts, issues)
+    if task != "segmentation" and len(classes) < 2 and task != "multilabel":
         issues.append(
             error(f"{spec.path}: found {len(classes)} class(es) {list(classes)}; need at least two")
         )
@@ -321,4 +325,26 @@ def finish_source(
         mask_values=mask_values,
         has_patients=has_patients,
         issues=issues,
+        mask_classes=mask_classes,
     )
+
+
+def _label_masks(
+    spec: Spec, records: list[Record], opts: dict[str, str], issues: list[Problem]
+) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """Mask classes of a labelled dataset (``mask_classes=``): every record must name a mask."""
+    missing = [r.sample_id for r in records if r.mask is None]
+    if missing:
+        raise DataError(
+            f"{spec.path}: mask_classes= is set but {len(missing)} row(s) name no mask, e.g. sample "
+            f"{missing[0]!r}; give every row a mask or drop mask_classes="
+        )
+    names = {"classes": opts["mask_classes"]}
+    if "mask_values" in opts:
+        names["mask_values"] = opts["mask_values"]
+    classes, values = seg_classes(records, names, issues)
+    if len(classes) < 2:
+        raise DataError(
+            f"mask_classes={opts['mask_classes']!r}: expected at least two classes (background first)"
+        )
+    return classes, values
