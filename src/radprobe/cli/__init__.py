@@ -669,15 +669,25 @@ def cache_prune_cmd(
         older_than_s=None if older_than is None else older_than * 86400,
         max_bytes=None if max_gb is None else int(max_gb * 2**30),
     )
+    leftovers: list[Path] = []
     if not dry_run:
         for e in gone:
             cache.remove(e.key)
+        leftovers = cache.clean_stale()  # what interrupted extractions left behind
     freed = sum(e.bytes for e in gone)
     if as_json:
-        _print_json({"dry_run": dry_run, "removed": [e.to_dict() for e in gone], "bytes": freed})
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "removed": [e.to_dict() for e in gone],
+                "bytes": freed,
+                "leftovers_removed": [str(p) for p in leftovers],
+            }
+        )
         return
     verb = "would remove" if dry_run else "removed"
-    console.print(f"{verb} {len(gone)} entries, {_size(freed)}", highlight=False)
+    extra = f"; {len(leftovers)} leftover temp folder(s) of interrupted runs" if leftovers else ""
+    console.print(f"{verb} {len(gone)} entries, {_size(freed)}{extra}", highlight=False)
 
 
 def _register_rooms() -> None:

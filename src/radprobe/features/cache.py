@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from radprobe.utils import digest, file_sha256
 
@@ -206,12 +206,52 @@ def select_prune(
     return out
 
 
+def _entry_label(path: Path) -> str:
+    """`` (split S of dataset D)`` from an entry's manifest when it can still be read, else ''."""
+    try:
+        meta = json.loads((path / "manifest.json").read_text()).get("meta", {})
+        return f" (split {meta['split']} of dataset {meta['dataset']})"
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return ""
+
+
 class FeatureCache:
     """Directory of feature entries keyed by :func:`cache_key`."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.last_problem: str | None = None  # why the last ``get`` discarded an entry
+        self.problems: list[str] = []  # why ``get`` discarded entries, one line each, until taken
+
+    def take_problems(self) -> list[str]:
+        """The discarded entries' lines since the last call (each entry once)."""
+        out, self.problems = list(dict.fromkeys(self.problems)), []
+        return out
+
+    def clean_stale(self, key: str | None = None) -> list[Path]:
+        """Remove what an interrupted writer or remover left behind (``.<key>.<rand>.tmp`` and
+        ``.removed`` folders): only where no process holds that key's lock, so a live extraction's
+        temp folder is never touched. ``key``: only that key's leftovers (its lock must be held)."""
+        if not self.root.is_dir():
+            return []
+        gone = []
+        for path in self.root.glob(f".{key or '*'}.*"):
+            if not path.is_dir() or not path.name.endswith((".tmp", ".removed")):
+                continue
+            owner = path.name[1:].split(".", 1)[0]
+            if key is None:
+                lock = FileLock(str(self.root / f".{owner}.lock"), timeout=0)
+                try:
+                    lock.acquire()
+                except Timeout:
+                    continue  # a writer of that key is at work
+                try:
+                    shutil.rmtree(path, ignore_errors=True)
+                finally:
+                    lock.release()
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+            gone.append(path)
+        return gone
 
     def entry_path(self, key: str) -> Path:
         return self.root / key
@@ -222,6 +262,9 @@ class FeatureCache:
         return FileLock(str(self.root / f".{key}.lock"))
 
     def writer(self, key: str) -> EntryWriter:
+        """A writer of entry ``key``; call with the key's lock held (leftovers of an interrupted
+        writer of the same key go first)."""
+        self.clean_stale(key)
         return EntryWriter(self, key)
 
     def entries(self) -> list[EntryInfo]:
@@ -309,7 +352,7 @@ class FeatureCache:
             return None
         problem, manifest, arrays = self._validate(path, key, verify)
         if problem is not None:
-            self.last_problem = f"cache entry {path} is corrupt ({problem}); rebuilding"
+            self.problems.append(f"cache entry {path}{_entry_label(path)} is corrupt ({problem}); rebuilding")
             shutil.rmtree(path, ignore_errors=True)
             return None
         sample_ids = json.loads((path / "sample_ids.json").read_text())

@@ -126,11 +126,11 @@ def extract_all(
             reused = st.extra.get("reused_rows", 0)
             suffix = " (cached)" if st.cache_hit else f" ({reused} rows reused)" if reused else ""
             bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
-            if cache.last_problem:
-                st.extra["rebuilt"] = cache.last_problem
-                if warn is not None:
-                    warn(cache.last_problem)
-                cache.last_problem = None
+            problems = cache.take_problems()  # each discarded entry once, named with its split
+            if problems:
+                st.extra["rebuilt"] = problems[0] if len(problems) == 1 else problems
+                for line in problems if warn is not None else ():
+                    warn(line)
             feats[split], stats[split] = fs, st
     return feats, stats
 
