@@ -16,7 +16,8 @@ import yaml
 
 from radprobe.cli import main
 from radprobe.errors import RadprobeError
-from radprobe.run.study import expand, load_study, run_study, status
+from radprobe.run.study import expand, load_study, run_study
+from radprobe.run.study_state import status
 
 STUDY = {
     "name": "t",

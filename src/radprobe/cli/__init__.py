@@ -451,7 +451,8 @@ def study_plan_cmd(
     """Show the expanded matrix, the feature extractions it needs and missing datasets, without running."""
     from collections import Counter
 
-    from radprobe.run.study import load_study, plan, run_dir_of
+    from radprobe.run.study import load_study, run_dir_of
+    from radprobe.run.study_state import plan
 
     cfg = load_study(study, overrides)
     p = plan(cfg, run_dir_of(cfg, None))
@@ -560,7 +561,7 @@ def study_run_cmd(
         _print_json({"run_dir": str(run_dir), **asdict(outcome)})
     else:
         console.print(
-            f"{run_dir}: {outcome.done} job(s) run, {outcome.skipped} already done, "
+            f"{run_dir}: {outcome.done} job(s) run, {outcome.skipped} done already or by another runner, "
             f"{outcome.failed} failed, {outcome.rows} rows written",
             highlight=False,
         )
@@ -573,7 +574,7 @@ def study_status_cmd(
     run_dir: Path = typer.Argument(..., help="Run directory of a study."), as_json: bool = _JSON
 ) -> None:
     """Done / running / interrupted / failed / pending jobs, with an ETA."""
-    from radprobe.run.study import status
+    from radprobe.run.study_state import status
 
     st = status(run_dir)
     if as_json:

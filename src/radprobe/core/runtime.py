@@ -39,6 +39,19 @@ def _version() -> str:
         return "unknown"
 
 
+def pid_alive(pid: int | None) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts)."""
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def under_torchrun() -> bool:
     """Whether this process is a rank launched by torchrun (its environment names a world)."""
     return all(k in os.environ for k in TORCHRUN_ENV)

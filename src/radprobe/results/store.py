@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from radprobe.core.runtime import pid_alive
+
 DB_NAME = "results.db"
 
 
@@ -84,6 +86,10 @@ _JOBS_SCHEMA = (
     "wall_time_s REAL)"
 )
 JOB_STATES = ("pending", "running", "done", "failed")
+# Columns added after the first release: older stores get them on open.
+_JOB_COLUMNS_ADDED = {"host": "TEXT", "heartbeat": "REAL"}
+# A running job whose owner has not beaten its heart for this long is taken over by another runner.
+LEASE_S = 120.0
 
 
 def _now() -> str:
@@ -104,7 +110,14 @@ class ResultStore:
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(_SCHEMA)
         self._con.execute(_JOBS_SCHEMA)
+        self._add_job_columns()
         self._con.commit()
+
+    def _add_job_columns(self) -> None:
+        have = {r[1] for r in self._con.execute("PRAGMA table_info(jobs)")}
+        for name, kind in _JOB_COLUMNS_ADDED.items():
+            if name not in have:
+                self._con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def _wal(self, wait_s: float = 60.0) -> None:
         # Switching a new database to WAL takes an exclusive lock and SQLite does not wait for it
@@ -155,6 +168,42 @@ class ResultStore:
             self._con.executemany(
                 "INSERT OR IGNORE INTO jobs (job_key, status, spec) VALUES (?, 'pending', ?)",
                 [(k, json.dumps(spec, sort_keys=True, default=str)) for k, spec in jobs],
+            )
+
+    def claim_job(self, job_key: str, pid: int, host: str, lease_s: float = LEASE_S) -> bool:
+        """Take job ``job_key`` for the process ``pid`` on ``host``, unless it is done or another live
+        process holds it: one atomic step, so concurrent runners of a study never run a job twice.
+        A holder is dead when, on this host, its process is gone, or when its heartbeat is older
+        than ``lease_s`` (other hosts)."""
+        now = time.time()
+        self._con.execute("BEGIN IMMEDIATE")  # read and write under one write lock
+        try:
+            row = self._con.execute(
+                "SELECT status, pid, host, heartbeat FROM jobs WHERE job_key=?", (job_key,)
+            ).fetchone()
+            status, owner_pid, owner_host, beat = row if row else ("pending", None, None, None)
+            fresh = beat is not None and now - beat < lease_s
+            alive = pid_alive(owner_pid) and fresh if owner_host == host else fresh
+            if status == "done" or (status == "running" and alive):
+                self._con.execute("ROLLBACK")
+                return False
+            self._con.execute(
+                "UPDATE jobs SET status='running', pid=?, host=?, heartbeat=?, started_at=?, "
+                "attempts=attempts+1 WHERE job_key=?",
+                (pid, host, now, _now(), job_key),
+            )
+            self._con.execute("COMMIT")
+        except BaseException:
+            self._con.execute("ROLLBACK")
+            raise
+        return True
+
+    def beat(self, job_key: str, pid: int, host: str) -> None:
+        """Renew the lease of a job this process holds."""
+        with self._con:
+            self._con.execute(
+                "UPDATE jobs SET heartbeat=? WHERE job_key=? AND pid=? AND host=? AND status='running'",
+                (time.time(), job_key, pid, host),
             )
 
     def start_job(self, job_key: str, pid: int) -> None:

@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import io
 import os
+import socket
+import sqlite3
 import tarfile
 import tempfile
+import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ import yaml
 from radprobe.errors import RadprobeError
 from radprobe.protocols import registry
 from radprobe.results import ResultStore
-from radprobe.results.store import DB_NAME
+from radprobe.results.store import DB_NAME, LEASE_S
 from radprobe.run.study_config import BackboneEntry, DatasetEntry, StudyConfig
 from radprobe.run.study_config import load_study as load_study  # studies are loaded and run from here
 from radprobe.utils import atomic_write_text, digest
@@ -120,32 +124,6 @@ def run_dir_of(study: StudyConfig, out: str | Path | None) -> Path:
     return Path("runs") / study.name
 
 
-def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
-    """Expanded jobs and the feature extractions they need, with states if the run exists."""
-    jobs = expand(study)
-    states: dict[str, str] = {}
-    if run_dir is not None and (run_dir / "results.db").is_file():
-        with ResultStore(run_dir, create=False) as store:
-            states = {j["job_key"]: j["status"] for j in store.jobs()}
-    extractions = sorted(
-        {(j.backbone.name, j.backbone.weights_label, j.dataset, j.resolution or 0) for j in jobs if j.frozen}
-    )
-    datasets = []
-    for d in study.datasets:
-        spec = dataset_spec(study, d)
-        path = spec.partition(":")[2].split("?")[0]
-        datasets.append({"spec": spec, "present": spec.startswith("synthetic:") or Path(path).exists()})
-    return {
-        "study": study.name,
-        "jobs": [{**j.spec(), "job_key": j.key, "status": states.get(j.key, "pending")} for j in jobs],
-        "extractions": [
-            {"backbone": b, "weights": w or None, "dataset": d, "resolution": r or None}
-            for b, w, d, r in extractions
-        ],
-        "datasets": datasets,
-    }
-
-
 @dataclass
 class StudyOutcome:
     done: int
@@ -160,6 +138,26 @@ def _error_text(e: BaseException) -> str:
     return "".join(traceback.format_exception_only(e)).strip()
 
 
+@contextmanager
+def _heartbeat(run_dir: Path, job_key: str, pid: int, host: str) -> Iterator[None]:
+    """Renew this process's lease on a job while it runs (a thread with its own connection)."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        with ResultStore(run_dir) as store:
+            while not stop.wait(LEASE_S / 4):
+                with suppress(sqlite3.Error):
+                    store.beat(job_key, pid, host)
+
+    thread = threading.Thread(target=beat, name=f"lease-{job_key[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _run_group(
     study: StudyConfig,
     run_dir: Path,
@@ -168,74 +166,41 @@ def _run_group(
     progress: bool,
     log: Callable[[str], None],
 ) -> StudyOutcome:
-    """Run one (backbone, dataset, resolution) group: features extracted once for its frozen jobs."""
-    from radprobe.run.evaluate import EvalConfig, evaluate, prepare, run_protocol
+    """Run one (backbone, dataset, resolution) group: features extracted once for its frozen jobs.
 
-    b = jobs[0].backbone
-
-    def config(**kw: Any) -> EvalConfig:
-        return EvalConfig(
-            backbone=b.name,
-            dataset=jobs[0].dataset,
-            out=run_dir,
-            weights=b.weights,
-            allow_partial_weights=b.allow_partial_weights,
-            pretrained=b.pretrained,
-            resolution=jobs[0].resolution,
-            batch_size=study.batch_size,
-            num_workers=study.num_workers,
-            device=study.device,
-            n_blocks=study.n_blocks,
-            progress=progress,
-            **kw,
-        )
+    Each job is claimed first, so runners sharing the run directory split the work; a job another
+    live runner holds is skipped here."""
+    from radprobe.run.evaluate import prepare
 
     out = StudyOutcome(0, 0, 0, 0)
     run_id = uuid.uuid4().hex[:12]
-
-    def failed(store: ResultStore, j: Job, msg: str) -> None:
-        store.fail_job(j.key, msg)
-        out.failed += 1
-        log(f"failed: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed}: {msg.splitlines()[-1]}")
-
+    owner = (os.getpid(), socket.gethostname())
+    b = jobs[0].backbone
+    prep: Any = None
+    prep_error = ""
     with ResultStore(run_dir) as store:
-        frozen = [j for j in jobs if j.frozen]
-        prep = None
-        if frozen:
-            try:
-                prep = prepare(config(protocols=[]), warn=log)
-            except Exception as e:  # the group's frozen jobs fail; the study goes on
-                for j in frozen:
-                    store.start_job(j.key, os.getpid())
-                    failed(store, j, f"preparing {b.name} on {j.dataset}: {_error_text(e)}")
-                if fail_fast:
-                    raise
         for j in jobs:
-            if j.frozen and prep is None:
+            if not store.claim_job(j.key, *owner):
+                out.skipped += 1
                 continue
-            store.start_job(j.key, os.getpid())
+            if j.frozen and prep is None and not prep_error:
+                try:
+                    prep = prepare(_config(study, run_dir, jobs[0], progress, protocols=[]), warn=log)
+                except Exception as e:  # the group's frozen jobs fail; the study goes on
+                    prep_error = f"preparing {b.name} on {j.dataset}: {_error_text(e)}"
+                    if fail_fast:
+                        _failed(store, j, prep_error, out, log)
+                        raise
+            if j.frozen and prep_error:
+                _failed(store, j, prep_error, out, log)
+                continue
             t0 = time.perf_counter()
             try:
-                if j.frozen:
-                    rows = run_protocol(
-                        prep, j.protocol, j.options, j.seed, j.bootstrap, run_id, run_dir, j.volume_pool
-                    )
-                    for r in rows:
-                        r.job_key = j.key
-                    n = store.finish_job(j.key, rows, time.perf_counter() - t0)
-                else:
-                    summary = evaluate(
-                        config(
-                            protocols=[j.protocol],
-                            options={j.protocol: j.options} if j.options else {},
-                            seed=j.seed,
-                            n_boot=j.bootstrap,
-                        ),
-                        warn=log,
-                    )
-                    n = store.finish_job(j.key, [], time.perf_counter() - t0, adopt_run_id=summary.run_id)
+                with _heartbeat(run_dir, j.key, *owner):
+                    n = _run_job(study, run_dir, j, prep, run_id, progress, log, store, t0)
             except Exception as e:
-                failed(store, j, str(e) if isinstance(e, RadprobeError) else traceback.format_exc(limit=3))
+                msg = str(e) if isinstance(e, RadprobeError) else traceback.format_exc(limit=3)
+                _failed(store, j, msg, out, log)
                 if fail_fast:
                     raise
                 continue
@@ -243,6 +208,67 @@ def _run_group(
             out.done += 1
             log(f"done: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed} ({n} rows)")
     return out
+
+
+def _config(study: StudyConfig, run_dir: Path, job: Job, progress: bool, **kw: Any) -> Any:
+    """The evaluation of a job's group (backbone, dataset, resolution) with the study's settings."""
+    from radprobe.run.config import EvalConfig
+
+    b = job.backbone
+    return EvalConfig(
+        backbone=b.name,
+        dataset=job.dataset,
+        out=run_dir,
+        weights=b.weights,
+        allow_partial_weights=b.allow_partial_weights,
+        pretrained=b.pretrained,
+        resolution=job.resolution,
+        batch_size=study.batch_size,
+        num_workers=study.num_workers,
+        device=study.device,
+        n_blocks=study.n_blocks,
+        progress=progress,
+        **kw,
+    )
+
+
+def _run_job(
+    study: StudyConfig,
+    run_dir: Path,
+    j: Job,
+    prep: Any,
+    run_id: str,
+    progress: bool,
+    log: Callable[[str], None],
+    store: ResultStore,
+    t0: float,
+) -> int:
+    """Run one claimed job and commit its rows with its "done" mark; returns the rows written."""
+    from radprobe.run.evaluate import evaluate, run_protocol
+
+    if j.frozen:
+        rows = run_protocol(prep, j.protocol, j.options, j.seed, j.bootstrap, run_id, run_dir, j.volume_pool)
+        for r in rows:
+            r.job_key = j.key
+        return store.finish_job(j.key, rows, time.perf_counter() - t0)
+    cfg = _config(
+        study,
+        run_dir,
+        j,
+        progress,
+        protocols=[j.protocol],
+        options={j.protocol: j.options} if j.options else {},
+        seed=j.seed,
+        n_boot=j.bootstrap,
+    )
+    summary = evaluate(cfg, warn=log)
+    return store.finish_job(j.key, [], time.perf_counter() - t0, adopt_run_id=summary.run_id)
+
+
+def _failed(store: ResultStore, j: Job, msg: str, out: StudyOutcome, log: Callable[[str], None]) -> None:
+    store.fail_job(j.key, msg)
+    out.failed += 1
+    log(f"failed: {j.backbone.name} · {j.dataset} · {j.protocol} · seed {j.seed}: {msg.splitlines()[-1]}")
 
 
 @dataclass
@@ -333,51 +359,3 @@ def run_study(
         total.failed += o.failed
         total.rows += o.rows
     return total
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def status(run_dir: Path) -> dict[str, Any]:
-    """Counts of done / running / failed / pending (interrupted = running with a dead process), and ETA."""
-    if not (run_dir / "results.db").is_file():
-        raise RadprobeError(
-            f"{run_dir}: no results.db here; expected a run directory of `radprobe study run`"
-        )
-    with ResultStore(run_dir, create=False) as store:
-        jobs = store.jobs()
-    counts = {"done": 0, "running": 0, "interrupted": 0, "failed": 0, "pending": 0}
-    for j in jobs:
-        state = j["status"]
-        if state == "running" and not _pid_alive(j["pid"]):
-            state = "interrupted"
-        j["state"] = state
-        counts[state] += 1
-    times = [j["wall_time_s"] for j in jobs if j["status"] == "done" and j["wall_time_s"] is not None]
-    remaining = counts["pending"] + counts["running"] + counts["interrupted"] + counts["failed"]
-    eta = (sum(times) / len(times)) * remaining if times else None
-    return {
-        "run_dir": str(run_dir),
-        "total": len(jobs),
-        **counts,
-        "eta_s": eta,
-        "failed_jobs": [
-            {
-                "job_key": j["job_key"],
-                **{k: j["spec"].get(k) for k in ("protocol", "dataset", "seed")},
-                "backbone": j["spec"].get("backbone", {}).get("name"),
-                "error": (j["error"] or "").splitlines()[-1:],
-            }
-            for j in jobs
-            if j["state"] == "failed"
-        ],
-    }
