@@ -287,6 +287,17 @@ def eval_cmd(
     hit = "feature cache hit (no forward pass)" if summary.cache_hit else "features extracted and cached"
     console.print(f"{summary.backbone} on {summary.dataset}: {hit}", highlight=False)
     console.print(_results_table(summary.rows, title=f"run {summary.run_id} → {out}"))
+    for line in _row_warnings(summary.rows):
+        _warn(line)
+
+
+def _row_warnings(rows: list[dict[str, Any]]) -> list[str]:
+    """The rows' metric warnings (a class left out of a macro average, ...), each once, with its protocol."""
+    seen: dict[str, None] = {}
+    for r in rows:
+        for w in r.get("warnings") or []:
+            seen.setdefault(f"{r['protocol']}: {w}", None)
+    return list(seen)
 
 
 def _data_parallel(cfg: Any) -> str:
