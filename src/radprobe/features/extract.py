@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from radprobe.backbones.base import Backbone, Preprocess
     from radprobe.data import Dataset
     from radprobe.data.records import Record
+    from radprobe.features.cache import EntryWriter
 
 
 class _Images(TorchDataset):
@@ -353,6 +354,61 @@ def _copy_lent(lent: dict[int, tuple[FeatureSet, int]], out: dict[str, np.ndarra
                 out[name][dst[i : i + _COPY_ROWS]] = a[src[i : i + _COPY_ROWS]]
 
 
+@dataclass
+class _Rows:
+    """Where a split's rows come from: each record's row range, the rows other entries lend, and the
+    records that run through the backbone."""
+
+    records: list[Record]
+    per_slice: bool
+    depths: list[int]  # slices of each volume (per-slice entries only)
+    starts: np.ndarray  # (records + 1,) row offsets: record i holds rows starts[i]:starts[i + 1]
+    identities: list[str]  # per-row image identity ("" when unknown)
+    lent: dict[int, tuple[FeatureSet, int]]  # row -> (lending entry, its row)
+    todo: list[int]  # records to run through the backbone, in split order
+
+    @property
+    def n(self) -> int:
+        return int(self.starts[-1])
+
+
+class _Output:
+    """The arrays of the entry being written, allocated in ``writer`` as their shapes become known."""
+
+    def __init__(self, writer: EntryWriter, n: int, dtype: str) -> None:
+        self.writer = writer
+        self.n = n
+        self.dtype = dtype
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def allocate(self, name: str, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        self.arrays[name] = self.writer.allocate(name, shape, dtype)
+        return self.arrays[name]
+
+    def put(self, name: str, rows: np.ndarray | slice, t: torch.Tensor) -> None:
+        """Write features ``t`` to ``rows`` of array ``name`` (allocated on its first rows)."""
+        if name not in self.arrays:
+            self.allocate(name, (self.n, *t.shape[1:]), self.dtype)
+        self.arrays[name][rows] = t.float().cpu().numpy()
+
+
+def _plan_rows(
+    dataset: Dataset, records: list[Record], per_slice: bool, cache: FeatureCache, family: str, key: str
+) -> _Rows:
+    """Lay out the split's rows and find which of them entries of ``family`` can lend."""
+    depths = volume_depths(dataset, records) if per_slice else []
+    counts = depths if per_slice else [1] * len(records)
+    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    identities = _row_identities(dataset, records, counts, per_slice)
+    lent = _borrow(cache, family, key, identities)
+    # a record is taken over only when every one of its rows is on loan
+    todo = [i for i in range(len(records)) if any(r not in lent for r in range(starts[i], starts[i + 1]))]
+    for i in todo:
+        for r in range(starts[i], starts[i + 1]):
+            lent.pop(r, None)
+    return _Rows(records, per_slice, depths, starts, identities, lent, todo)
+
+
 def _extract(
     backbone: Backbone,
     dataset: Dataset,
@@ -367,24 +423,15 @@ def _extract(
     per_slice: bool,
     precision: str,
 ) -> tuple[FeatureSet, ExtractStats]:
+    """Build the entry ``key``: rows other entries lend are copied, the rest run through the backbone."""
     records = dataset.split(split)
     if not records:
         raise ValueError(f"split {split!r} of {dataset.name} is empty")
     volumes = dataset.ndim == 3
-    depths = volume_depths(dataset, records) if per_slice else []
-    counts = depths if per_slice else [1] * len(records)
-    starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    n = int(starts[-1])
     family = feature_family(backbone, spec, per_slice=per_slice, precision=precision)
-    identities = _row_identities(dataset, records, counts, per_slice)
-    lent = _borrow(cache, family, key, identities)
-    # a record is taken over only when every one of its rows is on loan
-    todo = [i for i in range(len(records)) if any(r not in lent for r in range(starts[i], starts[i + 1]))]
-    for i in todo:
-        for r in range(starts[i], starts[i + 1]):
-            lent.pop(r, None)
+    rows = _plan_rows(dataset, records, per_slice, cache, family, key)
     loader = DataLoader(
-        _Images(dataset, [records[i] for i in todo], backbone.preprocess),
+        _Images(dataset, [records[i] for i in rows.todo], backbone.preprocess),
         batch_size=1 if volumes else batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",
@@ -394,77 +441,28 @@ def _extract(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     writer = cache.writer(key)
-    out: dict[str, np.ndarray] = {}
-
-    def put(name: str, rows: np.ndarray | slice, t: torch.Tensor) -> None:
-        if name not in out:
-            out[name] = writer.allocate(name, (n, *t.shape[1:]), spec.dtype)
-        out[name][rows] = t.float().cpu().numpy()
-
+    out = _Output(writer, rows.n, spec.dtype)
     start = time.perf_counter()
-    n_forward = 0
     try:
-        out[ROW_KEYS] = writer.allocate(ROW_KEYS, (n,), ROW_KEY_DTYPE)
-        out[ROW_KEYS][:] = [i.encode() for i in identities]
-        if per_slice:
-            out["volume"] = writer.allocate("volume", (n,), "int32")
-            out["slice"] = writer.allocate("slice", (n,), "int32")
-            out["volume"][:] = np.repeat(np.arange(len(records)), depths)
-            out["slice"][:] = np.concatenate([np.arange(d) for d in depths])
-        if lent:
-            some = next(iter(lent.values()))[0]
-            names = [k for k in some.arrays if k not in (ROW_KEYS, "volume", "slice")]
-            for name in names:
-                a = some.arrays[name]
-                out[name] = writer.allocate(name, (n, *a.shape[1:]), spec.dtype)
-            _copy_lent(lent, out, names)
+        _write_row_index(out, rows)
+        if rows.lent:
+            _write_lent(out, rows.lent)
             if progress is not None:
-                progress(len(records) - len(todo))
-        with torch.inference_mode(), _autocast(device):
-            pos = 0
-            for batch in loader:
-                if per_slice:
-                    i = todo[pos]
-                    if batch.shape[1] != depths[i]:
-                        raise ValueError(
-                            f"{records[i].image.path}: read {batch.shape[1]} slices, header says {depths[i]}"
-                        )
-                    for k in range(0, depths[i], batch_size):
-                        feats = _forward(backbone, batch[0, k : k + batch_size].to(device), spec)
-                        b = next(iter(feats.values())).shape[0]
-                        for name, t in feats.items():
-                            put(name, slice(starts[i] + k, starts[i] + k + b), t)
-                    n_forward += depths[i]
-                    pos += 1
-                    if progress is not None:
-                        progress(1)
-                    continue
-                if volumes:
-                    feats = _forward_volume(backbone, batch[0], spec, batch_size, device)
-                    n_forward += batch.shape[1]
-                else:
-                    feats = _forward(backbone, batch.to(device, non_blocking=True), spec)
-                    n_forward += batch.shape[0]
-                b = next(iter(feats.values())).shape[0]
-                rows = starts[np.asarray(todo[pos : pos + b])]
-                for name, t in feats.items():
-                    put(name, rows, t)
-                pos += b
-                if progress is not None:
-                    progress(b)
+                progress(len(records) - len(rows.todo))
+        n_forward = _run_backbone(backbone, loader, rows, out, spec, batch_size, device, volumes, progress)
         elapsed = time.perf_counter() - start
         stats = ExtractStats(
             cache_hit=False,
-            n_images=n,
+            n_images=rows.n,
             wall_time_s=elapsed,
             imgs_per_s=n_forward / elapsed if elapsed > 0 else 0.0,
             peak_mem_mb=peak_memory_mb(device),
             device=str(device),
-            extra={"forward_images": n_forward, "reused_rows": len(lent)},
+            extra={"forward_images": n_forward, "reused_rows": len(rows.lent)},
         )
-        out.clear()
+        out.arrays.clear()
         ids = (
-            [f"{r.sample_id}#{k}" for r, d in zip(records, depths, strict=True) for k in range(d)]
+            [f"{r.sample_id}#{k}" for r, d in zip(records, rows.depths, strict=True) for k in range(d)]
             if per_slice
             else [r.sample_id for r in records]
         )
@@ -483,11 +481,92 @@ def _extract(
             },
         )
     except BaseException:
-        out.clear()
+        out.arrays.clear()
         writer.abort()
         raise
     cache.add_to_family(family, key)
     return fs, stats
+
+
+def _write_row_index(out: _Output, rows: _Rows) -> None:
+    """The per-row image identities and, for per-slice entries, each row's volume and slice."""
+    out.allocate(ROW_KEYS, (rows.n,), ROW_KEY_DTYPE)[:] = [i.encode() for i in rows.identities]
+    if rows.per_slice:
+        volume = out.allocate("volume", (rows.n,), "int32")
+        slices = out.allocate("slice", (rows.n,), "int32")
+        volume[:] = np.repeat(np.arange(len(rows.records)), rows.depths)
+        slices[:] = np.concatenate([np.arange(d) for d in rows.depths])
+
+
+def _write_lent(out: _Output, lent: dict[int, tuple[FeatureSet, int]]) -> None:
+    """Allocate the feature arrays the lending entries hold and copy the lent rows into them."""
+    some = next(iter(lent.values()))[0]
+    names = [k for k in some.arrays if k not in (ROW_KEYS, "volume", "slice")]
+    for name in names:
+        a = some.arrays[name]
+        out.allocate(name, (out.n, *a.shape[1:]), out.dtype)
+    _copy_lent(lent, out.arrays, names)
+
+
+def _run_backbone(
+    backbone: Backbone,
+    loader: DataLoader,
+    rows: _Rows,
+    out: _Output,
+    spec: FeatureSpec,
+    batch_size: int,
+    device: torch.device,
+    volumes: bool,
+    progress: Callable[[int], None] | None,
+) -> int:
+    """Features of the records ``rows.todo`` (``loader``'s items) into their rows; returns the number of
+    images (slices, for volumes) through the backbone."""
+    n_forward = 0
+    with torch.inference_mode(), _autocast(device):
+        pos = 0
+        for batch in loader:
+            if rows.per_slice:
+                n_forward += _put_slices(backbone, batch, rows.todo[pos], rows, out, spec, batch_size, device)
+                pos += 1
+                if progress is not None:
+                    progress(1)
+                continue
+            if volumes:
+                feats = _forward_volume(backbone, batch[0], spec, batch_size, device)
+                n_forward += batch.shape[1]
+            else:
+                feats = _forward(backbone, batch.to(device, non_blocking=True), spec)
+                n_forward += batch.shape[0]
+            b = next(iter(feats.values())).shape[0]
+            where = rows.starts[np.asarray(rows.todo[pos : pos + b])]
+            for name, t in feats.items():
+                out.put(name, where, t)
+            pos += b
+            if progress is not None:
+                progress(b)
+    return n_forward
+
+
+def _put_slices(
+    backbone: Backbone,
+    batch: torch.Tensor,
+    i: int,
+    rows: _Rows,
+    out: _Output,
+    spec: FeatureSpec,
+    batch_size: int,
+    device: torch.device,
+) -> int:
+    """Features of volume ``i`` (``batch``: its (1, D, 3, R, R) slices) into one row per slice; returns D."""
+    depth = rows.depths[i]
+    if batch.shape[1] != depth:
+        raise ValueError(f"{rows.records[i].image.path}: read {batch.shape[1]} slices, header says {depth}")
+    for k in range(0, depth, batch_size):
+        feats = _forward(backbone, batch[0, k : k + batch_size].to(device), spec)
+        b = next(iter(feats.values())).shape[0]
+        for name, t in feats.items():
+            out.put(name, slice(rows.starts[i] + k, rows.starts[i] + k + b), t)
+    return depth
 
 
 def _forward(backbone: Backbone, x: torch.Tensor, spec: FeatureSpec) -> dict[str, torch.Tensor]:

@@ -38,6 +38,8 @@ from radprobe.metrics.fast import validation_score
 from radprobe.progress import make_progress
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from radprobe.segmentation.data import SegSplit
 
 # Called with the number of finished epochs right after each checkpoint is written. Tests use it to
@@ -188,6 +190,39 @@ def val_score(
     return validation_score(split.targets, scores, task), loss
 
 
+@dataclass
+class _Run:
+    """What stays fixed over one training run: the model and its optimizer, the batches, the schedule
+    and this rank's share."""
+
+    built: Built
+    net: torch.nn.Module  # the model, wrapped for data parallelism under torchrun
+    optimizer: torch.optim.Optimizer
+    params: list[torch.Tensor]
+    opts: TrainOptions
+    device: torch.device
+    seed: int
+    num_workers: int
+    label: str
+    bs: int
+    accum: int
+    n_batches: int  # micro-batches per epoch
+    total: int  # optimizer steps over all epochs
+    warmup: int  # warmup steps
+    shard: tuple[int, int] | None  # (rank, world) under torchrun
+    world: int
+    writes: bool  # this rank writes the checkpoints
+
+
+@dataclass
+class _Epoch:
+    """What one epoch of training did: each micro-batch's loss, the images seen by all ranks, seconds."""
+
+    losses: list[float]
+    seen: int
+    train_s: float
+
+
 def fit(
     built: Built,
     train: Split,
@@ -207,6 +242,41 @@ def fit(
 
     Under torchrun (:mod:`radprobe.finetune.distributed`) the ranks train one model together.
     """
+    run = _setup(built, opts, device, len(train.images), seed, num_workers, label)
+    state = _start_state(run, checkpoints, warn)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    with make_progress(progress and run.writes) as bar:
+        task_id = bar.add_task(
+            label, total=opts.epochs * run.n_batches * run.bs, completed=state.epoch * run.n_batches * run.bs
+        )
+        while not state.finished and state.epoch < opts.epochs:
+            t_epoch = time.perf_counter()
+            done = _train_epoch(run, train, state, bar, task_id)
+            score, val_loss = val_score(built, val, task, run.bs, device, opts.amp, num_workers, run.shard)
+            _record_epoch(run, state, checkpoints, done, score, val_loss)
+            state.peak_mem_mb = max(state.peak_mem_mb, peak_memory_mb(device))
+            state.wall_time_s += time.perf_counter() - t_epoch
+            if run.writes:
+                checkpoints.save(built.model, run.optimizer, state)
+            distributed.barrier()  # the other ranks may read these files (resume, best weights)
+            if after_checkpoint is not None:
+                after_checkpoint(state.epoch)
+    if run.writes:  # the other data-parallel ranks are done: rank 0 alone scores the test split
+        checkpoints.load_best(built.model, state.best_file)
+    return state
+
+
+def _setup(
+    built: Built,
+    opts: TrainOptions,
+    device: torch.device,
+    n_train: int,
+    seed: int,
+    num_workers: int,
+    label: str,
+) -> _Run:
+    """Move the model to ``device`` (wrapped for the torchrun ranks), make its optimizer, plan the steps."""
     model = built.model.to(device)
     ranks = distributed.current()
     bs, accum = int(opts.batch_size or 1), opts.accum_steps
@@ -218,97 +288,113 @@ def fit(
     optimizer = torch.optim.AdamW(built.groups, lr=opts.lr, betas=(0.9, 0.999))
     for g in optimizer.param_groups:
         g["base_lr"] = g["lr"]
-    writes = ranks is None or ranks.main
-    shard = None if ranks is None else (ranks.rank, ranks.world)
-    world = 1 if ranks is None else ranks.world  # rows per epoch count every rank's equal share
-    n_batches = batches_per_epoch(len(train.images), bs)
+    n_batches = batches_per_epoch(n_train, bs)
     steps_per_epoch = math.ceil(n_batches / accum)
-    total = opts.epochs * steps_per_epoch
-    warmup = round(opts.warmup_epochs * steps_per_epoch)
+    return _Run(
+        built=built,
+        net=net,
+        optimizer=optimizer,
+        params=[p for g in optimizer.param_groups for p in g["params"]],
+        opts=opts,
+        device=device,
+        seed=seed,
+        num_workers=num_workers,
+        label=label,
+        bs=bs,
+        accum=accum,
+        n_batches=n_batches,
+        total=opts.epochs * steps_per_epoch,
+        warmup=round(opts.warmup_epochs * steps_per_epoch),
+        shard=None if ranks is None else (ranks.rank, ranks.world),
+        world=1 if ranks is None else ranks.world,  # rows per epoch count every rank's equal share
+        writes=ranks is None or ranks.main,
+    )
+
+
+def _start_state(run: _Run, checkpoints: Checkpointer, warn: Callable[[str], None] | None) -> TrainState:
+    """A fresh loop state, or the one (with model and optimizer) restored from the last checkpoint."""
     state = TrainState()
     resume = checkpoints.exists()
     distributed.agree(resume, f"a checkpoint in {checkpoints.dir}")
     if resume:
-        state = checkpoints.load(model, optimizer, device)
+        state = checkpoints.load(run.built.model, run.optimizer, run.device)
         if warn is not None and not state.finished:
-            warn(f"{label}: resuming from the checkpoint after epoch {state.epoch} in {checkpoints.dir}")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    with make_progress(progress and writes) as bar:
-        task_id = bar.add_task(
-            label, total=opts.epochs * n_batches * bs, completed=state.epoch * n_batches * bs
-        )
-        while not state.finished and state.epoch < opts.epochs:
-            t_epoch = time.perf_counter()
-            epoch = state.epoch
-            torch.manual_seed(derived_seed("torch", seed, epoch))
-            model.train()
-            losses: list[float] = []
-            seen = 0
-            t0 = time.perf_counter()
-            loader = train_loader(train.images, bs, epoch, seed, num_workers, shard=shard)
-            for j, batch in enumerate(loader):
-                group_start = (j // accum) * accum
-                in_group = min(accum, n_batches - group_start)
-                x, rows, y = _unpack(batch, train, device)
-                with autocast(device, opts.amp):
-                    logits = net(x)
-                loss = model.head.loss(logits, y)
-                (loss / in_group).backward()
-                losses.append(float(loss.detach()))
-                seen += len(rows) * world
-                if j + 1 - group_start == in_group:
-                    factor = lr_factor(state.step, total, warmup)
-                    for g in optimizer.param_groups:
-                        g["lr"] = g["base_lr"] * factor
-                    if opts.grad_clip:
-                        torch.nn.utils.clip_grad_norm_(params, opts.grad_clip)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    state.step += 1
-                bar.update(
-                    task_id,
-                    advance=len(rows) * world,
-                    description=f"{label} · epoch {epoch + 1}/{opts.epochs} · loss {np.mean(losses):.4f}"
-                    f" · lr {optimizer.param_groups[-1]['lr']:.2e}",
-                )
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            train_s = time.perf_counter() - t0
-            score, val_loss = val_score(built, val, task, bs, device, opts.amp, num_workers, shard)
-            state.epoch += 1
-            state.train_time_s += train_s
-            state.train_images += seen
-            improved = state.best_epoch == 0 or score > state.best_score
-            if improved:
-                state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-                state.best_file = checkpoints.save_best(model, state.epoch, write=writes)
-            else:
-                state.bad_epochs += 1
-            state.history.append(
-                {
-                    "epoch": state.epoch,
-                    "train_loss": distributed.mean(float(np.mean(losses))),
-                    "val_loss": val_loss,
-                    "val_score": score,
-                    "imgs_per_s": seen / train_s if train_s > 0 else 0.0,
-                }
-            )
-            if opts.patience and state.bad_epochs >= opts.patience:
-                state.finished, state.stop_reason = True, f"no improvement for {opts.patience} epochs"
-            elif state.epoch >= opts.epochs:
-                state.finished, state.stop_reason = True, "max epochs"
-            state.peak_mem_mb = max(state.peak_mem_mb, peak_memory_mb(device))
-            state.wall_time_s += time.perf_counter() - t_epoch
-            if writes:
-                checkpoints.save(model, optimizer, state)
-            distributed.barrier()  # the other ranks may read these files (resume, best weights)
-            if after_checkpoint is not None:
-                after_checkpoint(state.epoch)
-    if writes:  # the other data-parallel ranks are done: rank 0 alone scores the test split
-        checkpoints.load_best(model, state.best_file)
+            warn(f"{run.label}: resuming from the checkpoint after epoch {state.epoch} in {checkpoints.dir}")
     return state
+
+
+def _train_epoch(run: _Run, train: Split, state: TrainState, bar: Progress, task_id: TaskID) -> _Epoch:
+    """Epoch ``state.epoch`` over ``train``: micro-batches accumulated into optimizer steps."""
+    epoch, opts, device = state.epoch, run.opts, run.device
+    torch.manual_seed(derived_seed("torch", run.seed, epoch))
+    model = run.built.model
+    model.train()
+    losses: list[float] = []
+    seen = 0
+    t0 = time.perf_counter()
+    loader = train_loader(train.images, run.bs, epoch, run.seed, run.num_workers, shard=run.shard)
+    for j, batch in enumerate(loader):
+        group_start = (j // run.accum) * run.accum
+        in_group = min(run.accum, run.n_batches - group_start)
+        x, rows, y = _unpack(batch, train, device)
+        with autocast(device, opts.amp):
+            logits = run.net(x)
+        loss = model.head.loss(logits, y)
+        (loss / in_group).backward()
+        losses.append(float(loss.detach()))
+        seen += len(rows) * run.world
+        if j + 1 - group_start == in_group:
+            _step(run, state)
+        bar.update(
+            task_id,
+            advance=len(rows) * run.world,
+            description=f"{run.label} · epoch {epoch + 1}/{opts.epochs} · loss {np.mean(losses):.4f}"
+            f" · lr {run.optimizer.param_groups[-1]['lr']:.2e}",
+        )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return _Epoch(losses, seen, time.perf_counter() - t0)
+
+
+def _step(run: _Run, state: TrainState) -> None:
+    """One optimizer step at the scheduled learning rate, on the clipped accumulated gradients."""
+    factor = lr_factor(state.step, run.total, run.warmup)
+    for g in run.optimizer.param_groups:
+        g["lr"] = g["base_lr"] * factor
+    if run.opts.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.params, run.opts.grad_clip)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.step += 1
+
+
+def _record_epoch(
+    run: _Run, state: TrainState, checkpoints: Checkpointer, done: _Epoch, score: float, val_loss: float
+) -> None:
+    """Count a finished epoch into ``state``: the best weights so far, the history, whether to stop."""
+    opts = run.opts
+    state.epoch += 1
+    state.train_time_s += done.train_s
+    state.train_images += done.seen
+    improved = state.best_epoch == 0 or score > state.best_score
+    if improved:
+        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+        state.best_file = checkpoints.save_best(run.built.model, state.epoch, write=run.writes)
+    else:
+        state.bad_epochs += 1
+    state.history.append(
+        {
+            "epoch": state.epoch,
+            "train_loss": distributed.mean(float(np.mean(done.losses))),
+            "val_loss": val_loss,
+            "val_score": score,
+            "imgs_per_s": done.seen / done.train_s if done.train_s > 0 else 0.0,
+        }
+    )
+    if opts.patience and state.bad_epochs >= opts.patience:
+        state.finished, state.stop_reason = True, f"no improvement for {opts.patience} epochs"
+    elif state.epoch >= opts.epochs:
+        state.finished, state.stop_reason = True, "max epochs"
 
 
 def remove_checkpoints(directory: Path) -> None:

@@ -165,6 +165,58 @@ def train_heads(
     return train_many([train], task, num_classes, configs, [seed], **kw)[0]
 
 
+@dataclass(frozen=True)
+class _Grid:
+    """What a fused run trains: the input variants, each one's heads, their input widths and classes."""
+
+    variants: list[Variant]
+    per_variant: list[list[HeadConfig]]
+    dims: dict[Variant, int]
+    classes: int
+    project: bool | None
+
+    @property
+    def heads(self) -> int:
+        """Heads per variant: the widest variant's count (the others are padded with inert heads)."""
+        return max(len(h) for h in self.per_variant)
+
+    def projected(self, n: int, v: Variant) -> bool:
+        """Whether a set of ``n`` samples trains variant ``v`` in the row space of its inputs."""
+        return self.project if self.project is not None else n < self.dims[v]
+
+
+@dataclass
+class _SetInputs:
+    """One training set's tensors per variant: training inputs (projected or not; None when streamed),
+    initial weights (H, D, C), and for projected variants the basis Q (D, n) and fixed logits X W0."""
+
+    inputs: list[torch.Tensor | None]
+    init: list[torch.Tensor]
+    bases: list[torch.Tensor | None]
+    offsets: list[torch.Tensor | None]
+
+
+@dataclass
+class _Stacked:
+    """The fused problem, zero-padded and laid out (R, V, ...) over sets and variants."""
+
+    x: torch.Tensor | None  # (R, V, N, D) inputs; None when streamed
+    offset: torch.Tensor | None  # (R, V, H, C, N) fixed logits of projected variants; None if there are none
+    w: torch.Tensor  # (R, V, D, H, C) initial weights of the trained coordinates
+    y: torch.Tensor  # (R, N) labels, or (R, C, N) multi-label
+    lr: torch.Tensor  # (R, V, H) learning rates, 0 for padded heads
+
+
+@dataclass
+class _BatchPlan:
+    """The rows each step reads: every set's whole training set in place (``full``), or ``idx``."""
+
+    full: bool
+    size: int  # batch slots per set
+    slot: torch.Tensor  # (R, B): 1 where a set's batch has a sample, 0 in its padding
+    idx: torch.Tensor  # (iterations, R, B) sample indices (unused when full)
+
+
 def _train_fused(
     trains: Sequence[SplitFeatures],
     batch_sizes: Sequence[int],
@@ -184,11 +236,11 @@ def _train_fused(
     """
     variants = sorted({c.variant for c in configs})
     per_variant = [[c for c in configs if c.variant == v] for v in variants]
-    r_n, v_n, h_n, c_n = len(trains), len(variants), max(len(h) for h in per_variant), num_classes
-    ns = [len(t) for t in trains]
+    r_n, ns = len(trains), [len(t) for t in trains]
     blocks_all = [_blocks(t) for t in trains]
     dims = {v: linear_input(blocks_all[0][:1], *v).shape[1] for v in variants}
-    if r_n > 1 and 4 * v_n * max(dims.values()) * sum(ns) > PRECOMPUTE_BYTES:
+    grid = _Grid(variants, per_variant, dims, num_classes, project)
+    if r_n > 1 and 4 * len(variants) * max(dims.values()) * sum(ns) > PRECOMPUTE_BYTES:
         # too large to stack in memory: each set trains on its own
         return [
             heads
@@ -205,115 +257,188 @@ def _train_fused(
                 project,
             )
         ]
-
-    def projected(n: int, v: Variant) -> bool:
-        return project if project is not None else n < dims[v]
-
     # A set trained alone whose inputs are not projected (n >= every width) streams its batches:
     # each step builds its rows' linear inputs from the cached blocks instead of holding them all.
-    stream = r_n == 1 and not any(projected(ns[0], v) for v in variants)
-    # per (set, variant): training inputs (projected or not), initial weights and the basis
-    inputs: list[list[torch.Tensor | None]] = []
-    init: list[list[torch.Tensor]] = []
-    bases: list[list[torch.Tensor | None]] = []
-    offsets: list[list[torch.Tensor | None]] = []
-    for blocks, seed, n in zip(blocks_all, seeds, ns, strict=True):
-        for lists in (inputs, init, bases, offsets):
-            lists.append([])
-        for v, heads in zip(variants, per_variant, strict=True):
-            w0 = torch.zeros(h_n, dims[v], c_n)
-            for hi, cfg in enumerate(heads):
-                g = torch.Generator().manual_seed(_init_seed(seed, cfg))
-                w0[hi] = torch.randn(dims[v], c_n, generator=g) * 0.01  # DINOv2: N(0, 0.01), bias 0
-            init[-1].append(w0)
-            x = None if stream else linear_input(blocks, *v)
-            if x is not None and projected(n, v):
-                q, r = torch.linalg.qr(x.T.double())  # x = r^T q^T
-                inputs[-1].append(r.T.float())
-                bases[-1].append(q.float())
-                offsets[-1].append(torch.einsum("nd,hdc->nhc", x, w0))  # fixed logits X W0
-            else:
-                inputs[-1].append(x)
-                bases[-1].append(None)
-                offsets[-1].append(None)
-    widths = [
-        [dims[v] if x is None else x.shape[1] for v, x in zip(variants, xs, strict=True)] for xs in inputs
+    stream = r_n == 1 and not any(grid.projected(ns[0], v) for v in variants)
+    sets = [
+        _set_inputs(blocks, seed, n, grid, stream)
+        for blocks, seed, n in zip(blocks_all, seeds, ns, strict=True)
     ]
+    # per (set, variant): the trained width (the sample count where projected, else the input width)
+    widths = [
+        [dims[v] if x is None else x.shape[1] for v, x in zip(variants, s.inputs, strict=True)] for s in sets
+    ]
+    x_all, offset, w = _stack_inputs(sets, widths, ns, grid, stream)
+    y_all = _stack_labels(trains, task, num_classes, max(ns))
+    stacked = _Stacked(x_all, offset, w, y_all, _learning_rates(grid, batch_sizes))
+    plan = _batch_plan(ns, batch_sizes, seeds, iterations, stream)
+    w_t, b = _fused_sgd(stacked, plan, grid, task, iterations, momentum, blocks_all[0])
+    return _unpack_heads(w_t, b, sets, widths, grid)
+
+
+def _initial_weights(seed: int, heads: list[HeadConfig], h_n: int, dim: int, c_n: int) -> torch.Tensor:
+    """(H, D, C) initial weights of one variant's heads, each from its own generator; padding stays 0."""
+    w0 = torch.zeros(h_n, dim, c_n)
+    for hi, cfg in enumerate(heads):
+        g = torch.Generator().manual_seed(_init_seed(seed, cfg))
+        w0[hi] = torch.randn(dim, c_n, generator=g) * 0.01  # DINOv2: N(0, 0.01), bias 0
+    return w0
+
+
+def _set_inputs(blocks: torch.Tensor, seed: int, n: int, grid: _Grid, stream: bool) -> _SetInputs:
+    """One set's training inputs, initial weights and (where projected) QR basis, per variant."""
+    out = _SetInputs([], [], [], [])
+    for v, heads in zip(grid.variants, grid.per_variant, strict=True):
+        w0 = _initial_weights(seed, heads, grid.heads, grid.dims[v], grid.classes)
+        out.init.append(w0)
+        x = None if stream else linear_input(blocks, *v)
+        if x is not None and grid.projected(n, v):
+            q, r = torch.linalg.qr(x.T.double())  # x = r^T q^T
+            out.inputs.append(r.T.float())
+            out.bases.append(q.float())
+            out.offsets.append(torch.einsum("nd,hdc->nhc", x, w0))  # fixed logits X W0
+        else:
+            out.inputs.append(x)
+            out.bases.append(None)
+            out.offsets.append(None)
+    return out
+
+
+def _stack_inputs(
+    sets: list[_SetInputs], widths: list[list[int]], ns: list[int], grid: _Grid, stream: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
+    """Zero-padded inputs (R, V, N, D), fixed logit offsets (R, V, H, C, N) and initial weights
+    (R, V, D, H, C); the inputs are None when streamed, the offsets when no variant is projected."""
+    r_n, v_n, h_n, c_n = len(sets), len(grid.variants), grid.heads, grid.classes
     d_n, n_max = max(max(ws) for ws in widths), max(ns)
-    any_projected = any(q is not None for qs in bases for q in qs)
+    any_projected = any(q is not None for s in sets for q in s.bases)
     x_all = None if stream else torch.zeros(r_n, v_n, n_max, d_n)
     # logits are laid out (..., C, B) throughout
     offset = torch.zeros(r_n, v_n, h_n, c_n, n_max) if any_projected else None
     w = torch.zeros(r_n, v_n, d_n, h_n, c_n)
-    for ri in range(r_n):
+    for ri, s in enumerate(sets):
         for vi in range(v_n):
-            x, off = inputs[ri][vi], offsets[ri][vi]
+            x, off = s.inputs[vi], s.offsets[vi]
             if x_all is not None and x is not None:
                 x_all[ri, vi, : ns[ri], : x.shape[1]] = x
             if off is None:
-                w[ri, vi, : widths[ri][vi]] = init[ri][vi].permute(1, 0, 2)
+                w[ri, vi, : widths[ri][vi]] = s.init[vi].permute(1, 0, 2)
             else:
                 assert offset is not None
                 offset[ri, vi, :, :, : ns[ri]] = off.permute(1, 2, 0)
-    b = torch.zeros(r_n, v_n, h_n, c_n, 1)
-    lr = torch.zeros(r_n, v_n, h_n)
-    for vi, heads in enumerate(per_variant):
+    return x_all, offset, w
+
+
+def _learning_rates(grid: _Grid, batch_sizes: Sequence[int]) -> torch.Tensor:
+    """(R, V, H) learning rate of every head of every set; padded heads get 0."""
+    lr = torch.zeros(len(batch_sizes), len(grid.variants), grid.heads)
+    for vi, heads in enumerate(grid.per_variant):
         for hi, cfg in enumerate(heads):
             lr[:, vi, hi] = cfg.lr * torch.tensor([bs / 256 for bs in batch_sizes])  # lr * batch / 256
+    return lr
+
+
+def _stack_labels(trains: Sequence[SplitFeatures], task: str, c_n: int, n_max: int) -> torch.Tensor:
+    """Zero-padded labels: (R, N), or (R, C, N) multi-label."""
     multilabel = task == "multilabel"
-    y_all = torch.zeros((r_n, c_n, n_max) if multilabel else (r_n, n_max), dtype=torch.long)
+    y_all = torch.zeros((len(trains), c_n, n_max) if multilabel else (len(trains), n_max), dtype=torch.long)
     for ri, t in enumerate(trains):
         lab = torch.as_tensor(np.asarray(t.labels)).long()
-        y_all[ri, ..., : ns[ri]] = lab.T if multilabel else lab
+        y_all[ri, ..., : len(t)] = lab.T if multilabel else lab
+    return y_all
+
+
+def _batch_plan(
+    ns: list[int], batch_sizes: Sequence[int], seeds: Sequence[int], iterations: int, stream: bool
+) -> _BatchPlan:
+    """Each set's batch slots and, unless every batch is the whole set, its seeded batch order."""
     # Every set trains on full batches (few-shot draws): a batch's loss is a mean, so its order does
     # not matter and each step reads all of x_all in place, with no gather.
     full = not stream and all(bs == n for bs, n in zip(batch_sizes, ns, strict=True))
-    bs_max = n_max if full else max(batch_sizes)
-    slot = torch.zeros(r_n, bs_max)
-    idx = torch.zeros(iterations, r_n, bs_max, dtype=torch.long)
+    bs_max = max(ns) if full else max(batch_sizes)
+    slot = torch.zeros(len(ns), bs_max)
+    idx = torch.zeros(iterations, len(ns), bs_max, dtype=torch.long)
     for ri, (n, bs, seed) in enumerate(zip(ns, batch_sizes, seeds, strict=True)):
         slot[ri, :bs] = 1.0
         if not full:
             idx[:, ri, :bs] = _batches(n, bs, iterations, seed)
+    return _BatchPlan(full, bs_max, slot, idx)
+
+
+def _fused_sgd(
+    st: _Stacked,
+    plan: _BatchPlan,
+    grid: _Grid,
+    task: str,
+    iterations: int,
+    momentum: float,
+    blocks: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SGD with momentum on a cosine schedule; returns weights (RV, HC, D) and biases (R, V, H, C, 1).
+
+    ``blocks`` are the cached blocks of the first set, read when a lone set streams its batches.
+    """
     # SGD on linear heads needs no autograd: d(loss)/d(logits) has a closed form (softmax or sigmoid
     # minus the target, see _logit_grad) and the weight gradient is one bmm.
-    rv, hc = r_n * v_n, h_n * c_n
-    w_t = w.view(rv, d_n, hc).transpose(1, 2).contiguous()  # (RV, HC, D): logits = w_t @ x^T
+    r_n, v_n, d_n, h_n, c_n = st.w.shape
+    rv, hc, bs_max = r_n * v_n, h_n * c_n, plan.size
+    b = torch.zeros(r_n, v_n, h_n, c_n, 1)
+    w_t = st.w.view(rv, d_n, hc).transpose(1, 2).contiguous()  # (RV, HC, D): logits = w_t @ x^T
     buf_w, buf_b = torch.zeros_like(w_t), torch.zeros_like(b)
-    lr_w = lr.view(rv, h_n, 1).repeat_interleave(c_n, dim=1)  # (RV, HC, 1)
-    lr_b = lr[..., None, None]
-    xb = None if x_all is None else x_all.view(rv, n_max, d_n)
-    off_b: torch.Tensor | float = 0.0 if offset is None else offset
-    yb = y_all
-    var_r, var = torch.arange(r_n)[:, None, None], torch.arange(v_n)[None, :, None]
+    lr_w = st.lr.view(rv, h_n, 1).repeat_interleave(c_n, dim=1)  # (RV, HC, 1)
+    lr_b = st.lr[..., None, None]
+    xb = None if st.x is None else st.x.view(rv, st.y.shape[-1], d_n)
+    off_b: torch.Tensor | float = 0.0 if st.offset is None else st.offset
+    yb = st.y
     for it in range(iterations):
-        if not full:
-            bi = idx[it]
-            if x_all is None:  # streaming one set: its rows' inputs, from the cached blocks
-                blk = blocks_all[0][bi[0]]
-                xb = torch.stack([F.pad(linear_input(blk, *v), (0, d_n - dims[v])) for v in variants])
-            else:
-                xb = x_all[var_r, var, bi[:, None]].view(rv, bs_max, d_n)
-            if offset is not None:
-                off_b = offset.gather(-1, bi[:, None, None, None].expand(r_n, v_n, h_n, c_n, bs_max))
-            yb = y_all.gather(-1, bi[:, None].expand(r_n, c_n, bs_max)) if multilabel else y_all.gather(1, bi)
+        if not plan.full:
+            xb, off_b, yb = _gather_batch(st, plan.idx[it], grid, task, blocks)
         assert xb is not None
         z = torch.bmm(w_t, xb.transpose(1, 2)).view(r_n, v_n, h_n, c_n, bs_max) + off_b + b
-        g = _logit_grad(z, yb[:, None, None], task, slot[:, None, None])  # each head's own gradient
+        g = _logit_grad(z, yb[:, None, None], task, plan.slot[:, None, None])  # each head's own gradient
         scale = 0.5 * (1 + math.cos(math.pi * it / iterations))
         buf_w.mul_(momentum).add_(torch.bmm(g.view(rv, hc, bs_max), xb))
         w_t.sub_(lr_w * scale * buf_w)
         buf_b.mul_(momentum).add_(g.sum(-1, keepdim=True))
         b.sub_(lr_b * scale * buf_b)
+    return w_t, b
+
+
+def _gather_batch(
+    st: _Stacked, bi: torch.Tensor, grid: _Grid, task: str, blocks: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
+    """One step's inputs (RV, B, D), fixed logit offsets and labels at sample indices ``bi`` (R, B)."""
+    r_n, v_n, d_n, h_n, c_n = st.w.shape
+    bs_max = bi.shape[1]
+    if st.x is None:  # streaming one set: its rows' inputs, from the cached blocks
+        blk = blocks[bi[0]]
+        xb = torch.stack([F.pad(linear_input(blk, *v), (0, d_n - grid.dims[v])) for v in grid.variants])
+    else:
+        var_r, var = torch.arange(r_n)[:, None, None], torch.arange(v_n)[None, :, None]
+        xb = st.x[var_r, var, bi[:, None]].view(r_n * v_n, bs_max, d_n)
+    off_b: torch.Tensor | float = 0.0
+    if st.offset is not None:
+        off_b = st.offset.gather(-1, bi[:, None, None, None].expand(r_n, v_n, h_n, c_n, bs_max))
+    if task == "multilabel":
+        return xb, off_b, st.y.gather(-1, bi[:, None].expand(r_n, c_n, bs_max))
+    return xb, off_b, st.y.gather(1, bi)
+
+
+def _unpack_heads(
+    w_t: torch.Tensor, b: torch.Tensor, sets: list[_SetInputs], widths: list[list[int]], grid: _Grid
+) -> list[LinearHeads]:
+    """Each set's trained heads per variant, mapped back from the row space where projected."""
+    r_n, v_n, h_n, c_n, _ = b.shape
+    d_n = w_t.shape[2]
     w = w_t.transpose(1, 2).reshape(r_n, v_n, d_n, h_n, c_n)
     out = []
-    for ri in range(r_n):
+    for ri, s in enumerate(sets):
         heads: dict[Variant, tuple[list[HeadConfig], torch.Tensor, torch.Tensor]] = {}
-        for vi, (v, cfgs) in enumerate(zip(variants, per_variant, strict=True)):
+        for vi, (v, cfgs) in enumerate(zip(grid.variants, grid.per_variant, strict=True)):
             d = widths[ri][vi]
             u = w[ri, vi, :d, : len(cfgs)].permute(1, 0, 2)  # (H, d, C)
-            q = bases[ri][vi]
-            weights = init[ri][vi][: len(cfgs)] + torch.einsum("Dn,hnc->hDc", q, u) if q is not None else u
+            q = s.bases[vi]
+            weights = s.init[vi][: len(cfgs)] + torch.einsum("Dn,hnc->hDc", q, u) if q is not None else u
             heads[v] = (cfgs, weights.clone(), b[ri, vi, : len(cfgs), :, 0].clone())
         out.append(LinearHeads(heads))
     return out

@@ -57,6 +57,62 @@ def _val_rule(value: str | None) -> int | None:
     raise DataError(f"val={value!r}: expected patient, last (the paper's last {NIH_PAPER_VAL}) or last:<n>")
 
 
+def _nih_splits(lists: dict[str, list[str]], val_last: int | None, issues: list[Problem]) -> dict[str, str]:
+    """Image name -> split from the official lists (and ``val=last``); names in both lists are issues."""
+    split_of: dict[str, str] = {}
+    for list_name, split in (("train_val_list.txt", "train"), ("test_list.txt", "test")):
+        for k, name in enumerate(lists[list_name]):
+            if name in split_of:
+                issues.append(error(f"{list_name} line {k + 1}: {name} is also in another split list"))
+            split_of[name] = split
+    if val_last is not None:
+        tv = lists["train_val_list.txt"]
+        if val_last >= len(tv):
+            raise DataError(f"val=last:{val_last}: train_val_list.txt has only {len(tv)} entries")
+        for name in tv[-val_last:]:
+            split_of[name] = "val"
+    return split_of
+
+
+def _nih_row(row: dict[str, str], where: str) -> tuple[set[str], str] | Problem:
+    """A label-table row's finding tokens and patient, or the problem that leaves the row out."""
+    name = row["Image Index"]
+    tokens = {t.strip() for t in row["Finding Labels"].split("|") if t.strip()}
+    if not tokens:
+        return error(f"{where} ({name}): empty 'Finding Labels'")
+    unknown = sorted(tokens - set(NIH_FINDINGS) - {"No Finding"})
+    if unknown:
+        return error(
+            f"{where} ({name}): unknown finding(s) {unknown} in 'Finding Labels'; expected "
+            f"'No Finding' or |-separated {', '.join(NIH_FINDINGS)}"
+        )
+    if "No Finding" in tokens and len(tokens) > 1:
+        return error(f"{where} ({name}): 'No Finding' together with findings {sorted(tokens)}")
+    patient = row["Patient ID"].lstrip("0") or row["Patient ID"]
+    if not patient:
+        return error(f"{where} ({name}): empty 'Patient ID'")
+    return tokens, patient
+
+
+def _nih_list_problems(
+    lists: dict[str, list[str]], seen: set[str], unlisted: list[str], table: str
+) -> list[Problem]:
+    """Table rows in neither split list (left out), and list entries the table lacks."""
+    issues: list[Problem] = []
+    if unlisted:
+        issues.append(
+            warning(
+                f"{len(unlisted)} image(s) of {table} are in neither train_val_list.txt nor "
+                f"test_list.txt and are left out, e.g. {', '.join(unlisted[:5])}"
+            )
+        )
+    for list_name in lists:
+        for k, name in enumerate(lists[list_name]):
+            if name not in seen:
+                issues.append(error(f"{list_name} line {k + 1}: {name} is not in {table}"))
+    return issues
+
+
 def index_nih(spec: Spec) -> Source:
     root = root_dir(spec)
     opts = spec.options
@@ -70,7 +126,6 @@ def index_nih(spec: Spec) -> Source:
     no_finding = opt_bool(opts, "no_finding")
     val_last = _val_rule(opts.get("val"))
     classes = (*NIH_FINDINGS, "No Finding") if no_finding else NIH_FINDINGS
-    index = {c: i for i, c in enumerate(NIH_FINDINGS)}
 
     images = nih_images(root)
     if not images:
@@ -79,18 +134,7 @@ def index_nih(spec: Spec) -> Source:
             "images_012/images/*.png"
         )
     issues: list[Problem] = []
-    split_of: dict[str, str] = {}
-    for list_name, split in (("train_val_list.txt", "train"), ("test_list.txt", "test")):
-        for k, name in enumerate(lists[list_name]):
-            if name in split_of:
-                issues.append(error(f"{list_name} line {k + 1}: {name} is also in another split list"))
-            split_of[name] = split
-    if val_last is not None:
-        tv = lists["train_val_list.txt"]
-        if val_last >= len(tv):
-            raise DataError(f"val=last:{val_last}: train_val_list.txt has only {len(tv)} entries")
-        for name in tv[-val_last:]:
-            split_of[name] = "val"
+    split_of = _nih_splits(lists, val_last, issues)
 
     records: list[Record] = []
     seen: set[str] = set()
@@ -99,26 +143,11 @@ def index_nih(spec: Spec) -> Source:
         name = row["Image Index"]
         where = f"{table.name} row {i + 2}"
         seen.add(name)
-        tokens = {t.strip() for t in row["Finding Labels"].split("|") if t.strip()}
-        if not tokens:
-            issues.append(error(f"{where} ({name}): empty 'Finding Labels'"))
+        parsed = _nih_row(row, where)
+        if isinstance(parsed, Problem):
+            issues.append(parsed)
             continue
-        unknown = sorted(tokens - set(index) - {"No Finding"})
-        if unknown:
-            issues.append(
-                error(
-                    f"{where} ({name}): unknown finding(s) {unknown} in 'Finding Labels'; expected "
-                    f"'No Finding' or |-separated {', '.join(NIH_FINDINGS)}"
-                )
-            )
-            continue
-        if "No Finding" in tokens and len(tokens) > 1:
-            issues.append(error(f"{where} ({name}): 'No Finding' together with findings {sorted(tokens)}"))
-            continue
-        patient = row["Patient ID"].lstrip("0") or row["Patient ID"]
-        if not patient:
-            issues.append(error(f"{where} ({name}): empty 'Patient ID'"))
-            continue
+        tokens, patient = parsed
         split = split_of.get(name)
         if split is None:
             unlisted.append(name)
@@ -133,17 +162,7 @@ def index_nih(spec: Spec) -> Source:
         sid = name.rsplit(".", 1)[0]
         meta = {"row": i + 2, "manifest": table.name, "view": row.get("View Position", "")}
         records.append(Record(sid, patient, ImageRef(path, "image"), tuple(label), None, split, meta))
-    if unlisted:
-        issues.append(
-            warning(
-                f"{len(unlisted)} image(s) of {table.name} are in neither train_val_list.txt nor "
-                f"test_list.txt and are left out, e.g. {', '.join(unlisted[:5])}"
-            )
-        )
-    for list_name in lists:
-        for k, name in enumerate(lists[list_name]):
-            if name not in seen:
-                issues.append(error(f"{list_name} line {k + 1}: {name} is not in {table.name}"))
+    issues += _nih_list_problems(lists, seen, unlisted, table.name)
     conventions = {
         "outputs": "14 findings + No Finding" if no_finding else "14 findings",
         "test": "official test_list.txt",
