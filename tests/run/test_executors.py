@@ -86,7 +86,8 @@ def test_torchrun_ranks_share_the_groups(tmp_path):
     cmd += ["-o", str(tmp_path / "tr")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0, proc.stdout  # the missing dataset's jobs failed on some rank
-    assert "8 job(s) run, 0 done already or by another runner, 4 failed" in proc.stdout, proc.stdout + proc.stderr
+    expected = "8 job(s) run, 0 done already or by another runner, 4 failed"
+    assert expected in proc.stdout, proc.stdout + proc.stderr
     assert proc.stdout.count("job(s) run") == 1  # only rank 0 prints the summary
     assert "rank 0: done" in proc.stdout and "rank 1: done" in proc.stdout
     assert _rows(tmp_path / "tr") == _rows(tmp_path / "seq") and len(_rows(tmp_path / "tr")) == 36
