@@ -6,6 +6,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,29 @@ def test_rows_name_the_precision_their_features_were_computed_in():
     mixed = env_info("cpu", feature_precisions=[precision({}), bf16])
     assert mixed["feature_precision"] == "bf16-autocast/fp32"  # entries written before the field: fp32
     assert "feature_precision" not in env_info("cpu")  # nothing cached (a U-Net trains on images)
+
+
+def test_eval_prints_each_metric_warning_once(tmp_path):
+    """A class absent from the test split is left out of the macro AUROC, and the user is told."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = ["path,label,patient,split"]
+    for i in range(40):
+        split = "train" if i < 24 else "val" if i < 32 else "test"
+        label = "abc"[i % 3] if split != "test" else "ab"[i % 2]  # no test case of class c
+        Image.fromarray((rng.random((32, 32)) * 255).astype("uint8")).save(tmp_path / f"im{i}.png")
+        rows.append(f"im{i}.png,{label},p{i},{split}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    exe = str(Path(sys.executable).parent / "radprobe")
+    res = subprocess.run(
+        [exe, "eval", "-b", "test:vit-tiny", "-d", f"csv:{tmp_path / 'm.csv'}", "-p", "knn,logreg",
+         "-o", str(tmp_path / "run"), "--bootstrap", "10", "--set", "logreg.cs=[1.0]"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    lines = [x for x in res.stderr.splitlines() if x.startswith("warning:")]
+    assert "warning: knn: class 2 has no positives; left out of auroc_macro" in lines
+    assert "warning: logreg: class 2 has no positives; left out of auroc_macro" in lines
+    assert len(lines) == len(set(lines))
