@@ -18,7 +18,7 @@ import numpy as np
 from radprobe.data.dataset import Dataset, build
 from radprobe.data.formats.common import OutsideRootError
 from radprobe.data.problems import Problem, error, warning
-from radprobe.data.readers import VOLUME_KINDS
+from radprobe.data.readers import VOLUME_KINDS, collect_warnings
 from radprobe.data.records import SPLITS, Record
 from radprobe.data.splits import check_leakage
 from radprobe.errors import DataError
@@ -153,5 +153,7 @@ def check_dataset(
     if read:
         refs = [ref for r in ds.records for ref in (r.image, r.mask) if ref is not None]
         missing = {ref.path for ref in refs if not os.path.exists(ref.path)}  # already reported
-        problems.extend(_read_problems(ds, missing))
+        with collect_warnings() as notes:
+            problems.extend(_read_problems(ds, missing))
+        problems.extend(warning(m) for m in dict.fromkeys(notes))  # slices of a volume repeat its notes
     return problems
