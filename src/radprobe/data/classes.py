@@ -55,10 +55,11 @@ def class_problems(
             continue
         rows = _rows([records[j] for j in idx])
         if idx.size < 2 and not explicit and task != "multilabel":
+            value = "label value" if records[idx[0]].meta.get("row") is not None else "class folder"
             out.append(
                 warning(
-                    f"class {c!r} has a single sample ({rows}); without classes= every label value "
-                    "becomes a class, so check that row for a typo or list the classes with classes="
+                    f"class {c!r} has a single sample ({rows}): a stray {value}? Without classes= every "
+                    f"{value} becomes a class; fix it, or name the classes with classes="
                 )
             )
             continue

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -13,9 +15,9 @@ import numpy as np
 from radprobe.data.classes import class_problems
 from radprobe.data.formats.common import Source
 from radprobe.data.index import duplicate_issues, index
-from radprobe.data.problems import Problem, error
+from radprobe.data.problems import Problem, error, warning
 from radprobe.data.readers import ReadOptions, read_image, read_mask
-from radprobe.data.records import SPLITS, ImageRef, Record, TaskType, labels_array
+from radprobe.data.records import SPLITS, ImageRef, Record, TaskType, labels_array, origin
 from radprobe.data.spec import Spec, opt_list, parse_spec, validate_options
 from radprobe.data.splits import (
     apply_split_file,
@@ -75,13 +77,15 @@ class Dataset:
 
     def load_image(self, record: Record) -> np.ndarray:
         """float32 in [0, 1]: (H, W) or (H, W, 3); (D, H, W) for 3D datasets."""
-        return read_image(record.image, self.read)
+        with _naming_row(record):
+            return read_image(record.image, self.read)
 
     def load_mask(self, record: Record) -> np.ndarray:
         """int64 class-index map with the image's spatial shape."""
         if record.mask is None:
             raise DataError(f"sample {record.sample_id} of dataset {self.name} has no mask")
-        raw = read_mask(record.mask)
+        with _naming_row(record):
+            raw = read_mask(record.mask)
         if self.mask_values is not None:
             values = np.asarray(self.mask_values)
             order = np.argsort(values)
@@ -192,6 +196,18 @@ class Dataset:
         return out
 
 
+@contextlib.contextmanager
+def _naming_row(record: Record) -> Iterator[None]:
+    """Prefix read errors with the record's manifest row: the file path alone is hard to find in a
+    manifest of thousands of rows."""
+    try:
+        yield
+    except DataError as e:
+        if record.meta.get("row") is None:
+            raise
+        raise DataError(f"{origin(record)} (sample {record.sample_id}): {e}") from None
+
+
 def _size(path: str) -> int | None:
     try:
         if os.path.isdir(path):
@@ -271,12 +287,33 @@ def build(
             if save and not any(p.severity == "error" for p in issues):
                 write_split_file(path, records)
         ds = replace(ds, records=records, split_file=str(path))
+        issues.extend(_empty_splits(ds, counts or fr))
     explicit = bool(opt_list(parsed.options.get("classes")))
     try:
         issues.extend(class_problems(ds.records, ds.task, ds.classes, ds.root, explicit))
     except ValueError as e:  # labels that do not fit the task (a preset bug, not user data)
         issues.append(error(f"dataset {ds.name}: {e}"))
     return ds, issues
+
+
+def _empty_splits(ds: Dataset, shares: tuple[float, ...]) -> list[Problem]:
+    """A split left empty despite its share (too few patients): say so here, since eval, studies and
+    fine-tuning refuse such a dataset only later, with less to go on."""
+    empty = [s for s, f in zip(SPLITS, shares, strict=True) if f > 0 and not ds.split(s)]
+    if not empty:
+        return []
+    which = f"splits {' and '.join(empty)} are" if len(empty) > 1 else f"split {empty[0]} is"
+    patients = len({r.patient_id for r in ds.records})
+    wanted = sum(1 for f in shares if f > 0)
+    return [
+        warning(
+            f"{which} empty: {patients} patient(s) "
+            f"({len(ds.records)} sample(s)) cannot fill {', '.join(SPLITS)} at shares "
+            f"{', '.join(f'{f:g}' for f in shares)}, and eval needs every split; add samples from at "
+            f"least {wanted} patients (or give each sample a split: a split column, or train/val/test "
+            "folders)"
+        )
+    ]
 
 
 def _log_warnings(spec: str, warnings: list[Problem]) -> None:
@@ -304,7 +341,7 @@ def load_dataset(
     errors = [p for p in issues if p.severity == "error"]
     if errors:
         more = (
-            f" (and {len(errors) - 1} more; run `radprobe check` on it to list all)"
+            f" (and {len(errors) - 1} more; run `radprobe data check` on it to list all)"
             if len(errors) > 1
             else ""
         )

@@ -36,19 +36,43 @@ SPLIT_COLS = ("split", "fold", "set", "subset")
 LABEL_COLS = ("label", "labels", "class", "target", "diagnosis")
 
 
+DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe", ",": "comma"}
+
+
+def _delimiter_hint(path: Path, sep: str) -> str:
+    """``; ...`` when the header line splits on another delimiter than ``sep`` (a CSV saved by a
+    spreadsheet in a locale with decimal commas, say), else ``""``."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline()
+    except OSError:
+        return ""
+    found = max(DELIMITERS, key=header.count)
+    if found == sep or header.count(found) <= header.count(sep):
+        return ""
+    kind = ".tsv manifests are read tab-separated" if sep == "\t" else "manifests are read comma-separated"
+    return (
+        f"; its header is {DELIMITERS[found]}-separated ({header.strip()[:60]!r}) but {kind}: "
+        f"save it with {DELIMITERS[sep]}s"
+    )
+
+
 def _read_table(path: Path, scheme: str) -> list[dict[str, str]]:
     import pandas as pd
 
+    sep = "\t" if path.name.lower().endswith(".tsv") else ","
     try:
         if scheme == "parquet":
             df = pd.read_parquet(path)
             df = df.astype(object).where(df.notna(), "")
         else:
-            sep = "\t" if path.name.lower().endswith(".tsv") else ","
             df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
     except Exception as e:  # pandas/pyarrow raise many types for malformed tables
-        raise DataError(f"cannot read manifest {path}: {e}") from None
+        hint = _delimiter_hint(path, sep) if scheme != "parquet" else ""
+        raise DataError(f"cannot read manifest {path}: {str(e).strip()}{hint}") from None
     df.columns = [str(c).strip() for c in df.columns]
+    if scheme != "parquet" and len(df.columns) == 1 and (hint := _delimiter_hint(path, sep)):
+        raise DataError(f"manifest {path} has a single column{hint}")
     return [{k: str(v).strip() for k, v in row.items()} for row in df.to_dict(orient="records")]
 
 
