@@ -60,7 +60,7 @@ def test_check_reports_every_problem_in_a_broken_manifest(broken_manifest: Path)
 
 
 def test_load_dataset_refuses_broken_manifest(broken_manifest: Path) -> None:
-    with pytest.raises(DataError, match=r"labels\.csv row \d+.*\(and \d+ more; run `radprobe check`"):
+    with pytest.raises(DataError, match=r"labels\.csv row \d+.*\(and \d+ more; run `radprobe data check`"):
         load_dataset(str(broken_manifest))
 
 

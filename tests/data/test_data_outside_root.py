@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from radprobe.data import check_dataset, load_dataset
-from radprobe.data.formats.common import OutsideRootError
+from radprobe.data import OutsideRootError, check_dataset, load_dataset
 from radprobe.errors import RadprobeError
 
 

@@ -5,7 +5,8 @@ Public API::
     load_dataset(spec, *, split_seed=0, fractions=(0.7, 0.1, 0.2)) -> Dataset
     list_datasets() -> list[dict]
     describe_dataset(name) -> dict
-    check_dataset(spec) -> list[Problem]
+    check_dataset(spec) -> list[Problem]   (raises OutsideRootError, as load_dataset does, for files
+                                            outside the dataset root: a refusal, not a problem)
 
 Public datasets are read in their published layout through presets (``nih-cxr14:/data/NIH``, ...):
 :mod:`radprobe.data.presets`.
@@ -20,6 +21,7 @@ from typing import Any
 
 from radprobe.data.check import check_dataset
 from radprobe.data.dataset import Dataset, load_dataset
+from radprobe.data.formats.common import OutsideRootError
 from radprobe.data.presets import describe_dataset, list_presets
 from radprobe.data.problems import Problem
 from radprobe.data.readers import ReadOptions, read_image, read_mask
@@ -41,6 +43,7 @@ __all__ = [
     "SPLITS",
     "Dataset",
     "ImageRef",
+    "OutsideRootError",
     "Problem",
     "ReadOptions",
     "Record",

@@ -12,48 +12,16 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 
 from radprobe.data.dataset import Dataset, build
 from radprobe.data.formats.common import OutsideRootError
 from radprobe.data.problems import Problem, error, warning
-from radprobe.data.readers import VOLUME_KINDS
+from radprobe.data.readers import VOLUME_KINDS, collect_warnings
 from radprobe.data.records import SPLITS, Record
 from radprobe.data.splits import check_leakage
 from radprobe.errors import DataError
-
-
-def _class_problems(ds: Dataset) -> list[Problem]:
-    out: list[Problem] = []
-    if ds.task == "segmentation" or not ds.classes:
-        return out
-    splits = ds.splits()
-    counts: dict[str, np.ndarray] = {}
-    for s, recs in splits.items():
-        labels = ds.labels(recs)
-        counts[s] = (
-            # > 0: a -1 (CheXpert U-Ignore, "masked") is no positive
-            (labels > 0).sum(0) if ds.task == "multilabel" else np.bincount(labels, minlength=len(ds.classes))
-        )
-    total = sum(counts.values()) if counts else np.zeros(len(ds.classes), dtype=np.int64)
-    kind = "label" if ds.task == "multilabel" else "class"
-    for i, c in enumerate(ds.classes):
-        if total[i] == 0:
-            folder = Path(ds.root) / c
-            where = f" (folder {folder} is empty)" if folder.is_dir() else ""
-            out.append(warning(f"{kind} {c!r} has no {'positive ' if kind == 'label' else ''}samples{where}"))
-            continue
-        for s in splits:
-            if counts[s][i] == 0:
-                out.append(
-                    warning(
-                        f"{kind} {c!r} has no {'positives' if kind == 'label' else 'samples'} "
-                        f"in split {s} (its metrics there are undefined)"
-                    )
-                )
-    return out
 
 
 def _expected_shape(ds: Dataset, img: np.ndarray) -> str | None:
@@ -180,14 +148,12 @@ def check_dataset(
             )
         )
     if all(r.split in SPLITS for r in ds.records):
-        try:
-            problems.extend(_class_problems(ds))
-        except (ValueError, DataError) as e:
-            problems.append(error(f"dataset {ds.name}: {e}"))
         problems.extend(error(msg) for msg in check_leakage(ds.records))
         problems.extend(_identical_files(ds.records))
     if read:
         refs = [ref for r in ds.records for ref in (r.image, r.mask) if ref is not None]
         missing = {ref.path for ref in refs if not os.path.exists(ref.path)}  # already reported
-        problems.extend(_read_problems(ds, missing))
+        with collect_warnings() as notes:
+            problems.extend(_read_problems(ds, missing))
+        problems.extend(warning(m) for m in dict.fromkeys(notes))  # slices of a volume repeat its notes
     return problems

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from radprobe.data.classes import class_problems
 from radprobe.data.formats.common import Source
 from radprobe.data.index import duplicate_issues, index
-from radprobe.data.problems import Problem, error
+from radprobe.data.problems import Problem, error, warning
 from radprobe.data.readers import ReadOptions, read_image, read_mask
-from radprobe.data.records import SPLITS, ImageRef, Record, TaskType, labels_array
-from radprobe.data.spec import parse_spec, validate_options
+from radprobe.data.records import SPLITS, ImageRef, Record, TaskType, labels_array, origin
+from radprobe.data.spec import Spec, opt_list, parse_spec, validate_options
 from radprobe.data.splits import (
     apply_split_file,
     assign_patient_counts,
@@ -29,6 +32,7 @@ from radprobe.errors import DataError
 from radprobe.utils import digest
 
 DIGEST_VERSION = 1
+LOGGED_WARNINGS = 3
 log = logging.getLogger(__name__)
 
 
@@ -91,13 +95,15 @@ class Dataset:
 
     def load_image(self, record: Record) -> np.ndarray:
         """float32 in [0, 1]: (H, W) or (H, W, 3); (D, H, W) for 3D datasets."""
-        return read_image(record.image, self.read)
+        with _naming_row(record):
+            return read_image(record.image, self.read)
 
     def load_mask(self, record: Record) -> np.ndarray:
         """int64 class-index map with the image's spatial shape."""
         if record.mask is None:
             raise DataError(f"sample {record.sample_id} of dataset {self.name} has no mask")
-        raw = read_mask(record.mask)
+        with _naming_row(record):
+            raw = read_mask(record.mask)
         if self.mask_values is not None:
             values = np.asarray(self.mask_values)
             order = np.argsort(values)
@@ -211,6 +217,18 @@ class Dataset:
         return out
 
 
+@contextlib.contextmanager
+def _naming_row(record: Record) -> Iterator[None]:
+    """Prefix read errors with the record's manifest row: the file path alone is hard to find in a
+    manifest of thousands of rows."""
+    try:
+        yield
+    except DataError as e:
+        if record.meta.get("row") is None:
+            raise
+        raise DataError(f"{origin(record)} (sample {record.sample_id}): {e}") from None
+
+
 def _size(path: str) -> int | None:
     try:
         if os.path.isdir(path):
@@ -220,20 +238,21 @@ def _size(path: str) -> int | None:
         return None
 
 
-def _source(spec_text: str) -> tuple[Source, str]:
+def _source(spec_text: str) -> tuple[Source, Spec]:
+    """The indexed source and the spec it was indexed from (a synthetic set's generated one)."""
     spec = parse_spec(spec_text)
     if spec.scheme == "synthetic":
         from radprobe.data.synthetic import ensure_synthetic, synthetic_spec
 
         name = spec.path
         inner = parse_spec(synthetic_spec(name, ensure_synthetic(name)))
-        inner = replace(inner, options={**inner.options, **spec.options})
+        inner = replace(inner, text=spec.text, options={**inner.options, **spec.options})
         validate_options(inner.scheme, inner.options, spec.text)
         src = index(inner)
         if "name" not in spec.options:
             src.name = name
-        return src, spec.text
-    return index(spec), spec.text
+        return src, inner
+    return index(spec), spec
 
 
 def build(
@@ -249,7 +268,8 @@ def build(
     own fractions or exact patient counts (preset options ``fractions=``/``patients=``); they win.
     """
     fr = check_fractions(fractions)
-    src, text = _source(spec)
+    src, parsed = _source(spec)
+    text = parsed.text
     if src.fractions is not None:
         fr = check_fractions(src.fractions)
     issues = list(src.issues) + duplicate_issues(src.records)
@@ -274,22 +294,61 @@ def build(
         return ds, issues
     counts = src.patient_counts
     complete = None not in present and all(s in present for s, f in zip(SPLITS, fr, strict=True) if f > 0)
-    if counts is None and complete:
-        return ds, issues
-    path = split_file_path(ds.manifest_digest(), split_seed, counts or fr)
-    records = apply_split_file(ds.records, path) if path.is_file() else None
-    if records is None:
-        try:
-            if counts is not None:
-                records = assign_patient_counts(ds.records, ds.task, counts, seed=split_seed)
-            else:
-                records = assign_splits(ds.records, ds.task, seed=split_seed, fractions=fr)
-        except DataError as e:
-            issues.append(error(f"dataset {text}: {e}"))
-            return ds, issues
-        if save and not any(p.severity == "error" for p in issues):
-            write_split_file(path, records)
-    return replace(ds, records=records, split_file=str(path)), issues
+    if counts is not None or not complete:
+        path = split_file_path(ds.manifest_digest(), split_seed, counts or fr)
+        records = apply_split_file(ds.records, path) if path.is_file() else None
+        if records is None:
+            try:
+                if counts is not None:
+                    records = assign_patient_counts(ds.records, ds.task, counts, seed=split_seed)
+                else:
+                    records = assign_splits(ds.records, ds.task, seed=split_seed, fractions=fr)
+            except DataError as e:
+                issues.append(error(f"dataset {text}: {e}"))
+                return ds, issues
+            if save and not any(p.severity == "error" for p in issues):
+                write_split_file(path, records)
+        ds = replace(ds, records=records, split_file=str(path))
+        issues.extend(_empty_splits(ds, counts or fr))
+    explicit = bool(opt_list(parsed.options.get("classes")))
+    try:
+        issues.extend(class_problems(ds.records, ds.task, ds.classes, ds.root, explicit))
+    except ValueError as e:  # labels that do not fit the task (a preset bug, not user data)
+        issues.append(error(f"dataset {ds.name}: {e}"))
+    return ds, issues
+
+
+def _empty_splits(ds: Dataset, shares: tuple[float, ...]) -> list[Problem]:
+    """A split left empty despite its share (too few patients): say so here, since eval, studies and
+    fine-tuning refuse such a dataset only later, with less to go on."""
+    empty = [s for s, f in zip(SPLITS, shares, strict=True) if f > 0 and not ds.split(s)]
+    if not empty:
+        return []
+    which = f"splits {' and '.join(empty)} are" if len(empty) > 1 else f"split {empty[0]} is"
+    patients = len({r.patient_id for r in ds.records})
+    wanted = sum(1 for f in shares if f > 0)
+    return [
+        warning(
+            f"{which} empty: {patients} patient(s) "
+            f"({len(ds.records)} sample(s)) cannot fill {', '.join(SPLITS)} at shares "
+            f"{', '.join(f'{f:g}' for f in shares)}, and eval needs every split; add samples from at "
+            f"least {wanted} patients (or give each sample a split: a split column, or train/val/test "
+            "folders)"
+        )
+    ]
+
+
+def _log_warnings(spec: str, warnings: list[Problem]) -> None:
+    """Log the first few warnings and a count of the rest, which ``radprobe data check`` lists."""
+    for p in warnings[:LOGGED_WARNINGS]:
+        log.warning("dataset %s: %s", spec, p.message)
+    if len(warnings) > LOGGED_WARNINGS:
+        log.warning(
+            "dataset %s: %d more warning(s); run `radprobe data check %s` to list them",
+            spec,
+            len(warnings) - LOGGED_WARNINGS,
+            spec,
+        )
 
 
 def load_dataset(
@@ -304,11 +363,12 @@ def load_dataset(
     errors = [p for p in issues if p.severity == "error"]
     if errors:
         more = (
-            f" (and {len(errors) - 1} more; run `radprobe check` on it to list all)"
+            f" (and {len(errors) - 1} more; run `radprobe data check` on it to list all)"
             if len(errors) > 1
             else ""
         )
         raise DataError(f"dataset {spec}: {errors[0].message}{more}")
+    _log_warnings(spec, [p for p in issues if p.severity == "warning"])
     leaks = check_leakage(ds.records)
     if leaks:
         # Given splits are respected even when they leak; say so, since it inflates test metrics.

@@ -15,7 +15,7 @@ from radprobe.data.formats.npz import index_npz
 from radprobe.data.presets import index_preset
 from radprobe.data.presets.registry import PRESETS
 from radprobe.data.problems import Problem, error
-from radprobe.data.records import Record
+from radprobe.data.records import Record, origin
 from radprobe.data.spec import Spec
 from radprobe.errors import DataError
 
@@ -50,10 +50,6 @@ def duplicate_issues(records: list[Record]) -> list[Problem]:
     out = []
     for sid, n in counts.items():
         if n > 1:
-            where = [
-                f"{r.meta['manifest']} row {r.meta['row']}" if "row" in r.meta else r.image.path
-                for r in records
-                if r.sample_id == sid
-            ]
+            where = [origin(r) for r in records if r.sample_id == sid]
             out.append(error(f"duplicated sample id {sid!r} ({n} times: {', '.join(where)})"))
     return out

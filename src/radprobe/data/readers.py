@@ -37,8 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,10 @@ VOLUME_KINDS = ("nifti", "dicom-series", "image-stack")
 MASK_SET_KINDS = ("mask-set", "mask-union")
 NORMS = ("auto", "dtype", "minmax", "percentile")
 PERCENTILES = (0.5, 99.5)
+
+log = logging.getLogger(__name__)
+_collected: ContextVar[list[str] | None] = ContextVar("radprobe_read_warnings", default=None)
+_logged: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,31 @@ def strip_suffix(name: str) -> str:
             return name[: -len(suffix)]
     stem, dot, _ = name.rpartition(".")
     return stem if dot and stem else name
+
+
+# ---------------------------------------------------------------------------- warnings
+
+
+def read_warning(message: str) -> None:
+    """A file that reads, but not as stored: collected by ``collect_warnings`` (``data check``), else
+    logged once per process, since the same file is read again for every use."""
+    sink = _collected.get()
+    if sink is not None:
+        sink.append(message)
+    elif message not in _logged:
+        _logged.add(message)
+        log.warning(message)
+
+
+@contextlib.contextmanager
+def collect_warnings() -> Iterator[list[str]]:
+    """Collect the ``read_warning`` messages of the reads inside the block, instead of logging them."""
+    sink: list[str] = []
+    token = _collected.set(sink)
+    try:
+        yield sink
+    finally:
+        _collected.reset(token)
 
 
 # ---------------------------------------------------------------------------- intensity scaling
@@ -491,10 +523,28 @@ def read_nifti(path: str, opts: ReadOptions, axis: int, *, mask: bool = False) -
         data = data[..., None]
     elif data.ndim != 3:
         raise DataError(f"NIfTI {path} has shape {data.shape}; expected a 3D (or 4D) volume")
-    vol = to_display(data, axis)
+    vol = _without_nan(to_display(data, axis), path, mask=mask)
     if mask:
         return np.rint(vol).astype(np.int32)  # int32 halves cached masks; callers get int64
     return scale(vol, opts, auto="percentile")
+
+
+def _without_nan(vol: np.ndarray, path: str, *, mask: bool) -> np.ndarray:
+    """NaN voxels (often the outside of a skull-stripped or resampled volume) -> the lowest value (a
+    mask's background), with a warning; a NaN would otherwise make the whole volume's scaling NaN."""
+    if not np.issubdtype(vol.dtype, np.floating) or not np.isnan(vol.min()):
+        return vol  # min() propagates NaN: one pass and no copy for the usual, NaN-free volume
+    bad = np.isnan(vol)
+    n = int(bad.sum())
+    if n == vol.size:
+        raise DataError(f"NIfTI {path}: every voxel is NaN; expected a volume of intensities")
+    fill = 0.0 if mask else float(vol[~bad].min())
+    what = "background (0)" if mask else "the volume's lowest value"
+    share = f"{n} of {vol.size} voxels ({100 * n / vol.size:.3g}%)"
+    read_warning(f"NIfTI {path}: {share} are NaN; read as {what}")
+    out = np.array(vol, copy=True)
+    out[bad] = fill
+    return out
 
 
 def nifti_shape(path: str) -> tuple[int, ...]:

@@ -47,6 +47,12 @@ class Record:
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
 
 
+def origin(record: Record) -> str:
+    """Where a record comes from, for messages: its manifest row, else its image file."""
+    row = record.meta.get("row")
+    return f"{record.meta['manifest']} row {row}" if row is not None else record.image.path
+
+
 def labels_array(records: list[Record], task: TaskType, num_classes: int) -> np.ndarray:
     """Stack record labels: (N,) int64 for binary/multiclass, (N, C) int64 multi-hot for multilabel."""
     if task == "multilabel":

@@ -36,20 +36,58 @@ SPLIT_COLS = ("split", "fold", "set", "subset")
 LABEL_COLS = ("label", "labels", "class", "target", "diagnosis")
 
 
+DELIMITERS = {";": "semicolon", "\t": "tab", "|": "pipe", ",": "comma"}
+
+
+def _delimiter_hint(path: Path, sep: str) -> str:
+    """``; ...`` when the header line splits on another delimiter than ``sep`` (a CSV saved by a
+    spreadsheet in a locale with decimal commas, say), else ``""``."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            header = f.readline()
+    except OSError:
+        return ""
+    found = max(DELIMITERS, key=header.count)
+    if found == sep or header.count(found) <= header.count(sep):
+        return ""
+    kind = ".tsv manifests are read tab-separated" if sep == "\t" else "manifests are read comma-separated"
+    return (
+        f"; its header is {DELIMITERS[found]}-separated ({header.strip()[:60]!r}) but {kind}: "
+        f"save it with {DELIMITERS[sep]}s"
+    )
+
+
 def _read_table(path: Path, scheme: str) -> list[dict[str, str]]:
     import pandas as pd
 
+    sep = "\t" if path.name.lower().endswith(".tsv") else ","
     try:
         if scheme == "parquet":
             df = pd.read_parquet(path)
             df = df.astype(object).where(df.notna(), "")
         else:
-            sep = "\t" if path.name.lower().endswith(".tsv") else ","
             df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
     except Exception as e:  # pandas/pyarrow raise many types for malformed tables
-        raise DataError(f"cannot read manifest {path}: {e}") from None
+        hint = _delimiter_hint(path, sep) if scheme != "parquet" else ""
+        raise DataError(f"cannot read manifest {path}: {str(e).strip()}{hint}") from None
     df.columns = [str(c).strip() for c in df.columns]
+    if scheme != "parquet" and len(df.columns) == 1 and (hint := _delimiter_hint(path, sep)):
+        raise DataError(f"manifest {path} has a single column{hint}")
     return [{k: str(v).strip() for k, v in row.items()} for row in df.to_dict(orient="records")]
+
+
+# Cells that mean "no value": pandas writes a missing float as an empty cell, other tools as NaN or NA.
+# (``none`` is left out: it is a class name in some datasets, see NEGATIVE_NAMES.)
+MISSING_CELLS = frozenset({"", "nan", "-nan", "+nan", "na", "n/a", "#n/a", "<na>", "null"})
+
+
+def _missing(value: str) -> bool:
+    return value.strip().lower() in MISSING_CELLS
+
+
+def _missing_label(where: str, value: str, column: str) -> _RowError:
+    shown = f" {value!r}" if value.strip() else ""
+    return _RowError(f"{where}: missing label{shown} in column {column!r}; expected a class name or 0/1")
 
 
 def _norm_cell(value: str) -> str:
@@ -61,7 +99,7 @@ def _norm_cell(value: str) -> str:
 
 
 def _binary_value(value: str, uncertain: str | None) -> int | None:
-    v = _norm_cell(value).lower()
+    v = "" if _missing(value) else _norm_cell(value).lower()
     if v in ("1", "true", "yes"):
         return 1
     if v in ("0", "false", "no"):
@@ -177,8 +215,8 @@ def _label_columns(
         c
         for c in columns
         if c not in used
-        and any(r[c] != "" for r in rows)
-        and all(_binary_value(r[c], uncertain) is not None or r[c] == "" for r in rows)
+        and any(not _missing(r[c]) for r in rows)
+        and all(_binary_value(r[c], uncertain) is not None or _missing(r[c]) for r in rows)
     ]
     if not label_cols:
         raise DataError(
@@ -200,7 +238,7 @@ def _task_and_classes(
     if mask_col and not label_cols:
         return "segmentation", ()
     if not (len(label_cols) > 1 or sep or explicit_task == "multilabel"):
-        observed = {_norm_cell(r[label_cols[0]]) for r in rows} - {""}
+        observed = {_norm_cell(r[label_cols[0]]) for r in rows if not _missing(r[label_cols[0]])}
         classes = order_classes(observed, explicit_classes)
         return infer_task(classes, explicit_task), classes
     if not sep:
@@ -211,7 +249,8 @@ def _task_and_classes(
             )
         return "multilabel", classes
     negative = opts.get("negative")
-    tokens = {t.strip() for r in rows for t in r[label_cols[0]].split(sep) if t.strip()} - {negative}
+    cells = [r[label_cols[0]] for r in rows if not _missing(r[label_cols[0]])]
+    tokens = {t.strip() for cell in cells for t in cell.split(sep) if t.strip()} - {negative}
     classes = order_classes(tokens, explicit_classes) if explicit_classes else tuple(sorted(tokens))
     return "multilabel", classes
 
@@ -301,23 +340,24 @@ def _row_label(plan: _Plan, row: dict[str, str], where: str) -> int | tuple[int,
         values = []
         for c in plan.label_cols:
             v = _binary_value(row[c], plan.uncertain)
+            if v is None and _missing(row[c]):
+                raise _missing_label(where, row[c], c)
             if v is None:
-                what = "missing label" if row[c] == "" else f"label {row[c]!r} is not 0/1"
-                raise _RowError(f"{where}: {what} in column {c!r}")
+                raise _RowError(f"{where}: label {row[c]!r} in column {c!r} is not 0/1")
             values.append(v)
         return tuple(values)
     if plan.task == "multilabel":
         cell = row[first]
-        if cell == "":
-            raise _RowError(f"{where}: missing label in column {first!r}")
+        if _missing(cell):
+            raise _missing_label(where, cell, first)
         tokens = {t.strip() for t in cell.split(plan.sep) if t.strip()} - {plan.negative}
         unknown = sorted(tokens - set(plan.classes))
         if unknown:
             raise _RowError(f"{where}: label(s) {unknown} not in classes")
         return tuple(int(c in tokens) for c in plan.classes)
+    if _missing(row[first]):
+        raise _missing_label(where, row[first], first)
     cell = _norm_cell(row[first])
-    if cell == "":
-        raise _RowError(f"{where}: missing label in column {first!r}")
     if cell not in plan.class_index:
         raise _RowError(f"{where}: label {cell!r} not in classes {list(plan.classes)}")
     return plan.class_index[cell]

@@ -34,7 +34,31 @@ def npz_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _labels(path: Path, prefixes: list[str]) -> dict[str, np.ndarray]:
+    """``<prefix>labels`` of each group; a NaN (or infinite) label is an error naming its index."""
+    labels: dict[str, np.ndarray] = {}
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            for p in prefixes:
+                if f"{p}labels" not in z.files:
+                    raise DataError(f"npz file {path} has {p}images but no {p}labels")
+                labels[p] = np.asarray(z[f"{p}labels"])
+    except DataError:
+        raise
+    except Exception as e:  # zip/format errors
+        raise DataError(f"cannot read npz file {path}: {e}") from None
+    for p, lab in labels.items():
+        if np.issubdtype(lab.dtype, np.floating) and not np.isfinite(lab).all():
+            i = int(np.flatnonzero(~np.isfinite(lab.reshape(len(lab), -1)).any(1))[0])
+            raise DataError(
+                f"npz file {path}: {p}labels[{i}] = {lab[i].tolist()} is missing (NaN); "
+                "expected class indices (or 0/1 vectors)"
+            )
+    return labels
+
+
 def index_npz(spec: Spec) -> Source:
+    """Index an ``npz:`` file: one record per array item, with the file's splits."""
     path = Path(spec.path)
     opts = spec.options
     issues: list[Problem] = []
@@ -52,18 +76,7 @@ def index_npz(spec: Spec) -> Source:
     segmentation = all(f"{p}masks" in shapes for _, p in groups) and not any(
         f"{p}labels" in shapes for _, p in groups
     )
-    labels: dict[str, np.ndarray] = {}
-    if not segmentation:
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                for _, p in groups:
-                    if f"{p}labels" not in z.files:
-                        raise DataError(f"npz file {path} has {p}images but no {p}labels")
-                    labels[p] = np.asarray(z[f"{p}labels"])
-        except DataError:
-            raise
-        except Exception as e:  # zip/format errors
-            raise DataError(f"cannot read npz file {path}: {e}") from None
+    labels = {} if segmentation else _labels(path, [p for _, p in groups])
     first = shapes[f"{groups[0][1]}images"]
     ndim = 3 if len(first) == 4 and first[-1] not in (1, 3, 4) else 2
     multilabel = bool(labels) and any(v.ndim == 2 and v.shape[1] > 1 for v in labels.values())
