@@ -109,13 +109,16 @@ def _radprobe() -> Path:
     return exe
 
 
-@pytest.mark.parametrize("command", ["check", "eval"])
+@pytest.mark.parametrize("command", ["check", "eval", "study"])
 def test_cli_refuses_with_one_line_and_exit_2(command: str, tmp_path: Path, secret: Path) -> None:
     csv = _manifest(tmp_path / "a" / "b", "../../outside_secret.png")
     out = tmp_path / "run"
+    study = tmp_path / "study.yaml"
+    study.write_text(f"backbones: [test:vit-tiny]\ndatasets: ['csv:{csv}']\nprotocols: [knn]\n")
     args = {
         "check": ["data", "check", f"csv:{csv}"],
         "eval": ["eval", "-b", "test:vit-tiny", "-d", f"csv:{csv}", "-p", "knn", "--out", str(out)],
+        "study": ["study", "run", str(study), "--out", str(out)],
     }[command]
     env = {**os.environ, "RADPROBE_CACHE": str(tmp_path / "cache")}
     proc = subprocess.run(
@@ -126,4 +129,4 @@ def test_cli_refuses_with_one_line_and_exit_2(command: str, tmp_path: Path, secr
     assert len(lines) == 1, proc.stderr
     assert "m.csv row 5" in lines[0] and "outside_secret.png" in lines[0]
     assert "Traceback" not in proc.stdout + proc.stderr
-    assert not list(tmp_path.rglob("results.db"))
+    assert not list(tmp_path.rglob("results.db")) and not out.exists()

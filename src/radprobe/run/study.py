@@ -326,6 +326,21 @@ class GroupTask:
                 store.merge(root)
 
 
+def _refuse_files_outside_roots(study: StudyConfig) -> None:
+    """A dataset that names files outside its root stops the whole study before anything is run or
+    written (one line, exit 2); any other dataset problem fails that dataset's jobs, as it always has."""
+    from radprobe.data import OutsideRootError
+    from radprobe.data.dataset import build
+
+    for spec in dict.fromkeys(dataset_spec(study, d) for d in study.datasets):
+        try:
+            build(spec, save=False)
+        except OutsideRootError:
+            raise
+        except Exception:  # reported by the dataset's jobs
+            continue
+
+
 def run_study(
     study: StudyConfig,
     run_dir: Path,
@@ -338,6 +353,7 @@ def run_study(
     """Run every unfinished job; finished ones are skipped."""
     from radprobe.run.executors import LocalExecutor
 
+    _refuse_files_outside_roots(study)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "study.yaml", yaml.safe_dump(study.model_dump(), sort_keys=False))
     jobs = expand(study)
