@@ -8,9 +8,11 @@ number of bootstrap resamples where the scores were resampled.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from radprobe.results.store import ResultRow
 from radprobe.utils import digest
 
 SPLITS = ("train", "val", "test")
@@ -84,3 +86,46 @@ def base_row(subject: Subject, run_id: str, **fields: Any) -> dict[str, Any]:
 def ci_method(n_boot: int) -> str:
     """How a patient-bootstrap interval was made ('' when none was)."""
     return f"patient bootstrap x{n_boot}, percentile 95%" if n_boot else ""
+
+
+@dataclass
+class Scored:
+    """One metric of the test split, ready to become a row."""
+
+    name: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    ci_method: str
+    warnings: list[str]
+
+
+def metric_rows(
+    base: dict[str, Any],
+    key: str,
+    protocol: str,
+    scored: Iterable[Scored],
+    hparams: dict[str, Any],
+    selected: dict[str, Any],
+    warnings: Sequence[str] = (),
+    **fields: Any,
+) -> list[ResultRow]:
+    """One row per scored metric of one evaluation: ``base`` (from :func:`base_row`), its key,
+    what it ran and selected, and the evaluation's ``warnings`` before each metric's own."""
+    return [
+        ResultRow(
+            **base,
+            **fields,
+            eval_key=key,
+            protocol=protocol,
+            metric=m.name,
+            value=m.value,
+            ci_low=m.ci_low,
+            ci_high=m.ci_high,
+            ci_method=m.ci_method,
+            hparams=hparams,
+            selected=selected,
+            warnings=[*warnings, *m.warnings],
+        )
+        for m in scored
+    ]

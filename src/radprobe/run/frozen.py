@@ -27,7 +27,7 @@ from radprobe.protocols import registry
 from radprobe.protocols.base import Bags, ProtocolInput, SplitFeatures
 from radprobe.results import ResultRow
 from radprobe.results.predictions import predictions_path
-from radprobe.results.rows import Subject, base_row, eval_key
+from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
 from radprobe.run.config import EvalConfig, EvalSummary
 from radprobe.run.scoring import score_classification
 
@@ -265,23 +265,21 @@ def run_protocol(
             sm.hparams = {**sm.hparams, "volume_pool": pool}
     subject = _subject(prep, seed)
     base = base_row(subject, run_id, **_compute(prep, data, wall))
+    trainable = {"trainable_params": int(result.selected.get("trainable_params", 0))}
     if result.summaries:
         return [
-            ResultRow(
-                **base,
-                eval_key=eval_key(subject, sm.protocol, sm.hparams),
-                protocol=sm.protocol,
-                metric=sm.metric,
-                value=sm.value,
-                ci_low=sm.ci_low,
-                ci_high=sm.ci_high,
-                ci_method=sm.ci_method,
-                hparams=sm.hparams,
-                selected=sm.selected,
-                trainable_params=int(sm.selected.get("trainable_params", 0)),
-                warnings=result.warnings + sm.warnings,
-            )
+            row
             for sm in result.summaries
+            for row in metric_rows(
+                base,
+                eval_key(subject, sm.protocol, sm.hparams),
+                sm.protocol,
+                [Scored(sm.metric, sm.value, sm.ci_low, sm.ci_high, sm.ci_method, sm.warnings)],
+                sm.hparams,
+                sm.selected,
+                result.warnings,
+                trainable_params=int(sm.selected.get("trainable_params", 0)),
+            )
         ]
     if result.scores is None:
         raise RuntimeError(f"protocol {name} returned neither scores nor summaries")
@@ -297,20 +295,4 @@ def run_protocol(
         seed=seed,
         path=predictions_path(out, key),
     )
-    return [
-        ResultRow(
-            **base,
-            eval_key=key,
-            protocol=name,
-            metric=m.name,
-            value=m.value,
-            ci_low=m.ci_low,
-            ci_high=m.ci_high,
-            ci_method=m.ci_method,
-            hparams=result.hparams,
-            selected=result.selected,
-            trainable_params=int(result.selected.get("trainable_params", 0)),
-            warnings=result.warnings + m.warnings,
-        )
-        for m in scored
-    ]
+    return metric_rows(base, key, name, scored, result.hparams, result.selected, result.warnings, **trainable)

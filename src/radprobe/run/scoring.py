@@ -4,7 +4,6 @@ and the per-sample (classification) or per-case (segmentation) table kept for ``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +11,7 @@ import numpy as np
 from radprobe.metrics import bootstrap_metrics
 from radprobe.metrics.segmentation import CaseScores, CaseTable, SegMetric, summarize
 from radprobe.results.predictions import Predictions
-from radprobe.results.rows import ci_method
-
-
-@dataclass
-class Scored:
-    """One metric of the test split, ready to become a row."""
-
-    name: str
-    value: float
-    ci_low: float | None
-    ci_high: float | None
-    ci_method: str
-    warnings: list[str]
+from radprobe.results.rows import Scored, ci_method
 
 
 def score_classification(

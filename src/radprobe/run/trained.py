@@ -44,7 +44,7 @@ from radprobe.finetune.train import Split, fit, hparams_of, predict, predict_mas
 from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
-from radprobe.results.rows import Subject, base_row, eval_key
+from radprobe.results.rows import Subject, base_row, eval_key, metric_rows
 from radprobe.run.config import EvalSummary
 from radprobe.run.scoring import Scored, score_cases, score_classification, scored_cases
 from radprobe.run.trained_plan import Plan, validate
@@ -201,16 +201,11 @@ def train_protocol(
     base = base_row(
         subject,
         run_id,
-        eval_key=key,
-        protocol=protocol,
         n=_cases(test),
         n_train=_cases(train),
         n_val=_cases(val),
         n_test=_cases(test),
         resolution=backbone.preprocess.resolution,
-        # seg rows also record n_boot there, like the frozen seg rows (the training key leaves it out)
-        hparams={**hparams, "n_boot": cfg.n_boot} if plan.segmentation else hparams,
-        selected=_selected(plan, state, built),
         params=built.params,
         trainable_params=built.trainable_params,
         # training and validation time over all sessions of this run, plus scoring the test split
@@ -224,19 +219,10 @@ def train_protocol(
         if unused
         else []
     )
-    rows = [
-        ResultRow(
-            **base,
-            metric=m.name,
-            value=m.value,
-            ci_low=m.ci_low,
-            ci_high=m.ci_high,
-            ci_method=m.ci_method,
-            warnings=notes + m.warnings,
-        )
-        for m in scored
-    ]
-    return rows, built
+    # seg rows also record n_boot in hparams, like the frozen seg rows (the training key leaves it out)
+    row_hparams = {**hparams, "n_boot": cfg.n_boot} if plan.segmentation else hparams
+    selected = _selected(plan, state, built)
+    return metric_rows(base, key, protocol, scored, row_hparams, selected, notes), built
 
 
 def _selected(plan: Plan, state: Any, built: Built) -> dict[str, Any]:
