@@ -159,5 +159,5 @@ def test_3d_classification_is_refused_with_one_line(
     args = ["eval", "--backbone", BACKBONE, "--dataset", "synthetic:cls3d", "--protocol", "lora"]
     assert main([*args, "--out", str(out), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "trained protocols classify 2D images" in err and len(err.splitlines()) == 1
+    assert "--protocol lora: classifies 2D images" in err and len(err.splitlines()) == 1
     assert not out.exists()
