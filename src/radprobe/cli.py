@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from radprobe.errors import RadprobeError
+from radprobe.results.store import check_run_dir
 
 app = typer.Typer(
     add_completion=False,
@@ -227,6 +228,7 @@ def eval_cmd(
 
     if out.exists() and not out.is_dir():
         raise RadprobeError(f"--out {out}: exists and is not a directory")
+    check_run_dir(out)  # before extracting features, not after
     cfg = _config(
         backbone=backbone,
         dataset=dataset,
@@ -496,6 +498,7 @@ def study_run_cmd(
     run_dir = run_dir_of(cfg, out)
     if run_dir.exists() and not run_dir.is_dir():
         raise RadprobeError(f"--out {run_dir}: exists and is not a directory")
+    check_run_dir(run_dir)  # before run_study rewrites study.yaml there
     runner: Any
     if executor == "torchrun":
         runner = TorchrunExecutor()
