@@ -107,9 +107,11 @@ def data_check_cmd(
     if as_json:
         _print_json([{"severity": p.severity, "message": p.message} for p in problems])
     else:
-        for p in problems:
+        from radprobe.progress import stderr_console
+
+        for p in problems:  # diagnostics on stderr; the verdict below is the command's output
             style = "red" if p.severity == "error" else "yellow"
-            console.print(f"[{style}]{p.severity}[/]: {p.message}", highlight=False)
+            stderr_console.print(f"[{style}]{p.severity}[/]: {p.message}", highlight=False, soft_wrap=True)
         console.print(
             f"{spec}: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)"
             if problems
