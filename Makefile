@@ -3,19 +3,29 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.radprobe-installed
+# The versions CI passed with; every install takes them (see .ci/lock.py).
+LOCK := constraints.txt
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install lock clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstall when the project metadata changes.
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,demo]'
+# Reinstall when the project metadata or the locked versions change.
+$(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev,demo]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Re-resolve the dependencies to the newest versions pyproject.toml allows and write them to
+# $(LOCK); installs nothing (pip's dry run). Commit the new lock once `make test` passes with it.
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --dry-run --ignore-installed --report $(VENV)/lock-report.json '.[dev,demo]'
+	$(BIN)/python .ci/lock.py $(VENV)/lock-report.json > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -f $(VENV)/lock-report.json
 
 # Real pretrained backbones vs a random-init control on real MRI/CT images (assets from the
 # package registries, cached); writes runs/demo/report.html. DEMO_ARGS=--quick for ~3 minutes.

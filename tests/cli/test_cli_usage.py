@@ -6,13 +6,10 @@ directory that must not be created, ``{run}`` for an existing (empty) directory.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from cli_exe import run_radprobe, stderr_lines
 
 EVAL = ["eval", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-binary", "-o", "{out}"]
 EXTRACT = ["extract", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-binary"]
@@ -75,21 +72,6 @@ USAGE: list[tuple[str, list[str], str]] = [
 ]
 
 
-def radprobe_exe() -> str:
-    """The console script installed beside this interpreter (the one users run)."""
-    exe = shutil.which("radprobe", path=str(Path(sys.executable).parent)) or shutil.which("radprobe")
-    if exe is None:
-        pytest.fail("the radprobe console script is not installed: pip install -e .")
-    return exe
-
-
-def run_radprobe(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
-    return subprocess.run(
-        [radprobe_exe(), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def _files(root: Path) -> list[Path]:
     return sorted(root.rglob("*"))
 
@@ -100,7 +82,7 @@ def test_usage_error_is_one_line_exit_2(tmp_path: Path, argv: list[str], culprit
     run.mkdir()
     before = _files(tmp_path)
     p = run_radprobe([a.format(out=out, run=run) for a in argv], cwd=tmp_path)
-    lines = [line for line in p.stderr.splitlines() if line.strip()]
+    lines = stderr_lines(p)
     assert p.returncode == 2, p.stderr
     assert len(lines) == 1, p.stderr
     assert culprit in lines[0], lines[0]

@@ -74,7 +74,8 @@ def test_report_cli_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     from radprobe.results import ResultStore
 
-    ResultStore(tmp_path / "empty").close()
+    with ResultStore(tmp_path / "empty") as store:  # a study's jobs, no rows yet
+        store.add_jobs([("a", {})])
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "no result rows" in capsys.readouterr().err
 

@@ -115,6 +115,8 @@ def read_state_dict(path: Path) -> StateDict:
     refused rather than executed.
     """
     path = weights_file(path)
+    if path.stat().st_size == 0:  # torch.load says only "EOFError" about it
+        raise WeightsError(f"could not read weights {path}: the file is empty, not a checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -130,6 +132,8 @@ def read_state_dict(path: Path) -> StateDict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # bytes that are no pickle at all
+            raise WeightsError(f"could not read weights {path}: not a torch checkpoint") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f" such as {found.group(1)}" if found else ""
         raise WeightsError(
@@ -137,7 +141,9 @@ def read_state_dict(path: Path) -> StateDict:
             "re-save just the state_dict, or convert it to .safetensors"
         ) from None
     except Exception as exc:
-        raise WeightsError(f"could not read weights {path}: {first_line(exc)}") from None
+        raise WeightsError(
+            f"could not read weights {path}: not a torch checkpoint, or a damaged one ({first_line(exc)})"
+        ) from None
     return unwrap_state_dict(obj, path)
 
 

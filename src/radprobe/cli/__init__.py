@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from radprobe.errors import OptionError, RadprobeError
+from radprobe.results.store import check_run_dir
 
 app = typer.Typer(
     add_completion=False,
@@ -136,9 +137,11 @@ def data_check_cmd(
     if as_json:
         _print_json([{"severity": p.severity, "message": p.message} for p in problems])
     else:
-        for p in problems:
+        from radprobe.progress import stderr_console
+
+        for p in problems:  # diagnostics on stderr; the verdict below is the command's output
             style = "red" if p.severity == "error" else "yellow"
-            console.print(f"[{style}]{p.severity}[/]: {p.message}", highlight=False)
+            stderr_console.print(f"[{style}]{p.severity}[/]: {p.message}", highlight=False, soft_wrap=True)
         console.print(
             f"{spec}: {len(errors)} error(s), {len(problems) - len(errors)} warning(s)"
             if problems
@@ -258,6 +261,7 @@ def eval_cmd(
 
     if out.exists() and not out.is_dir():
         raise RadprobeError(f"--out {out}: exists and is not a directory")
+    check_run_dir(out)  # before extracting features, not after
     cfg = _config(
         backbone=backbone,
         dataset=dataset,
@@ -538,6 +542,7 @@ def study_run_cmd(
     run_dir = run_dir_of(cfg, out)
     if run_dir.exists() and not run_dir.is_dir():
         raise RadprobeError(f"--out {run_dir}: exists and is not a directory")
+    check_run_dir(run_dir)  # before run_study rewrites study.yaml there
     runner: Any
     if executor == "torchrun":
         runner = TorchrunExecutor()

@@ -3,21 +3,35 @@
 Rows are keyed by ``(eval_key, metric)`` where ``eval_key`` digests the evaluation's full spec, so
 writing the same evaluation twice replaces rather than duplicates, and all metrics of one
 evaluation land in a single transaction.
+
+The database file appears on the first write, complete (built beside it and linked into place), so a
+command that fails before writing leaves no empty store behind, and a reader never finds a
+half-made one. An existing file is checked when opened: one that is not a readable radprobe store
+raises :class:`StoreError` naming it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from radprobe.core.runtime import pid_alive
+from radprobe.errors import RadprobeError
 
 DB_NAME = "results.db"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class StoreError(RadprobeError):
+    """A run directory's results.db exists but is not a readable radprobe store."""
 
 
 @dataclass
@@ -97,29 +111,58 @@ def _now() -> str:
 
 
 class ResultStore:
-    """Results database of one run directory."""
+    """Results database of one run directory.
+
+    ``create=False`` opens an existing store only (``FileNotFoundError`` otherwise). With ``create``
+    the file is made on the first write; until then reads see an empty store.
+    """
 
     def __init__(self, run_dir: str | Path, create: bool = True) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / DB_NAME
-        if not create and not self.path.is_file():
+        self._create = create
+        self._con: sqlite3.Connection | None = None
+        if os.path.lexists(self.path):
+            self._open()
+        elif not create:
             raise FileNotFoundError(self.path)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def _open(self) -> sqlite3.Connection:
+        # A writer adopts an empty file: another process may be creating it the old way, in place.
+        if not (self._create and self.path.is_file() and self.path.stat().st_size == 0):
+            check_file(self.path)
         self._con = sqlite3.connect(self.path, timeout=60)
         self._wal()
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(_SCHEMA)
         self._con.execute(_JOBS_SCHEMA)
-        self._add_job_columns()
+        self._add_job_columns(self._con)
         self._con.commit()
+        return self._con
 
-    def _add_job_columns(self) -> None:
-        have = {r[1] for r in self._con.execute("PRAGMA table_info(jobs)")}
+    def _reader(self) -> sqlite3.Connection | None:
+        """The connection, or None while no store exists yet (reads then see no rows)."""
+        if self._con is None and os.path.lexists(self.path):
+            self._open()
+        return self._con
+
+    def _writer(self) -> sqlite3.Connection:
+        """The connection, creating the database first if it does not exist yet."""
+        con = self._reader()
+        if con is None:
+            _create(self.path)
+            con = self._open()
+        return con
+
+    @staticmethod
+    def _add_job_columns(con: sqlite3.Connection) -> None:
+        have = {r[1] for r in con.execute("PRAGMA table_info(jobs)")}
         for name, kind in _JOB_COLUMNS_ADDED.items():
             if name not in have:
-                self._con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+                con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
 
     def _wal(self, wait_s: float = 60.0) -> None:
+        assert self._con is not None
         # Switching a new database to WAL takes an exclusive lock and SQLite does not wait for it
         # (no busy handler), so processes opening one run directory together (torchrun ranks) retry.
         deadline = time.monotonic() + wait_s
@@ -133,7 +176,9 @@ class ResultStore:
                 time.sleep(0.05)
 
     def close(self) -> None:
-        self._con.close()
+        if self._con is not None:
+            self._con.close()
+            self._con = None
 
     def __enter__(self) -> ResultStore:
         return self
@@ -141,7 +186,7 @@ class ResultStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _insert(self, rows: Iterable[ResultRow]) -> int:
+    def _insert(self, con: sqlite3.Connection, rows: Iterable[ResultRow]) -> int:
         now = _now()
         values = []
         for r in rows:
@@ -150,7 +195,7 @@ class ResultStore:
             for c in _JSON_COLS:
                 d[c] = json.dumps(d[c], sort_keys=True, default=str)
             values.append(tuple(d[c] for c in COLUMNS))
-        self._con.executemany(
+        con.executemany(
             f"INSERT OR REPLACE INTO results ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
             values,
         )
@@ -158,14 +203,16 @@ class ResultStore:
 
     def write(self, rows: Iterable[ResultRow]) -> int:
         """Insert (or replace, by ``(eval_key, metric)``) rows in one transaction."""
-        with self._con:
-            return self._insert(rows)
+        con = self._writer()
+        with con:
+            return self._insert(con, rows)
 
     # -- study jobs -------------------------------------------------------------------------
     def add_jobs(self, jobs: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Register jobs as pending; jobs already known keep their state."""
-        with self._con:
-            self._con.executemany(
+        con = self._writer()
+        with con:
+            con.executemany(
                 "INSERT OR IGNORE INTO jobs (job_key, status, spec) VALUES (?, 'pending', ?)",
                 [(k, json.dumps(spec, sort_keys=True, default=str)) for k, spec in jobs],
             )
@@ -176,39 +223,42 @@ class ResultStore:
         A holder is dead when, on this host, its process is gone, or when its heartbeat is older
         than ``lease_s`` (other hosts)."""
         now = time.time()
-        self._con.execute("BEGIN IMMEDIATE")  # read and write under one write lock
+        con = self._writer()
+        con.execute("BEGIN IMMEDIATE")  # read and write under one write lock
         try:
-            row = self._con.execute(
+            row = con.execute(
                 "SELECT status, pid, host, heartbeat FROM jobs WHERE job_key=?", (job_key,)
             ).fetchone()
             status, owner_pid, owner_host, beat = row if row else ("pending", None, None, None)
             fresh = beat is not None and now - beat < lease_s
             alive = pid_alive(owner_pid) and fresh if owner_host == host else fresh
             if status == "done" or (status == "running" and alive):
-                self._con.execute("ROLLBACK")
+                con.execute("ROLLBACK")
                 return False
-            self._con.execute(
+            con.execute(
                 "UPDATE jobs SET status='running', pid=?, host=?, heartbeat=?, started_at=?, "
                 "attempts=attempts+1 WHERE job_key=?",
                 (pid, host, now, _now(), job_key),
             )
-            self._con.execute("COMMIT")
+            con.execute("COMMIT")
         except BaseException:
-            self._con.execute("ROLLBACK")
+            con.execute("ROLLBACK")
             raise
         return True
 
     def beat(self, job_key: str, pid: int, host: str) -> None:
         """Renew the lease of a job this process holds."""
-        with self._con:
-            self._con.execute(
+        con = self._writer()
+        with con:
+            con.execute(
                 "UPDATE jobs SET heartbeat=? WHERE job_key=? AND pid=? AND host=? AND status='running'",
                 (time.time(), job_key, pid, host),
             )
 
     def start_job(self, job_key: str, pid: int) -> None:
-        with self._con:
-            self._con.execute(
+        con = self._writer()
+        with con:
+            con.execute(
                 "UPDATE jobs SET status='running', pid=?, started_at=?, attempts=attempts+1 WHERE job_key=?",
                 (pid, _now(), job_key),
             )
@@ -221,21 +271,23 @@ class ResultStore:
         ``adopt_run_id``: rows already written by that run (a protocol that writes its own rows) are
         tagged with ``job_key`` in the same transaction.
         """
-        with self._con:
-            n = self._insert(rows)
+        con = self._writer()
+        with con:
+            n = self._insert(con, rows)
             if adopt_run_id is not None:
-                n += self._con.execute(
+                n += con.execute(
                     "UPDATE results SET job_key=? WHERE run_id=?", (job_key, adopt_run_id)
                 ).rowcount
-            self._con.execute(
+            con.execute(
                 "UPDATE jobs SET status='done', error=NULL, finished_at=?, wall_time_s=? WHERE job_key=?",
                 (_now(), wall_time_s, job_key),
             )
         return n
 
     def fail_job(self, job_key: str, error: str) -> None:
-        with self._con:
-            self._con.execute(
+        con = self._writer()
+        with con:
+            con.execute(
                 "UPDATE jobs SET status='failed', error=?, finished_at=? WHERE job_key=?",
                 (error, _now(), job_key),
             )
@@ -247,31 +299,36 @@ class ResultStore:
         db = Path(other) / DB_NAME
         if not db.is_file():
             raise FileNotFoundError(db)
+        check_file(db)
         cols = ", ".join(COLUMNS)
-        self._con.execute("ATTACH DATABASE ? AS shard", (str(db),))
+        con = self._writer()
+        con.execute("ATTACH DATABASE ? AS shard", (str(db),))
         try:
-            with self._con:
-                n = self._con.execute(
+            with con:
+                n = con.execute(
                     f"INSERT OR REPLACE INTO results ({cols}) "
                     f"SELECT {cols} FROM shard.results ORDER BY row_id"
                 ).rowcount
-                self._con.execute(
+                con.execute(
                     "INSERT OR IGNORE INTO jobs (job_key, status, spec) "
                     "SELECT job_key, 'pending', spec FROM shard.jobs"
                 )
-                self._con.execute(
+                con.execute(
                     "UPDATE jobs SET status=s.status, error=s.error, attempts=jobs.attempts+s.attempts, "
                     "pid=s.pid, started_at=s.started_at, finished_at=s.finished_at, "
                     "wall_time_s=s.wall_time_s "
                     "FROM shard.jobs AS s WHERE jobs.job_key = s.job_key AND s.status IN ('done', 'failed')"
                 )
         finally:
-            self._con.execute("DETACH DATABASE shard")
+            con.execute("DETACH DATABASE shard")
         return n
 
     def jobs(self) -> list[dict[str, Any]]:
         """Every registered job with its state."""
-        cur = self._con.execute(
+        con = self._reader()
+        if con is None:
+            return []
+        cur = con.execute(
             "SELECT job_key, status, spec, error, attempts, pid, started_at, finished_at, wall_time_s "
             "FROM jobs"
         )
@@ -285,7 +342,10 @@ class ResultStore:
 
     def has(self, eval_key: str) -> bool:
         """Whether any row of evaluation ``eval_key`` is stored."""
-        cur = self._con.execute("SELECT 1 FROM results WHERE eval_key = ? LIMIT 1", (eval_key,))
+        con = self._reader()
+        if con is None:
+            return False
+        cur = con.execute("SELECT 1 FROM results WHERE eval_key = ? LIMIT 1", (eval_key,))
         return cur.fetchone() is not None
 
     def rows(self, **where: Any) -> list[dict[str, Any]]:
@@ -296,10 +356,90 @@ class ResultStore:
         clause = " AND ".join(f"{k} = ?" for k in where)
         sql = f"SELECT {', '.join(COLUMNS)} FROM results" + (f" WHERE {clause}" if clause else "")
         sql += " ORDER BY row_id"
-        out = []
-        for tup in self._con.execute(sql, tuple(where.values())):
+        con = self._reader()
+        out: list[dict[str, Any]] = []
+        for tup in con.execute(sql, tuple(where.values())) if con is not None else ():
             d = dict(zip(COLUMNS, tup, strict=True))
             for c in _JSON_COLS:
                 d[c] = json.loads(d[c]) if d[c] else None
             out.append(d)
         return out
+
+
+def check_run_dir(run_dir: str | Path) -> None:
+    """Raise :class:`StoreError` when ``run_dir`` holds a results.db that is not a readable store
+    (before a command writes anything there: an empty file counts as unreadable here)."""
+    path = Path(run_dir) / DB_NAME
+    if os.path.lexists(path):
+        check_file(path)
+
+
+def check_file(path: Path) -> None:
+    """Raise :class:`StoreError` unless ``path`` is an intact SQLite database with radprobe's tables."""
+    why = _unreadable(path)
+    if why:
+        raise StoreError(f"{path}: not a readable radprobe store ({why}); move it away or restore it")
+
+
+def _unreadable(path: Path) -> str:
+    """Why ``path`` cannot be read as a store, or "" when it can."""
+    if not path.is_file():
+        return "not a file"
+    with open(path, "rb") as f:
+        head = f.read(len(_SQLITE_HEADER))
+    if not head:
+        return "the file is empty"
+    if head != _SQLITE_HEADER:
+        return "not an SQLite database"
+    try:
+        con = sqlite3.connect(path, timeout=60)  # read-write: a WAL left by a crash is recovered
+    except sqlite3.Error as e:
+        return f"cannot open: {e}"
+    try:
+        problems = [str(r[0]) for r in con.execute("PRAGMA quick_check(3)")]
+        if problems != ["ok"]:
+            return f"damaged: {'; '.join(problems)}"
+        have = {r[1] for r in con.execute("PRAGMA table_info(results)")}
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e) or "busy" in str(e):
+            raise  # in use for longer than the timeout, not damaged
+        return f"damaged: {e}"
+    except sqlite3.DatabaseError as e:
+        return f"damaged: {e}"
+    finally:
+        con.close()
+    if not have:
+        return "no results table: another program's database?"
+    missing = [c for c in COLUMNS if c not in have]
+    if missing:
+        return f"its results table lacks {', '.join(missing[:3])}: written by another version?"
+    return ""
+
+
+def _create(path: Path) -> None:
+    """Make an empty store at ``path``, whole: built under a temporary name and hard-linked into place,
+    so that processes creating one run directory's store together (torchrun ranks) all end up with
+    the first one made, and none ever sees a half-made file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not mkstemp: its 0600 mode would stay on the store; SQLite creates the file under the umask.
+    tmp = str(path.parent / f".{DB_NAME}.{os.getpid()}.{uuid.uuid4().hex[:8]}.new")
+    try:
+        con = sqlite3.connect(tmp)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
+            con.execute(_SCHEMA)
+            con.execute(_JOBS_SCHEMA)
+            con.commit()
+        finally:
+            con.close()
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            pass  # another process made it first: use theirs
+        except OSError:  # no hard links on this filesystem: a rename, unless one appeared meanwhile
+            if not path.exists():
+                os.replace(tmp, path)
+    finally:
+        for leftover in (tmp, tmp + "-wal", tmp + "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
