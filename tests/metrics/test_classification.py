@@ -73,3 +73,28 @@ def test_perfect_ranking_scores_auprc_exactly_one_inside_its_ci():
     assert ap.value == 1.0 and ap.ci_low <= ap.value <= ap.ci_high
     ml, _ = classification_metrics(np.stack([y, 1 - y], 1), np.stack([p, -p], 1), "multilabel")
     assert ml["auprc_macro"] == 1.0
+
+
+def test_patient_resample_has_the_properties_of_a_cluster_bootstrap():
+    """Whole patients, as many draws as patients, each patient in about 1 - 1/e of the resamples,
+    and the same rows as the bootstrap drawn independently from its contract."""
+    from metric_reference import cluster_resample
+
+    rng = np.random.default_rng(7)
+    sizes = rng.integers(1, 5, 60)  # 60 patients with 1-4 images each, interleaved in the data
+    groups = rng.permutation(np.repeat([f"p{i:02d}" for i in range(60)], sizes))
+    per_patient = {g: int((groups == g).sum()) for g in np.unique(groups)}
+    seen = dict.fromkeys(per_patient, 0)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    for _ in range(400):
+        idx = resample_index(groups, a)
+        assert sorted(idx.tolist()) == sorted(cluster_resample(groups, b).tolist())
+        drawn = groups[idx]
+        counts = {g: int((drawn == g).sum()) for g in set(drawn)}
+        assert all(n % per_patient[g] == 0 for g, n in counts.items())  # whole patients only
+        assert sum(n // per_patient[g] for g, n in counts.items()) == 60  # one draw per patient
+        for g in counts:
+            seen[g] += 1
+    share = np.array(list(seen.values())) / 400
+    assert abs(share.mean() - (1 - (1 - 1 / 60) ** 60)) < 0.02  # ~0.634 of resamples hold a patient
+    assert share.min() > 0.5 and share.max() < 0.77  # no patient favoured or left out

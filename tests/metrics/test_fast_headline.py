@@ -2,14 +2,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from metric_reference import cluster_resample, sklearn_metrics
 
-from radprobe.metrics.classification import HEADLINE, classification_metrics
+from radprobe.metrics.classification import HEADLINE
 from radprobe.metrics.fast import headline_scores
 
 
 def _reference(y, s, task):
-    vals, _ = classification_metrics(y, s, task)
-    v = vals[HEADLINE[task][0]]
+    v = sklearn_metrics(y, s, task)[HEADLINE[task][0]]
     return v if np.isfinite(v) else -np.inf
 
 
@@ -43,7 +43,6 @@ def test_unknown_labels_are_left_out_and_undefined_gives_minus_inf():
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
 def test_weighted_resample_metrics_equal_sklearn_on_the_duplicated_rows(task):
-    from radprobe.metrics.classification import resample_index
     from radprobe.metrics.fast import bootstrap_weights, weighted_headline_metrics
 
     rng = np.random.default_rng(5)
@@ -59,9 +58,9 @@ def test_weighted_resample_metrics_equal_sklearn_on_the_duplicated_rows(task):
     fast = weighted_headline_metrics(y, scores, task, w)
     ref_rng = np.random.default_rng(9)
     for b in range(40):
-        idx = resample_index(groups, ref_rng)
+        idx = cluster_resample(groups, ref_rng)
         assert np.array_equal(np.bincount(idx, minlength=n), w[b])  # the same resample
-        vals, _ = classification_metrics(y[idx], scores[idx], task)
+        vals = sklearn_metrics(y[idx], scores[idx], task)
         for m in HEADLINE[task]:
             want = vals[m]
             if np.isfinite(want):
@@ -72,7 +71,7 @@ def test_weighted_resample_metrics_equal_sklearn_on_the_duplicated_rows(task):
 
 @pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
 def test_bootstrap_cis_equal_the_per_resample_sklearn_loop(task):
-    from radprobe.metrics.classification import bootstrap_metrics, resample_index
+    from radprobe.metrics.classification import bootstrap_metrics
 
     rng = np.random.default_rng(11)
     n, c = 60, 2 if task == "binary" else 3
@@ -83,8 +82,8 @@ def test_bootstrap_cis_equal_the_per_resample_sklearn_loop(task):
     ref_rng = np.random.default_rng(3)
     samples: dict[str, list[float]] = {m: [] for m in got}
     for _ in range(200):
-        idx = resample_index(groups, ref_rng)
-        vals, _ = classification_metrics(y[idx], scores[idx], task)
+        idx = cluster_resample(groups, ref_rng)
+        vals = sklearn_metrics(y[idx], scores[idx], task)
         for m in got:
             if np.isfinite(vals[m]):
                 samples[m].append(vals[m])

@@ -46,7 +46,7 @@ def test_paired_interval_is_narrower_than_unpaired_for_correlated_models():
 
 
 def test_paired_ci_equals_the_per_resample_sklearn_loop():
-    from radprobe.metrics.classification import classification_metrics, resample_index
+    from metric_reference import cluster_resample, sklearn_metrics
 
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 90)
@@ -55,9 +55,9 @@ def test_paired_ci_equals_the_per_resample_sklearn_loop():
     r = paired_bootstrap(y, sa, sb, "multiclass", "auroc_macro", groups=groups, n_boot=150, seed=4)
     ref_rng, diffs = np.random.default_rng(4), []
     for _ in range(150):
-        idx = resample_index(groups, ref_rng)
-        da = classification_metrics(y[idx], sa[idx], "multiclass")[0]["auroc_macro"]
-        db = classification_metrics(y[idx], sb[idx], "multiclass")[0]["auroc_macro"]
+        idx = cluster_resample(groups, ref_rng)
+        da = sklearn_metrics(y[idx], sa[idx], "multiclass")["auroc_macro"]
+        db = sklearn_metrics(y[idx], sb[idx], "multiclass")["auroc_macro"]
         diffs.append(da - db)
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     assert np.isclose(r.ci_low, lo, atol=1e-12) and np.isclose(r.ci_high, hi, atol=1e-12)
