@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -50,11 +48,13 @@ def _meta_build(name: str):
         return entry.builder(entry, BuildOptions(pretrained=False, meta=True))
 
 
-def test_list_backbones_is_complete_and_fast():
+def test_list_backbones_is_complete_and_builds_no_model(monkeypatch):
+    from radprobe.backbones import registry
+
     backbone_stats.cache_clear()
-    start = time.perf_counter()
+    # listing reads the recorded stats: a model built (even on the meta device) would be a slow path
+    monkeypatch.setattr(registry.torch, "device", lambda *a, **k: pytest.fail("list_backbones built a model"))
     rows = list_backbones()
-    assert time.perf_counter() - start < 3.0
     by_name = {r["name"]: r for r in rows}
     assert set(REQUIRED) <= set(by_name)
     keys = {

@@ -191,12 +191,23 @@ def test_ray_tasks_local_and_detached_give_the_sequential_rows(tmp_path):
         ray.shutdown()
 
 
-def test_store_opening_waits_for_a_lock_held_by_another_process(tmp_path):
+def test_store_opening_waits_for_a_lock_held_by_another_process(tmp_path, monkeypatch):
     """Ranks open one new run database together: one holds a write lock while another switches it to
-    WAL, which SQLite refuses at once (no busy handler) unless the store retries."""
+    WAL, which SQLite refuses at once (no busy handler) unless the store retries. The lock is released
+    only once the store is seen waiting for it, so the test does not depend on timing."""
+    from radprobe.results import store as store_module
+
+    waiting = threading.Event()
+    real_sleep = store_module.time.sleep
+
+    def sleep(seconds: float) -> None:
+        waiting.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(store_module.time, "sleep", sleep)
     con = sqlite3.connect(tmp_path / "results.db", isolation_level=None, check_same_thread=False)
     con.execute("BEGIN IMMEDIATE")
-    release = threading.Timer(0.3, lambda: con.execute("COMMIT"))
+    release = threading.Thread(target=lambda: waiting.wait(60) and con.execute("COMMIT"))
     release.start()
     try:
         with ResultStore(tmp_path) as store:
@@ -205,6 +216,7 @@ def test_store_opening_waits_for_a_lock_held_by_another_process(tmp_path):
     finally:
         release.join()
         con.close()
+    assert waiting.is_set()  # the store met the lock and waited
 
 
 def test_small_fits_run_on_one_blas_thread_whatever_the_environment():

@@ -154,6 +154,10 @@ def test_sigkill_midway_then_rerun_gives_the_uninterrupted_rows(tmp_path):
             if done >= 5:
                 break
         time.sleep(0.05)
+    proc.send_signal(signal.SIGSTOP)  # frozen first, so what is counted is what the kill leaves
+    con = sqlite3.connect(killed / "results.db", timeout=30)
+    done = con.execute("select count(*) from jobs where status='done'").fetchone()[0]
+    con.close()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 0 < done < 24, f"kill landed after {done} jobs"
