@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from radprobe.errors import OptionError, RadprobeError
+from radprobe.progress import output_console
 from radprobe.results.store import check_run_dir
 
 app = typer.Typer(
@@ -31,7 +31,7 @@ study_app = typer.Typer(no_args_is_help=True, help="Declarative studies: plan, r
 app.add_typer(study_app, name="study")
 cache_app = typer.Typer(no_args_is_help=True, help="The feature cache: list and prune entries.")
 app.add_typer(cache_app, name="cache")
-console = Console()
+console = output_console()
 
 
 @app.callback()

@@ -41,9 +41,9 @@ def summary_table(headline: list[dict[str, Any]], models: list[str], title: str 
 
 def register(app: typer.Typer) -> None:
     """Add this room's commands (report, demo, assets) to ``app``."""
-    from rich.console import Console
+    from radprobe.progress import output_console
 
-    console = Console()
+    console = output_console()
     assets_app = typer.Typer(no_args_is_help=True, help="Offline demo assets from the package registries.")
     app.add_typer(assets_app, name="assets")
 
