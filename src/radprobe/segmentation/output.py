@@ -4,8 +4,8 @@ Predictions go to ``<out>/predictions/<backbone>__<protocol>/``: 2D cases as PNG
 3D cases as NIfTI. A volume read from NIfTI is written back in the closest canonical (RAS+) voxel
 order with that image's affine, so it overlays the source scan in any viewer; other volumes keep the
 reader's (D, H, W) order with an identity affine. Overlays go to ``<out>/overlays/`` as
-``<backbone>__<protocol>__<case>.png``: image | ground truth | prediction (3D: the slice with the
-most ground-truth foreground).
+``<backbone>__<protocol>__<case>.png``: image | ground truth | prediction, titled, with the backbone,
+protocol, case and its foreground Dice beneath (3D: the slice with the most ground-truth foreground).
 """
 
 from __future__ import annotations
@@ -58,9 +58,20 @@ def _blend(base: np.ndarray, label: np.ndarray, alpha: float = 0.45) -> np.ndarr
     return np.where(m, (1 - alpha) * base + alpha * _colour(label), base)
 
 
-def write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> None:
-    """One PNG: image | image + ground truth | image + prediction (2D arrays of one slice)."""
-    from PIL import Image
+PANELS = ("image", "ground truth", "prediction")
+
+
+def _dice(gt: np.ndarray, pred: np.ndarray) -> float | None:
+    """Foreground Dice of one case (all classes > 0 together); None when both are empty."""
+    g, p = gt > 0, pred > 0
+    total = int(g.sum() + p.sum())
+    return None if total == 0 else 2.0 * int((g & p).sum()) / total
+
+
+def write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarray, caption: str = "") -> None:
+    """One PNG: image | image + ground truth | image + prediction (2D arrays of one slice), each panel
+    titled, with ``caption`` and the case's foreground Dice beneath."""
+    from PIL import Image, ImageDraw
 
     base = _gray(image)
     panel = np.concatenate([base, _blend(base, gt), _blend(base, pred)], axis=1)
@@ -68,17 +79,29 @@ def write_overlay(path: Path, image: np.ndarray, gt: np.ndarray, pred: np.ndarra
     if max(gt.shape) < 256:  # small test images are unreadable at 1:1
         k = int(np.ceil(256 / max(gt.shape)))
         out = out.resize((out.width * k, out.height * k), Image.NEAREST)
+    dice = _dice(gt, pred)
+    words = " · ".join(x for x in (caption, "" if dice is None else f"foreground Dice {dice:.3f}") if x)
+    framed = Image.new("RGB", (out.width, out.height + 36), "white")
+    framed.paste(out, (0, 18))
+    draw = ImageDraw.Draw(framed)
+    width = out.width // 3
+    for i, title in enumerate(PANELS):
+        draw.text((i * width + 4, 3), title, fill="black")
+    draw.text((4, out.height + 21), words, fill="black")
     path.parent.mkdir(parents=True, exist_ok=True)
-    out.save(path)
+    framed.save(path)
 
 
-def overlay_case(path: Path, dataset: Dataset, case: Case, gt: np.ndarray, pred: np.ndarray) -> None:
+def overlay_case(
+    path: Path, dataset: Dataset, case: Case, gt: np.ndarray, pred: np.ndarray, caption: str = ""
+) -> None:
     """Overlay of one case; for a volume, of the slice with the most ground-truth foreground."""
     image = dataset.load_image(case.record)
     if gt.ndim == 3:
         k = int(np.argmax((gt > 0).reshape(gt.shape[0], -1).sum(1)))
         image, gt, pred = image[k], gt[k], pred[k]
-    write_overlay(path, image, gt, pred)
+        caption = f"{caption} · slice {k}" if caption else f"slice {k}"
+    write_overlay(path, image, gt, pred, caption)
 
 
 def _from_display(pred: np.ndarray, axis: int) -> np.ndarray:

@@ -208,7 +208,8 @@ def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict
             written.append(str(output.save_prediction(folder, case, pred)))
     for case, gt, pred in list(zip(data.test.cases, data.test.masks, preds, strict=True))[: opts["overlays"]]:
         path = data.out / "overlays" / f"{prefix}__{output.slug(case.sample_id)}.png"
-        output.overlay_case(path, data.dataset, case, gt, pred)
+        who = "monai U-Net" if proto == "seg-unet" else data.info.name if data.info is not None else ""
+        output.overlay_case(path, data.dataset, case, gt, pred, f"{who} · {proto} · {case.sample_id}")
         written.append(str(path))
     return written
 
