@@ -206,7 +206,7 @@ def _run_group(
                 continue
             out.rows += n
             out.done += 1
-            log(f"done: {b.name} · {j.dataset} · {j.protocol} · seed {j.seed} ({n} rows)")
+            log(f"done: {b.name} · {short_spec(j.dataset)} · {j.protocol} · seed {j.seed} ({n} rows)")
     return out
 
 
@@ -268,7 +268,19 @@ def _run_job(
 def _failed(store: ResultStore, j: Job, msg: str, out: StudyOutcome, log: Callable[[str], None]) -> None:
     store.fail_job(j.key, msg)
     out.failed += 1
-    log(f"failed: {j.backbone.name} · {j.dataset} · {j.protocol} · seed {j.seed}: {msg.splitlines()[-1]}")
+    what = f"{j.backbone.name} · {short_spec(j.dataset)} · {j.protocol} · seed {j.seed}"
+    log(f"failed: {what}: {msg.splitlines()[-1]}")
+
+
+def short_spec(spec: str) -> str:
+    """A dataset spec as a log line shows it: the last two parts of its path (``csv:…/mri/manifest.csv``),
+    not the cache folders above them; options and synthetic names stay as written."""
+    scheme, sep, rest = spec.partition(":")
+    path, q, options = rest.partition("?")
+    parts = Path(path).parts
+    if not sep or len(parts) <= 2:
+        return spec
+    return f"{scheme}:…/{'/'.join(parts[-2:])}{q}{options}"
 
 
 @dataclass
