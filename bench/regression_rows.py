@@ -381,8 +381,12 @@ def _unmatched(base: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[st
     return sorted(lines)
 
 
-def compare(base_doc: dict[str, Any], new_doc: dict[str, Any], atol: float) -> int:
-    """Print one line per difference and a summary; 1 when any row or value differs, else 0."""
+def compare(base_doc: dict[str, Any], new_doc: dict[str, Any], atol: float, new_metrics: str = "") -> int:
+    """Print one line per difference and a summary; 1 when any row or value differs, else 0.
+
+    ``new_metrics``: a regular expression of metric names the new code adds on purpose (e.g. ``:``
+    for per-class rows); rows only in the new file whose metric matches it are listed as ADDED and
+    do not fail the comparison."""
     problems: list[str] = []
     base = _index(base_doc["rows"], "base", problems)
     new = _index(new_doc["rows"], "new", problems)
@@ -396,6 +400,8 @@ def compare(base_doc: dict[str, Any], new_doc: dict[str, Any], atol: float) -> i
             problems.append(f"MATRIX {key} differs: {canonical(a)} -> {canonical(b)}")
     only_base = [base[k] for k in base.keys() - new.keys()]
     only_new = [new[k] for k in new.keys() - base.keys()]
+    added = [r for r in only_new if new_metrics and re.search(new_metrics, str(r.get("metric")))]
+    only_new = [r for r in only_new if r not in added]
     problems += _unmatched(only_base, only_new)
     matched = sorted(base.keys() & new.keys(), key=canonical)
     value_rows, key_lines = 0, []
@@ -410,7 +416,7 @@ def compare(base_doc: dict[str, Any], new_doc: dict[str, Any], atol: float) -> i
         print(line)
     print(
         f"summary: {len(base)} base rows, {len(new)} new rows, {len(matched)} matched, "
-        f"{len(only_base)} only in base, {len(only_new)} only in new; "
+        f"{len(only_base)} only in base, {len(only_new)} only in new, {len(added)} added on purpose; "
         f"{value_rows} matched rows differ beyond atol {atol:g}; "
         f"{len(key_lines)} eval_key/digest changes (allowed) -> {'FAIL' if problems else 'PASS'}"
     )
@@ -432,11 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("base_json", type=Path)
     cmp_.add_argument("new_json", type=Path)
     cmp_.add_argument("--atol", type=float, default=1e-6)
+    cmp_.add_argument("--new-metrics", default="", help="regex of metric names added on purpose (e.g. ':')")
     args = ap.parse_args(argv)
     if args.cmd == "run":
         return run_matrix(args.out_json, args.workdir, args.cache, args.parallel, args.resume)
     docs = [json.loads(p.read_text()) for p in (args.base_json, args.new_json)]
-    return compare(*docs, args.atol)
+    return compare(*docs, args.atol, args.new_metrics)
 
 
 if __name__ == "__main__":
