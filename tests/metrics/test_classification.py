@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.metrics import average_precision_score, balanced_accuracy_score, roc_auc_score
 
 from radprobe.metrics.classification import bootstrap_metrics, classification_metrics, resample_index
@@ -98,3 +99,64 @@ def test_patient_resample_has_the_properties_of_a_cluster_bootstrap():
     share = np.array(list(seen.values())) / 400
     assert abs(share.mean() - (1 - (1 - 1 / 60) ** 60)) < 0.02  # ~0.634 of resamples hold a patient
     assert share.min() > 0.5 and share.max() < 0.77  # no patient favoured or left out
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_per_class_rows_equal_sklearn_per_class_with_their_own_bootstrap(task):
+    from metric_reference import cluster_resample
+    from sklearn.metrics import average_precision_score, f1_score
+
+    rng = np.random.default_rng(4)
+    n, c = 80, 3
+    if task == "multilabel":
+        y = rng.integers(0, 2, (n, c))
+        y[::7, 0] = -1
+    else:
+        y = rng.integers(0, c, n)
+    s = rng.random((n, c))
+    groups = np.array([f"p{i // 2}" for i in range(n)])
+    names = ("edema", "effusion", "nodule")
+    got = {m.name: m for m in bootstrap_metrics(y, s, task, groups, n_boot=120, seed=5, class_names=names)}
+
+    def ref(yy, ss):
+        out = {}
+        for k, name in enumerate(names):
+            if task == "multilabel":
+                known = yy[:, k] != -1
+                yk, sk, pk = yy[known, k], ss[known, k], ss[known, k] >= 0.5
+            else:
+                yk, sk, pk = (yy == k).astype(int), ss[:, k], ss.argmax(1) == k
+            if 0 < yk.sum() < len(yk):
+                out[f"auroc:{name}"] = roc_auc_score(yk, sk)
+                if task == "multilabel":
+                    out[f"auprc:{name}"] = average_precision_score(yk, sk)
+            out[f"f1:{name}"] = f1_score(yk, pk, zero_division=0)
+        return out
+
+    want = ref(y, s)
+    assert {k for k in got if ":" in k} == set(want)
+    for k, v in want.items():
+        assert np.isclose(got[k].value, v, atol=1e-12), k
+    draws: dict[str, list[float]] = {k: [] for k in want}
+    r = np.random.default_rng(5)
+    for _ in range(120):
+        idx = cluster_resample(groups, r)
+        for k, v in ref(y[idx], s[idx]).items():
+            draws[k].append(v)
+    for k in want:
+        lo, hi = np.quantile(draws[k], [0.025, 0.975])
+        assert np.isclose(got[k].ci_low, lo, atol=1e-12) and np.isclose(got[k].ci_high, hi, atol=1e-12), k
+
+
+def test_binary_has_no_per_class_rows_and_undefined_classes_get_none():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    rows = bootstrap_metrics(y, rng.random((40, 2)), "binary", n_boot=10, class_names=("no", "yes"))
+    assert all(":" not in m.name for m in rows)
+    ym = rng.integers(0, 2, (40, 2))
+    ym[:, 1] = 0  # no positives: no AUROC row for that label, its F1 (0) stays
+    names = {
+        m.name
+        for m in bootstrap_metrics(ym, rng.random((40, 2)), "multilabel", n_boot=10, class_names=("a", "b"))
+    }
+    assert "auroc:a" in names and "auroc:b" not in names and "auprc:b" not in names and "f1:b" in names

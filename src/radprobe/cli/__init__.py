@@ -290,7 +290,14 @@ def eval_cmd(
         return
     hit = "feature cache hit (no forward pass)" if summary.cache_hit else "features extracted and cached"
     console.print(f"{summary.backbone} on {summary.dataset}: {hit}", highlight=False)
-    console.print(_results_table(summary.rows, title=f"run {summary.run_id} → {out}"))
+    headline = [r for r in summary.rows if ":" not in r["metric"]]
+    console.print(_results_table(headline, title=f"run {summary.run_id} → {out}"))
+    if len(headline) < len(summary.rows):
+        console.print(
+            f"+ {len(summary.rows) - len(headline)} per-class rows (auroc:<class>, ...): "
+            f"radprobe results {out}",
+            highlight=False,
+        )
     for line in _row_warnings(summary.rows):
         _warn(line)
 

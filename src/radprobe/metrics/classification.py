@@ -11,6 +11,7 @@ computed over the samples where that label is known, so a -1 is never a positive
 from __future__ import annotations
 
 import warnings as _warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -114,6 +115,34 @@ def classification_metrics(
     return out, warns
 
 
+def per_class_metrics(
+    y_true: np.ndarray, scores: np.ndarray, task: str, threshold: float = 0.5
+) -> dict[str, float]:
+    """Each class's own AUROC, AUPRC (multi-label) and F1, as ``auroc:<i>`` etc. (scikit-learn);
+    NaN where a class's value is undefined. Binary tasks have none beyond their headline."""
+    y, s = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
+    out: dict[str, float] = {}
+    nan = float("nan")
+    with _warnings.catch_warnings():
+        _warnings.simplefilter("ignore")
+        if task == "multilabel":
+            for c in range(y.shape[1]):
+                known = y[:, c] != -1
+                yc, sc = y[known, c], s[known, c]
+                defined = 0 < int((yc == 1).sum()) < len(yc)
+                out[f"auroc:{c}"] = float(roc_auc_score(yc, sc)) if defined else nan
+                out[f"auprc:{c}"] = _average_precision(yc, sc) if defined else nan
+                out[f"f1:{c}"] = float(f1_score(yc, sc >= threshold, zero_division=0)) if len(yc) else nan
+        elif task == "multiclass":
+            pred = s.argmax(1)
+            for c in range(s.shape[1]):
+                yc = (y == c).astype(int)
+                out[f"auroc:{c}"] = float(roc_auc_score(yc, s[:, c])) if 0 < yc.sum() < len(yc) else nan
+                seen = yc.sum() + (pred == c).sum() > 0
+                out[f"f1:{c}"] = float(f1_score(yc, pred == c, zero_division=0)) if seen else nan
+    return out
+
+
 def resample_index(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Indices of a bootstrap resample drawn over groups (patients), keeping each group's samples."""
     uniq, inverse = np.unique(groups, return_inverse=True)
@@ -132,8 +161,11 @@ def bootstrap_metrics(
     n_boot: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    class_names: Sequence[str] | None = None,
 ) -> list[MetricValue]:
-    """Headline metrics with percentile CIs from ``n_boot`` resamples of ``groups`` (patients).
+    """Headline metrics with percentile CIs from ``n_boot`` resamples of ``groups`` (patients);
+    with ``class_names``, also each class's AUROC, AUPRC (multi-label) and F1 as ``auroc:<class>``
+    rows (multi-class and multi-label; a class whose value is undefined on test gets no row).
 
     Resamples where a metric is undefined (e.g. one class only) are skipped for that metric. The
     resamples are scored as weights, all at once (``metrics.fast``), with the values scikit-learn
@@ -143,16 +175,21 @@ def bootstrap_metrics(
     scores = np.asarray(scores)
     point, warns = classification_metrics(y_true, scores, task)
     names = [m for m in HEADLINE[task] if m in point]
+    per_class = bool(class_names) and task != "binary"
+    if per_class:
+        point.update(per_class_metrics(y_true, scores, task))
+        names += [m for m in point if ":" in m and np.isfinite(point[m])]  # undefined: no row
     groups = np.arange(len(y_true)) if groups is None else np.asarray(groups)
     rng = np.random.default_rng(seed)
     samples: dict[str, list[np.ndarray]] = {m: [] for m in names}
     for w in weight_chunks(groups, n_boot, rng):
-        vals = weighted_headline_metrics(y_true, scores, task, w)
+        vals = weighted_headline_metrics(y_true, scores, task, w, per_class=per_class)
         for m in names:
             samples[m].append(vals[m][np.isfinite(vals[m])])
     out = []
     for m in names:
         s = np.concatenate(samples[m]) if samples[m] else np.empty(0)
         lo, hi = np.quantile(s, [alpha / 2, 1 - alpha / 2]) if len(s) else (np.nan, np.nan)
-        out.append(MetricValue(m, point[m], float(lo), float(hi), n=len(y_true), warnings=list(warns)))
+        name = m if ":" not in m else f"{m.split(':')[0]}:{class_names[int(m.split(':')[1])]}"  # type: ignore[index]
+        out.append(MetricValue(name, point[m], float(lo), float(hi), n=len(y_true), warnings=list(warns)))
     return out

@@ -85,12 +85,18 @@ def _nanmean_rows(x: np.ndarray) -> np.ndarray:
 
 
 def weighted_headline_metrics(
-    y: np.ndarray, scores: np.ndarray, task: str, w: np.ndarray, threshold: float = 0.5
+    y: np.ndarray,
+    scores: np.ndarray,
+    task: str,
+    w: np.ndarray,
+    threshold: float = 0.5,
+    per_class: bool = False,
 ) -> dict[str, np.ndarray]:
     """The task's headline metrics (``HEADLINE[task]``), each (B,), of B weighted resamples.
 
     Undefined values (a class without positives in a resample) are NaN, as classification_metrics
-    leaves them out; multi-label labels of -1 count only where known.
+    leaves them out; multi-label labels of -1 count only where known. ``per_class`` adds each
+    class's own values as ``auroc:<i>``, ``auprc:<i>`` (multi-label) and ``f1:<i>``.
     """
     y = np.asarray(y)
     s = np.asarray(scores, dtype=np.float64)
@@ -117,6 +123,8 @@ def weighted_headline_metrics(
             _nanmean_rows(ap),
             _nanmean_rows(f1),
         )
+        if per_class:
+            out.update(_columns(auroc=auc, auprc=ap, f1=f1))
         return out
     n_cls = s.shape[1]
     pred = s.argmax(1)
@@ -135,7 +143,16 @@ def weighted_headline_metrics(
     else:
         per = np.stack([_weighted_auc_ap(s[:, c], y == c, w)[0] for c in range(n_cls)], 1)
         out["auroc_macro"] = _nanmean_rows(per)
+        if per_class:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                f1 = np.where(t + p > 0, 2 * tp / (t + p), np.nan)  # a class neither true nor predicted
+            out.update(_columns(auroc=per, f1=f1))
     return out
+
+
+def _columns(**per: np.ndarray) -> dict[str, np.ndarray]:
+    """``{"auroc": (B, C)}`` as ``{"auroc:0": (B,), "auroc:1": ...}``."""
+    return {f"{name}:{c}": v[:, c] for name, v in per.items() for c in range(v.shape[1])}
 
 
 def bootstrap_weights(groups: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:

@@ -294,5 +294,6 @@ def run_protocol(
         n_boot=n_boot,
         seed=seed,
         path=predictions_path(out, key),
+        class_names=ds.classes,
     )
     return metric_rows(base, key, name, scored, result.hparams, result.selected, result.warnings, **trainable)

@@ -24,9 +24,13 @@ def score_classification(
     n_boot: int,
     seed: int,
     path: Path,
+    class_names: Sequence[str] | None = None,
 ) -> list[Scored]:
-    """Every classification metric of the test scores; saves the predictions at ``path``."""
-    metrics = bootstrap_metrics(labels, scores, task, groups=groups, n_boot=n_boot, seed=seed)
+    """Every classification metric of the test scores (with ``class_names``: each class's too);
+    saves the predictions at ``path``."""
+    metrics = bootstrap_metrics(
+        labels, scores, task, groups=groups, n_boot=n_boot, seed=seed, class_names=class_names
+    )
     Predictions(sample_ids=np.asarray(sample_ids), groups=groups, labels=labels, scores=scores).save(path)
     return [
         Scored(

@@ -97,6 +97,7 @@ def _score_classification(
         n_boot=cfg.n_boot,
         seed=cfg.seed,
         path=predictions_path(cfg.out, key),
+        class_names=ds.classes,
     )
 
 
