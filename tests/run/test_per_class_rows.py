@@ -30,3 +30,8 @@ def test_multilabel_eval_writes_per_class_rows_with_intervals(tmp_path: Path) ->
         rows = mine[mine.metric.str.startswith("auroc:")]
         assert len(rows) >= 2 and (rows.ci_low <= rows.value).all() and (rows.value <= rows.ci_high).all()
         assert mine.eval_key.nunique() == 1  # one evaluation, its macro and per-class metrics
+    report = subprocess.run([EXE, "report", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    md = (tmp_path / "report.md").read_text()
+    table = md[md.index("| backbone | class |") :]
+    assert all(c in table for c in classes) and "auroc" in table.splitlines()[0]

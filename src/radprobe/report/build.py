@@ -329,6 +329,8 @@ def _detail_tables(rs: _Rows) -> list[Block]:
         drows = [r for r in rs.all if r["dataset"] == d]
         for proto in _protocols([r["protocol"] for r in drows]):
             prow = [r for r in drows if r["protocol"] == proto]
+            per_class = [r for r in prow if ":" in r["metric"]]
+            prow = [r for r in prow if ":" not in r["metric"]]  # each class's rows get their own table
             task = _task(prow)
             metrics = metric_order(task, [r["metric"] for r in prow])
             head = metrics[0]
@@ -370,8 +372,31 @@ def _detail_tables(rs: _Rows) -> list[Block]:
             blocks += [
                 Heading(2, f"{d} · {proto}"),
                 Table(headers, rows, caption=cap, numeric=numeric, kind="results"),
+                *_per_class_table(rs, d, proto, per_class),
             ]
     return blocks
+
+
+def _per_class_table(rs: _Rows, dataset: str, proto: str, rows: list[dict[str, Any]]) -> list[Block]:
+    """Each class's AUROC / AUPRC / F1 of one (dataset, protocol), a line per (backbone, class):
+    the view a multi-label dataset such as NIH ChestX-ray14 is reported in."""
+    if not rows:
+        return []
+    metrics = list(dict.fromkeys(r["metric"].split(":", 1)[0] for r in rows))
+    classes = list(dict.fromkeys(r["metric"].split(":", 1)[1] for r in rows))
+    by = {(r["_model"], r["metric"], int(r.get("seed") or 0), shots_of(r)): r for r in rows}
+    seed = min(int(r.get("seed") or 0) for r in rows)
+    lines = []
+    for m in rs.models:
+        for c in classes:
+            cells = [by.get((m, f"{x}:{c}", seed, None)) for x in metrics]
+            if any(cells):
+                lines.append([m, c, *[cell(x).text() if x else "-" for x in cells]])
+    if not lines:
+        return []
+    cap = f"each class's metric on the test split, with its patient-bootstrap CI (seed {seed})"
+    numeric = set(range(2, 2 + len(metrics)))
+    return [Table(["backbone", "class", *metrics], lines, caption=cap, numeric=numeric, kind="results")]
 
 
 def _overlays(run_dir: Path) -> tuple[list[Block], list[Figure]]:
