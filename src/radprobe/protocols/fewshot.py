@@ -100,8 +100,8 @@ def draw_nih(labels: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
         if len(qualifying) < n:
             raise OptionError(
                 "--set",
-                f"fewshot.shots={n}: rule=nih needs {n} patients whose every training image carries "
-                f"label {c}; it has {len(qualifying)}",
+                f"fewshot.shots={n}: rule=nih needs {n} patient{'s' * (n != 1)} whose every training "
+                f"image carries label {c}; it has {len(qualifying)}",
             )
         chosen.update(qualifying[:n])
     return np.flatnonzero(np.isin(inverse, sorted(chosen)))
