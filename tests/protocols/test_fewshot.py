@@ -180,9 +180,8 @@ def test_paper_options_refuse_what_they_cannot_serve_in_one_line(options, words)
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("toy", ["binary", "multiclass"], indirect=True)
 def test_nih_rule_needs_a_multilabel_task(toy):
-    if toy.task == "multilabel":
-        return
     with pytest.raises(OptionError, match=f"this is a {toy.task} task"):
         fewshot.run(toy, shots=(1,), preset="paper", rule="nih")
 
