@@ -289,3 +289,16 @@ def test_default_linear_hparams_are_unchanged(toy):
     }
     assert res.hparams["optimizer"] == "sgd momentum 0.9, wd 0, cosine, lr*batch/256"
     assert res.hparams["batch_size"] == 256 and res.hparams["refit"] is False
+
+
+def test_paper_grid_on_pooled_features_only_is_the_papers_cnn_grid(toy):
+    pooled = ProtocolInput(
+        *(type(s)(s.features, s.labels, s.groups) for s in (toy.train, toy.val, toy.test)),
+        task=toy.task,
+        num_classes=toy.num_classes,
+    )
+    res = linear.run(pooled, preset="paper", epochs=1)
+    # the released code trains CNN backbones' heads on 1 block without avgpool: 4 heads
+    assert res.hparams["heads"] == 4 and res.hparams["avgpool"] == [False]
+    assert res.hparams["n_last_blocks"] == [1] and res.selected["avgpool"] is False
+    assert any("the paper's CNNs" in w for w in res.warnings)
