@@ -29,3 +29,17 @@ def toy(request):
     centers = rng.normal(scale=2.0, size=(c, 12))
     splits = [make_split(rng, n, centers, task) for n in (160, 60, 80)]
     return ProtocolInput(*splits, task=task, num_classes=c, seed=0)
+
+
+@pytest.fixture
+def blocks_input():
+    """A factory of toy inputs of ``task`` whose cache holds ``n_blocks`` blocks (``sizes``: splits)."""
+
+    def make(task, n_blocks=4, sizes=(200, 60, 60), seed=0):
+        rng = np.random.default_rng(seed)
+        c = 2 if task == "binary" else 3
+        centers = rng.normal(scale=2.0, size=(c, 12))
+        splits = [make_split(rng, n, centers, task, n_blocks=n_blocks) for n in sizes]
+        return ProtocolInput(*splits, task=task, num_classes=c, seed=seed)
+
+    return make

@@ -113,3 +113,129 @@ def test_uniform_weighting_is_plain_majority_and_medmnist_preset():
     )
     res = run(data, preset="medmnist+")
     assert res.selected["k"] == 11 and res.hparams["weighting"] == "uniform"
+
+
+# --- preset="paper" (Baharoon et al.; docs/paper-fidelity.md) -------------------------------------
+
+
+def _mlknn_reference(bank, y, queries, k, s, include_self):
+    """ML-kNN written out per sample and label: cosine neighbours, Laplace smoothing s; with
+    ``include_self`` a bank sample is among its own k neighbours (scikit-multilearn's MLkNN)."""
+    bn = bank / np.linalg.norm(bank, axis=1, keepdims=True)
+    qn = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    n, n_labels = y.shape
+    out = np.zeros((len(queries), n_labels))
+    for lab in range(n_labels):
+        prior = (s + y[:, lab].sum()) / (2 * s + n)
+        c1, c0 = np.zeros(k + 1), np.zeros(k + 1)
+        for i in range(n):
+            sim = bn @ bn[i]
+            if not include_self:
+                sim[i] = -np.inf
+            delta = int(y[np.argsort(-sim, kind="stable")[:k], lab].sum())
+            (c1 if y[i, lab] == 1 else c0)[delta] += 1
+        for qi, q in enumerate(qn):
+            delta = int(y[np.argsort(-(bn @ q), kind="stable")[:k], lab].sum())
+            p1 = prior * (s + c1[delta]) / (s * (k + 1) + c1.sum())
+            p0 = (1 - prior) * (s + c0[delta]) / (s * (k + 1) + c0.sum())
+            out[qi, lab] = p1 / (p1 + p0)
+    return out
+
+
+def test_mlknn_can_count_a_bank_sample_among_its_own_neighbours_as_scikit_multilearn_does():
+    from radprobe.protocols.knn import mlknn_scores
+
+    rng = np.random.default_rng(5)
+    bank, queries = rng.normal(size=(70, 6)), rng.normal(size=(12, 6))
+    y = (rng.random((70, 3)) < 0.4).astype(int)
+    with_self = mlknn_scores(bank, y, queries, ks=(1, 5), chunk=16, exclude_self=False)
+    without = mlknn_scores(bank, y, queries, ks=(1, 5), chunk=16)
+    for k in (1, 5):
+        ref = _mlknn_reference(bank, y, queries, k, 1.0, include_self=True)
+        np.testing.assert_allclose(with_self[k], ref, atol=1e-5)
+        assert not np.allclose(with_self[k], without[k], atol=1e-3)
+    # smoothing s is really used: s = 0.5 gives other posteriors
+    half = mlknn_scores(bank, y, queries, ks=(5,), smoothing=0.5, exclude_self=False)[5]
+    np.testing.assert_allclose(half, _mlknn_reference(bank, y, queries, 5, 0.5, True), atol=1e-5)
+    assert not np.allclose(half, with_self[5], atol=1e-3)
+
+
+def _multilabel_input(rng, sizes=(150, 70, 40), labels=3, dim=8):
+    centers = rng.normal(scale=2.0, size=(labels, dim))
+    splits = []
+    for n in sizes:
+        y = (rng.random((n, labels)) < 0.4).astype(int)
+        y[0], y[1] = 1, 0  # every label has positives and negatives in every split
+        x = y @ centers + rng.normal(size=(n, dim))
+        splits.append(SplitFeatures(x, y, np.array([f"p{i // 2}" for i in range(n)])))
+    return ProtocolInput(*splits, task="multilabel", num_classes=labels, seed=0)
+
+
+def test_paper_preset_scores_every_k_of_its_grid_on_test_with_the_train_plus_val_bank():
+    from radprobe.metrics.classification import classification_metrics
+
+    rng = np.random.default_rng(6)
+    data = _multilabel_input(rng)
+    res = run(data, preset="paper")
+    assert res.scores is None
+    assert [s.hparams["k"] for s in res.summaries] == [5, 20, 50, 100, 200]
+    assert all(s.hparams["smoothing"] == 1.0 and s.hparams["bank"] == "train+val" for s in res.summaries)
+    bank = np.concatenate([data.train.features, data.val.features])
+    y = np.concatenate([data.train.labels, data.val.labels])
+    for s in res.summaries[:2]:  # k = 5 and 20 against the reference (the larger k are slow to write out)
+        ref = _mlknn_reference(bank, y, data.test.features, s.hparams["k"], 1.0, include_self=True)
+        expected = classification_metrics(data.test.labels, ref, "multilabel")[0]["auroc_macro"]
+        assert s.metric == "auroc_macro" and np.isclose(s.value, expected)
+        assert s.ci_low <= s.value <= s.ci_high
+        # a train-only bank gives other scores: val really is in the bank
+        train_only = _mlknn_reference(
+            data.train.features, data.train.labels, data.test.features, s.hparams["k"], 1.0, True
+        )
+        assert not np.isclose(
+            s.value, classification_metrics(data.test.labels, train_only, "multilabel")[0]["auroc_macro"]
+        )
+    # nothing is selected: the test labels decide no k
+    assert all(s.selected["selection"].startswith("none") for s in res.summaries)
+
+
+@pytest.mark.parametrize(
+    ("task", "options", "words"),
+    [
+        ("multiclass", {}, "multi-label datasets only"),
+        ("binary", {}, "multi-label datasets only"),
+        ("multilabel", {"method": "vote"}, "knn.method='vote'"),
+        ("multilabel", {"bank": "train"}, "knn.bank='train'"),
+        ("multilabel", {"temperature": 0.1}, "takes no temperature"),
+    ],
+)
+def test_paper_preset_refuses_what_the_paper_never_ran_in_one_line(task, options, words):
+    from radprobe.errors import OptionError
+
+    rng = np.random.default_rng(7)
+    if task == "multilabel":
+        data = _multilabel_input(rng, sizes=(30, 10, 10))
+    else:
+        c = 3 if task == "multiclass" else 2
+        centers = rng.normal(size=(c, 4))
+        data = ProtocolInput(*(_split(rng, 20, centers) for _ in range(3)), task=task, num_classes=c)
+    with pytest.raises(OptionError, match=words) as err:
+        run(data, preset="paper", **options)
+    assert "\n" not in str(err.value)
+
+
+def test_default_knn_hparams_do_not_gain_the_new_options():
+    rng = np.random.default_rng(8)
+    centers = rng.normal(scale=3, size=(3, 5))
+    data = ProtocolInput(*(_split(rng, 40, centers) for _ in range(3)), task="multiclass", num_classes=3)
+    assert set(run(data).hparams) == {
+        "ks",
+        "temperature",
+        "weighting",
+        "method",
+        "preset",
+        "bank",
+        "features",
+    }
+    ml = _multilabel_input(rng, sizes=(40, 20, 20))
+    assert "smoothing" not in run(ml, method="mlknn").hparams
+    assert run(ml, method="mlknn", smoothing=0.5).hparams["smoothing"] == 0.5

@@ -154,3 +154,151 @@ def test_sets_too_large_to_stack_train_one_by_one_with_the_same_result(toy, monk
     streamed = linear.train_many(trains, toy.task, toy.num_classes, configs, [1, 2], **kw)
     for a, b in zip(held, streamed, strict=True):
         np.testing.assert_allclose(_probe(b, toy.val, toy.task), _probe(a, toy.val, toy.task), atol=2e-5)
+
+
+# --- preset="paper" (Baharoon et al.; docs/paper-fidelity.md) -------------------------------------
+
+
+def test_paper_preset_grid_batch_epochs_and_refit_are_the_papers(blocks_input):
+    p = linear.PRESETS["paper"]
+    assert p["lrs"] == (1e-3, 5e-3, 1e-2, 5e-2) and p["n_blocks"] == (1, 4) and p["avgpool"] == (True, False)
+    assert (p["batch_size"], p["epochs"], p["min_iterations"], p["refit"]) == (128, 10, 0, True)
+    # the released code's grid order (blocks, then avgpool True before False, then lr) breaks ties
+    order = [(c.n_blocks, c.avgpool, c.lr) for c in linear.head_grid(p["lrs"], p["n_blocks"], p["avgpool"])]
+    assert order[:5] == [(1, True, 1e-3), (1, True, 5e-3), (1, True, 1e-2), (1, True, 5e-2), (1, False, 1e-3)]
+    # 10 epochs of ceil(n / 128) steps and nothing more; a set smaller than a batch is one batch
+    assert linear._plan(300, p["epochs"], p["min_iterations"], p["batch_size"]) == (128, 30)
+    assert linear._plan(40, p["epochs"], p["min_iterations"], p["batch_size"]) == (40, 10)
+    res = linear.run(blocks_input("multilabel"), preset="paper")
+    h = res.hparams
+    assert h["heads"] == 16 and h["n_last_blocks"] == [1, 4] and h["batch_size"] == 128 and h["refit"]
+    assert h["optimizer"].endswith("lr unscaled") and "not reproduced" in h["train_views"]
+    assert res.warnings == []
+
+
+def test_paper_learning_rates_are_not_scaled_by_batch_over_256(toy, monkeypatch):
+    # initial weights from the seed alone, so heads of different lr start equal
+    monkeypatch.setattr(linear, "_init_seed", lambda seed, cfg: seed)
+    configs = linear.head_grid(lrs=(1e-2,), n_blocks=(1,), avgpool=(False,))
+    kw = dict(epochs=2, min_iterations=0, batch_size=128, seed=2)
+    rules = linear.TrainRules(lr_scale=False)
+    unscaled = linear.train_heads(toy.train, toy.task, toy.num_classes, configs, rules=rules, **kw)
+    # DINOv2's lr * batch / 256 needs twice the lr at batch 128 to train the same heads
+    doubled = linear.head_grid(lrs=(2e-2,), n_blocks=(1,), avgpool=(False,))
+    scaled = linear.train_heads(toy.train, toy.task, toy.num_classes, doubled, **kw)
+    same = linear.train_heads(toy.train, toy.task, toy.num_classes, configs, **kw)
+    a = _probe(unscaled, toy.val, toy.task)
+    np.testing.assert_allclose(a, _probe(scaled, toy.val, toy.task), atol=1e-5)
+    assert not np.allclose(a, _probe(same, toy.val, toy.task), atol=1e-3)
+
+
+def test_paper_multilabel_loss_sums_each_samples_label_mean_over_the_batch():
+    rng = np.random.default_rng(1)
+    logits = torch.tensor(rng.normal(size=(3, 6, 4)), dtype=torch.float32)
+    y = torch.tensor(rng.integers(0, 2, (6, 4)))
+    got = linear.head_losses(logits, y, "multilabel", multilabel_loss="sample_sum")
+    for h in range(3):
+        per_sample = [
+            np.mean(
+                [
+                    max(z, 0) - z * float(y[i, c]) + np.log1p(np.exp(-abs(z)))
+                    for c in range(4)
+                    for z in [float(logits[h, i, c])]
+                ]
+            )
+            for i in range(6)
+        ]
+        assert np.isclose(float(got[h]), np.sum(per_sample), atol=1e-5)
+    # that is the batch size times the mean loss
+    torch.testing.assert_close(got, 6 * linear.head_losses(logits, y, "multilabel"))
+
+
+def test_paper_multilabel_loss_gradient_is_the_closed_form_one():
+    rng = np.random.default_rng(3)
+    z = torch.tensor(rng.normal(size=(2, 3, 4, 5, 7)), requires_grad=True)
+    y = torch.tensor(rng.integers(-1, 2, (2, 1, 1, 5, 7)))
+    weight = torch.ones(2, 1, 1, 7, dtype=torch.float64)
+    weight[1, ..., 4:] = 0
+    linear._losses(z, y, "multilabel", weight, "sample_sum").sum().backward()
+    closed = linear._logit_grad(z.detach(), y, "multilabel", weight, "sample_sum")
+    torch.testing.assert_close(closed, z.grad, atol=1e-7, rtol=1e-6)
+
+
+def test_paper_refit_retrains_the_selected_head_on_train_plus_val(blocks_input):
+    data = blocks_input("multilabel")
+    refit = linear.run(data, preset="paper")
+    alone = linear.run(data, preset="paper", refit=False)
+    assert refit.selected == alone.selected  # the head is chosen before the refit
+    assert not np.allclose(refit.scores, alone.scores, atol=1e-4)
+    best = linear.HeadConfig(refit.selected["lr"], refit.selected["n_blocks"], refit.selected["avgpool"])
+    rules = linear.TrainRules(lr_scale=False, multilabel_loss="sample_sum")
+    heads = linear.train_heads(
+        data.train.concat(data.val),
+        "multilabel",
+        3,
+        [best],
+        epochs=10,
+        min_iterations=0,
+        batch_size=128,
+        rules=rules,
+    )
+    np.testing.assert_allclose(refit.scores, linear.predict(heads, data.test, "multilabel")[best], atol=1e-6)
+
+
+def test_paper_binary_heads_have_one_logit_and_multiclass_scores_are_sigmoids(blocks_input):
+    from radprobe.metrics.fast import headline_scores
+
+    binary = blocks_input("binary")
+    res = linear.run(binary, preset="paper", refit=False)
+    dims = 12 * (res.selected["n_blocks"] + res.selected["avgpool"])
+    assert res.selected["trainable_params"] == dims + 1 and res.hparams["loss"] == "bce, one logit"
+    np.testing.assert_allclose(res.scores.sum(1), 1.0)
+    multi = blocks_input("multiclass")
+    res = linear.run(multi, preset="paper", refit=False)
+    assert res.scores.min() > 0 and not np.allclose(res.scores.sum(1), 1.0)  # sigmoid, not softmax
+    # selected on the one-vs-rest macro AUROC of those scores, not on accuracy
+    best = linear.HeadConfig(res.selected["lr"], res.selected["n_blocks"], res.selected["avgpool"])
+    heads = linear.train_heads(
+        multi.train,
+        "multiclass",
+        3,
+        [best],
+        epochs=10,
+        min_iterations=0,
+        batch_size=128,
+        rules=linear.TrainRules(lr_scale=False),
+        seed=multi.seed,
+    )
+    val = linear.predict(heads, multi.val, "multiclass", activation="sigmoid")[best]
+    onehot = np.eye(3, dtype=int)[multi.val.labels]
+    assert np.isclose(res.selected["val_score"], headline_scores(onehot, val[None], "multilabel")[0])
+
+
+def test_default_linear_hparams_are_unchanged(toy):
+    res = linear.run(toy, lrs=(1e-2,), epochs=1, min_iterations=5)
+    assert set(res.hparams) == {
+        "lrs",
+        "n_last_blocks",
+        "avgpool",
+        "heads",
+        "epochs",
+        "min_iterations",
+        "batch_size",
+        "optimizer",
+        "refit",
+    }
+    assert res.hparams["optimizer"] == "sgd momentum 0.9, wd 0, cosine, lr*batch/256"
+    assert res.hparams["batch_size"] == 256 and res.hparams["refit"] is False
+
+
+def test_paper_grid_on_pooled_features_only_is_the_papers_cnn_grid(toy):
+    pooled = ProtocolInput(
+        *(type(s)(s.features, s.labels, s.groups) for s in (toy.train, toy.val, toy.test)),
+        task=toy.task,
+        num_classes=toy.num_classes,
+    )
+    res = linear.run(pooled, preset="paper", epochs=1)
+    # the released code trains CNN backbones' heads on 1 block without avgpool: 4 heads
+    assert res.hparams["heads"] == 4 and res.hparams["avgpool"] == [False]
+    assert res.hparams["n_last_blocks"] == [1] and res.selected["avgpool"] is False
+    assert any("the paper's CNNs" in w for w in res.warnings)

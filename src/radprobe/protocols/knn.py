@@ -9,6 +9,13 @@ Options: ``weighting="uniform"`` (plain majority), multi-label ``method="mlknn"`
 Zhou 2007, a per-label Bayesian vote), and ``preset="medmnist+"`` (k = 11, plain majority) for
 comparison with MedMNIST+ numbers.
 
+``preset="paper"`` reproduces Baharoon et al. (arXiv 2312.02366; docs/paper-fidelity.md): ML-kNN as
+scikit-multilearn computes it (smoothing 1, a training sample counts itself among its own k
+neighbours), cosine similarity of L2-normalised class tokens, train + val as the bank, and every k of
+(5, 20, 50, 100, 200) scored on test. The paper picks no k (val is in the bank), so this preset
+returns one summary row per k instead of a single row of scores. It runs on multi-label tasks only:
+the paper ran kNN on NIH ChestX-ray14 and CheXpert alone.
+
 Multi-label labels of -1 are unknown (CheXpert ``uncertain=ignore``): a neighbour whose label j is
 unknown casts no vote on label j, and ML-kNN counts, for each label, the k nearest bank samples whose
 label is known.
@@ -23,14 +30,20 @@ import numpy as np
 import torch
 from annotated_types import Ge, Gt
 
+from radprobe.errors import OptionError
+from radprobe.metrics.classification import HEADLINE, bootstrap_metrics
 from radprobe.metrics.fast import validation_score
-from radprobe.protocols.base import ProtocolInput, ProtocolResult
+from radprobe.protocols.base import ProtocolInput, ProtocolResult, Summary
 
 DEFAULT_KS = (10, 20, 100, 200)
 PRESETS = {
     "dinov2": {"ks": DEFAULT_KS, "temperature": 0.07, "weighting": "exp"},
     "medmnist+": {"ks": (11,), "temperature": 0.07, "weighting": "uniform"},
+    # Baharoon et al.: dinov2/eval/classification/mlknn.py (nb_knn, train + val bank) and
+    # dinov2/eval/utils.py (MLkNN: s = 1, cosine NearestNeighbors, ignore_first_neighbours = 0)
+    "paper": {"ks": (5, 20, 50, 100, 200), "method": "mlknn", "bank": "train+val", "smoothing": 1.0},
 }
+PAPER_BOOTSTRAP = 1000  # patient resamples behind each per-k row's CI
 
 
 def _normalize(x: np.ndarray) -> torch.Tensor:
@@ -130,20 +143,22 @@ def mlknn_scores(
     ks: Sequence[int],
     smoothing: float = 1.0,
     chunk: int = 1024,
+    exclude_self: bool = True,
 ) -> dict[int, np.ndarray]:
     """ML-kNN posteriors P(label | neighbour counts) (N_q, L) for every k.
 
     Per label, priors, likelihood tables and neighbour counts use only bank samples whose label is
-    known (!= -1).
+    known (!= -1). ``exclude_self=False`` counts each bank sample among its own k neighbours when
+    the likelihood tables are built, as scikit-multilearn's MLkNN does (``ignore_first_neighbours=0``).
     """
     b = _normalize(bank)
     y = torch.as_tensor(np.asarray(bank_labels))
     n, n_labels = y.shape
     pos, neg = (y == 1).float(), (y == 0).float()
-    kmax = min(max(ks), n - 1)
+    kmax = min(max(ks), n - 1 if exclude_self else n)
     s = smoothing
     prior1 = (s + pos.sum(0)) / (2 * s + pos.sum(0) + neg.sum(0))
-    train_csum = _label_neighbour_counts(b, y, np.asarray(bank), kmax, chunk, exclude_self=True)
+    train_csum = _label_neighbour_counts(b, y, np.asarray(bank), kmax, chunk, exclude_self=exclude_self)
     query_csum = _label_neighbour_counts(b, y, queries, kmax, chunk, exclude_self=False)
     out = {}
     for k in ks:
@@ -166,18 +181,29 @@ def run(
     data: ProtocolInput,
     ks: Sequence[Annotated[int, Ge(1)]] | None = None,
     temperature: Annotated[float, Gt(0)] | None = None,
-    bank: str = "train",
+    bank: str | None = None,
     weighting: str | None = None,
-    method: str = "vote",
+    method: str | None = None,
     preset: str = "dinov2",
+    smoothing: Annotated[float, Gt(0)] | None = None,
 ) -> ProtocolResult:
-    """kNN with k selected on validation; test scored once."""
+    """kNN with k selected on validation; test scored once (``preset="paper"``: every k on test).
+
+    ``bank`` defaults to train, ``method`` to the weighted vote; ``smoothing`` is ML-kNN's Laplace s
+    (default 1).
+    """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if preset == "paper":
+        return _run_paper(data, ks, temperature, bank, weighting, method, smoothing)
+    bank = bank or "train"
+    method = method or "vote"
     if bank not in ("train", "train+val"):
         raise ValueError(f"bank must be 'train' or 'train+val', got {bank!r}")
     if method not in ("vote", "mlknn") or (method == "mlknn" and data.task != "multilabel"):
         raise ValueError(f"method must be 'vote', or 'mlknn' for multi-label tasks; got {method!r}")
+    if smoothing is not None and method != "mlknn":
+        raise ValueError(f"smoothing={smoothing!r} is ML-kNN's; it needs method='mlknn'")
     p = PRESETS[preset]
     ks = sorted({int(k) for k in (ks if ks is not None else p["ks"])})
     temperature = p["temperature"] if temperature is None else temperature
@@ -185,7 +211,7 @@ def run(
 
     def scores(feats: np.ndarray, labels: np.ndarray, queries: np.ndarray, kk: list[int]) -> dict:
         if method == "mlknn":
-            return mlknn_scores(feats, labels, queries, kk)
+            return mlknn_scores(feats, labels, queries, kk, smoothing=1.0 if smoothing is None else smoothing)
         return knn_scores(
             feats, labels, queries, kk, data.task, data.num_classes, temperature, weighting=weighting
         )
@@ -196,25 +222,102 @@ def run(
         for k, s in scores(tr.features, tr.labels, va.features, ks).items()
     }
     best_k = max(ks, key=lambda k: (per_k[k], -k))  # ties go to the smaller k
-    if bank == "train+val":
-        feats = np.concatenate([np.asarray(tr.features), np.asarray(va.features)])
-        labels = np.concatenate([tr.labels, va.labels])
-    else:
-        feats, labels = np.asarray(tr.features), tr.labels
+    feats, labels = _bank(data, bank)
     warnings = []
     if best_k > len(feats):
         warnings.append(f"k={best_k} exceeds the bank size {len(feats)}; all bank samples vote")
+    hparams = {
+        "ks": ks,
+        "temperature": temperature,
+        "weighting": weighting,
+        "method": method,
+        "preset": preset,
+        "bank": bank,
+        "features": "cls",
+    }
+    if smoothing is not None:  # only when set: runs that leave it out keep their keys
+        hparams["smoothing"] = smoothing
     return ProtocolResult(
         scores=scores(feats, labels, te.features, [best_k])[best_k],
-        hparams={
-            "ks": ks,
-            "temperature": temperature,
-            "weighting": weighting,
-            "method": method,
-            "preset": preset,
-            "bank": bank,
-            "features": "cls",
-        },
+        hparams=hparams,
         selected={"k": best_k, "val_score": {str(k): v for k, v in per_k.items()}},
         warnings=warnings,
     )
+
+
+def _bank(data: ProtocolInput, bank: str) -> tuple[np.ndarray, np.ndarray]:
+    """Features and labels of the neighbour bank: train, or train followed by val."""
+    tr, va = data.train, data.val
+    if bank == "train+val":
+        return (
+            np.concatenate([np.asarray(tr.features), np.asarray(va.features)]),
+            np.concatenate([tr.labels, va.labels]),
+        )
+    return np.asarray(tr.features), tr.labels
+
+
+def _check_paper(
+    task: str,
+    temperature: float | None,
+    bank: str | None,
+    weighting: str | None,
+    method: str | None,
+) -> None:
+    """One line for a ``preset="paper"`` request the paper's kNN never ran."""
+    if task != "multilabel":
+        raise OptionError(
+            "--set",
+            f"knn.preset=paper: the paper ran kNN (ML-kNN) on multi-label datasets only "
+            f"(NIH ChestX-ray14, CheXpert); this is a {task} task",
+        )
+    p = PRESETS["paper"]
+    for name, value, wanted in (("method", method, p["method"]), ("bank", bank, p["bank"])):
+        if value is not None and value != wanted:
+            raise OptionError("--set", f"knn.{name}={value!r}: preset=paper uses {name}={wanted!r}")
+    for name, value in (("temperature", temperature), ("weighting", weighting)):
+        if value is not None:
+            raise OptionError("--set", f"knn.{name}={value!r}: ML-kNN (preset=paper) takes no {name}")
+
+
+def _run_paper(
+    data: ProtocolInput,
+    ks: Sequence[int] | None,
+    temperature: float | None,
+    bank: str | None,
+    weighting: str | None,
+    method: str | None,
+    smoothing: float | None,
+) -> ProtocolResult:
+    """ML-kNN on the train + val bank, every k scored on test: one summary row per k."""
+    _check_paper(data.task, temperature, bank, weighting, method)
+    p = PRESETS["paper"]
+    ks = sorted({int(k) for k in (ks if ks is not None else p["ks"])})
+    s = p["smoothing"] if smoothing is None else smoothing
+    feats, labels = _bank(data, p["bank"])
+    te = data.test
+    per_k = mlknn_scores(feats, labels, te.features, ks, smoothing=s, exclude_self=False)
+    headline = HEADLINE[data.task][0]
+    hparams = {"method": "mlknn", "preset": "paper", "bank": p["bank"], "smoothing": s, "features": "cls"}
+    summaries = []
+    for k in ks:
+        # the point estimate and a patient-bootstrap CI, as a scored row would carry
+        m = next(
+            v
+            for v in bootstrap_metrics(te.labels, per_k[k], data.task, te.groups, PAPER_BOOTSTRAP, data.seed)
+            if v.name == headline
+        )
+        warn = [f"k={k} exceeds the bank size {len(feats)}; all bank samples vote"] if k > len(feats) else []
+        summaries.append(
+            Summary(
+                protocol="knn",
+                metric=headline,
+                value=m.value,
+                ci_low=m.ci_low,
+                ci_high=m.ci_high,
+                ci_method=f"patient bootstrap, {PAPER_BOOTSTRAP} resamples",
+                hparams={**hparams, "k": k},
+                selected={"k": k, "selection": "none: the paper reports every k on test"},
+                warnings=warn + m.warnings,
+            )
+        )
+    return ProtocolResult(scores=None, hparams={**hparams, "ks": ks}, selected={}, summaries=summaries)

@@ -18,6 +18,14 @@ inputs R^T (plus the fixed logit offset X W0) follows the very same trajectory a
 
 A head's initial weights come from a generator seeded by (seed, its config), and the batch order
 from ``seed`` alone, so each head of the grid trains exactly as it would alone.
+
+``preset="paper"`` reproduces Baharoon et al. (arXiv 2312.02366; docs/paper-fidelity.md): 16 heads
+(lr 1e-3, 5e-3, 1e-2, 5e-2 x last 1 or 4 blocks x avgpool), batch 128, 10 epochs of ceil(n / 128)
+steps, learning rates unscaled, heads chosen on val AUROC of sigmoid(logits), and the chosen head
+retrained on train + val. As the released code does, multi-label heads minimise each sample's
+class-mean BCE summed (not averaged) over the batch, and binary heads have a single logit. The paper
+trains on augmented views (RandomResizedCrop + flip) of the images; cached features are not
+augmented, which the result's hparams record.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -39,8 +47,48 @@ from radprobe.utils import digest
 # Above this many bytes of stacked linear inputs, fused training sets train one by one instead.
 PRECOMPUTE_BYTES = 1 << 30
 DINOV2_LRS = (1e-5, 2e-5, 5e-5, 1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2, 5e-2, 1e-1)
+# Baharoon et al., dinov2/eval/classification/linear.py get_args_parser defaults: learning_rates,
+# n_last_blocks, avgpools (its grid order), epochs, batch_size; no min iterations; retrained on
+# train + val when a validation set is given (run_eval_linear).
+PRESETS: dict[str, dict[str, Any]] = {
+    "dinov2": {
+        "lrs": DINOV2_LRS,
+        "n_blocks": (1, 4),
+        "avgpool": (False, True),
+        "epochs": 10,
+        "min_iterations": 500,
+        "batch_size": 256,
+        "refit": False,
+    },
+    "paper": {
+        "lrs": (1e-3, 5e-3, 1e-2, 5e-2),
+        "n_blocks": (1, 4),
+        "avgpool": (True, False),
+        "epochs": 10,
+        "min_iterations": 0,
+        "batch_size": 128,
+        "refit": True,
+    },
+}
+PAPER_TRAIN_VIEWS = (
+    "cached un-augmented features; the paper trains on RandomResizedCrop(scale 0.75-1) + horizontal "
+    "flip views of the images (not reproduced)"
+)
 
 Variant = tuple[int, bool]
+
+
+@dataclass(frozen=True)
+class TrainRules:
+    """How the heads' SGD is set beyond the grid.
+
+    ``lr_scale``: each lr is multiplied by batch / 256 (DINOv2); False: used as given (the paper).
+    ``multilabel_loss``: ``"mean"``, the mean BCE over the batch's known (sample, label) entries; or
+    ``"sample_sum"``, each sample's mean BCE over its labels summed over the batch (the paper's code).
+    """
+
+    lr_scale: bool = True
+    multilabel_loss: str = "mean"
 
 
 @dataclass(frozen=True)
@@ -125,6 +173,7 @@ def train_many(
     batch_size: int = 256,
     momentum: float = 0.9,
     project: bool | None = None,
+    rules: TrainRules = TrainRules(),
 ) -> list[LinearHeads]:
     """Train the grid ``configs`` on every training set at once (one fused step per iteration).
 
@@ -146,6 +195,7 @@ def train_many(
             iterations,
             momentum,
             project,
+            rules,
         )
         for i, heads in zip(members, fused, strict=True):
             out[i] = heads
@@ -227,6 +277,7 @@ def _train_fused(
     iterations: int,
     momentum: float,
     project: bool | None,
+    rules: TrainRules = TrainRules(),
 ) -> list[LinearHeads]:
     """Train R sets' grids in one loop; tensors are laid out (R, V, ...) over sets and variants.
 
@@ -255,6 +306,7 @@ def _train_fused(
                 iterations,
                 momentum,
                 project,
+                rules,
             )
         ]
     # A set trained alone whose inputs are not projected (n >= every width) streams its batches:
@@ -270,9 +322,10 @@ def _train_fused(
     ]
     x_all, offset, w = _stack_inputs(sets, widths, ns, grid, stream)
     y_all = _stack_labels(trains, task, num_classes, max(ns))
-    stacked = _Stacked(x_all, offset, w, y_all, _learning_rates(grid, batch_sizes))
+    stacked = _Stacked(x_all, offset, w, y_all, _learning_rates(grid, batch_sizes, rules.lr_scale))
     plan = _batch_plan(ns, batch_sizes, seeds, iterations, stream)
-    w_t, b = _fused_sgd(stacked, plan, grid, task, iterations, momentum, blocks_all[0])
+    loss = rules.multilabel_loss
+    w_t, b = _fused_sgd(stacked, plan, grid, task, iterations, momentum, blocks_all[0], loss)
     return _unpack_heads(w_t, b, sets, widths, grid)
 
 
@@ -329,12 +382,13 @@ def _stack_inputs(
     return x_all, offset, w
 
 
-def _learning_rates(grid: _Grid, batch_sizes: Sequence[int]) -> torch.Tensor:
+def _learning_rates(grid: _Grid, batch_sizes: Sequence[int], scale: bool = True) -> torch.Tensor:
     """(R, V, H) learning rate of every head of every set; padded heads get 0."""
     lr = torch.zeros(len(batch_sizes), len(grid.variants), grid.heads)
+    factor = torch.tensor([bs / 256 if scale else 1.0 for bs in batch_sizes])  # lr * batch / 256
     for vi, heads in enumerate(grid.per_variant):
         for hi, cfg in enumerate(heads):
-            lr[:, vi, hi] = cfg.lr * torch.tensor([bs / 256 for bs in batch_sizes])  # lr * batch / 256
+            lr[:, vi, hi] = cfg.lr * factor
     return lr
 
 
@@ -373,6 +427,7 @@ def _fused_sgd(
     iterations: int,
     momentum: float,
     blocks: torch.Tensor,
+    multilabel_loss: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SGD with momentum on a cosine schedule; returns weights (RV, HC, D) and biases (R, V, H, C, 1).
 
@@ -395,7 +450,8 @@ def _fused_sgd(
             xb, off_b, yb = _gather_batch(st, plan.idx[it], grid, task, blocks)
         assert xb is not None
         z = torch.bmm(w_t, xb.transpose(1, 2)).view(r_n, v_n, h_n, c_n, bs_max) + off_b + b
-        g = _logit_grad(z, yb[:, None, None], task, plan.slot[:, None, None])  # each head's own gradient
+        # each head's own gradient
+        g = _logit_grad(z, yb[:, None, None], task, plan.slot[:, None, None], multilabel_loss)
         scale = 0.5 * (1 + math.cos(math.pi * it / iterations))
         buf_w.mul_(momentum).add_(torch.bmm(g.view(rv, hc, bs_max), xb))
         w_t.sub_(lr_w * scale * buf_w)
@@ -445,36 +501,58 @@ def _unpack_heads(
 
 
 def head_losses(
-    logits: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor | None = None
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    task: str,
+    weight: torch.Tensor | None = None,
+    multilabel_loss: str = "mean",
 ) -> torch.Tensor:
     """Per-head mean loss of logits (..., B, C): cross-entropy, or BCE over all labels at once.
 
     ``y`` (B,) or multi-label (B, C) broadcasts over the leading head axes. ``weight`` (..., B)
     masks samples (batch padding); multi-label entries of -1 (unknown) are left out of the mean.
+    ``multilabel_loss="sample_sum"``: BCE summed over the batch and divided by the number of labels.
     """
     if task == "multilabel":
         y = y.transpose(-1, -2)
-    return _losses(logits.transpose(-1, -2), y, task, weight)
+    return _losses(logits.transpose(-1, -2), y, task, weight, multilabel_loss)
 
 
-def _logit_grad(z: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor) -> torch.Tensor:
+def _logit_grad(
+    z: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor, multilabel_loss: str = "mean"
+) -> torch.Tensor:
     """Gradient of :func:`_losses` (summed over heads) with respect to logits z laid out (..., C, B)."""
     if task == "multilabel":
         known = ((y >= 0).float() * weight[..., None, :]).expand_as(z)
-        count = known.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+        count = _bce_count(known, multilabel_loss)
         return (torch.sigmoid(z) - y.clamp(min=0).float()) * known / count
     onehot = (torch.arange(z.shape[-2])[:, None] == y.unsqueeze(-2)).float()
     return (torch.softmax(z, -2) - onehot) * (weight / weight.sum(-1, keepdim=True))[..., None, :]
 
 
-def _losses(z: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor | None) -> torch.Tensor:
+def _bce_count(known: torch.Tensor, multilabel_loss: str) -> torch.Tensor | float:
+    """What a head's summed multi-label BCE (known entries (..., C, B)) is divided by."""
+    if multilabel_loss == "sample_sum":
+        # the paper's code: sum over the batch of each sample's BCE summed over labels / labels
+        return float(known.shape[-2])
+    if multilabel_loss != "mean":
+        raise ValueError(f"multilabel_loss must be 'mean' or 'sample_sum', got {multilabel_loss!r}")
+    return known.sum(dim=(-2, -1), keepdim=True).clamp(min=1)
+
+
+def _losses(
+    z: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor | None, multilabel_loss: str = "mean"
+) -> torch.Tensor:
     """:func:`head_losses` on logits laid out (..., C, B): reductions over C then run along B."""
     if task == "multilabel":
         known = (y >= 0).float() if weight is None else (y >= 0).float() * weight[..., None, :]
         known = known.expand_as(z)
         target = y.clamp(min=0).float().expand_as(z)
         per = F.binary_cross_entropy_with_logits(z, target, reduction="none") * known
-        return per.sum(dim=(-2, -1)) / known.sum(dim=(-2, -1)).clamp(min=1)
+        count = _bce_count(known, multilabel_loss)
+        if not isinstance(count, float):
+            count = count[..., 0, 0]
+        return per.sum(dim=(-2, -1)) / count
     shape = z.shape[:-2] + z.shape[-1:]
     # log-sum-exp minus the target logit: cross-entropy without flattening (heads, batch) into rows
     per = torch.logsumexp(z, -2) - z.gather(-2, y.expand(shape).unsqueeze(-2)).squeeze(-2)
@@ -486,16 +564,17 @@ def _losses(z: torch.Tensor, y: torch.Tensor, task: str, weight: torch.Tensor | 
 
 @torch.no_grad()
 def predict(
-    heads: LinearHeads, split: SplitFeatures, task: str, chunk: int = 4096
+    heads: LinearHeads, split: SplitFeatures, task: str, chunk: int = 4096, activation: str | None = None
 ) -> dict[HeadConfig, np.ndarray]:
-    """Scores (N, C) of every head: softmax, or sigmoid for multi-label."""
+    """Scores (N, C) of every head: softmax, or sigmoid for multi-label (``activation`` forces one)."""
     blocks = _blocks(split)
+    sigmoid = (activation or ("sigmoid" if task == "multilabel" else "softmax")) == "sigmoid"
     out: dict[HeadConfig, np.ndarray] = {}
     for v, (cfgs, w, b) in heads.heads.items():
         parts = []
         for start in range(0, len(blocks), chunk):
             z = torch.einsum("nd,hdc->hnc", linear_input(blocks[start : start + chunk], *v), w) + b[:, None]
-            parts.append(z.sigmoid() if task == "multilabel" else z.softmax(-1))
+            parts.append(z.sigmoid() if sigmoid else z.softmax(-1))
         probs = torch.cat(parts, dim=1)
         out.update({c: probs[hi].double().numpy() for hi, c in enumerate(cfgs)})
     return {c: out[c] for c in heads.configs}
@@ -503,89 +582,175 @@ def predict(
 
 def run(
     data: ProtocolInput,
-    lrs: Sequence[Annotated[float, Gt(0)]] = DINOV2_LRS,
-    n_blocks: Sequence[Annotated[int, Ge(1)]] = (1, 4),
-    avgpool: Sequence[bool] = (False, True),
-    epochs: Annotated[int, Ge(1)] = 10,
-    min_iterations: Annotated[int, Ge(0)] = 500,
-    batch_size: Annotated[int, Ge(1)] = 256,
-    refit: bool = False,
+    lrs: Sequence[Annotated[float, Gt(0)]] | None = None,
+    n_blocks: Sequence[Annotated[int, Ge(1)]] | None = None,
+    avgpool: Sequence[bool] | None = None,
+    epochs: Annotated[int, Ge(1)] | None = None,
+    min_iterations: Annotated[int, Ge(0)] | None = None,
+    batch_size: Annotated[int, Ge(1)] | None = None,
+    refit: bool | None = None,
+    preset: str = "dinov2",
 ) -> ProtocolResult:
     """Train the grid on train, select the best head on val, score test once.
 
-    ``refit`` retrains the selected head on train + val before scoring test.
+    ``refit`` retrains the selected head on train + val before scoring test. Options left unset take
+    the ``preset``'s value (``PRESETS``: ``dinov2``, the default, or ``paper``).
     """
-    kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size, refit=refit)
+    kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size, refit=refit, preset=preset)
     return run_many([data], lrs, n_blocks, avgpool, **kw)[0]
+
+
+@dataclass(frozen=True)
+class _HeadView:
+    """How a preset's heads see the task: what they train as, their activation, SGD rules and the
+    validation score that picks a head."""
+
+    task: str  # the task the heads train as
+    outputs: int
+    activation: str | None  # None: softmax, or sigmoid for multi-label
+    rules: TrainRules
+    one_logit: bool  # binary heads with a single logit (trained as one multi-label output)
+    selection: str  # "headline": the task's headline metric; "auroc": (macro) AUROC of the scores
+
+    @classmethod
+    def of(cls, task: str, num_classes: int, preset: str) -> _HeadView:
+        if preset != "paper":
+            return cls(task, num_classes, None, TrainRules(), False, "headline")
+        # the paper's code: no lr scaling; multi-label BCE summed over the batch; one logit for binary
+        # tasks; sigmoid on every head's logits; heads chosen on validation AUROC (val_metric_type)
+        rules = TrainRules(lr_scale=False, multilabel_loss="sample_sum" if task == "multilabel" else "mean")
+        if task == "binary":
+            return cls("multilabel", 1, "sigmoid", rules, True, "auroc")
+        return cls(task, num_classes, "sigmoid", rules, False, "auroc")
+
+    def split(self, s: SplitFeatures) -> SplitFeatures:
+        """``s`` as the heads train on it: binary labels become one multi-label column."""
+        if not self.one_logit:
+            return s
+        return SplitFeatures(s.features, np.asarray(s.labels)[:, None], s.groups, s.blocks, s.bags)
+
+    def scores(self, probs: np.ndarray) -> np.ndarray:
+        """Scores (N, C) of the task from a head's outputs."""
+        return np.concatenate([1 - probs, probs], 1) if self.one_logit else probs
+
+    def val_scores(self, labels: np.ndarray, probs: np.ndarray, task: str) -> np.ndarray:
+        """The selection score of every head's validation outputs ``probs`` (H, N, outputs)."""
+        y = np.asarray(labels)
+        if self.selection == "headline":
+            return headline_scores(y, probs, task)
+        if task == "binary":
+            return headline_scores(y[:, None], probs, "multilabel")
+        if task == "multiclass":  # one-vs-rest macro AUROC of each class's score
+            return headline_scores(np.eye(probs.shape[-1], dtype=int)[y], probs, "multilabel")
+        return headline_scores(y, probs, task)
+
+
+def _resolve(preset: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run: those given, the ``preset``'s for the rest."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    return {k: PRESETS[preset][k] if given.get(k) is None else given[k] for k in PRESETS[preset]}
 
 
 def run_many(
     inputs: Sequence[ProtocolInput],
-    lrs: Sequence[float] = DINOV2_LRS,
-    n_blocks: Sequence[int] = (1, 4),
-    avgpool: Sequence[bool] = (False, True),
-    epochs: int = 10,
-    min_iterations: int = 500,
-    batch_size: int = 256,
-    refit: bool = False,
+    lrs: Sequence[float] | None = None,
+    n_blocks: Sequence[int] | None = None,
+    avgpool: Sequence[bool] | None = None,
+    epochs: int | None = None,
+    min_iterations: int | None = None,
+    batch_size: int | None = None,
+    refit: bool | None = None,
+    preset: str = "dinov2",
 ) -> list[ProtocolResult]:
     """:func:`run` on several inputs of one task (few-shot draws), their grids trained in one pass.
 
     Each input keeps its own seed, selection and refit; results come back in input order.
     """
+    given = dict(lrs=lrs, n_blocks=n_blocks, avgpool=avgpool, epochs=epochs, refit=refit)
+    o = _resolve(preset, {**given, "min_iterations": min_iterations, "batch_size": batch_size})
     first = inputs[0]
+    view = _HeadView.of(first.task, first.num_classes, preset)
     available = min(1 if d.train.blocks is None else d.train.blocks.shape[1] for d in inputs)
-    nb = sorted({min(n, available) for n in n_blocks})
-    configs = head_grid(lrs, nb, avgpool)
-    kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size)
-    trains = [d.train for d in inputs]
-    grids = train_many(trains, first.task, first.num_classes, configs, [d.seed for d in inputs], **kw)
+    nb = sorted({min(n, available) for n in o["n_blocks"]})
+    no_blocks = any(d.train.blocks is None for d in inputs)
+    if preset == "paper" and no_blocks and avgpool is None:
+        # pooled features only (CNN backbones): the paper's grid for them is 1 block, no avgpool
+        o["avgpool"] = (False,)
+    configs = head_grid(o["lrs"], nb, o["avgpool"])
+    kw = dict(
+        epochs=o["epochs"], min_iterations=o["min_iterations"], batch_size=o["batch_size"], rules=view.rules
+    )
+    seeds = [d.seed for d in inputs]
+    grids = train_many([view.split(d.train) for d in inputs], view.task, view.outputs, configs, seeds, **kw)
     bests = []
     for data, grid in zip(inputs, grids, strict=True):
-        val = predict(grid, data.val, data.task)
-        scores = headline_scores(data.val.labels, np.stack([val[c] for c in configs]), data.task)
+        val = predict(grid, data.val, view.task, activation=view.activation)
+        scores = view.val_scores(data.val.labels, np.stack([val[c] for c in configs]), data.task)
         best = int(np.argmax(scores))  # first of equals: grid order
         bests.append((configs[best], float(scores[best])))
-    if refit:
+    if o["refit"]:
         grids = train_many(
-            [d.train.concat(d.val) for d in inputs],
-            first.task,
-            first.num_classes,
+            [view.split(d.train.concat(d.val)) for d in inputs],
+            view.task,
+            view.outputs,
             list(dict.fromkeys(best for best, _ in bests)),
-            [d.seed for d in inputs],
+            seeds,
             **kw,
         )
         # each input trains only its own selected head
         grids = [_only(g, best) for g, (best, _) in zip(grids, bests, strict=True)]
+    hparams = _hparams(o, nb, len(configs), preset, view)
     results = []
     for data, grid, (best, val_score) in zip(inputs, grids, bests, strict=True):
-        test_scores = predict(grid, data.test, data.task)[best]
+        test_scores = view.scores(predict(grid, data.test, view.task, activation=view.activation)[best])
         warnings = []
-        if available < max(n_blocks):
+        if available < max(o["n_blocks"]):
             warnings.append(f"cache holds {available} block(s); n_last_blocks limited to {nb}")
+        if preset == "paper" and no_blocks and avgpool is None:
+            warnings.append("cache holds pooled features only; avgpool limited to [False] (the paper's CNNs)")
         results.append(
             ProtocolResult(
                 scores=test_scores,
-                hparams={
-                    "lrs": list(lrs),
-                    "n_last_blocks": nb,
-                    "avgpool": list(avgpool),
-                    "heads": len(configs),
-                    "epochs": epochs,
-                    "min_iterations": min_iterations,
-                    "batch_size": batch_size,
-                    "optimizer": "sgd momentum 0.9, wd 0, cosine, lr*batch/256",
-                    "refit": refit,
-                },
+                hparams=dict(hparams),
                 selected={
                     **asdict(best),
                     "val_score": val_score,
-                    "trainable_params": grid.input_dim(best) * data.num_classes + data.num_classes,
+                    "trainable_params": grid.input_dim(best) * view.outputs + view.outputs,
                 },
                 warnings=warnings,
             )
         )
     return results
+
+
+def _hparams(o: dict[str, Any], nb: list[int], heads: int, preset: str, view: _HeadView) -> dict[str, Any]:
+    """A run's hparams; the default preset's keys are those runs have always had."""
+    out = {
+        "lrs": list(o["lrs"]),
+        "n_last_blocks": nb,
+        "avgpool": list(o["avgpool"]),
+        "heads": heads,
+        "epochs": o["epochs"],
+        "min_iterations": o["min_iterations"],
+        "batch_size": o["batch_size"],
+        "optimizer": "sgd momentum 0.9, wd 0, cosine, lr*batch/256",
+        "refit": o["refit"],
+    }
+    if preset == "dinov2":
+        return out
+    loss = {
+        "sample_sum": "bce: per-sample mean over labels, summed over the batch",
+        "mean": "bce, one logit" if view.one_logit else "cross-entropy",
+    }[view.rules.multilabel_loss]
+    return {
+        **out,
+        "optimizer": "sgd momentum 0.9, wd 0, cosine, lr unscaled",
+        "preset": preset,
+        "loss": loss,
+        "selection": "val auroc of sigmoid(logits)",
+        "train_views": PAPER_TRAIN_VIEWS,
+    }
 
 
 def _only(heads: LinearHeads, cfg: HeadConfig) -> LinearHeads:

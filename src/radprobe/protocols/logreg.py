@@ -6,6 +6,12 @@ with torch L-BFGS. Both minimise ``C * sum(log-loss) + ||W||² / 2`` with an unp
 multi-label is one-vs-rest. The sweep runs from strong to weak regularisation, each fit starting
 from the previous solution, which is what makes 45 fits affordable. Multi-label labels of -1 are
 unknown (CheXpert ``uncertain=ignore``): each label is fitted on the samples where it is known.
+
+``refit=True`` fits the chosen C again on train + val before scoring test (DINOv2's standard
+logistic-regression evaluation). ``preset="paper"`` follows Baharoon et al.'s log_regression.py
+(DINOv2's, unchanged; docs/paper-fidelity.md): the same 45 C values, at most 1000 iterations, tol
+1e-12, C chosen on validation top-1 accuracy, refit on train + val. That code fits cuML's multi-class
+logistic regression, so the preset runs on binary and multi-class tasks only.
 """
 
 from __future__ import annotations
@@ -13,16 +19,23 @@ from __future__ import annotations
 import copy
 import warnings as _warnings
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from annotated_types import Ge, Gt
 
+from radprobe.errors import OptionError
 from radprobe.metrics.fast import validation_score
 from radprobe.protocols.base import ProtocolInput, ProtocolResult
 
 DINOV2_CS = tuple(float(c) for c in np.logspace(-6, 5, 45))
+PRESETS: dict[str, dict[str, Any]] = {
+    "dinov2": {"cs": DINOV2_CS, "max_iter": 1000, "tol": 1e-4, "refit": False},
+    # dinov2/eval/log_regression.py: C_POWER_RANGE, DEFAULT_MAX_ITER, LogRegModule(tol=1e-12); the final
+    # model is trained on train + the set C was chosen on (eval_log_regression)
+    "paper": {"cs": DINOV2_CS, "max_iter": 1000, "tol": 1e-12, "refit": True},
+}
 
 
 def fit_torch(
@@ -148,54 +161,98 @@ class _TorchSweep:
 
 def run(
     data: ProtocolInput,
-    cs: Sequence[Annotated[float, Gt(0)]] = DINOV2_CS,
-    max_iter: Annotated[int, Ge(1)] = 1000,
-    tol: Annotated[float, Gt(0)] = 1e-4,
+    cs: Sequence[Annotated[float, Gt(0)]] | None = None,
+    max_iter: Annotated[int, Ge(1)] | None = None,
+    tol: Annotated[float, Gt(0)] | None = None,
     backend: str = "auto",
     row_space: bool | None = None,
+    refit: bool | None = None,
+    preset: str = "dinov2",
 ) -> ProtocolResult:
-    """Sweep C on validation and score test once with the best C.
+    """Sweep C on validation and score test once with the best C (fitted again on train + val when
+    ``refit``). Options left unset take the ``preset``'s value (``PRESETS``).
 
     With fewer training samples than feature dimensions (few-shot draws), the fits run in the row
     space of the training features (``row_space``; by default when n < D): the L2-penalised optimum
     W lies in the span of the training rows, so rotating onto an orthonormal basis of that span is
     exact and turns a (D x K) problem into an (n x K) one.
     """
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    if preset == "paper" and data.task == "multilabel":
+        raise OptionError(
+            "--set",
+            "logreg.preset=paper: the paper's logistic regression (cuML, multi-class) never ran on "
+            "multi-label tasks; this is one",
+        )
+    given = {"cs": cs, "max_iter": max_iter, "tol": tol, "refit": refit}
+    o = {k: v if given[k] is None else given[k] for k, v in PRESETS[preset].items()}
     if backend == "auto":
         backend = "torch" if torch.cuda.is_available() else "sklearn"
     if backend not in ("sklearn", "torch"):
         raise ValueError(f"backend must be 'auto', 'sklearn' or 'torch', got {backend!r}")
     x_tr = np.asarray(data.train.features, dtype=np.float64)
-    x_va = np.asarray(data.val.features, dtype=np.float64)
-    x_te = np.asarray(data.test.features, dtype=np.float64)
     if row_space is None:
         row_space = len(x_tr) < x_tr.shape[1]
-    if row_space:
-        q, _ = np.linalg.qr(x_tr.T)  # (D, n), orthonormal columns spanning the training rows
-        x_tr, x_va, x_te = x_tr @ q, x_va @ q, x_te @ q
-    sweep = (
-        _SklearnSweep(data, x_tr, max_iter, tol)
-        if backend == "sklearn"
-        else _TorchSweep(data, x_tr, max_iter)
-    )
+    x_tr, x_va, x_te = _rotate(x_tr, [data.val.features, data.test.features], row_space)
+    score = _accuracy if preset == "paper" else validation_score  # the paper's code: "top-1"
     per_c: dict[float, float] = {}
     best, best_state = None, None
-    for c in sorted(float(c) for c in cs):
+    sweep = _sweep(data, x_tr, o, backend)
+    for c in sorted(float(c) for c in o["cs"]):
         sweep.fit(c)
-        per_c[c] = validation_score(data.val.labels, sweep.scores(x_va), data.task)
+        per_c[c] = score(data.val.labels, sweep.scores(x_va), data.task)
         if best is None or per_c[c] > per_c[best]:  # first of equals: the smallest C
             best, best_state = c, copy.deepcopy(sweep)
     if best is None or best_state is None:
         raise ValueError("logreg needs at least one C value")
+    if o["refit"]:
+        best_state, x_te = _refit(data, o, backend, row_space, best)
+    hparams = {"cs": sorted(float(c) for c in o["cs"]), "max_iter": o["max_iter"], "tol": o["tol"]}
+    hparams.update(backend=backend, features="cls")
+    if o["refit"] or preset != "dinov2":  # only when used: other runs keep their keys
+        hparams["refit"] = o["refit"]
+    if preset != "dinov2":
+        hparams.update(preset=preset, selection="val top-1 accuracy")
     return ProtocolResult(
         scores=best_state.scores(x_te),
-        hparams={
-            "cs": sorted(float(c) for c in cs),
-            "max_iter": max_iter,
-            "tol": tol,
-            "backend": backend,
-            "features": "cls",
-        },
+        hparams=hparams,
         # how the fits were solved, not what was evaluated: equal results either way, so not a hparam
         selected={"C": best, "val_score": per_c[best], "row_space": row_space},
     )
+
+
+def _rotate(x: np.ndarray, others: list[np.ndarray], row_space: bool) -> list[np.ndarray]:
+    """``x`` and ``others`` (float64), onto an orthonormal basis of ``x``'s rows when ``row_space``."""
+    out = [x] + [np.asarray(o, dtype=np.float64) for o in others]
+    if not row_space:
+        return out
+    q, _ = np.linalg.qr(x.T)  # (D, n), orthonormal columns spanning the training rows
+    return [a @ q for a in out]
+
+
+def _sweep(
+    data: ProtocolInput, x: np.ndarray, o: dict[str, Any], backend: str
+) -> _SklearnSweep | _TorchSweep:
+    if backend == "sklearn":
+        return _SklearnSweep(data, x, o["max_iter"], o["tol"])
+    return _TorchSweep(data, x, o["max_iter"])
+
+
+def _refit(
+    data: ProtocolInput, o: dict[str, Any], backend: str, row_space: bool, c: float
+) -> tuple[_SklearnSweep | _TorchSweep, np.ndarray]:
+    """A fit of C = ``c`` on train + val, from scratch, and the test features it scores."""
+    full = ProtocolInput(
+        data.train.concat(data.val), data.val, data.test, data.task, data.num_classes, data.seed
+    )
+    x = np.asarray(full.train.features, dtype=np.float64)
+    x, x_te = _rotate(x, [data.test.features], row_space)
+    fit = _sweep(full, x, o, backend)
+    fit.fit(c)
+    return fit, x_te
+
+
+def _accuracy(labels: np.ndarray, scores: np.ndarray, task: str) -> float:
+    """Top-1 accuracy (the paper's C selection metric)."""
+    return float((np.asarray(scores).argmax(1) == np.asarray(labels)).mean())
