@@ -190,3 +190,21 @@ def test_default_fewshot_hparams_are_unchanged(toy):
     res = fewshot.run(toy, shots=(1,), repeats=2, protocols=("knn",))
     assert res.hparams == {"shots": [1], "repeats": 2, "protocols": ["knn"]}
     assert res.summaries[0].hparams == {"shots": 1, "repeats": 2}
+
+
+def test_t_intervals_are_clipped_to_the_metric_range_and_say_so():
+    from types import SimpleNamespace
+
+    from radprobe.protocols import fewshot
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 40)
+    perfect = np.stack([1 - y, y], 1).astype(float)  # AUROC 1
+    coin = rng.random((40, 2))  # AUROC about 0.5
+    data = SimpleNamespace(task="binary", test=SimpleNamespace(labels=y))
+    picked = [(r, np.arange(4), SimpleNamespace(scores=s, selected={}, warnings=[])) for r, s in
+              enumerate([perfect, coin, perfect])]  # fmt: skip
+    st = SimpleNamespace(pool="train", repeats=3, inner={}, extra=lambda: {})
+    row = fewshot._summary(data, "knn", 1, picked, st)
+    assert row.ci_high == 1.0 and 0.0 <= row.ci_low < row.value < 1.0
+    assert row.ci_method == "t-interval over 3 draws, clipped to [0, 1]"

@@ -269,13 +269,18 @@ def _summary(
     mean = float(np.mean(vals))
     sd = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
     half = float(stats.t.ppf(0.975, len(vals) - 1) * sd / np.sqrt(len(vals))) if len(vals) > 1 else 0.0
+    low, high = mean - half, mean + half
+    method = f"t-interval over {len(vals)} draws"
+    if low < 0.0 or high > 1.0:  # every headline metric lies in [0, 1]; a t-interval need not
+        low, high = max(low, 0.0), min(high, 1.0)
+        method += ", clipped to [0, 1]"
     return Summary(
         protocol=f"fewshot-{proto}",
         metric=headline,
         value=mean,
-        ci_low=mean - half if len(vals) > 1 else None,
-        ci_high=mean + half if len(vals) > 1 else None,
-        ci_method=f"t-interval over {len(vals)} draws" if len(vals) > 1 else "",
+        ci_low=low if len(vals) > 1 else None,
+        ci_high=high if len(vals) > 1 else None,
+        ci_method=method if len(vals) > 1 else "",
         hparams={"shots": n, "repeats": st.repeats, **st.inner.get(proto, {}), **st.extra()},
         selected={"values": vals, "sd": sd, "train_sizes": sizes, "per_draw": selections},
         warnings=sorted(set(row_warnings)),
