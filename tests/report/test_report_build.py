@@ -88,3 +88,22 @@ def test_compute_table_names_the_device_and_data_parallel_ranks(run_dir):
     assert device_label({"env": {"device": "cpu"}}) == "cpu" and device_label({}) == "?"
     md = build_report(run_dir).markdown.read_text()
     assert "| backbone | device | params |" in md and "| ViT pretrained | cpu |" in md
+
+
+def test_a_table_with_a_zero_width_interval_says_what_it_means(tmp_path):
+    from conftest import _row
+    from radprobe.report.build import build_report
+    from radprobe.report.model import ZERO_WIDTH
+    from radprobe.results import ResultStore
+
+    rows = [
+        _row("test:vit-tiny", "sha", "lung", "knn", "auroc", 0.8, task="binary", num_classes=2),
+        _row("test:vit-tiny", "sha", "lung", "knn", "accuracy", 0.7, task="binary", num_classes=2,
+             ci_low=0.7, ci_high=0.7),
+    ]  # fmt: skip
+    with ResultStore(tmp_path) as store:
+        store.write(rows)
+    build_report(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert f"0.700 [0.700, 0.700]{ZERO_WIDTH}" in md
+    assert "zero-width interval: every resample gave the same value" in md

@@ -209,3 +209,11 @@ def test_pool_folds_pools_segmentation_cases(tmp_path):
     rows += _seg_fold_rows(tmp_path, 2, d2, ["p1-a", "p3-b", "p4-a", "p5-a"])
     pooled = {r["metric"]: r for r in pool_folds(rows, tmp_path, n_boot=200)}
     assert "t-interval" in pooled["dice_macro"]["ci_method"]
+
+
+def test_a_zero_width_interval_is_marked():
+    from radprobe.report.model import ZERO_WIDTH
+
+    assert Cell(0.5, 0.5, 0.5).text() == f"0.500 [0.500, 0.500]{ZERO_WIDTH}"
+    assert Cell(0.5, 0.5, 0.5).zero_width and not Cell(0.5, 0.4, 0.6).zero_width
+    assert not Cell(0.5).zero_width

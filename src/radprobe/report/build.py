@@ -15,6 +15,7 @@ import numpy as np
 from radprobe.errors import RadprobeError
 from radprobe.report import plots
 from radprobe.report.model import (
+    ZERO_WIDTH,
     Cell,
     GateResult,
     ReportMeta,
@@ -368,6 +369,7 @@ def _detail_tables(rs: _Rows) -> list[Block]:
             res = sorted({int(r.get("resolution") or 0) for r in prow} - {0})
             resolution = ", ".join(map(str, res)) or "?"
             cap = f"task {task}; resolution {resolution} px; CI: {'; '.join(methods) or 'none'}"
+            cap += _zero_width_note(prow)
             numeric = set(range(1 + len(extra), 1 + len(extra) + len(metrics) + 1))
             blocks += [
                 Heading(2, f"{d} · {proto}"),
@@ -375,6 +377,13 @@ def _detail_tables(rs: _Rows) -> list[Block]:
                 *_per_class_table(rs, d, proto, per_class),
             ]
     return blocks
+
+
+def _zero_width_note(rows: Sequence[dict[str, Any]]) -> str:
+    """The footnote of a table holding a zero-width interval."""
+    if not any(cell(r).zero_width for r in rows):
+        return ""
+    return f";{ZERO_WIDTH} zero-width interval: every resample gave the same value (e.g. one test patient)"
 
 
 def _per_class_table(rs: _Rows, dataset: str, proto: str, rows: list[dict[str, Any]]) -> list[Block]:
@@ -395,6 +404,7 @@ def _per_class_table(rs: _Rows, dataset: str, proto: str, rows: list[dict[str, A
     if not lines:
         return []
     cap = f"each class's metric on the test split, with its patient-bootstrap CI (seed {seed})"
+    cap += _zero_width_note(rows)
     numeric = set(range(2, 2 + len(metrics)))
     return [Table(["backbone", "class", *metrics], lines, caption=cap, numeric=numeric, kind="results")]
 

@@ -28,6 +28,10 @@ SEGMENTATION_HEADLINE = ("dice_macro", "dice_iou_mean", "iou_macro")
 FOLD_RE = re.compile(r"^(?P<pre>.*?)[_-]?fold(?P<k>\d+)(?P<post>.*)$")
 
 
+# Marks a zero-width interval in tables; the report's footnote says what it means.
+ZERO_WIDTH = " ⁰"
+
+
 @dataclass(frozen=True)
 class Cell:
     """A value with its 95% interval (either bound may be missing)."""
@@ -42,12 +46,21 @@ class Cell:
             self.lo is not None and self.hi is not None and math.isfinite(self.lo) and math.isfinite(self.hi)
         )
 
+    @property
+    def zero_width(self) -> bool:
+        """An interval of no width: every resample gave the same value (e.g. one test patient holds
+        the class), which says nothing about uncertainty."""
+        return self.has_ci and self.lo == self.hi
+
     def text(self, digits: int = 3) -> str:
-        """``0.912 [0.880, 0.940]`` (just the value when there is no interval)."""
+        """``0.912 [0.880, 0.940]`` (just the value when there is no interval); a zero-width
+        interval is marked ``ZERO_WIDTH``."""
         if self.value is None or not math.isfinite(self.value):
             return "n/a"
         v = f"{self.value:.{digits}f}"
-        return f"{v} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]" if self.has_ci else v
+        if not self.has_ci:
+            return v
+        return f"{v} [{self.lo:.{digits}f}, {self.hi:.{digits}f}]{ZERO_WIDTH if self.zero_width else ''}"
 
 
 def cell(row: dict[str, Any]) -> Cell:
