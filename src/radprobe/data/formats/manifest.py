@@ -408,5 +408,28 @@ def index_manifest(spec: Spec) -> Source:
             records.append(record)
     has_patients = bool(plan.patient_col or plan.patient_rule.regex)
     return finish_source(
-        spec, records, plan.task, plan.classes, path.stem, plan.base, issues, has_patients, spec.options
+        spec,
+        records,
+        plan.task,
+        plan.classes,
+        display_name(path),
+        plan.base,
+        issues,
+        has_patients,
+        spec.options,
     )
+
+
+# Manifest file names that say nothing about the data: such a dataset is named after its folder.
+GENERIC_STEMS = frozenset(
+    {"manifest", "labels", "label", "data", "dataset", "index", "metadata", "meta", "train"}
+)
+
+
+def display_name(path: Path) -> str:
+    """A manifest's default dataset name (``name=`` overrides it): its file name, or its folder's when
+    the file name is generic (``mri/manifest.csv`` is ``mri``, not ``manifest``)."""
+    stem = path.name.split(".")[0]
+    if stem.lower() in GENERIC_STEMS and path.parent.name:
+        return path.parent.name
+    return stem
