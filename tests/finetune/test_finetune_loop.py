@@ -15,7 +15,8 @@ from radprobe.finetune import build_model, parse_options
 from radprobe.finetune.checkpoint import Checkpointer
 from radprobe.finetune.data import ImageSet
 from radprobe.finetune.heads import ClassificationHead
-from radprobe.finetune.train import Split, fit, lr_factor
+from radprobe.finetune.predict import Split
+from radprobe.finetune.train import fit, lr_factor
 
 
 def test_schedule_warms_up_then_decays_to_zero() -> None:

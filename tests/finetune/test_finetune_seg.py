@@ -36,7 +36,7 @@ from radprobe.finetune.data import Augment
 from radprobe.finetune.heads import segmentation_head
 from radprobe.finetune.methods import unreached_parameters
 from radprobe.finetune.options import parse_options
-from radprobe.finetune.train import predict_masks
+from radprobe.finetune.predict import predict_masks
 from radprobe.metrics.segmentation import case_scores, mean_dice, split_dice
 from radprobe.protocols.registry import names
 from radprobe.run.evaluate import evaluate

@@ -25,7 +25,7 @@ from ft_helpers import (
 )
 
 from radprobe.cli import main
-from radprobe.finetune.train import predict_masks
+from radprobe.finetune.predict import predict_masks
 from radprobe.metrics.segmentation import case_scores, split_dice
 from radprobe.results import ResultStore
 from radprobe.run.trained import _split, train_protocol, validate

@@ -40,7 +40,8 @@ from radprobe.finetune.data import Augment, ImageSet
 from radprobe.finetune.heads import make_head
 from radprobe.finetune.methods import Built, build_model
 from radprobe.finetune.options import TrainOptions
-from radprobe.finetune.train import Split, fit, hparams_of, predict, predict_masks, remove_checkpoints
+from radprobe.finetune.predict import Split, predict, predict_masks
+from radprobe.finetune.train import fit, hparams_of, remove_checkpoints
 from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
