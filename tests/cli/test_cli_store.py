@@ -113,12 +113,12 @@ def test_eval_that_fails_before_writing_leaves_no_store(
     from radprobe.cli import main
     from radprobe.errors import RadprobeError
 
-    evaluate_module = importlib.import_module("radprobe.run.evaluate")  # the module, not the function
+    frozen_module = importlib.import_module("radprobe.run.frozen")  # where the runner finds it
 
     def fails(*args: object, **kw: object) -> None:
         raise RadprobeError("knn: failed on purpose")
 
-    monkeypatch.setattr(evaluate_module, "run_protocol", fails)
+    monkeypatch.setattr(frozen_module, "run_protocol", fails)
     out = tmp_path / "run"
     argv = ["eval", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-binary", "-o", str(out), "--bootstrap", "0"]
     assert main(argv) == 2
