@@ -15,7 +15,7 @@ $(BIN)/python:
 # Reinstall when the project metadata or the locked versions change.
 $(STAMP): pyproject.toml $(LOCK) | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev,demo]'
-	touch $(STAMP)
+	cp $(LOCK) $(STAMP)  # the stamp holds the lock it installed (tests/packaging compares them)
 
 install: $(STAMP)
 

@@ -108,17 +108,13 @@ def test_eval_that_fails_before_writing_leaves_no_store(
 ) -> None:
     """The store used to be created when opened, so a protocol failing in its first run left an
     empty results.db (and its directory) behind."""
-    import importlib
-
     from radprobe.cli import main
     from radprobe.errors import RadprobeError
-
-    frozen_module = importlib.import_module("radprobe.run.frozen")  # where the runner finds it
 
     def fails(*args: object, **kw: object) -> None:
         raise RadprobeError("knn: failed on purpose")
 
-    monkeypatch.setattr(frozen_module, "run_protocol", fails)
+    monkeypatch.setattr("radprobe.run.frozen.run_protocol", fails)  # what eval runs each protocol with
     out = tmp_path / "run"
     argv = ["eval", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-binary", "-o", str(out), "--bootstrap", "0"]
     assert main(argv) == 2

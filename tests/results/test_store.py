@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import random
 import sqlite3
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -116,7 +118,7 @@ def _other_program(path):
     ("make", "why"),
     [
         (lambda p: p.write_bytes(random.Random(0).randbytes(4096)), "not an SQLite database"),
-        (lambda p: p.write_bytes(b"SQLite format 3\x00" + bytes(200)), "damaged"),
+        (lambda p: p.write_bytes(b"SQLite format 3\x00" + bytes(200)), "not an SQLite database"),
         (lambda p: p.write_bytes(b""), "empty"),
         (_other_program, "no results table"),
         (_old_version, "lacks"),
@@ -153,3 +155,20 @@ def test_a_writer_adopts_an_empty_file(tmp_path):
         st.write([_row()])
     with ResultStore(tmp_path, create=False) as st:
         assert len(st.rows()) == 1
+
+
+def test_opening_a_store_keeps_the_locks_of_this_process_on_it(tmp_path):
+    """Validation opens the file through SQLite only: closing a descriptor of its own would drop
+    every POSIX lock this process holds on the database, and another process's close would then
+    checkpoint and delete the WAL under the still-open connection (a malformed database)."""
+    other = "import sys; from radprobe.results import ResultStore as S; S(sys.argv[1]).add_jobs([('q', {})])"
+    with ResultStore(tmp_path) as first:
+        first.write([_row(key="e1")])
+        for i in range(3):
+            ResultStore(tmp_path).close()  # another opener in this process, e.g. a study's worker
+            subprocess.run([sys.executable, "-c", other, str(tmp_path)], check=True)
+            first.write([_row(key=f"e{i + 2}")])
+        assert len(first.rows()) == 4
+    con = sqlite3.connect(tmp_path / "results.db")
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()

@@ -27,7 +27,6 @@ from radprobe.core.runtime import pid_alive
 from radprobe.errors import RadprobeError
 
 DB_NAME = "results.db"
-_SQLITE_HEADER = b"SQLite format 3\x00"
 
 
 class StoreError(RadprobeError):
@@ -136,7 +135,7 @@ class ResultStore:
         self._con.execute("PRAGMA synchronous=NORMAL")
         self._con.execute(_SCHEMA)
         self._con.execute(_JOBS_SCHEMA)
-        self._add_job_columns(self._con)
+        self._add_job_columns()
         self._con.commit()
         return self._con
 
@@ -154,12 +153,9 @@ class ResultStore:
             con = self._open()
         return con
 
-    @staticmethod
-    def _add_job_columns(con: sqlite3.Connection) -> None:
-        have = {r[1] for r in con.execute("PRAGMA table_info(jobs)")}
-        for name, kind in _JOB_COLUMNS_ADDED.items():
-            if name not in have:
-                con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+    def _add_job_columns(self) -> None:
+        assert self._con is not None
+        _add_job_columns(self._con)
 
     def _wal(self, wait_s: float = 60.0) -> None:
         assert self._con is not None
@@ -385,12 +381,10 @@ def _unreadable(path: Path) -> str:
     """Why ``path`` cannot be read as a store, or "" when it can."""
     if not path.is_file():
         return "not a file"
-    with open(path, "rb") as f:
-        head = f.read(len(_SQLITE_HEADER))
-    if not head:
+    if path.stat().st_size == 0:  # to SQLite, an empty file is an empty database
         return "the file is empty"
-    if head != _SQLITE_HEADER:
-        return "not an SQLite database"
+    # Only SQLite opens the file: closing a descriptor of our own would drop the POSIX locks this
+    # process's other connections hold on it, and let another process corrupt the database.
     try:
         con = sqlite3.connect(path, timeout=60)  # read-write: a WAL left by a crash is recovered
     except sqlite3.Error as e:
@@ -405,7 +399,7 @@ def _unreadable(path: Path) -> str:
             raise  # in use for longer than the timeout, not damaged
         return f"damaged: {e}"
     except sqlite3.DatabaseError as e:
-        return f"damaged: {e}"
+        return "not an SQLite database" if "not a database" in str(e) else f"damaged: {e}"
     finally:
         con.close()
     if not have:
@@ -414,6 +408,17 @@ def _unreadable(path: Path) -> str:
     if missing:
         return f"its results table lacks {', '.join(missing[:3])}: written by another version?"
     return ""
+
+
+def _add_job_columns(con: sqlite3.Connection) -> None:
+    have = {r[1] for r in con.execute("PRAGMA table_info(jobs)")}
+    for name, kind in _JOB_COLUMNS_ADDED.items():
+        if name not in have:
+            try:
+                con.execute(f"ALTER TABLE jobs ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:
+                if "duplicate column" not in str(e):  # another process added it since we looked
+                    raise
 
 
 def _create(path: Path) -> None:
@@ -429,6 +434,7 @@ def _create(path: Path) -> None:
             con.execute("PRAGMA journal_mode=WAL")  # kept in the file's header
             con.execute(_SCHEMA)
             con.execute(_JOBS_SCHEMA)
+            _add_job_columns(con)
             con.commit()
         finally:
             con.close()
