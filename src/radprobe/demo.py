@@ -121,7 +121,7 @@ def run_demo(
     size = DEMO_SIZES[name]
     run_dir = Path(out) if out is not None else Path("runs") / name
     if run_dir.exists() and not run_dir.is_dir():
-        raise OptionError("--out", f"{run_dir}: exists and is not a directory")
+        raise OptionError("--out", f"{run_dir}: exists and is not a directory", setting="out")
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 

@@ -20,17 +20,21 @@ class DataError(RadprobeError):
 
 
 class OptionError(RadprobeError):
-    """A bad value of one setting. The message names the setting as the library knows it
-    (``knn.ks=0: expected a value >= 1``); ``flag`` is the command-line flag that sets it
-    (``--set``), which only the CLI puts in front. Study files and Python callers see the message."""
+    """A bad value of one setting, said the way each edge names it.
 
-    def __init__(self, flag: str, message: str) -> None:
-        super().__init__(message)
-        self.flag = flag
+    ``message`` reads ``<value>: <what was expected>`` for a setting with its own flag (``-1: expected
+    a non-negative number``, ``flag="--bootstrap"``, ``setting="n_boot"``), or names a protocol option
+    itself (``knn.ks=0: expected a value >= 1``, ``flag="--set"``). Library callers see the setting's
+    library name (``n_boot=-1: ...``); the CLI puts the flag in front (``--bootstrap -1: ...``).
+    """
 
-    def __reduce__(self) -> tuple[type[OptionError], tuple[str, str]]:
-        return (type(self), (self.flag, str(self)))
+    def __init__(self, flag: str, message: str, setting: str = "") -> None:
+        self.flag, self.message, self.setting = flag, message, setting
+        super().__init__(f"{setting}={message}" if setting else message)
+
+    def __reduce__(self) -> tuple[type[OptionError], tuple[str, str, str]]:
+        return (type(self), (self.flag, self.message, self.setting))
 
     def for_cli(self) -> str:
         """The message as the command line says it: flag first."""
-        return f"{self.flag} {self}" if self.flag else str(self)
+        return f"{self.flag} {self.message}" if self.flag else str(self)

@@ -23,9 +23,11 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError("--device", f"{name}: CUDA is not available on this machine; use --device cpu")
+        raise OptionError(
+            "--device", f"{name}: CUDA is not available on this machine; use --device cpu", setting="device"
+        )
     if name != "cpu" and not name.startswith("cuda") and name != "mps":
-        raise OptionError("--device", f"{name!r}: expected cpu, cuda, cuda:N, mps or auto")
+        raise OptionError("--device", f"{name!r}: expected cpu, cuda, cuda:N, mps or auto", setting="device")
     return name
 
 

@@ -147,7 +147,9 @@ def check_method(protocol: str, backbone: nn.Module, opts: TrainOptions) -> dict
     name = backbone.info.name  # type: ignore[attr-defined]
     if protocol not in OPTION_TYPES:
         raise OptionError(
-            "--protocol", f"{protocol}: unknown trained protocol; expected one of {', '.join(OPTION_TYPES)}"
+            "--protocol",
+            f"{protocol}: unknown trained protocol; expected one of {', '.join(OPTION_TYPES)}",
+            setting="protocols",
         )
     if opts.grad_checkpointing and not _supports_grad_checkpointing(backbone):
         raise OptionError("--set", f"{protocol}.grad_checkpointing=true: backbone {name} does not support it")
@@ -167,11 +169,13 @@ def check_method(protocol: str, backbone: nn.Module, opts: TrainOptions) -> dict
             import peft  # noqa: F401
         except ImportError:
             raise OptionError(
-                "--protocol", f"{protocol}: needs the peft package (pip install peft)"
+                "--protocol", f"{protocol}: needs the peft package (pip install peft)", setting="protocols"
             ) from None
         details["targets"] = lora_targets(backbone, opts.targets)
     elif protocol == "vpt" and not supports_vpt(backbone):
-        raise OptionError("--protocol", f"vpt: needs a timm ViT backbone; {name} is not one")
+        raise OptionError(
+            "--protocol", f"vpt: needs a timm ViT backbone; {name} is not one", setting="protocols"
+        )
     return details
 
 

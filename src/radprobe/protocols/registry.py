@@ -186,7 +186,7 @@ def check_fit(name: str, dataset: str, task: str, ndim: int) -> None:
     """One line when protocol ``name`` cannot run on this dataset (before anything is extracted)."""
     why = get(name).fits(dataset, task, ndim)
     if why:
-        raise OptionError("--protocol", f"{name}: {why}")
+        raise OptionError("--protocol", f"{name}: {why}", setting="protocols")
 
 
 def check_options(name: str, options: dict[str, Any], *, n_train: int | None = None) -> dict[str, Any]:

@@ -71,7 +71,9 @@ def compare_backbones(
     task = _task(pa.labels, pa.scores)
     metric = metric or HEADLINE[task][0]
     if metric not in HEADLINE[task]:
-        raise OptionError("--metric", f"{metric!r}: expected one of {', '.join(HEADLINE[task])}")
+        raise OptionError(
+            "--metric", f"{metric!r}: expected one of {', '.join(HEADLINE[task])}", setting="metric"
+        )
     return paired_bootstrap(pa.labels, pa.scores, pb.scores[idx], task, metric, pa.groups, n_boot, seed)
 
 
@@ -89,7 +91,7 @@ def _compare_cases(
     names = ta.metric_names()
     metric = metric or "dice_macro"
     if metric not in names:
-        raise OptionError("--metric", f"{metric!r}: expected one of {', '.join(names)}")
+        raise OptionError("--metric", f"{metric!r}: expected one of {', '.join(names)}", setting="metric")
     return paired_bootstrap_fn(
         lambda idx: ta.value(metric, idx), lambda idx: tb.value(metric, idx), metric, ta.groups, n_boot, seed
     )

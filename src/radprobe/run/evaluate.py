@@ -41,7 +41,9 @@ def validate_protocols(protocols: list[str], options: dict[str, dict[str, Any]])
     if not protocols:
         raise RadprobeError("--protocol: expected at least one protocol name")
     if len(set(protocols)) != len(protocols):
-        raise OptionError("--protocol", f"{','.join(protocols)}: a protocol is listed twice")
+        raise OptionError(
+            "--protocol", f"{','.join(protocols)}: a protocol is listed twice", setting="protocols"
+        )
     families = {p: registry.get(p).family for p in protocols}
     for proto, kw in options.items():
         if proto not in families:
@@ -63,7 +65,9 @@ def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
 
     families = validate_protocols(cfg.protocols, cfg.options)
     if cfg.n_boot < 0:
-        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError(
+            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
+        )
     dataset = load_dataset(cfg.dataset)
     views = {f: _view(dataset, f) for f in registry.FAMILIES}
     for p in cfg.protocols:

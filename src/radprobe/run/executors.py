@@ -236,9 +236,9 @@ class RayExecutor:
             msg = "--executor ray: ray is not installed; pip install 'radprobe[dist]'"
             raise RadprobeError(msg) from None
         if cpus < 1:
-            raise OptionError("--ray-cpus", f"{cpus}: expected >= 1")
+            raise OptionError("--ray-cpus", f"{cpus}: expected >= 1", setting="cpus")
         if gpus is not None and gpus < 0:
-            raise OptionError("--ray-gpus", f"{gpus}: expected >= 0")
+            raise OptionError("--ray-gpus", f"{gpus}: expected >= 0", setting="gpus")
         self.address, self.cpus, self.gpus, self.detach = address, cpus, gpus, detach
 
     def run(self, tasks: Sequence[Any], log: Callable[[str], None]) -> list[Any]:

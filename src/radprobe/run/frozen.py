@@ -80,7 +80,9 @@ class Prepared:
         """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes."""
         pool = volume_pool or self.volume_pool
         if pool not in VOLUME_POOLS:
-            raise OptionError("--volume-pool", f"{pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
+            raise OptionError(
+                "--volume-pool", f"{pool!r}: expected one of {', '.join(VOLUME_POOLS)}", setting="volume_pool"
+            )
         splits = {s: self._split(s, pool) for s in ("train", "val", "test")}
         ds = self.dataset
         return ProtocolInput(
@@ -145,9 +147,15 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
     from radprobe.data import load_dataset
 
     if cfg.n_boot < 0:
-        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError(
+            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
+        )
     if cfg.volume_pool not in VOLUME_POOLS:
-        raise OptionError("--volume-pool", f"{cfg.volume_pool!r}: expected one of {', '.join(VOLUME_POOLS)}")
+        raise OptionError(
+            "--volume-pool",
+            f"{cfg.volume_pool!r}: expected one of {', '.join(VOLUME_POOLS)}",
+            setting="volume_pool",
+        )
     device = resolve_device(cfg.device)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
     if dataset.task not in registry.CLASSIFICATION:
@@ -161,6 +169,7 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
         raise OptionError(
             "--volume-pool",
             f"{cfg.volume_pool}: applies to 3D datasets only; {cfg.dataset} is {dataset.ndim}D",
+            setting="volume_pool",
         )
     for s in ("train", "val", "test"):
         if not dataset.split(s):

@@ -92,13 +92,17 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
             raise OptionError(
                 "--protocol",
                 f"{p}: not a segmentation protocol ({', '.join(registry.names('segmentation'))})",
+                setting="protocols",
             )
     if cfg.n_boot < 0:
-        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError(
+            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
+        )
     if importlib.util.find_spec("monai") is None:
         raise OptionError(
             "--protocol",
             f"{protocols[0]}: segmentation needs MONAI (losses, U-Net, HD95); pip install 'monai>=1.3'",
+            setting="protocols",
         )
     device = resolve_device(cfg.device)
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)

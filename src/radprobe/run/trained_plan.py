@@ -78,10 +78,14 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
     for p in cfg.protocols:
         if p not in trained:
             raise OptionError(
-                "--protocol", f"{p}: unknown trained protocol; expected one of {', '.join(trained)}"
+                "--protocol",
+                f"{p}: unknown trained protocol; expected one of {', '.join(trained)}",
+                setting="protocols",
             )
     if len(set(cfg.protocols)) != len(cfg.protocols):
-        raise OptionError("--protocol", f"{','.join(cfg.protocols)}: a protocol is listed twice")
+        raise OptionError(
+            "--protocol", f"{','.join(cfg.protocols)}: a protocol is listed twice", setting="protocols"
+        )
     for proto in cfg.options:
         if proto not in cfg.protocols:
             raise OptionError(
@@ -89,7 +93,9 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
                 f"{proto}.…: protocol {proto!r} is not being run (running: {', '.join(cfg.protocols)})",
             )
     if cfg.n_boot < 0:
-        raise OptionError("--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples")
+        raise OptionError(
+            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
+        )
     options = {p: parse_options(p, cfg.options.get(p, {}), cfg.batch_size) for p in cfg.protocols}
     device = torch.device(resolve_device(cfg.device))
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
@@ -116,6 +122,7 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
             raise OptionError(
                 "--protocol",
                 f"{cfg.protocols[0]}: segmentation needs MONAI (losses, HD95); pip install 'monai>=1.3'",
+                setting="protocols",
             )
         # the frozen seg protocols' resolution, so trained and frozen rows see the same pixels
         resolution, resolution_source = seg_resolution(cfg.backbone, cfg.resolution)
