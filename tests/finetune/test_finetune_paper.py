@@ -374,3 +374,33 @@ def _dataset():  # type: ignore[no-untyped-def]
     from radprobe.data import load_dataset
 
     return load_dataset("synthetic:cls2d-binary")
+
+
+def test_a_paper_run_killed_during_its_refit_resumes_to_the_same_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ft_helpers import Crash
+
+    from radprobe.run.evaluate import evaluate
+
+    opts = {"lora": {"preset": "paper", "epochs": 2, "batch_size": 64, "rank": 2}}
+    whole = evaluate(make_cfg(tmp_path / "whole", ["lora"], opts, dataset=MULTILABEL))
+    saved: list[int] = []
+
+    def crash(epoch: int) -> None:
+        saved.append(epoch)
+        if len(saved) == 3:  # search epochs 1 and 2, then the refit's first epoch
+            raise Crash("killed in the refit")
+
+    monkeypatch.setattr(train_mod, "after_checkpoint", crash)
+    out = tmp_path / "resumed"
+    with pytest.raises(Crash):
+        evaluate(make_cfg(out, ["lora"], opts, dataset=MULTILABEL))
+    assert (out / "checkpoints").is_dir() and list((out / "checkpoints").glob("*/refit/last.safetensors"))
+    monkeypatch.setattr(train_mod, "after_checkpoint", None)
+    notes: list[str] = []
+    resumed = evaluate(make_cfg(out, ["lora"], opts, dataset=MULTILABEL), warn=notes.append)
+    assert any("refit: resuming from the checkpoint after epoch 1" in n for n in notes)
+    values = {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in whole.rows}
+    assert {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in resumed.rows} == values
+    assert whole.rows[0]["eval_key"] == resumed.rows[0]["eval_key"]
