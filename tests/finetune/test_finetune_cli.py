@@ -106,7 +106,7 @@ def test_a_bad_trained_option_stops_frozen_protocols_of_the_same_call_before_ext
 def test_presets_and_defaults_resolve() -> None:
     paper = parse_options("lora", {"preset": "paper"}, 64)
     assert (paper.rank, paper.alpha, paper.dropout) == (48, 16.0, 0.1)
-    mine = parse_options("dora", {"preset": "paper", "rank": 4}, 64)
+    mine = parse_options("lora", {"preset": "paper", "rank": 4}, 64)
     assert (mine.rank, mine.alpha) == (4, 16.0)  # explicit options win over the preset
     d = parse_options("finetune", {"lr": 1}, 32)
     assert d.batch_size == 32 and d.lr == 1.0 and isinstance(d.lr, float)

@@ -124,6 +124,8 @@ class ImageSet(TorchDataset):
         self.masks = masks  # (rows, R, R) class maps at the preprocessed resolution
         self.pixels = pixels  # (rows, 1 or 3, R, R) in [0, 1] at the preprocessed resolution
         self.epoch = 0
+        # stream sampling: an index is pass * len + row, and a row's view is drawn per pass
+        self.stream = False
         self._mean = torch.tensor(preprocess.mean).view(3, 1, 1)
         self._std = torch.tensor(preprocess.std).view(3, 1, 1)
 
@@ -137,13 +139,14 @@ class ImageSet(TorchDataset):
         return self.preprocess(self.dataset.load_image(self.records[i])) * self._std + self._mean
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
+        draw, i = divmod(i, len(self)) if self.stream else (self.epoch, i)
         mask = None if self.masks is None else torch.from_numpy(np.asarray(self.masks[i]))
         if self.pixels is None and self.augment is None:
             x = self.preprocess(self.dataset.load_image(self.records[i]))  # no round trip through [0, 1]
         else:
             x = self._raw(i)
             if self.augment is not None:
-                g = torch.Generator().manual_seed(derived_seed("aug", self.seed, self.epoch, i))
+                g = torch.Generator().manual_seed(derived_seed("aug", self.seed, draw, i))
                 x, mask = self.augment.pair(x, mask, g)
             x = (x - self._mean) / self._std
         return (x, i) if mask is None else (x, i, mask)
@@ -156,27 +159,33 @@ def train_loader(
     seed: int,
     num_workers: int = 0,
     shard: tuple[int, int] | None = None,
+    stream: bool = False,
 ) -> DataLoader:
     """Shuffled batches of one epoch; the order is a function of (seed, epoch) only.
 
     The last incomplete batch is dropped when there is more than one batch (BatchNorm in train mode
-    fails on a batch of one, and an odd small batch adds noise to the last step). ``shard=(rank,
-    world)``: this rank's rows of every batch (rows rank, rank + world, ...), for data-parallel
-    training; the batches together are the single-process batches.
+    fails on a batch of one, and an odd small batch adds noise to the last step). ``stream``: the
+    epoch is instead the next ``ceil(n / batch)`` full batches of one endless stream of permutations
+    (:func:`stream_order`). ``shard=(rank, world)``: this rank's rows of every batch (rows rank,
+    rank + world, ...), for data-parallel training; the batches together are the single-process
+    batches.
     """
-    images.epoch = epoch
-    g = torch.Generator().manual_seed(derived_seed("order", seed, epoch))
-    order = torch.randperm(len(images), generator=g).tolist()
+    images.epoch, images.stream = epoch, stream
+    if stream:
+        order = stream_order(len(images), batch_size, epoch, seed)
+    else:
+        g = torch.Generator().manual_seed(derived_seed("order", seed, epoch))
+        order = torch.randperm(len(images), generator=g).tolist()
     if shard is None:
         return DataLoader(
             images,
             batch_size=batch_size,
             sampler=order,
             num_workers=num_workers,
-            drop_last=len(images) > batch_size,
+            drop_last=not stream and len(images) > batch_size,
         )
     rank, world = shard
-    n = batches_per_epoch(len(images), batch_size)
+    n = stream_batches(len(images), batch_size) if stream else batches_per_epoch(len(images), batch_size)
     batches = [order[i * batch_size : (i + 1) * batch_size][rank::world] for i in range(n)]
     return DataLoader(images, batch_sampler=batches, num_workers=num_workers)
 
@@ -191,6 +200,25 @@ def eval_loader(
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size if n > batch_size else 1
+
+
+def stream_batches(n: int, batch_size: int) -> int:
+    """Batches an epoch of stream sampling: ``ceil(n / batch)``, as DINOv2's eval code counts them."""
+    return max(1, math.ceil(n / batch_size))
+
+
+def stream_order(n: int, batch_size: int, epoch: int, seed: int) -> list[int]:
+    """Epoch ``epoch``'s share of one endless stream of permutations of ``n`` rows (DINOv2's
+    InfiniteSampler): its ``stream_batches`` full batches, which run on across permutations. Each
+    entry is ``pass * n + row``, so a row's augmentation is drawn once per pass over the data."""
+    size = stream_batches(n, batch_size) * batch_size
+    start, stop = epoch * size, (epoch + 1) * size
+    out: list[int] = []
+    for p in range(start // n, (stop - 1) // n + 1):
+        g = torch.Generator().manual_seed(derived_seed("stream", seed, p))
+        perm = torch.randperm(n, generator=g).tolist()
+        out += [p * n + r for r in perm[max(start - p * n, 0) : min(stop - p * n, n)]]
+    return out
 
 
 def targets_of(labels: np.ndarray, rows: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,10 @@ vpt          prompt tokens (shallow or deep) on a frozen timm ViT
 partial      the last k blocks (CNNs: stages) and the final norm
 ============ ==================================================================================
 
-The head always trains, at ``lr``; the backbone side at ``backbone_lr``. ``check_method`` validates a
-protocol's options against a backbone without changing it; ``build_model`` then builds the model.
+The head always trains, at ``lr`` (a grid of heads: each at its own lr); the backbone side at
+``backbone_lr``. LoRA's ``lora_bias`` also trains the biases peft's ``LoraConfig(bias=...)`` names.
+``check_method`` validates a protocol's options against a backbone without changing it;
+``build_model`` then builds the model.
 """
 
 from __future__ import annotations
@@ -42,21 +44,28 @@ _NO_DECAY = ("cls_token", "reg_token", "pos_embed", "prompts", "lora_magnitude_v
 
 
 class TrainModel(nn.Module):
-    """Encoder (the backbone, possibly adapted or prompted) followed by a head."""
+    """Encoder (the backbone, possibly adapted or prompted) followed by a head.
 
-    def __init__(self, encoder: nn.Module, head: Head) -> None:
+    ``frozen_encoder``: the encoder stays in eval mode while the head trains (a refit on a trained
+    backbone: its dropout, e.g. LoRA's, is off, as in the paper's refit).
+    """
+
+    def __init__(self, encoder: nn.Module, head: Head, frozen_encoder: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.frozen_encoder = frozen_encoder
 
     def features(self, x: torch.Tensor) -> BackboneOutput:
-        return self.encoder(x, n_blocks=1, grid_layers=self.head.grid_layers)
+        return self.encoder(x, n_blocks=self.head.n_blocks, grid_layers=self.head.grid_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
     def train(self, mode: bool = True) -> TrainModel:
         super().train(mode)
+        if self.frozen_encoder:
+            self.encoder.eval()
         # A frozen BatchNorm keeps its running statistics: they are part of the pretrained weights,
         # and a method that does not train a norm's scale must not silently re-estimate it.
         for m in self.modules():
@@ -67,7 +76,7 @@ class TrainModel(nn.Module):
 
 @dataclass
 class Built:
-    """A model ready to train: parameter groups for AdamW and what the method resolved."""
+    """A model ready to train: optimizer parameter groups and what the method resolved."""
 
     model: TrainModel
     groups: list[dict[str, Any]]
@@ -219,11 +228,12 @@ def build_model(
             lora_dropout=opts.dropout,
             target_modules=details["targets"],
             use_dora=protocol == "dora",
-            bias="none",
+            bias=opts.lora_bias,
         )
         model = inject_adapter_in_model(config, inner_model(backbone))
         for n, p in model.named_parameters():
-            p.requires_grad_("lora_" in n)  # adapters (A, B and DoRA's magnitude) only
+            # adapters (A, B and DoRA's magnitude), and the biases peft's ``bias`` names
+            p.requires_grad_("lora_" in n or _lora_bias_trains(n, opts.lora_bias))
     elif protocol == "vpt":
         assert isinstance(opts, VptOptions)
         encoder = PromptedViT(backbone, opts.tokens, opts.deep, opts.prompt_dropout)  # type: ignore[arg-type]
@@ -233,28 +243,45 @@ def build_model(
     for n, p in model.named_parameters():
         if n in unused:
             p.requires_grad_(False)
-    # AdamW groups: (tag, lr, decay or not); the head at ``lr``, the backbone side at ``backbone_lr``
-    # (finetune: decayed per level)
+    return Built(model, param_groups(model, opts, protocol, level_lr), details)
+
+
+def _lora_bias_trains(name: str, bias: str) -> bool:
+    """Whether peft's LoraConfig ``bias`` makes parameter ``name`` trainable: lora_only, the biases
+    of the adapted layers (peft keeps them as ``<module>.base_layer.bias``); all, every bias."""
+    if bias == "lora_only":
+        return name.endswith(".base_layer.bias")
+    return bias == "all" and "bias" in name  # peft's own test for bias="all"
+
+
+def param_groups(
+    model: TrainModel, opts: TrainOptions, tag: str, level_lr: dict[str, tuple[str, float]] | None = None
+) -> list[dict[str, Any]]:
+    """Optimizer groups of ``model``'s trainable parameters: (tag, lr, decay or not). The head at
+    ``lr`` (or its own per-head lr), the backbone side at ``backbone_lr`` (finetune: per level)."""
+    blr = float(opts.backbone_lr or 0.0)
+    level_lr = level_lr or {}
     groups: dict[tuple[str, float, bool], dict[str, Any]] = {}
     for n, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if n.startswith("head."):
-            tag, lr = "head", opts.lr
+            own = model.head.lr_of(n[len("head.") :])
+            tag_n, lr = "head", opts.lr if own is None else own
         else:
-            tag, lr = level_lr.get(n, (protocol, blr))
+            tag_n, lr = level_lr.get(n, (tag, blr))
         decay = not _no_decay(n, p)
         g = groups.setdefault(
-            (tag, lr, decay),
+            (tag_n, lr, decay),
             {
-                "name": f"{tag}/{'decay' if decay else 'no_decay'}",
+                "name": f"{tag_n}/{'decay' if decay else 'no_decay'}",
                 "params": [],
                 "lr": lr,
                 "weight_decay": opts.weight_decay if decay else 0.0,
             },
         )
         g["params"].append(p)
-    return Built(model, list(groups.values()), details)
+    return list(groups.values())
 
 
 def unreached_parameters(

@@ -3,6 +3,11 @@
 Every protocol shares :class:`TrainOptions` (schedule, batch, augmentation, head, early stopping)
 and adds its own fields. ``--set lora.rank=16`` arrives here as ``{"rank": 16}``; an unknown key or a
 value of the wrong type or range raises one :class:`RadprobeError` line naming it and what is allowed.
+
+``preset=paper`` (finetune and lora) fills the options the user did not set with the trained runs of
+Baharoon et al. (arXiv 2312.02366) as their released code ran them; docs/paper-fidelity-trained.md
+lists each choice with its source line. Options added since the first trained release
+(``ADDED_OPTIONS``) stay out of a run's hparams, and so of its key, while at their defaults.
 """
 
 from __future__ import annotations
@@ -17,8 +22,67 @@ from radprobe.utils import check_scalar
 POOLS = ("cls", "mean", "cls+mean")
 CLASS_WEIGHTS = ("none", "balanced")
 SEG_HEADS = ("linear", "decoder")
-# The seed paper's LoRA setting (Baharoon et al., arXiv 2312.02366): r 48, alpha 16, dropout 0.1.
-LORA_PRESETS: dict[str, dict[str, Any]] = {"paper": {"rank": 48, "alpha": 16.0, "dropout": 0.1}}
+OPTIMIZERS = ("adamw", "sgd")
+AMP_DTYPES = ("bf16", "fp16")
+SAMPLERS = ("epoch", "stream")
+SELECTIONS = ("best", "last")
+HEAD_GRIDS = ("none", "paper")
+LORA_BIASES = ("none", "lora_only", "all")
+
+# Baharoon et al. (arXiv 2312.02366), MohammedSB/DINOv2ForRadiology at cb91e01: what its trained
+# classification runs share (dinov2/eval/classification/linear.py; line numbers in the comments).
+PAPER_TRAIN: dict[str, Any] = {
+    "optimizer": "sgd",  # l.502: SGD, momentum 0.9, weight decay 0
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "warmup_epochs": 0.0,  # l.503: CosineAnnealingLR(max_iter, eta_min=0), stepped every iteration
+    "grad_clip": 0.0,  # l.335-341: no clipping
+    "backbone_lr": 1e-5,  # l.188, 473, 489
+    "epochs": 10,  # l.180 (val_epochs unset: the search trains as long as the refit)
+    "batch_size": 128,  # l.182; the whole set when smaller (l.437)
+    "sampler": "stream",  # l.452-453, 508: InfiniteSampler, ceil(n / batch) full batches an epoch
+    "head_grid": "paper",  # l.187-190, 457-464: 16 heads on the shared backbone, losses summed (l.333)
+    "select": "last",  # l.374-383: heads scored on val after the last iteration; no best epoch
+    "patience": 0,
+    "refit": True,  # l.535-601: the chosen head retrained on train + val
+    "amp_dtype": "fp16",  # l.445 with eval/setup.py:63-66 (the configs' fp16), no GradScaler
+    "augment": True,  # l.425, data/transforms.py:84-87: RandomResizedCrop(0.75-1) + flip
+    "crop_scale": 0.75,
+    "crop_ratio": 4 / 3,  # torchvision's default ratio (3/4, 4/3)
+    "hflip": True,
+    "rotate": 0.0,
+    "intensity": 0.0,
+}
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # l.471-474: the whole backbone in one group at backbone_lr, no layer-wise decay
+    "finetune": {"paper": {**PAPER_TRAIN, "layer_decay": 1.0}},
+    # l.477-484: LoraConfig(r=48, lora_alpha=16, target_modules=[qkv, fc1, fc2], lora_dropout=0.1,
+    # bias="lora_only")
+    "lora": {
+        "paper": {
+            **PAPER_TRAIN,
+            "rank": 48,
+            "alpha": 16.0,
+            "dropout": 0.1,
+            "targets": ["qkv", "fc1", "fc2"],
+            "lora_bias": "lora_only",
+        }
+    },
+}
+# Options added after the first trained release, with the default that keeps earlier behaviour.
+# At that default they are left out of hparams, so existing runs keep their keys and rows.
+ADDED_OPTIONS: dict[str, Any] = {
+    "optimizer": "adamw",
+    "momentum": 0.9,
+    "amp_dtype": "bf16",
+    "sampler": "epoch",
+    "select": "best",
+    "head_grid": "none",
+    "refit": False,
+    "crop_ratio": None,
+    "lora_bias": "none",
+    "preset": None,  # lora and dora have always recorded it
+}
 
 
 def _opt(
@@ -48,7 +112,9 @@ class TrainOptions:
     backbone_lr: float | None = _opt(
         None, "peak learning rate of the trainable backbone-side parameters (method default)", low=0
     )
-    weight_decay: float = _opt(0.05, "AdamW weight decay (not applied to biases, norms, tokens)", low=0)
+    weight_decay: float = _opt(
+        0.05, "weight decay, AdamW's decoupled or SGD's L2 (not applied to biases, norms, tokens)", low=0
+    )
     warmup_epochs: float = _opt(1.0, "linear warmup length in epochs, then cosine to zero", low=0)
     patience: int = _opt(5, "stop after this many epochs without a better validation score (0: never)", low=0)
     grad_clip: float = _opt(1.0, "clip the global gradient norm (0: off)", low=0)
@@ -71,6 +137,40 @@ class TrainOptions:
     keep_checkpoints: bool = _opt(True, "keep checkpoints/<key>/ after the run (reruns are then instant)")
     save_predictions: bool = _opt(False, "segmentation: write the test predictions under <out>/predictions/")
     overlays: int = _opt(3, "segmentation: test cases drawn as overlay PNGs under <out>/overlays/", low=0)
+    optimizer: str = _opt("adamw", "adamw (betas 0.9, 0.999), or sgd with momentum", choices=OPTIMIZERS)
+    momentum: float = _opt(0.9, "SGD momentum (optimizer=sgd)", low=0, high=1)
+    amp_dtype: str = _opt(
+        "bf16", "autocast dtype on CUDA: bf16, or fp16 without loss scaling (amp=true)", choices=AMP_DTYPES
+    )
+    sampler: str = _opt(
+        "epoch",
+        "epoch: a new permutation each epoch, the last incomplete batch dropped; stream: one endless "
+        "stream of permutations cut into ceil(n / batch) full batches an epoch (DINOv2's InfiniteSampler)",
+        choices=SAMPLERS,
+    )
+    select: str = _opt(
+        "best", "keep the weights of the best validation epoch, or of the last", choices=SELECTIONS
+    )
+    head_grid: str = _opt(
+        "none",
+        "none: one linear head (lr, pool); paper: Baharoon et al.'s 16 linear heads (lr 1e-3, 5e-3, "
+        "1e-2, 5e-2 x last 1 or 4 class tokens x with or without the patch mean) trained together on "
+        "the backbone, the best on validation AUROC kept",
+        choices=HEAD_GRIDS,
+    )
+    refit: bool = _opt(
+        False, "train a new head of the selected kind on train + val, the trained backbone frozen"
+    )
+    crop_ratio: float | None = _opt(
+        None,
+        "largest aspect ratio of the random resized crop, drawn in [1/r, r] (default: 0.9 to 1.1)",
+        low=1,
+    )
+    preset: str | None = _opt(
+        None,
+        "paper: Baharoon et al.'s trained runs (finetune, lora); explicit options win",
+        choices=(None, "paper"),
+    )
 
     # The backbone learning rate when ``backbone_lr`` is not given.
     default_backbone_lr = 1e-4
@@ -95,7 +195,11 @@ class LoraOptions(TrainOptions):
     targets: list[str] | None = _opt(  # noqa: RUF009 (None default; _opt only attaches help and checks)
         None, "module names (or name suffixes) to adapt (default: attention qkv/proj and MLP fc1/fc2)"
     )
-    preset: str | None = _opt(None, "named setting; explicit options win", choices=(None, *LORA_PRESETS))
+    lora_bias: str = _opt(
+        "none",
+        "biases that train (peft's LoraConfig bias): none, lora_only (those of the adapted layers), all",
+        choices=LORA_BIASES,
+    )
 
     default_backbone_lr = 5e-4
 
@@ -126,7 +230,7 @@ class PartialOptions(TrainOptions):
 
 # Options that only mean something for one kind of task: setting one for the other is an error.
 TASK_OPTIONS = {
-    "classification": ("pool", "class_weights"),
+    "classification": ("pool", "class_weights", "head_grid", "refit"),
     "segmentation": ("seg_head", "decoder_channels", "save_predictions", "overlays"),
 }
 # Options that change what is written, not what is trained: left out of the training key.
@@ -196,13 +300,33 @@ def parse_options(protocol: str, raw: dict[str, Any], batch_size: int) -> TrainO
         _check(protocol, fields[name], v)
     preset = values.get("preset")
     if preset is not None:
-        values = {**LORA_PRESETS[preset], **values}
+        if preset not in PRESETS.get(protocol, {}):
+            raise OptionError(
+                "--set",
+                f"{protocol}.preset={preset}: the paper (Baharoon et al.) did not run {protocol}; "
+                f"its trained runs are finetune and lora",
+            )
+        values = {**PRESETS[protocol][preset], **values}
+    _check_head_grid(protocol, values)
     opts = cls(**values)
     if opts.batch_size is None:
         opts.batch_size = batch_size
     if opts.backbone_lr is None:
         opts.backbone_lr = cls.default_backbone_lr
     return opts
+
+
+def _check_head_grid(protocol: str, values: dict[str, Any]) -> None:
+    """One line when an option of the single head is given beside the head grid, which ignores it."""
+    if values.get("head_grid", "none") == "none":
+        return
+    for name, ignored in (("lr", None), ("pool", None), ("class_weights", "none")):
+        if name in values and values[name] != ignored:
+            raise OptionError(
+                "--set",
+                f"{protocol}.{name}={values[name]!r}: head_grid={values['head_grid']} sets every head's "
+                "learning rate and input, and its loss has no class weights",
+            )
 
 
 def describe_options(protocol: str) -> list[dict[str, Any]]:
@@ -218,6 +342,12 @@ def check_task_options(options: dict[str, dict[str, Any]], dataset: str, task: s
     """One line when an option applies to the other kind of dataset (e.g. seg_head on classification)."""
     kind = "segmentation" if task == "segmentation" else "classification"
     for proto, kw in options.items():
+        if kind == "segmentation" and kw.get("preset") is not None:
+            raise OptionError(
+                "--set",
+                f"{proto}.preset={kw['preset']}: the paper trained classification heads only; "
+                f"{dataset} is a {task} dataset",
+            )
         for name in kw:
             other = next((k for k, names in TASK_OPTIONS.items() if k != kind and name in names), None)
             if other is not None:

@@ -13,7 +13,7 @@ import torch
 
 from radprobe.finetune import distributed
 from radprobe.finetune.data import ImageSet, eval_loader
-from radprobe.finetune.heads import SegmentationHead
+from radprobe.finetune.heads import HeadGrid, SegmentationHead
 from radprobe.finetune.methods import Built
 from radprobe.metrics.fast import validation_score
 
@@ -44,14 +44,14 @@ def unpack(
     return x.to(device, non_blocking=True), rows, y.to(device, non_blocking=True)
 
 
-def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, amp: bool, dtype: str = "bf16") -> contextlib.AbstractContextManager:
     if device.type == "cuda" and amp:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.float16 if dtype == "fp16" else torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def precision(device: torch.device, amp: bool) -> str:
-    return "bf16-autocast" if device.type == "cuda" and amp else "fp32"
+def precision(device: torch.device, amp: bool, dtype: str = "bf16") -> str:
+    return f"{dtype}-autocast" if device.type == "cuda" and amp else "fp32"
 
 
 @torch.no_grad()
@@ -64,6 +64,7 @@ def _predict_rows(
     num_workers: int,
     shard: tuple[int, int] | None,
     per_row: Callable[[torch.Tensor, list[int]], list[Any]],
+    amp_dtype: str = "bf16",
 ) -> tuple[list[Any], float]:
     """``per_row(logits, rows)``'s outputs for every row in split order, and the mean loss; with
     ``shard`` each rank predicts its share and the shares are gathered."""
@@ -74,7 +75,7 @@ def _predict_rows(
     loss_sum = 0.0
     for batch in eval_loader(split.images, batch_size, num_workers, shard):
         x, rows, y = unpack(batch, split, device)
-        with autocast(device, amp):
+        with autocast(device, amp, amp_dtype):
             logits = model(x)
         loss_sum += float(model.head.loss(logits, y)) * len(rows)
         out.extend(per_row(logits, rows.tolist()))
@@ -91,12 +92,13 @@ def predict(
     amp: bool,
     num_workers: int = 0,
     shard: tuple[int, int] | None = None,
+    amp_dtype: str = "bf16",
 ) -> tuple[np.ndarray, float]:
     """Scores (N, C) of a split and its mean loss, in eval mode (``shard``: the ranks share the rows)."""
     head = built.model.head
     scores, loss = _predict_rows(
         built, split, batch_size, device, amp, num_workers, shard,
-        lambda logits, rows: list(head.scores(logits).cpu().double().numpy()),
+        lambda logits, rows: list(head.scores(logits).cpu().double().numpy()), amp_dtype,
     )  # fmt: skip
     return np.stack(scores), loss
 
@@ -109,6 +111,7 @@ def predict_masks(
     amp: bool,
     num_workers: int = 0,
     shard: tuple[int, int] | None = None,
+    amp_dtype: str = "bf16",
 ) -> tuple[list[np.ndarray], float]:
     """Predicted class maps of a segmentation split, one per case at its mask's shape, and the mean loss.
 
@@ -129,7 +132,9 @@ def predict_masks(
             for logit, r in zip(logits, rows, strict=True)
         ]
 
-    rows_out, loss = _predict_rows(built, split, batch_size, device, amp, num_workers, shard, labels)
+    rows_out, loss = _predict_rows(
+        built, split, batch_size, device, amp, num_workers, shard, labels, amp_dtype
+    )
     return seg.assemble(rows_out), loss
 
 
@@ -142,15 +147,29 @@ def val_score(
     amp: bool,
     num_workers: int,
     shard: tuple[int, int] | None = None,
+    amp_dtype: str = "bf16",
 ) -> tuple[float, float]:
     """The validation score model selection maximises, and the mean validation loss (``shard``: the
-    data-parallel ranks predict a share each and every rank scores the whole split)."""
+    data-parallel ranks predict a share each and every rank scores the whole split).
+
+    A grid of heads is scored head by head; the best (first of equals) becomes the one that predicts,
+    and its score is returned.
+    """
+    head = built.model.head
     if split.seg is not None:
         from radprobe.metrics.segmentation import split_dice
 
-        head = built.model.head
         assert split.seg.masks is not None and isinstance(head, SegmentationHead)
-        preds, loss = predict_masks(built, split, batch_size, device, amp, num_workers, shard)
+        preds, loss = predict_masks(built, split, batch_size, device, amp, num_workers, shard, amp_dtype)
         return split_dice(preds, split.seg.masks, head.num_classes), loss
-    scores, loss = predict(built, split, batch_size, device, amp, num_workers, shard)
+    if isinstance(head, HeadGrid):
+        probs, loss = _predict_rows(
+            built, split, batch_size, device, amp, num_workers, shard,
+            lambda logits, rows: list(head.head_probs(logits).cpu().double().numpy()), amp_dtype,
+        )  # fmt: skip
+        per_head = head.val_scores(split.targets, np.stack(probs, axis=1))
+        best = int(np.argmax(per_head))
+        head.selected.fill_(best)
+        return float(per_head[best]), loss
+    scores, loss = predict(built, split, batch_size, device, amp, num_workers, shard, amp_dtype)
     return validation_score(split.targets, scores, task), loss

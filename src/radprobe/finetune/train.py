@@ -1,12 +1,14 @@
 """The training loop every trained protocol shares.
 
-AdamW; the learning rate warms up linearly for ``warmup_epochs`` and then follows a cosine to zero,
-set per optimizer step from the step count (so resuming needs no scheduler object). Micro-batches
-accumulate ``accum_steps`` at a time; the gradient norm is clipped; on CUDA the forward pass runs under
-bf16 autocast. After every epoch the model is scored on validation (the task's headline metric;
-segmentation: macro foreground Dice of the predicted masks at their original size, per image or per
-reassembled volume); the best epoch's weights are kept and training stops after ``patience`` epochs
-without improvement. The test split is never seen here.
+AdamW (``optimizer=sgd``: SGD with momentum); the learning rate warms up linearly for
+``warmup_epochs`` and then follows a cosine to zero, set per optimizer step from the step count (so
+resuming needs no scheduler object). Micro-batches accumulate ``accum_steps`` at a time; the gradient
+norm is clipped; on CUDA the forward pass runs under bf16 (``amp_dtype=fp16``: fp16) autocast. After
+every epoch the model is scored on validation (the task's headline metric; segmentation: macro
+foreground Dice of the predicted masks at their original size, per image or per reassembled volume;
+a grid of heads: each head's AUROC, the best head predicting); the best epoch's weights are kept
+(``select=last``: the last epoch's) and training stops after ``patience`` epochs without
+improvement. The test split is never seen here.
 
 Resumability: each epoch starts by seeding torch's global RNG (dropout, LoRA dropout) from
 (seed, epoch), and batch order and augmentation are functions of (seed, epoch, index), so an epoch
@@ -30,9 +32,14 @@ from radprobe.core.runtime import peak_memory_mb
 from radprobe.errors import RadprobeError
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
-from radprobe.finetune.data import batches_per_epoch, derived_seed, train_loader
+from radprobe.finetune.data import (
+    batches_per_epoch,
+    derived_seed,
+    stream_batches,
+    train_loader,
+)
 from radprobe.finetune.methods import Built
-from radprobe.finetune.options import OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions
+from radprobe.finetune.options import ADDED_OPTIONS, OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions
 from radprobe.finetune.predict import Split, autocast, precision, unpack, val_score
 from radprobe.progress import make_progress
 
@@ -89,7 +96,7 @@ class _Epoch:
 def fit(
     built: Built,
     train: Split,
-    val: Split,
+    val: Split | None,
     task: str,
     opts: TrainOptions,
     *,
@@ -101,7 +108,9 @@ def fit(
     progress: bool = True,
     warn: Callable[[str], None] | None = None,
 ) -> TrainState:
-    """Train ``built`` on ``train``, select on ``val``; leaves the model holding the best epoch's weights.
+    """Train ``built`` on ``train``, select on ``val``; leaves the model holding the best epoch's weights
+    (``select=last``: the last epoch's). ``val=None`` (a refit) trains without validation and keeps
+    the last epoch.
 
     Under torchrun (:mod:`radprobe.finetune.distributed`) the ranks train one model together.
     """
@@ -116,8 +125,12 @@ def fit(
         while not state.finished and state.epoch < opts.epochs:
             t_epoch = time.perf_counter()
             done = _train_epoch(run, train, state, bar, task_id)
-            score, val_loss = val_score(built, val, task, run.bs, device, opts.amp, num_workers, run.shard)
-            _record_epoch(run, state, checkpoints, done, score, val_loss)
+            scored = None
+            if val is not None:
+                scored = val_score(
+                    built, val, task, run.bs, device, opts.amp, num_workers, run.shard, opts.amp_dtype
+                )
+            _record_epoch(run, state, checkpoints, done, scored)
             state.peak_mem_mb = max(state.peak_mem_mb, peak_memory_mb(device))
             state.wall_time_s += time.perf_counter() - t_epoch
             if run.writes:
@@ -148,10 +161,16 @@ def _setup(
             f"batch_size {bs}: must be a multiple of the {ranks.world} torchrun ranks (equal shares)"
         )
     net = distributed.wrap(model, device)
-    optimizer = torch.optim.AdamW(built.groups, lr=opts.lr, betas=(0.9, 0.999))
+    optimizer: torch.optim.Optimizer
+    if opts.optimizer == "sgd":
+        optimizer = torch.optim.SGD(built.groups, lr=opts.lr, momentum=opts.momentum)
+    else:
+        optimizer = torch.optim.AdamW(built.groups, lr=opts.lr, betas=(0.9, 0.999))
     for g in optimizer.param_groups:
         g["base_lr"] = g["lr"]
-    n_batches = batches_per_epoch(n_train, bs)
+    if opts.sampler == "stream":
+        bs = min(bs, n_train)  # the paper's code: the whole set when it is smaller than a batch
+    n_batches = stream_batches(n_train, bs) if opts.sampler == "stream" else batches_per_epoch(n_train, bs)
     steps_per_epoch = math.ceil(n_batches / accum)
     return _Run(
         built=built,
@@ -195,12 +214,20 @@ def _train_epoch(run: _Run, train: Split, state: TrainState, bar: Progress, task
     losses: list[float] = []
     seen = 0
     t0 = time.perf_counter()
-    loader = train_loader(train.images, run.bs, epoch, run.seed, run.num_workers, shard=run.shard)
+    loader = train_loader(
+        train.images,
+        run.bs,
+        epoch,
+        run.seed,
+        run.num_workers,
+        shard=run.shard,
+        stream=opts.sampler == "stream",
+    )
     for j, batch in enumerate(loader):
         group_start = (j // run.accum) * run.accum
         in_group = min(run.accum, run.n_batches - group_start)
         x, rows, y = unpack(batch, train, device)
-        with autocast(device, opts.amp):
+        with autocast(device, opts.amp, opts.amp_dtype):
             logits = run.net(x)
         loss = model.head.loss(logits, y)
         (loss / in_group).backward()
@@ -232,28 +259,31 @@ def _step(run: _Run, state: TrainState) -> None:
 
 
 def _record_epoch(
-    run: _Run, state: TrainState, checkpoints: Checkpointer, done: _Epoch, score: float, val_loss: float
+    run: _Run,
+    state: TrainState,
+    checkpoints: Checkpointer,
+    done: _Epoch,
+    scored: tuple[float, float] | None,
 ) -> None:
-    """Count a finished epoch into ``state``: the best weights so far, the history, whether to stop."""
+    """Count a finished epoch into ``state``: the kept weights so far, the history, whether to stop.
+
+    ``scored``: the validation (score, loss), or None when training without validation.
+    """
     opts = run.opts
     state.epoch += 1
     state.train_time_s += done.train_s
     state.train_images += done.seen
-    improved = state.best_epoch == 0 or score > state.best_score
+    score = -math.inf if scored is None else scored[0]
+    improved = scored is None or opts.select == "last" or state.best_epoch == 0 or score > state.best_score
     if improved:
         state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
         state.best_file = checkpoints.save_best(run.built.model, state.epoch, write=run.writes)
     else:
         state.bad_epochs += 1
-    state.history.append(
-        {
-            "epoch": state.epoch,
-            "train_loss": distributed.mean(float(np.mean(done.losses))),
-            "val_loss": val_loss,
-            "val_score": score,
-            "imgs_per_s": done.seen / done.train_s if done.train_s > 0 else 0.0,
-        }
-    )
+    entry = {"epoch": state.epoch, "train_loss": distributed.mean(float(np.mean(done.losses)))}
+    if scored is not None:
+        entry.update(val_loss=scored[1], val_score=score)
+    state.history.append({**entry, "imgs_per_s": done.seen / done.train_s if done.train_s > 0 else 0.0})
     if opts.patience and state.bad_epochs >= opts.patience:
         state.finished, state.stop_reason = True, f"no improvement for {opts.patience} epochs"
     elif state.epoch >= opts.epochs:
@@ -271,10 +301,25 @@ def remove_checkpoints(directory: Path) -> None:
 def hparams_of(
     protocol: str, opts: TrainOptions, details: dict[str, Any], device: torch.device, task: str
 ) -> dict[str, Any]:
-    """Everything that shapes the training result (and so the checkpoint key)."""
+    """Everything that shapes the training result (and so the checkpoint key).
+
+    Options added after the first trained release are left out at their defaults, so runs that do
+    not use them keep their keys; momentum is recorded whenever SGD uses it.
+    """
     other = TASK_OPTIONS["classification" if task == "segmentation" else "segmentation"]
-    out = {k: v for k, v in asdict(opts).items() if k not in OUTPUT_OPTIONS and k not in other}
+    always = {"preset"} if protocol in ("lora", "dora") else set()
+    if opts.optimizer == "sgd":
+        always.add("momentum")
+    if opts.head_grid != "none":
+        other = (*other, "lr", "pool")  # the grid sets every head's lr and input
+    out = {
+        k: v
+        for k, v in asdict(opts).items()
+        if k not in OUTPUT_OPTIONS
+        and k not in other
+        and (k in always or k not in ADDED_OPTIONS or v != ADDED_OPTIONS[k])
+    }
     if "targets" in details:
         out["targets"] = details["targets"]
-    out["precision"] = precision(device, opts.amp)
+    out["precision"] = precision(device, opts.amp, opts.amp_dtype)
     return out

@@ -5,7 +5,8 @@ backbone and each method's fit to the backbone — and nothing is written to ``c
 passes. Each protocol then trains a fresh copy of the backbone, checkpointing to
 ``<out>/checkpoints/<train key>/`` every epoch (a rerun of the same command resumes there, or goes
 straight to scoring if training had finished), scores the test split exactly once with the best
-validation epoch's weights, and writes one row per metric.
+validation epoch's weights (``select=last``: the last epoch's; ``refit``: those of a new head of the
+selected kind trained on train + val, the trained backbone frozen), and writes one row per metric.
 
 Classification rows are those of the frozen protocols, and the test predictions are saved for
 ``radprobe compare``. Segmentation trains the segmentation room's seg-linear or seg-decoder head on
@@ -27,7 +28,7 @@ __all__ = ["Plan", "run", "train_protocol", "validate"]
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +36,10 @@ import torch
 
 from radprobe.core.runtime import env_info, peak_memory_mb
 from radprobe.finetune import distributed
-from radprobe.finetune.checkpoint import Checkpointer
+from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import Augment, ImageSet
-from radprobe.finetune.heads import make_head
-from radprobe.finetune.methods import Built, build_model
+from radprobe.finetune.heads import Head, HeadGrid, make_head, paper_grid
+from radprobe.finetune.methods import Built, TrainModel, build_model, param_groups
 from radprobe.finetune.options import TrainOptions
 from radprobe.finetune.predict import Split, predict, predict_masks
 from radprobe.finetune.train import fit, hparams_of, remove_checkpoints
@@ -67,6 +68,9 @@ def _env(device: torch.device) -> dict[str, Any]:
 
 def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -> Split:
     ds = plan.dataset
+    if name == "train+val":  # a refit's training set (classification only)
+        recs = ds.split("train") + ds.split("val")
+        return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed), ds.labels(recs))
     recs = ds.split(name)
     seg = plan.seg.get(name)
     if seg is None:
@@ -87,7 +91,15 @@ def _score_classification(
 ) -> list[Scored]:
     """Test scores with patient-bootstrap CIs; saves the predictions for ``radprobe compare``."""
     cfg, ds = plan.cfg, plan.dataset
-    scores, _ = predict(built, test, int(opts.batch_size or 1), plan.device, opts.amp, cfg.num_workers)
+    scores, _ = predict(
+        built,
+        test,
+        int(opts.batch_size or 1),
+        plan.device,
+        opts.amp,
+        cfg.num_workers,
+        amp_dtype=opts.amp_dtype,
+    )
     recs = ds.split("test")
     return score_classification(
         test.targets,
@@ -113,7 +125,15 @@ def _score_segmentation(
 
     cfg, ds = plan.cfg, plan.dataset
     assert test.seg is not None and test.seg.masks is not None
-    preds, _ = predict_masks(built, test, int(opts.batch_size or 1), plan.device, opts.amp, cfg.num_workers)
+    preds, _ = predict_masks(
+        built,
+        test,
+        int(opts.batch_size or 1),
+        plan.device,
+        opts.amp,
+        cfg.num_workers,
+        amp_dtype=opts.amp_dtype,
+    )
     C = len(ds.classes)
     cases = [
         case_scores(p, m, C, c.spacing) for p, m, c in zip(preds, test.seg.masks, test.seg.cases, strict=True)
@@ -166,27 +186,21 @@ def train_protocol(
     )
     train_key = eval_key(subject, protocol, hparams)
     key = eval_key(subject, protocol, hparams, cfg.n_boot)
-    augment = (
-        Augment(crop_scale=opts.crop_scale, rotate=opts.rotate, intensity=opts.intensity, hflip=opts.hflip)
-        if opts.augment
-        else None
-    )
+    augment = _augment(opts)
     train, val = _split(plan, backbone, "train", augment), _split(plan, backbone, "val", None)
     ckpt_dir = Path(cfg.out) / "checkpoints" / train_key
-    state = fit(
-        built,
-        train,
-        val,
-        ds.task,
-        opts,
-        seed=cfg.seed,
-        device=plan.device,
-        checkpoints=Checkpointer(ckpt_dir, train_key),
-        num_workers=cfg.num_workers,
-        label=f"{info.name} · {protocol}",
-        progress=cfg.progress,
-        warn=warn,
+    label = f"{info.name} · {protocol}"
+    fit_kw: dict[str, Any] = dict(
+        seed=cfg.seed, device=plan.device, num_workers=cfg.num_workers, progress=cfg.progress, warn=warn
     )
+    state = fit(
+        built, train, val, ds.task, opts, checkpoints=Checkpointer(ckpt_dir, train_key), label=label, **fit_kw
+    )
+    # what the method trains, counted before a refit freezes the backbone
+    counts = (built.params, built.trainable_params)
+    head, refit = built.model.head, None
+    if opts.refit:
+        built, refit = _refit(plan, backbone, built, opts, ckpt_dir, train_key, label, fit_kw)
     distributed.barrier()  # every rank holds the best weights before rank 0 may remove them
     if (ranks := distributed.current()) is not None and not ranks.main:
         return [], built  # rank 0 scores the test split and writes the rows
@@ -199,6 +213,7 @@ def train_protocol(
         scored = _score_classification(plan, built, test, opts, key)
     test_s = time.perf_counter() - t_test
     if not opts.keep_checkpoints:
+        remove_checkpoints(ckpt_dir / "refit")
         remove_checkpoints(ckpt_dir)
     base = base_row(
         subject,
@@ -208,10 +223,10 @@ def train_protocol(
         n_val=_cases(val),
         n_test=_cases(test),
         resolution=backbone.preprocess.resolution,
-        params=built.params,
-        trainable_params=built.trainable_params,
+        params=counts[0],
+        trainable_params=counts[1],
         # training and validation time over all sessions of this run, plus scoring the test split
-        wall_time_s=state.wall_time_s + test_s,
+        wall_time_s=state.wall_time_s + (refit.wall_time_s if refit is not None else 0.0) + test_s,
         imgs_per_s=state.train_images / state.train_time_s if state.train_time_s else 0.0,
         peak_mem_mb=max(state.peak_mem_mb, peak_memory_mb(plan.device)),
         env=_env(plan.device),
@@ -221,15 +236,70 @@ def train_protocol(
         if unused
         else []
     )
+    if opts.head_grid == "paper":
+        notes += paper_grid(max(1, info.num_blocks), info.patch_size is not None)[1]
     # seg rows also record n_boot in hparams, like the frozen seg rows (the training key leaves it out)
     row_hparams = {**hparams, "n_boot": cfg.n_boot} if plan.segmentation else hparams
-    selected = _selected(plan, state, built)
+    selected = _selected(plan, state, counts, head, refit)
     return metric_rows(base, key, protocol, scored, row_hparams, selected, notes), built
 
 
-def _selected(plan: Plan, state: Any, built: Built) -> dict[str, Any]:
-    """What training chose on validation, and what it cost in trainable parameters."""
-    params, trainable = built.params, built.trainable_params
+def _augment(opts: TrainOptions) -> Augment | None:
+    if not opts.augment:
+        return None
+    ratio = {} if opts.crop_ratio is None else {"ratio": (1 / opts.crop_ratio, opts.crop_ratio)}
+    return Augment(
+        crop_scale=opts.crop_scale, rotate=opts.rotate, intensity=opts.intensity, hflip=opts.hflip, **ratio
+    )
+
+
+def _refit(
+    plan: Plan,
+    backbone: Backbone,
+    built: Built,
+    opts: TrainOptions,
+    ckpt_dir: Path,
+    train_key: str,
+    label: str,
+    fit_kw: dict[str, Any],
+) -> tuple[Built, TrainState]:
+    """A new head of the selected kind trained on train + val; the trained backbone stays frozen.
+
+    As the paper's code refits (linear.py:535-601): the tuned backbone is kept and not optimized,
+    the head starts afresh at the selected head's lr, and the last epoch's weights are scored.
+    """
+    ds, cfg = plan.dataset, plan.cfg
+    head = built.model.head
+    choice = head.choice if isinstance(head, HeadGrid) else None
+    torch.manual_seed(int(digest({"init": cfg.seed, "refit": train_key}, 15), 16))
+    if choice is not None:
+        new_head: Head = HeadGrid(backbone.info.embed_dim, len(ds.classes), ds.task, [choice])
+    else:
+        new_head = make_head(ds, backbone, opts)
+    for p in built.model.encoder.parameters():
+        p.requires_grad_(False)
+    model = TrainModel(built.model.encoder, new_head, frozen_encoder=True)
+    refit = Built(model, param_groups(model, opts, "refit"), built.details)
+    train = _split(plan, backbone, "train+val", _augment(opts))
+    state = fit(
+        refit,
+        train,
+        None,
+        ds.task,
+        replace(opts, select="last", patience=0),
+        checkpoints=Checkpointer(ckpt_dir / "refit", f"{train_key}/refit"),
+        label=f"{label} · refit",
+        **fit_kw,
+    )
+    return refit, state
+
+
+def _selected(
+    plan: Plan, state: Any, counts: tuple[int, int], head: Head, refit: TrainState | None = None
+) -> dict[str, Any]:
+    """What training chose on validation (``head``: the searched head), and what it cost in
+    trainable parameters (``counts``: total and trainable)."""
+    params, trainable = counts
     selected = {
         "epoch": state.best_epoch,
         "val_score": state.best_score,
@@ -241,6 +311,10 @@ def _selected(plan: Plan, state: Any, built: Built) -> dict[str, Any]:
     }
     if plan.segmentation:
         selected["val_dice"] = state.best_score  # the frozen seg protocols' name for it
+    if isinstance(head, HeadGrid):
+        selected["head"] = asdict(head.choice)
+    if refit is not None:
+        selected["refit"] = {"epochs_run": refit.epoch, "history": refit.history}
     return selected
 
 
