@@ -208,12 +208,13 @@ def test_paper_sam_is_the_encoder_without_its_neck(tmp_path):
     assert bb.info.embed_dim == 32 and not any("neck" in k for k in bb.state_dict())
     x = _x()
     with torch.inference_mode():
-        out = bb(x, grid_layers=(-1,))
+        out = bb(x, n_blocks=2, grid_layers=(-1,))
         full.neck = nn.Identity()
         tokens = full.forward_features(x)  # (B, C, H, W) as the blocks leave them
     torch.testing.assert_close(out.cls, tokens.mean((2, 3)))
     torch.testing.assert_close(out.pooled, out.cls)
     torch.testing.assert_close(out.grid[-1], tokens)
+    assert out.blocks.shape == (2, 1, 2, 32)  # SAMLarge.get_intermediate_layers: one block, any n
 
 
 # -------------------------------------------------------------------------------------- DINOv2

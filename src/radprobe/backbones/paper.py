@@ -117,7 +117,20 @@ def build_dinov2(entry: BackboneEntry, opts: BuildOptions) -> TimmViT | TimmCNN:
 # ------------------------------------------------------------------------------------------- SAM
 
 
-def build_sam(entry: BackboneEntry, opts: BuildOptions) -> TimmViT | TimmCNN:
+class PaperSAM(TimmViT):
+    """SAM's image encoder without its neck: cls = pooled = the mean of the last block's tokens.
+
+    blocks has n = 1 whatever is asked: the released wrapper returns that one vector as its only
+    block (``SAMLarge.get_intermediate_layers``), so "the last 4 blocks" are the last block there.
+    """
+
+    def forward(  # type: ignore[override]
+        self, x: torch.Tensor, n_blocks: int = 1, grid_layers: tuple[int, ...] = ()
+    ) -> BackboneOutput:
+        return super().forward(x, 1, grid_layers)
+
+
+def build_sam(entry: BackboneEntry, opts: BuildOptions) -> PaperSAM:
     """SAM's image encoder without its neck: 1024-d tokens of the last block at 1024 px
     (``SAMLarge``: ``neck = Identity``, mean of the 64 x 64 tokens)."""
     model = _timm(entry, opts)
@@ -129,10 +142,11 @@ def build_sam(entry: BackboneEntry, opts: BuildOptions) -> TimmViT | TimmCNN:
         preprocess=_preprocess(resolution=1024),
         final_norm=False,
     )
+    assert isinstance(backbone, TimmViT)
     # dropped after loading, so checkpoints that carry the neck still load strictly
     backbone.model.neck = nn.Identity()
-    backbone.info = replace(backbone.info, params=count_params(backbone.model))
-    return backbone
+    info = replace(backbone.info, params=count_params(backbone.model))
+    return PaperSAM(backbone.model, info, backbone.preprocess, final_norm=False)
 
 
 # ------------------------------------------------------------------------------------------- CNNs
