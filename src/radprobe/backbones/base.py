@@ -26,7 +26,9 @@ class Preprocess:
 
     The image is resized to ``resolution`` (a multiple of ``patch_size`` for ViTs) without cropping —
     cropping can cut away the finding in a radiograph — grayscale is repeated to 3 channels, and
-    the model's own mean/std are applied.
+    the model's own mean/std are applied. ``minmax`` stretches each channel of the resized image to
+    [0, 1] by its own minimum and maximum (the ``RescaleImage`` step of Baharoon et al.); a constant
+    channel becomes 0.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -34,6 +36,7 @@ class Preprocess:
     resolution: int = 224
     patch_size: int | None = None
     interpolation: str = "bicubic"
+    minmax: bool = False
 
     def __post_init__(self) -> None:
         if self.patch_size and self.resolution % self.patch_size:
@@ -42,8 +45,12 @@ class Preprocess:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, part of the feature-cache key."""
-        return asdict(self)
+        """Plain dict, part of the feature-cache key (``minmax`` only when set, so keys made before
+        it existed still match)."""
+        d = asdict(self)
+        if not self.minmax:
+            del d["minmax"]
+        return d
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
@@ -70,6 +77,10 @@ class Preprocess:
                 antialias=smooth,
             )[0]
         x = x.clamp(0.0, 1.0)
+        if self.minmax:
+            lo = x.amin(dim=(1, 2), keepdim=True)
+            span = x.amax(dim=(1, 2), keepdim=True) - lo
+            x = torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
         mean = torch.tensor(self.mean).view(3, 1, 1)
         std = torch.tensor(self.std).view(3, 1, 1)
         return (x - mean) / std  # (1 or 3, R, R) -> (3, R, R)

@@ -89,10 +89,13 @@ class HFViT(Backbone):
     """A transformers ViT-style model; blocks and grid come from ``output_hidden_states``.
 
     Every hidden state is passed through the model's final layer norm, so the last block's class
-    token equals ``last_hidden_state[:, 0]`` for DINOv2/ViT-style models.
+    token equals ``last_hidden_state[:, 0]`` for DINOv2/ViT-style models; with ``final_norm=False``
+    hidden states are taken as the blocks leave them.
     """
 
-    def __init__(self, model: nn.Module, info: BackboneInfo, preprocess: Preprocess) -> None:
+    def __init__(
+        self, model: nn.Module, info: BackboneInfo, preprocess: Preprocess, final_norm: bool = True
+    ) -> None:
         super().__init__()
         self.model = model
         self.info = info
@@ -101,6 +104,8 @@ class HFViT(Backbone):
         self.norm_name = next(
             (n for n in FINAL_NORMS if isinstance(getattr(model, n, None), nn.Module)), None
         )
+        if not final_norm:
+            self.norm_name = None
         # ViT/MSN only interpolate position embeddings when asked; DINOv2 always does.
         self._kw = (
             {"interpolate_pos_encoding": True}
@@ -141,6 +146,18 @@ class HFViT(Backbone):
         )
 
 
+def model_class(transformers: Any, entry: BackboneEntry) -> Any:
+    """The transformers class to build: ``options["model_class"]`` (e.g. ViTModel for an MAE
+    checkpoint, which AutoModel would build as a masking ViTMAEModel), else AutoModel."""
+    return getattr(transformers, entry.options.get("model_class", "AutoModel"))
+
+
+def _from_config(transformers: Any, entry: BackboneEntry, config: Any) -> nn.Module:
+    cls = model_class(transformers, entry)
+    kwargs = entry.options.get("model_kwargs", {})
+    return cls.from_config(config, **kwargs) if cls is transformers.AutoModel else cls(config, **kwargs)
+
+
 def _config(transformers: Any, entry: BackboneEntry) -> Any:
     """The model config: built in for known repos, else from the folder or the hub cache."""
     known = entry.options.get("config")
@@ -155,12 +172,14 @@ def _config(transformers: Any, entry: BackboneEntry) -> Any:
         raise hub_error(entry.name, f"config of hf {repo}; pass an HF folder as --weights", exc) from None
 
 
-def _report_from_hf(info: dict[str, Any]) -> FitReport:
+def _report_from_hf(info: dict[str, Any], dropped: tuple[str, ...] = ()) -> FitReport:
+    """``dropped``: prefixes of checkpoint parts the backbone leaves out on purpose (an MAE decoder)."""
     report = FitReport(transform="as-is")  # transformers' own key conversions are not tracked
     report.missing = sorted(info.get("missing_keys") or [])
     unexpected = sorted(info.get("unexpected_keys") or [])
-    report.dropped_heads = [k for k in unexpected if k.startswith(HEAD_PREFIXES)]
-    report.unexpected = [k for k in unexpected if not k.startswith(HEAD_PREFIXES)]
+    heads = HEAD_PREFIXES + dropped
+    report.dropped_heads = [k for k in unexpected if k.startswith(heads)]
+    report.unexpected = [k for k in unexpected if not k.startswith(heads)]
     report.mismatched = [
         (str(m[0]), tuple(m[1]), tuple(m[2]))
         if isinstance(m, tuple | list) and len(m) == 3
@@ -175,11 +194,12 @@ def _load_pretrained(
 ) -> tuple[nn.Module, FitReport]:
     """``from_pretrained`` on a folder (or hub repo when ``hub``), with radprobe's strictness
     instead of transformers' silent re-initialisation of missing or misshapen weights."""
-    kwargs: dict[str, Any] = {"output_loading_info": True}
+    kwargs: dict[str, Any] = {"output_loading_info": True, **entry.options.get("model_kwargs", {})}
+    cls = model_class(transformers, entry)
     with seeded(), quiet(transformers):  # seeded: keys allowed to be missing get a reproducible init
         try:
             with hub_access() if hub else nullcontext():
-                model, info = transformers.AutoModel.from_pretrained(where, **kwargs)
+                model, info = cls.from_pretrained(where, **kwargs)
         except Exception as exc:
             if "mismatch" not in str(exc).lower():
                 if hub:
@@ -188,10 +208,8 @@ def _load_pretrained(
                     f"could not load HF weights {label} for {entry.name}: {first_line(exc)}"
                 ) from None
             # Reload tolerantly only to learn which keys mismatch; strictness is applied below.
-            model, info = transformers.AutoModel.from_pretrained(
-                where, ignore_mismatched_sizes=True, **kwargs
-            )
-    report = _report_from_hf(info)
+            model, info = cls.from_pretrained(where, ignore_mismatched_sizes=True, **kwargs)
+    report = _report_from_hf(info, tuple(entry.options.get("drop_prefixes", ())))
     if not report.ok and not opts.allow_partial_weights:
         raise WeightsError(f"weights {label} do not fit {entry.name}: {report.summary()}; {PARTIAL_HINT}")
     return model, report
@@ -271,7 +289,11 @@ def _wrap(
     defaults = entry.options.get("preprocess", {})
     mean, std = defaults.get("mean", IMAGENET_MEAN), defaults.get("std", IMAGENET_STD)
     size = defaults.get("resolution", native)
-    proc = None if opts.meta else _processor_config(entry.options["repo"], processor_dir, opts.from_hub)
+    # "fixed": the entry's preprocessing is what a study used, whatever the weights' processor says
+    fixed = bool(defaults.get("fixed"))
+    proc = None
+    if not opts.meta and not fixed:
+        proc = _processor_config(entry.options["repo"], processor_dir, opts.from_hub)
     if proc:
         mean = tuple(proc.get("image_mean", mean))
         std = tuple(proc.get("image_std", std))
@@ -281,6 +303,7 @@ def _wrap(
         std=tuple(std),  # type: ignore[arg-type]
         resolution=resolve_resolution(entry.name, size, patch, opts.resolution),
         patch_size=patch,
+        minmax=bool(defaults.get("minmax", False)),
     )
     extra: dict[str, Any] = {"num_register_tokens": int(getattr(config, "num_register_tokens", 0) or 0)}
     if report is not None:
@@ -298,7 +321,7 @@ def _wrap(
         weights_digest=digest,
         extra=extra,
     )
-    return HFViT(model, info, preprocess)
+    return HFViT(model, info, preprocess, final_norm=entry.options.get("final_norm", True))
 
 
 def _folder_digest(folder: Path) -> str:
@@ -314,7 +337,7 @@ def build_hf(entry: BackboneEntry, opts: BuildOptions) -> HFViT:
     processor_dir = local
     if opts.meta:
         with quiet(transformers):
-            model = transformers.AutoModel.from_config(_config(transformers, entry))
+            model = _from_config(transformers, entry, _config(transformers, entry))
         source, digest = "random-init", RANDOM_DIGEST
     elif opts.weights is not None:
         if opts.weights.is_dir():
@@ -335,7 +358,7 @@ def build_hf(entry: BackboneEntry, opts: BuildOptions) -> HFViT:
     else:
         config = _config(transformers, entry)
         with seeded(), quiet(transformers):
-            model = transformers.AutoModel.from_config(config)
+            model = _from_config(transformers, entry, config)
         source, digest = "random-init", RANDOM_DIGEST
     return _wrap(model, entry, opts, source=source, digest=digest, processor_dir=processor_dir, report=report)
 

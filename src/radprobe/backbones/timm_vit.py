@@ -38,13 +38,17 @@ class TimmViT(Backbone):
     cls is the final-normed class token of the last block; pooled is the mean of its final-normed
     patch tokens, never including class or register tokens. Models without a class token (SAM)
     report ``cls = pooled``. For SAM the "final norm" is its conv neck, so features are 256-d.
+    ``final_norm=False`` reads every token as the blocks leave it (no final norm, no SAM neck).
     """
 
-    def __init__(self, model: nn.Module, info: BackboneInfo, preprocess: Preprocess) -> None:
+    def __init__(
+        self, model: nn.Module, info: BackboneInfo, preprocess: Preprocess, final_norm: bool = True
+    ) -> None:
         super().__init__()
         self.model = model
         self.info = info
         self.preprocess = preprocess
+        self.final_norm = final_norm
         self.num_prefix_tokens = int(getattr(model, "num_prefix_tokens", 0) or 0)
         self.has_cls = getattr(model, "cls_token", None) is not None
         params = inspect.signature(model.forward_intermediates).parameters
@@ -59,7 +63,7 @@ class TimmViT(Backbone):
         # a flag, not a module attribute, so the norm is not registered (and saved) twice.
         norm = getattr(model, "norm", None)
         fc_norm = getattr(model, "fc_norm", None)
-        self.use_fc_norm = (
+        self.use_fc_norm = final_norm and (
             isinstance(norm, nn.Identity) and fc_norm is not None and not isinstance(fc_norm, nn.Identity)
         )
 
@@ -78,7 +82,12 @@ class TimmViT(Backbone):
         last, grid_idx = block_indices(self.info.name, self.info.num_blocks, n_blocks, tuple(grid_layers))
         wanted = sorted(set(last) | set(grid_idx.values()))
         outs = self.model.forward_intermediates(
-            x, indices=wanted, norm=True, output_fmt="NCHW", intermediates_only=True, **self._prefix_kw
+            x,
+            indices=wanted,
+            norm=self.final_norm,
+            output_fmt="NCHW",
+            intermediates_only=True,
+            **self._prefix_kw,
         )
         maps: dict[int, torch.Tensor] = {}
         cls_tokens: dict[int, torch.Tensor] = {}

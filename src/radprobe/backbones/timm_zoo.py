@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import difflib
 import sys
+from collections.abc import Mapping
 from contextlib import nullcontext
+from dataclasses import replace
 from typing import Any
 
 from torch import nn
@@ -81,20 +83,26 @@ def wrap_timm(
     hub_source: str,
     mean: tuple[float, float, float] | None = None,
     std: tuple[float, float, float] | None = None,
+    preprocess: Mapping[str, Any] | None = None,
+    final_norm: bool = True,
+    transforms: Mapping[str, Transform] | None = None,
 ) -> TimmViT | TimmCNN:
     """Load ``opts.weights`` strictly into a timm model and wrap it as a ViT or CNN backbone.
 
     ``hub_source`` names the weights when they came from the hub; ``mean``/``std`` override the
-    pretrained config's normalisation.
+    pretrained config's normalisation, ``preprocess`` any :class:`Preprocess` field (its
+    ``resolution`` stands in for the native one when none is asked for). ``final_norm=False`` reads
+    ViT tokens without the final norm; ``transforms`` add checkpoint converters to timm's own.
     """
     extra: dict[str, Any] = {}
+    fixed = dict(preprocess or {})
     if opts.weights is not None:
         digest, report = load_weights(
             model,
             opts.weights,
             backbone=entry.name,
             allow_partial=opts.allow_partial_weights,
-            transforms=timm_transforms(model),
+            transforms={**timm_transforms(model), **(transforms or {})},
             num_prefix_tokens=pos_prefix_tokens(model),
         )
         source = f"file:{opts.weights}"
@@ -112,7 +120,9 @@ def wrap_timm(
     vit = is_timm_vit(model)
     if vit:
         patch: int | None = int(model.patch_embed.patch_size[0])
-        embed_dim, num_blocks = int(model.num_features), len(model.blocks)
+        # without the final norm SAM's tokens keep the trunk width, not the neck's
+        embed_dim = int(model.num_features if final_norm else model.embed_dim)
+        num_blocks = len(model.blocks)
         extra.update(
             num_prefix_tokens=int(getattr(model, "num_prefix_tokens", 0) or 0),
             num_reg_tokens=int(getattr(model, "num_reg_tokens", 0) or 0),
@@ -124,14 +134,15 @@ def wrap_timm(
         patch, embed_dim, num_blocks = None, chans[-1], len(chans)
         extra["stage_channels"] = chans
 
-    resolution = resolve_resolution(entry.name, native, patch, opts.resolution)
-    preprocess = Preprocess(
+    resolution = resolve_resolution(entry.name, fixed.pop("resolution", native), patch, opts.resolution)
+    pre = Preprocess(
         mean=tuple(mean or cfg.get("mean", (0.485, 0.456, 0.406))),  # type: ignore[arg-type]
         std=tuple(std or cfg.get("std", (0.229, 0.224, 0.225))),  # type: ignore[arg-type]
         resolution=resolution,
         patch_size=patch,
         interpolation=interpolation,
     )
+    pre = replace(pre, **fixed) if fixed else pre
     info = BackboneInfo(
         name=entry.name,
         family=entry.family,
@@ -146,11 +157,11 @@ def wrap_timm(
         extra=extra,
     )
     if vit:
-        wrapper = TimmViT(model, info, preprocess)
+        wrapper = TimmViT(model, info, pre, final_norm=final_norm)
         if not wrapper.has_cls:
             info.extra["cls_is_pooled"] = True
         return wrapper
-    return TimmCNN(model, info, preprocess)
+    return TimmCNN(model, info, pre)
 
 
 def build_timm(entry: BackboneEntry, opts: BuildOptions) -> TimmViT | TimmCNN:

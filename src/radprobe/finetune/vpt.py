@@ -73,7 +73,7 @@ class PromptedViT(nn.Module):
                 x = torch.cat([x[:, :p], prompt, rest], dim=1)
             x = self._run(blk, x)
             if i in wanted:
-                y = m.norm(x)
+                y = m.norm(x) if bb.final_norm else x
                 prefix, patches = y[:, :p], y[:, p + k :]  # prompt outputs are dropped
                 if bb.use_fc_norm:
                     prefix, patches = m.fc_norm(prefix), m.fc_norm(patches)
