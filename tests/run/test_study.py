@@ -175,7 +175,17 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     plan = json.loads(capsys.readouterr().out)
     assert code == 0
     names = {j["backbone"]["name"] for j in plan["jobs"]}
-    assert {"dinov2-s", "dinov2-g", "vit-l-in21k", "resnet152", "biomedclip", "sam-l", "msn-l"} <= names
+    paper = {"dinov2-s", "dinov2-g", "vit-l-in21k", "resnet152", "biomedclip", "sam-l", "msn-l", "vgg19"}
+    assert {f"paper:{n}" for n in paper} <= names and all(n.startswith("paper:") for n in names)
+    # the paper's protocols: every preset the paper has, ML-kNN on multi-label sets, the few-shot rule
+    for j in plan["jobs"]:
+        ds = j["dataset"].split(":")[0]
+        if j["protocol"] in ("linear", "fewshot", "finetune", "lora"):
+            assert j["options"].get("preset") == "paper", j
+        if j["protocol"] == "knn":
+            assert (j["options"].get("preset") == "paper") == (ds in ("nih-cxr14", "chexpert")), j
+        if j["protocol"] == "fewshot":
+            assert j["options"]["rule"] == ("nih" if ds == "nih-cxr14" else "evenly_spaced"), j
     by_ds = {}
     for j in plan["jobs"]:
         by_ds.setdefault(j["dataset"].split(":")[0], set()).add(j["protocol"])
@@ -249,3 +259,27 @@ def test_protocol_option_values_are_checked_before_anything_runs(tmp_path, capsy
     bad = {**STUDY, "protocols": {"knn": {"ks": "abc"}}}
     with pytest.raises(RadprobeError, match="expected an integer"):
         load_study(str(_write(tmp_path, bad)))
+
+
+def test_dataset_options_override_the_studys_for_that_dataset_only(tmp_path):
+    study = {
+        "backbones": ["test:vit-tiny"],
+        "datasets": [
+            {"spec": "synthetic:cls2d-binary", "options": {"knn": {"ks": [5]}}},
+            "synthetic:cls2d-multiclass",
+        ],
+        "protocols": {"knn": {"ks": [10], "temperature": 0.1}},
+    }
+    jobs = expand(load_study(str(_write(tmp_path, study))))
+    assert {j.dataset: j.options for j in jobs} == {
+        "synthetic:cls2d-binary": {"ks": [5], "temperature": 0.1},
+        "synthetic:cls2d-multiclass": {"ks": [10], "temperature": 0.1},
+    }
+    bad = {**study, "datasets": [{"spec": "synthetic:cls2d-binary", "options": {"knn": {"ks": [0]}}}]}
+    with pytest.raises(RadprobeError, match=r"datasets\.0\.options: knn\.ks=\[0\]: expected a value >= 1"):
+        load_study(str(_write(tmp_path, bad)))
+    other = {**study, "datasets": [{"spec": "synthetic:cls2d-binary", "options": {"linear": {}}}]}
+    with pytest.raises(
+        RadprobeError, match=r"datasets\.0\.options: 'linear' is not among the study's protocols"
+    ):
+        load_study(str(_write(tmp_path, other)))

@@ -1,34 +1,43 @@
-"""The seed paper's study matrix (Baharoon et al., arXiv 2312.02366) as a built-in study.
+"""The seed paper's study matrix (Baharoon et al., arXiv 2312.02366) as a built-in study, run with
+the paper's own protocols: the ``paper:`` backbone entries (each baseline's features as the released
+code takes them) and every protocol's ``preset=paper`` (docs/paper-fidelity*.md).
 
 Datasets are addressed under ``data_root`` (``--set data_root=/data`` or ``RADPROBE_DATA``), each in
 its published layout (see ``radprobe datasets``). Classification runs at 224 px and segmentation at
-448 px, as in the paper; few-shot counts patients per class (1-16) with repeated draws.
+448 px, as in the paper. Options that depend on the dataset sit on the dataset: ML-kNN on the
+multi-label chest X-ray sets, and the few-shot draw rule (NIH's patients per label; evenly spaced
+images elsewhere).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-CLASSIFICATION = ["knn", "linear", "fewshot", "finetune", "lora", "bitfit"]
+CLASSIFICATION = ["knn", "linear", "fewshot", "finetune", "lora"]
 SEGMENTATION = ["seg-linear", "seg-decoder", "seg-unet"]
 
 BACKBONES = [
-    "dinov2-s", "dinov2-b", "dinov2-l", "dinov2-g",
-    "vit-l-in21k", "resnet152", "densenet201", "vgg19",
-    "mae-l", "msn-l", "clip-l", "openclip-h", "biomedclip", "sam-l",
+    "paper:dinov2-s", "paper:dinov2-b", "paper:dinov2-l", "paper:dinov2-g",
+    "paper:vit-l-in21k", "paper:resnet152", "paper:densenet201", "paper:vgg19",
+    "paper:mae-l", "paper:msn-l", "paper:clip-l", "paper:openclip-h", "paper:biomedclip", "paper:sam-l",
 ]  # fmt: skip
 
-DATASETS = [
+# Per dataset: ML-kNN where the labels are multi-label, and which few-shot rule the paper drew with.
+MULTILABEL = {"knn": {"preset": "paper"}}
+NIH_FEWSHOT = {"fewshot": {"rule": "nih"}}
+EVENLY = {"fewshot": {"rule": "evenly_spaced"}}
+
+DATASETS: list[tuple[str, list[str], int, dict[str, dict[str, Any]]]] = [
     # paper=1: the paper's label sets and split sizes (e.g. NIH's 15 outputs, CheXpert frontal U-zeros)
-    ("nih-cxr14:{data_root}/nih-cxr14?paper=1", CLASSIFICATION, 224),
-    ("chexpert:{data_root}/chexpert?paper=1", CLASSIFICATION, 224),
-    ("sars-cov-2-ct:{data_root}/sars-cov-2-ct?paper=1", CLASSIFICATION, 224),
-    ("brain-tumor-mri:{data_root}/brain-tumor-mri?paper=1", CLASSIFICATION, 224),
-    ("montgomery:{data_root}/montgomery?paper=1", SEGMENTATION, 448),
-    ("shenzhen:{data_root}/shenzhen?paper=1", SEGMENTATION, 448),
-    ("btcv:{data_root}/btcv?paper=1", SEGMENTATION, 448),
-    ("amos:{data_root}/amos?paper=1", SEGMENTATION, 448),
-    ("msd:{data_root}/msd?task=2&paper=1", SEGMENTATION, 448),
+    ("nih-cxr14:{data_root}/nih-cxr14?paper=1", CLASSIFICATION, 224, {**MULTILABEL, **NIH_FEWSHOT}),
+    ("chexpert:{data_root}/chexpert?paper=1", CLASSIFICATION, 224, {**MULTILABEL, **EVENLY}),
+    ("sars-cov-2-ct:{data_root}/sars-cov-2-ct?paper=1", CLASSIFICATION, 224, EVENLY),
+    ("brain-tumor-mri:{data_root}/brain-tumor-mri?paper=1", CLASSIFICATION, 224, EVENLY),
+    ("montgomery:{data_root}/montgomery?paper=1", SEGMENTATION, 448, {}),
+    ("shenzhen:{data_root}/shenzhen?paper=1", SEGMENTATION, 448, {}),
+    ("btcv:{data_root}/btcv?paper=1", SEGMENTATION, 448, {}),
+    ("amos:{data_root}/amos?paper=1", SEGMENTATION, 448, {}),
+    ("msd:{data_root}/msd?task=2&paper=1", SEGMENTATION, 448, {}),
 ]
 
 
@@ -37,14 +46,16 @@ def paper_2312_02366() -> dict[str, Any]:
     return {
         "name": "paper-2312.02366",
         "backbones": BACKBONES,
-        "datasets": [{"spec": s, "protocols": p, "resolution": r} for s, p, r in DATASETS],
+        "datasets": [
+            {"spec": s, "protocols": p, "resolution": r, **({"options": o} if o else {})}
+            for s, p, r, o in DATASETS
+        ],
         "protocols": {
             "knn": {},
-            "linear": {},
-            "fewshot": {"shots": [1, 2, 4, 8, 16], "repeats": 5, "protocols": ["linear"]},
-            "finetune": {},
+            "linear": {"preset": "paper"},
+            "fewshot": {"preset": "paper", "shots": [1, 2, 4, 8, 16]},
+            "finetune": {"preset": "paper"},
             "lora": {"preset": "paper"},
-            "bitfit": {},
             "seg-linear": {},
             "seg-decoder": {},
             "seg-unet": {},

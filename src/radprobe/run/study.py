@@ -99,7 +99,7 @@ def expand(study: StudyConfig) -> list[Job]:
             b,
             dataset_spec(study, d),
             p,
-            opts,
+            d.options_of(p, opts),
             seed,
             study.bootstrap,
             study.n_blocks,

@@ -54,13 +54,19 @@ class DatasetEntry(BaseModel):
     """A dataset spec (see ``radprobe datasets``); ``{data_root}`` in it is replaced by the study's.
 
     ``protocols`` restricts which of the study's protocols run on this dataset (e.g. segmentation
-    heads only on segmentation data); ``resolution`` applies to backbones that set none.
+    heads only on segmentation data); ``resolution`` applies to backbones that set none; ``options``
+    overrides the study's options of a protocol on this dataset only (``{fewshot: {rule: nih}}``).
     """
 
     model_config = ConfigDict(extra="forbid")
     spec: str
     protocols: list[str] | None = None
     resolution: int | None = Field(default=None, gt=0)
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+    def options_of(self, protocol: str, study_options: dict[str, Any]) -> dict[str, Any]:
+        """A protocol's options on this dataset: the study's, with this dataset's on top."""
+        return {**study_options, **self.options.get(protocol, {})}
 
 
 class StudyConfig(BaseModel):
@@ -114,12 +120,18 @@ class StudyConfig(BaseModel):
     @model_validator(mode="after")
     def _dataset_protocols(self) -> StudyConfig:
         for i, d in enumerate(self.datasets):
-            for p in d.protocols or []:
-                if p not in self.protocols:
-                    raise ValueError(
-                        f"datasets.{i}.protocols: {p!r} is not among the study's protocols "
-                        f"({', '.join(self.protocols)})"
-                    )
+            for key, names in (("protocols", d.protocols or []), ("options", d.options)):
+                for p in names:
+                    if p not in self.protocols:
+                        raise ValueError(
+                            f"datasets.{i}.{key}: {p!r} is not among the study's protocols "
+                            f"({', '.join(self.protocols)})"
+                        )
+            for p in d.options:
+                try:
+                    registry.check_options(p, d.options_of(p, self.protocols[p]))
+                except RadprobeError as e:
+                    raise ValueError(f"datasets.{i}.options: {e}") from None
         return self
 
 
