@@ -283,3 +283,29 @@ def test_dataset_options_override_the_studys_for_that_dataset_only(tmp_path):
         RadprobeError, match=r"datasets\.0\.options: 'linear' is not among the study's protocols"
     ):
         load_study(str(_write(tmp_path, other)))
+
+
+def test_paper_study_plan_maps_every_published_cell_of_the_paper_to_a_job(tmp_path, capsys):
+    import json
+
+    assert (
+        main(["study", "plan", "builtin:paper-2312.02366", "--set", f"data_root={tmp_path}", "--json"]) == 0
+    )
+    plan = json.loads(capsys.readouterr().out)
+    jobs = {j["job_key"]: j for j in plan["jobs"]}
+    cells = [c for c in plan["references"] if c["source"] == "baharoon"]
+    assert len(cells) >= 40
+    for c in cells:  # a job that would produce it, or the reason none does
+        assert (c["job_key"] in jobs) if c["job_key"] else bool(c["reason"]), c
+    linear = next(c for c in cells if c["cell"] == "NIH CXR14 linear, DINOv2 ViT-L/14, all")
+    job = jobs[linear["job_key"]]
+    assert (job["backbone"]["name"], job["protocol"], job["options"]["preset"]) == (
+        "paper:dinov2-l",
+        "linear",
+        "paper",
+    )
+    assert job["dataset"].startswith("nih-cxr14:")
+    shot = next(c for c in cells if c["cell"] == "NIH CXR14 4-shot linear, ViT-L/16 IN-21k")
+    assert jobs[shot["job_key"]]["protocol"] == "fewshot" and 4 in jobs[shot["job_key"]]["options"]["shots"]
+    transunet = next(c for c in cells if "TransUNet" in c["cell"])
+    assert transunet["job_key"] is None and "transunet" in transunet["reason"]

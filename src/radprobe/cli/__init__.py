@@ -478,6 +478,7 @@ def study_plan_cmd(
 
     cfg = load_study(study, overrides)
     p = plan(cfg, run_dir_of(cfg, None))
+    p["references"] = _reference_jobs(p)
     if as_json:
         _print_json(p)
         return
@@ -590,6 +591,23 @@ def study_run_cmd(
         )
     if outcome.failed:
         raise typer.Exit(1)
+
+
+def _reference_jobs(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each published cell of a dataset the study runs, with the job that would reproduce it (or
+    null and why not)."""
+    from radprobe.report.references import load_references, producing_job
+
+    names = {d["spec"].split(":", 1)[0] for d in plan["datasets"]}
+    out = []
+    for ref in load_references():
+        wanted = ref.match.get("dataset")
+        if not set(wanted if isinstance(wanted, list) else [wanted]) & names:
+            continue
+        key, why = producing_job(ref, plan["jobs"])
+        out.append({"source": ref.source_key, "cell": ref.cell, "reported": ref.reported, "job_key": key,
+                    "reason": why or None})  # fmt: skip
+    return out
 
 
 @study_app.command("status")

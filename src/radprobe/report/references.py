@@ -114,3 +114,54 @@ def closest_mismatch(ref: Reference, rows: list[dict[str, Any]]) -> str:
     if isinstance(want, list):
         want = " or ".join(str(w) for w in want)
     return f"{best} must be {want}"
+
+
+def producing_job(ref: Reference, jobs: list[dict[str, Any]]) -> tuple[str | None, str]:
+    """The key of the study job whose rows would sit beside ``ref`` (from a study plan's jobs), or
+    None with the reason none would. Only what a plan knows is checked: dataset, backbone, protocol
+    (a ``fewshot-<inner>`` cell needs a few-shot job running ``inner`` at that many shots) and
+    resolution; the split sizes and label set are the dataset preset's (``paper=1``)."""
+    want = ref.match
+    checks = [
+        ("dataset", lambda j: _listed(want.get("dataset"), j["dataset"].split(":", 1)[0])),
+        ("backbone", lambda j: _listed(want.get("backbone"), j["backbone"]["name"])),
+        ("protocol", lambda j: _protocol_fits(want, j)),
+        (
+            "resolution",
+            lambda j: "resolution" not in want or j.get("resolution") in (None, want["resolution"]),
+        ),
+    ]
+    pool = jobs
+    for name, ok in checks:
+        kept = [j for j in pool if ok(j)]
+        if not kept:
+            what, shots = want.get(name), (want.get("hparams") or {}).get("shots")
+            if name == "protocol" and shots is not None:
+                return None, f"no {what} job of the study runs {shots}-shot"
+            return (
+                None,
+                f"no job of the study has {name} {what}" if what is not None else f"no job fits {name}",
+            )
+        pool = kept
+    return pool[0]["job_key"], ""
+
+
+def _listed(allowed: Any, value: str) -> bool:
+    return allowed is None or value in (allowed if isinstance(allowed, list) else [allowed])
+
+
+def _protocol_fits(want: dict[str, Any], job: dict[str, Any]) -> bool:
+    proto, opts = str(want.get("protocol", "")), job.get("options") or {}
+    shots = (want.get("hparams") or {}).get("shots")
+    if not proto.startswith("fewshot-"):  # segmentation heads take their few-shot sizes as an option
+        return job["protocol"] == proto and (shots is None or shots in _as_list(opts.get("shots")))
+    if job["protocol"] != "fewshot":
+        return False
+    inner = opts.get("protocols") or (
+        ["linear"] if opts.get("preset") == "paper" else ["knn", "linear", "logreg"]
+    )
+    return proto.removeprefix("fewshot-") in inner and (shots is None or shots in _as_list(opts.get("shots")))
+
+
+def _as_list(value: Any) -> list[Any]:
+    return [] if value is None else list(value) if isinstance(value, list | tuple) else [value]
