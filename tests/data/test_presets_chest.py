@@ -194,3 +194,17 @@ def test_chexpert_faults_are_named(chexpert: Path) -> None:
     assert "missing valid.csv" in msg
     with pytest.raises(DataError, match="uncertain='maybe'"):
         load_dataset(f"chexpert:{chexpert}?uncertain=maybe")
+
+
+def test_chexpert_paper_adds_the_uncertain_output(chexpert: Path) -> None:
+    ds = load_dataset(f"chexpert:{chexpert}?paper=1")
+    assert ds.classes == (*CHEXPERT_COMPETITION, "Uncertain")
+    table = pd.read_csv(chexpert / "train.csv", dtype=str, keep_default_na=False)
+    frontal = table[table["Frontal/Lateral"] == "Frontal"]
+    for i, row in frontal.iterrows():
+        rec = _row(ds, "train.csv", int(i) + 2)
+        flagged = any(row[c] == "-1.0" for c in CHEXPERT_COMPETITION)
+        assert rec.label[-1] == int(flagged)  # type: ignore[index]
+        assert rec.label[:5] == tuple({"1.0": 1, "-1.0": 0}.get(row[c], 0) for c in CHEXPERT_COMPETITION)  # type: ignore[index]
+    five = load_dataset(f"chexpert:{chexpert}?frontal=1&uncertain=zeros")
+    assert "uncertain_output" not in five.conventions and len(five.classes) == 5

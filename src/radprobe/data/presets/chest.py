@@ -227,7 +227,10 @@ def index_chexpert(spec: Spec) -> Source:
     label_set = (opts.get("labels") or "competition").strip().lower()
     if label_set not in ("competition", "all"):
         raise DataError(f"labels={label_set!r}: expected competition or all")
-    classes = CHEXPERT_COMPETITION if label_set == "competition" else CHEXPERT_ALL
+    labels = CHEXPERT_COMPETITION if label_set == "competition" else CHEXPERT_ALL
+    # the paper's sixth output: 1 where any of the labels was uncertain (-1), before the policy maps it
+    uncertain_output = opt_bool(opts, "uncertain_output")
+    classes = (*labels, "Uncertain") if uncertain_output else labels
     frontal_only = opt_bool(opts, "frontal")
 
     tables = [
@@ -240,7 +243,7 @@ def index_chexpert(spec: Spec) -> Source:
     records: list[Record] = []
     ignored = 0
     for split, table in tables:
-        rows = read_table(table, ("Path", *classes), scheme)
+        rows = read_table(table, ("Path", *labels), scheme)
         for i, row in enumerate(rows):
             where = f"{table.name} row {i + 2}"
             rel = _chexpert_rel(row["Path"], root)
@@ -251,7 +254,7 @@ def index_chexpert(spec: Spec) -> Source:
             if frontal_only and not frontal:
                 continue
             label = []
-            for c in classes:
+            for c in labels:
                 v = _chexpert_value(row[c], policy)
                 if v is None:
                     issues.append(
@@ -263,6 +266,8 @@ def index_chexpert(spec: Spec) -> Source:
                     break
                 label.append(v)
             else:
+                if uncertain_output:
+                    label.append(int(any(_chexpert_value(row[c], "ignore") == -1 for c in labels)))
                 m = re.search(r"(patient\d+)", str(rel))
                 if m is None:
                     issues.append(error(f"{where}: no patientNNNNN folder in path {row['Path']!r}"))
@@ -290,4 +295,6 @@ def index_chexpert(spec: Spec) -> Source:
         "labels": label_set,
         "test": test.name if test is not None else "carved from train at patient level",
     }
+    if uncertain_output:  # absent otherwise, so the digests of five-output datasets stay as they were
+        conventions["uncertain_output"] = "1: any label uncertain (-1) before the policy"
     return finish(spec, records, "multilabel", classes, root, issues, conventions, default_name="chexpert")

@@ -184,8 +184,12 @@ PRESETS: dict[str, PresetInfo] = {
                 ),
                 "frontal": "1: frontal views only (the paper's setting)",
                 "labels": "competition (default, 5 labels) | all (14 observations)",
+                "uncertain_output": (
+                    "1: a sixth output 'Uncertain', 1 where any label was -1 before the uncertain= policy "
+                    "(the paper's setting)"
+                ),
             },
-            paper="frontal=1&uncertain=zeros",
+            paper="frontal=1&uncertain=zeros&uncertain_output=1",
         ),
         PresetInfo(
             name="sars-cov-2-ct",
