@@ -208,3 +208,36 @@ def test_t_intervals_are_clipped_to_the_metric_range_and_say_so():
     row = fewshot._summary(data, "knn", 1, picked, st)
     assert row.ci_high == 1.0 and 0.0 <= row.ci_low < row.value < 1.0
     assert row.ci_method == "t-interval over 3 draws, clipped to [0, 1]"
+
+
+def test_every_draw_and_the_summary_equal_an_independent_recomputation(toy):
+    """Each draw's value is the inner protocol trained on that draw alone and scored by scikit-learn;
+    the row is their mean with scipy's t-interval (clipped to [0, 1])."""
+    from scipy import stats
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from radprobe.protocols import logreg
+
+    res = fewshot.run(toy, shots=(2,), repeats=4, protocols=("logreg",), inner={"logreg": {"cs": (0.5,)}})
+    (row,) = res.summaries
+    values = []
+    for r in range(4):
+        idx = fewshot.draw(
+            toy.train.labels, toy.train.groups, 2, toy.task, np.random.default_rng([toy.seed, 2, r])
+        )
+        sub = ProtocolInput(
+            toy.train.subset(idx), toy.val, toy.test, toy.task, toy.num_classes, seed=toy.seed + r
+        )
+        scores = logreg.run(sub, cs=(0.5,)).scores
+        y = toy.test.labels
+        if toy.task == "multiclass":
+            values.append(accuracy_score(y, scores.argmax(1)))
+        elif toy.task == "binary":
+            values.append(roc_auc_score(y, scores[:, 1]))
+        else:
+            values.append(np.mean([roc_auc_score(y[:, c], scores[:, c]) for c in range(y.shape[1])]))
+    np.testing.assert_allclose(row.selected["values"], values, atol=1e-12)
+    sem = stats.sem(values)
+    lo, hi = stats.t.interval(0.95, 3, loc=np.mean(values), scale=sem) if sem > 0 else (values[0], values[0])
+    assert np.isclose(row.value, np.mean(values))
+    assert np.isclose(row.ci_low, max(lo, 0.0)) and np.isclose(row.ci_high, min(hi, 1.0))

@@ -93,3 +93,14 @@ def test_default_logreg_hparams_are_unchanged(toy):
     res = logreg.run(toy, cs=(1.0,), backend="sklearn")
     assert set(res.hparams) == {"cs", "max_iter", "tol", "backend", "features"}
     assert res.hparams["tol"] == 1e-4
+
+
+def test_shuffled_test_labels_change_nothing_that_was_selected(toy):
+    """C is chosen on validation: scrambling the test labels can change the score, never the choice."""
+    rng = np.random.default_rng(3)
+    shuffled = type(toy.test)(toy.test.features, rng.permutation(toy.test.labels), toy.test.groups)
+    scrambled = ProtocolInput(toy.train, toy.val, shuffled, toy.task, toy.num_classes, seed=toy.seed)
+    cs = (1e-4, 1e-2, 1.0, 100.0)
+    a, b = logreg.run(toy, cs=cs), logreg.run(scrambled, cs=cs)
+    assert a.selected == b.selected
+    np.testing.assert_array_equal(a.scores, b.scores)  # the same fit scores the same test features

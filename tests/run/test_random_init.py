@@ -47,3 +47,19 @@ def test_study_pretrained_false_is_its_own_job_and_old_keys_stay(tmp_path):
     path.write_text(yaml.safe_dump({**base, "backbones": [{"name": "test:vit-tiny", "pretrained": False}]}))
     control = expand(load_study(str(path)))[0]
     assert control.key != plain.key and control.spec()["backbone"]["pretrained"] is False
+
+
+def test_the_control_is_seeded_the_same_whatever_the_global_rng():
+    import torch
+
+    from radprobe.backbones import create_backbone
+
+    torch.manual_seed(1)
+    a = create_backbone("timm:test_vit", pretrained=False, resolution=64)
+    torch.manual_seed(2)  # the global stream must not leak into the control's weights
+    b = create_backbone("timm:test_vit", pretrained=False, resolution=64)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    weights = [v for k, v in sa.items() if k.endswith("weight") and v.ndim > 1]
+    assert weights and all(float(w.std()) > 0 for w in weights)  # an init, not zeros
+    assert a.info.weights_digest == b.info.weights_digest == "random-init:seed0"
