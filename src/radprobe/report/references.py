@@ -157,9 +157,10 @@ def _protocol_fits(want: dict[str, Any], job: dict[str, Any]) -> bool:
         return job["protocol"] == proto and (shots is None or shots in _as_list(opts.get("shots")))
     if job["protocol"] != "fewshot":
         return False
-    inner = opts.get("protocols") or (
-        ["linear"] if opts.get("preset") == "paper" else ["knn", "linear", "logreg"]
-    )
+    from radprobe.protocols import fewshot
+
+    # what a few-shot job runs when it names no inner protocols: the paper's linear, else all of them
+    inner = opts.get("protocols") or (["linear"] if opts.get("preset") == "paper" else list(fewshot.INNER))
     return proto.removeprefix("fewshot-") in inner and (shots is None or shots in _as_list(opts.get("shots")))
 
 
