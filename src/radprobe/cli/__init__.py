@@ -15,6 +15,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from radprobe.cli.paths import writable_dir, writable_file
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.progress import output_console
 from radprobe.results.store import check_run_dir
@@ -259,8 +260,7 @@ def eval_cmd(
     from radprobe.core.runtime import under_torchrun
     from radprobe.run.config import parse_overrides
 
-    if out.exists() and not out.is_dir():
-        raise RadprobeError(f"--out {out}: exists and is not a directory")
+    writable_dir(out, "--out")
     check_run_dir(out)  # before extracting features, not after
     cfg = _config(
         backbone=backbone,
@@ -421,6 +421,7 @@ def results_cmd(
         return
     text = render_results(rows, fmt.value)
     if output is not None:
+        writable_file(output, "--output")
         atomic_write_text(output, text)
     else:
         sys.stdout.write(text)
@@ -548,8 +549,7 @@ def study_run_cmd(
         raise RadprobeError(f"--workers {workers}: only with --executor local (torchrun, ray: per rank/task)")
     cfg = load_study(study, overrides)
     run_dir = run_dir_of(cfg, out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RadprobeError(f"--out {run_dir}: exists and is not a directory")
+    writable_dir(run_dir, "--out")
     check_run_dir(run_dir)  # before run_study rewrites study.yaml there
     runner: Any
     if executor == "torchrun":

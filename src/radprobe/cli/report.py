@@ -7,8 +7,6 @@ from typing import Any
 
 import typer
 
-from radprobe.errors import RadprobeError
-
 
 def _two_lines(c: Any) -> str:
     """``0.611`` over ``[0.519, 0.698]``: keeps the console table narrow."""
@@ -55,10 +53,11 @@ def register(app: typer.Typer) -> None:
         ),
     ) -> None:
         """Write report.md and a self-contained report.html (tables, CI plots, few-shot curves)."""
+        from radprobe.cli.paths import writable_dir
         from radprobe.report.build import build_report
 
-        if out is not None and out.exists() and not out.is_dir():
-            raise RadprobeError(f"--out {out}: exists and is not a directory")
+        if out is not None:
+            writable_dir(out, "--out")
         rep = build_report(run_dir, out)
         console.print(f"wrote {rep.markdown} and {rep.html} ({len(rep.figures)} figures)", highlight=False)
         for task, ok in rep.gate_by_task.items():

@@ -69,7 +69,7 @@ def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
             "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
         )
     dataset = load_dataset(cfg.dataset)
-    views = {f: _view(dataset, f) for f in registry.FAMILIES}
+    views = {f: view_for(dataset, f) for f in registry.FAMILIES}
     for p in cfg.protocols:
         view = views[families[p]]
         registry.check_fit(p, cfg.dataset, view.task, view.ndim)
@@ -95,7 +95,7 @@ def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
 _KIND = {"frozen": "classification", "segmentation": "segmentation"}
 
 
-def _view(dataset: Any, family: str) -> Any:
+def view_for(dataset: Any, family: str) -> Any:
     """The dataset as ``family`` reads it: a labelled dataset with masks serves both kinds."""
     kind = _KIND.get(family)
     return dataset.view(kind) if kind in dataset.kinds() else dataset

@@ -338,19 +338,28 @@ class GroupTask:
                 store.merge(root)
 
 
-def _refuse_files_outside_roots(study: StudyConfig) -> None:
-    """A dataset that names files outside its root stops the whole study before anything is run or
-    written (one line, exit 2); any other dataset problem fails that dataset's jobs, as it always has."""
+def _preflight(study: StudyConfig) -> None:
+    """Refuse, before anything is run or written (one line, exit 2), a dataset that names files
+    outside its root and a protocol that cannot run on a dataset it is asked to; any other dataset
+    problem (a missing folder) fails that dataset's jobs, as it always has."""
     from radprobe.data import OutsideRootError
     from radprobe.data.dataset import build
+    from radprobe.run.evaluate import view_for
 
-    for spec in dict.fromkeys(dataset_spec(study, d) for d in study.datasets):
+    for i, d in enumerate(study.datasets):
+        spec = dataset_spec(study, d)
         try:
-            build(spec, save=False)
+            dataset, _ = build(spec, save=False)
         except OutsideRootError:
             raise
         except Exception:  # reported by the dataset's jobs
             continue
+        for p in d.protocols or study.protocols:
+            view = view_for(dataset, registry.get(p).family)
+            try:
+                registry.check_fit(p, spec, view.task, view.ndim)
+            except RadprobeError as e:
+                raise RadprobeError(f"datasets.{i}: {e}") from None
 
 
 def run_study(
@@ -365,7 +374,7 @@ def run_study(
     """Run every unfinished job; finished ones are skipped."""
     from radprobe.run.executors import LocalExecutor
 
-    _refuse_files_outside_roots(study)
+    _preflight(study)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "study.yaml", yaml.safe_dump(study.model_dump(), sort_keys=False))
     jobs = expand(study)

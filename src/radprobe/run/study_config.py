@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -79,7 +79,7 @@ class StudyConfig(BaseModel):
     backbones: list[BackboneEntry] = Field(min_length=1)
     datasets: list[DatasetEntry] = Field(min_length=1)
     protocols: dict[str, dict[str, Any]] = Field(min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(default_factory=lambda: [0], min_length=1)
     bootstrap: int = Field(default=1000, ge=0)
     n_blocks: int = Field(default=4, ge=1)
     batch_size: int = Field(default=64, ge=1)
