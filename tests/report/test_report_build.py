@@ -91,18 +91,20 @@ def test_compute_table_names_the_device_and_data_parallel_ranks(run_dir):
 
 
 def test_a_table_with_a_zero_width_interval_says_what_it_means(tmp_path):
-    from conftest import _row
     from radprobe.report.build import build_report
     from radprobe.report.model import ZERO_WIDTH
-    from radprobe.results import ResultStore
+    from radprobe.results import ResultRow, ResultStore
 
-    rows = [
-        _row("test:vit-tiny", "sha", "lung", "knn", "auroc", 0.8, task="binary", num_classes=2),
-        _row("test:vit-tiny", "sha", "lung", "knn", "accuracy", 0.7, task="binary", num_classes=2,
-             ci_low=0.7, ci_high=0.7),
-    ]  # fmt: skip
+    def row(metric: str, value: float, lo: float, hi: float) -> ResultRow:
+        return ResultRow(
+            eval_key="k", run_id="r", backbone="test:vit-tiny", weights_digest="sha", dataset="lung",
+            manifest_digest="m", split_digest="s", protocol="knn", metric=metric, value=value,
+            ci_low=lo, ci_high=hi, ci_method="patient bootstrap x100, percentile 95%", n=10, n_test=10,
+            task="binary", num_classes=2, resolution=64,
+        )  # fmt: skip
+
     with ResultStore(tmp_path) as store:
-        store.write(rows)
+        store.write([row("auroc", 0.8, 0.7, 0.9), row("accuracy", 0.7, 0.7, 0.7)])
     build_report(tmp_path)
     md = (tmp_path / "report.md").read_text()
     assert f"0.700 [0.700, 0.700]{ZERO_WIDTH}" in md
