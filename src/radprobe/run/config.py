@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from radprobe.errors import OptionError
+from radprobe.errors import OptionError, RadprobeError
 from radprobe.utils import load_yaml
 
 
@@ -70,3 +70,26 @@ def parse_overrides(items: list[str]) -> dict[str, dict[str, Any]]:
             raise OptionError("--set", f"{item!r}: cannot parse value {raw!r}") from None
         out.setdefault(proto, {})[name] = value
     return out
+
+
+def check_protocol_list(protocols: list[str], options: dict[str, dict[str, Any]]) -> None:
+    """One line for an empty or repeated protocol list, or options of a protocol not being run."""
+    if not protocols:
+        raise RadprobeError("--protocol: expected at least one protocol name")
+    if len(set(protocols)) != len(protocols):
+        raise OptionError(
+            "--protocol", f"{','.join(protocols)}: a protocol is listed twice", setting="protocols"
+        )
+    for proto in options:
+        if proto not in protocols:
+            raise OptionError(
+                "--set", f"{proto}.…: protocol {proto!r} is not being run (running: {', '.join(protocols)})"
+            )
+
+
+def check_n_boot(n_boot: int) -> None:
+    """One line for a negative number of bootstrap resamples."""
+    if n_boot < 0:
+        raise OptionError(
+            "--bootstrap", f"{n_boot}: expected a non-negative number of resamples", setting="n_boot"
+        )

@@ -15,11 +15,10 @@ import uuid
 from dataclasses import asdict, replace
 from typing import Any
 
-from radprobe.errors import OptionError, RadprobeError
 from radprobe.protocols import registry
 from radprobe.results import ResultStore
 from radprobe.run import frozen, segment, trained
-from radprobe.run.config import EvalConfig, EvalSummary, parse_overrides
+from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot, check_protocol_list, parse_overrides
 from radprobe.run.frozen import Prepared, extract, prepare, run_protocol  # the public faces
 
 __all__ = [
@@ -38,18 +37,9 @@ __all__ = [
 def validate_protocols(protocols: list[str], options: dict[str, dict[str, Any]]) -> dict[str, str]:
     """Each protocol's family; unknown names, options of protocols not being run, unknown options
     and bad values raise one-line errors, before anything is loaded."""
-    if not protocols:
-        raise RadprobeError("--protocol: expected at least one protocol name")
-    if len(set(protocols)) != len(protocols):
-        raise OptionError(
-            "--protocol", f"{','.join(protocols)}: a protocol is listed twice", setting="protocols"
-        )
+    check_protocol_list(protocols, options)
     families = {p: registry.get(p).family for p in protocols}
     for proto, kw in options.items():
-        if proto not in families:
-            raise OptionError(
-                "--set", f"{proto}.…: protocol {proto!r} is not being run (running: {', '.join(protocols)})"
-            )
         registry.check_options(proto, kw)
     return families
 
@@ -64,10 +54,7 @@ def evaluate(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
     from radprobe.data import load_dataset
 
     families = validate_protocols(cfg.protocols, cfg.options)
-    if cfg.n_boot < 0:
-        raise OptionError(
-            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
-        )
+    check_n_boot(cfg.n_boot)
     dataset = load_dataset(cfg.dataset)
     views = {f: view_for(dataset, f) for f in registry.FAMILIES}
     for p in cfg.protocols:

@@ -28,7 +28,7 @@ from radprobe.protocols.base import Bags, ProtocolInput, SplitFeatures
 from radprobe.results import ResultRow
 from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
-from radprobe.run.config import EvalConfig, EvalSummary
+from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
 from radprobe.run.scoring import score_classification
 
 
@@ -146,10 +146,7 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
     from radprobe.backbones import create_backbone
     from radprobe.data import load_dataset
 
-    if cfg.n_boot < 0:
-        raise OptionError(
-            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
-        )
+    check_n_boot(cfg.n_boot)
     if cfg.volume_pool not in VOLUME_POOLS:
         raise OptionError(
             "--volume-pool",

@@ -30,7 +30,7 @@ from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Subject, base_row, ci_method, eval_key
-from radprobe.run.config import EvalConfig, EvalSummary
+from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
 from radprobe.run.frozen import extract_all
 from radprobe.run.scoring import score_cases
 from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_spacing
@@ -94,10 +94,7 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
                 f"{p}: not a segmentation protocol ({', '.join(registry.names('segmentation'))})",
                 setting="protocols",
             )
-    if cfg.n_boot < 0:
-        raise OptionError(
-            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
-        )
+    check_n_boot(cfg.n_boot)
     if importlib.util.find_spec("monai") is None:
         raise OptionError(
             "--protocol",

@@ -18,7 +18,7 @@ from radprobe.finetune.heads import make_head
 from radprobe.finetune.methods import check_method, unreached_parameters
 from radprobe.finetune.options import TrainOptions, check_task_options, parse_options
 from radprobe.protocols import registry
-from radprobe.run.config import EvalConfig
+from radprobe.run.config import EvalConfig, check_n_boot, check_protocol_list
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Backbone
@@ -72,8 +72,6 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
     ``dataset``: the loaded ``cfg.dataset``, if at hand."""
     from radprobe.data import load_dataset
 
-    if not cfg.protocols:
-        raise RadprobeError("--protocol: expected at least one protocol name")
     trained = registry.names("trained")
     for p in cfg.protocols:
         if p not in trained:
@@ -82,20 +80,8 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
                 f"{p}: unknown trained protocol; expected one of {', '.join(trained)}",
                 setting="protocols",
             )
-    if len(set(cfg.protocols)) != len(cfg.protocols):
-        raise OptionError(
-            "--protocol", f"{','.join(cfg.protocols)}: a protocol is listed twice", setting="protocols"
-        )
-    for proto in cfg.options:
-        if proto not in cfg.protocols:
-            raise OptionError(
-                "--set",
-                f"{proto}.…: protocol {proto!r} is not being run (running: {', '.join(cfg.protocols)})",
-            )
-    if cfg.n_boot < 0:
-        raise OptionError(
-            "--bootstrap", f"{cfg.n_boot}: expected a non-negative number of resamples", setting="n_boot"
-        )
+    check_protocol_list(cfg.protocols, cfg.options)
+    check_n_boot(cfg.n_boot)
     options = {p: parse_options(p, cfg.options.get(p, {}), cfg.batch_size) for p in cfg.protocols}
     device = torch.device(resolve_device(cfg.device))
     dataset = dataset if dataset is not None else load_dataset(cfg.dataset)
