@@ -46,9 +46,9 @@ from radprobe.finetune.train import fit, hparams_of, remove_checkpoints
 from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
-from radprobe.results.rows import Subject, base_row, eval_key, metric_rows
+from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
 from radprobe.run.config import EvalSummary
-from radprobe.run.scoring import Scored, score_cases, score_classification, scored_cases
+from radprobe.run.scoring import score_cases, score_classification, scored_cases
 from radprobe.run.trained_plan import Plan, validate
 from radprobe.utils import digest
 

@@ -33,13 +33,11 @@ def _number(proto: str, key: str, v: Any, lo: float, integer: bool, what: str) -
 def resolve_options(
     proto: str, runner: Callable[..., Any], given: dict[str, Any], n_train: int | None = None
 ) -> dict[str, Any]:
-    """Defaults of ``runner`` overridden by ``given``, each checked; one-line errors name the option.
-    ``n_train`` (the training split's cases, when known) bounds the few-shot sizes."""
+    """Defaults of ``runner`` overridden by ``given``, each value checked; one-line errors name the
+    option. ``n_train`` (the training split's cases, when known) bounds the few-shot sizes. Option
+    names are checked before, by ``radprobe.protocols.registry.check_options``, the only caller."""
     sig = inspect.signature(runner)
     opts = {k: p.default for k, p in sig.parameters.items() if k != "data"}
-    for k in given:
-        if k not in opts:
-            raise OptionError("--set", f"{proto}.{k}: unknown option; {proto} takes {', '.join(opts)}")
     opts.update(given)
     out: dict[str, Any] = {}
     for k, v in opts.items():
