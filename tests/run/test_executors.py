@@ -153,11 +153,11 @@ def _row(key: str, value: float, job: str) -> ResultRow:
 def test_merge_takes_rows_and_job_states(tmp_path):
     with ResultStore(tmp_path / "main") as main_store, ResultStore(tmp_path / "shard") as shard:
         main_store.add_jobs([("a", {"n": 1}), ("b", {"n": 2})])
-        main_store.start_job("a", 1)
+        assert main_store.claim_job("a", 1, "node-a")
         main_store.fail_job("a", "boom")
         main_store.write([_row("e1", 0.1, "a"), _row("e0", 0.9, "z")])
         shard.add_jobs([("a", {"n": 1}), ("b", {"n": 2})])
-        shard.start_job("a", 2)
+        assert shard.claim_job("a", 2, "node-b")
         shard.finish_job("a", [_row("e1", 0.7, "a"), _row("e2", 0.8, "a")], 1.5)
         assert main_store.merge(tmp_path / "shard") == 2
         jobs = {j["job_key"]: j for j in main_store.jobs()}

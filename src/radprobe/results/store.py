@@ -251,14 +251,6 @@ class ResultStore:
                 (time.time(), job_key, pid, host),
             )
 
-    def start_job(self, job_key: str, pid: int) -> None:
-        con = self._writer()
-        with con:
-            con.execute(
-                "UPDATE jobs SET status='running', pid=?, started_at=?, attempts=attempts+1 WHERE job_key=?",
-                (pid, _now(), job_key),
-            )
-
     def finish_job(
         self, job_key: str, rows: Iterable[ResultRow], wall_time_s: float, adopt_run_id: str | None = None
     ) -> int:
