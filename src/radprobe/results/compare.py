@@ -87,7 +87,7 @@ def _compare_cases(
     order = {s: i for i, s in enumerate(tb.sample_ids)}
     if set(order) != set(ta.sample_ids):
         raise RadprobeError(f"{a} and {b} were scored on different cases")
-    tb.tables = {m: t[[order[s] for s in ta.sample_ids]] for m, t in tb.tables.items()}
+    tb = tb.take([order[s] for s in ta.sample_ids])
     names = ta.metric_names()
     metric = metric or "dice_macro"
     if metric not in names:
