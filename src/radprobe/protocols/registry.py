@@ -32,6 +32,7 @@ from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
 from radprobe.segmentation import options as seg_options
 from radprobe.segmentation import protocols as seg
+from radprobe.segmentation import score_options
 from radprobe.utils import check_scalar
 
 CLASSIFICATION = ("binary", "multiclass", "multilabel")
@@ -204,11 +205,15 @@ def check_options(name: str, options: dict[str, Any], *, n_train: int | None = N
         return dict(options)
     assert spec.runner is not None
     params = [p for p in inspect.signature(spec.runner).parameters if p != "data"]
+    if spec.family == "segmentation":
+        params += list(score_options.SCORING_OPTIONS)
     for key in options:
         if key not in params:
             raise OptionError("--set", f"{name}.{key}: unknown option; {name} takes {', '.join(params)}")
     if spec.family == "segmentation":
-        return seg_options.resolve_options(name, spec.runner, options, n_train)
+        own, scoring = score_options.split_scoring(options)
+        resolved = seg_options.resolve_options(name, spec.runner, own, n_train)
+        return {**resolved, **score_options.resolve_scoring(name, scoring)}
     hints = typing.get_type_hints(spec.runner, include_extras=True)
     return {k: _coerce(v, hints[k], f"{name}.{k}={v!r}") if k in hints else v for k, v in options.items()}
 
@@ -226,6 +231,11 @@ def describe(name: str) -> list[dict[str, Any]]:
             continue
         default = list(p.default) if isinstance(p.default, tuple) else p.default
         out.append({"name": p.name, "default": default, "type": _type_text(hints.get(p.name)), "help": ""})
+    if spec.family == "segmentation":
+        out += [
+            {"name": k, "default": v, "type": "float | None", "help": score_options.SCORING_HELP[k]}
+            for k, v in score_options.SCORING_OPTIONS.items()
+        ]
     return out
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_
 from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.output import slug
 from radprobe.segmentation.protocols import UNET_NAME, SegData, SegResult
+from radprobe.segmentation.score_options import check_spacing, split_scoring
 
 DEFAULT_RESOLUTION = 448
 
@@ -130,6 +131,7 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
         for s in ("train", "val", "test")
     }
     uniform_spacing(splits.values())
+    check_spacing(opts, (c for s in splits.values() for c in s.cases))
     return SegPlan(cfg, dataset, protocols, opts, size, size_source, device, backbone, splits)
 
 
@@ -174,7 +176,9 @@ def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> Eva
     common = {**common_hparams(dataset, splits["test"], plan.size, plan.size_source), "n_boot": cfg.n_boot}
     for name in plan.protocols:
         t0 = time.perf_counter()
-        result = registry.get(name).runner(data, **plan.options[name])  # type: ignore[misc]
+        own, scoring = split_scoring(plan.options[name])
+        scored = replace(data, nsd_tolerance_mm=scoring.get("nsd_tolerance_mm"))
+        result = registry.get(name).runner(scored, **own)  # type: ignore[misc]
         wall = time.perf_counter() - t0
         rows = _rows(cfg, run_id, data, backbone, feats, ext, result, common, wall)
         store.write(rows)

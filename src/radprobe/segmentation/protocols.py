@@ -72,6 +72,7 @@ class SegData:
     info: BackboneInfo | None = None  # the frozen backbone (None when only seg-unet runs)
     out: Path | None = None  # run directory for predictions / overlays
     tag: str = ""  # file-name prefix of outputs (backbone slug)
+    nsd_tolerance_mm: float | None = None  # None: the default NSD tolerance of the unit (scoring only)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -185,7 +186,7 @@ def _run(
         trainable = selected["trainable_params"]
         preds = predict(model, fetch["test"], data.test)
         scores = [
-            case_scores(p, m, C, c.spacing)
+            case_scores(p, m, C, c.spacing, nsd_tolerance=data.nsd_tolerance_mm)
             for p, m, c in zip(preds, test_masks, data.test.cases, strict=True)
         ]
         if idx is not None:
