@@ -6,8 +6,9 @@ Families:
 - ``frozen``: classification heads on cached pooled features (``knn``, ``linear``, ``logreg``,
   ``fewshot``) or on each volume's slice features (``mil``); runners take a
   :class:`~radprobe.protocols.base.ProtocolInput`.
-- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``) and a U-Net trained
-  from scratch (``seg-unet``); runners take a :class:`~radprobe.segmentation.protocols.SegData`.
+- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``) and models trained
+  from scratch on the images (``seg-unet``, ``seg-transunet``); runners take a
+  :class:`~radprobe.segmentation.protocols.SegData`.
 - ``trained``: the backbone trains with a head (``finetune`` and the PEFT methods); one training loop
   serves them all, parameterised by the method, so their runner is the method's name.
 
@@ -30,9 +31,9 @@ import annotated_types as at
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
+from radprobe.segmentation import baselines, score_options
 from radprobe.segmentation import options as seg_options
 from radprobe.segmentation import protocols as seg
-from radprobe.segmentation import score_options
 from radprobe.utils import check_scalar
 
 CLASSIFICATION = ("binary", "multiclass", "multilabel")
@@ -152,6 +153,15 @@ _SPECS = [
         SEGMENTATION,
         _BOTH,
         seg.seg_unet,
+    ),
+    ProtocolSpec(
+        "seg-transunet",
+        "segmentation",
+        "images",
+        "TransUNet (CNN + ViT encoder, cascaded upsampler) trained from scratch",
+        SEGMENTATION,
+        _BOTH,
+        baselines.seg_transunet,
     ),
     *(
         ProtocolSpec(m, "trained", "live model", _TRAINED_SUMMARY[m], (*CLASSIFICATION, *SEGMENTATION), _BOTH)

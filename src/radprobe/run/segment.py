@@ -36,7 +36,7 @@ from radprobe.run.scoring import score_cases
 from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.output import slug
-from radprobe.segmentation.protocols import UNET_NAME, SegData, SegResult
+from radprobe.segmentation.protocols import SCRATCH_MODELS, SegData, SegResult
 from radprobe.segmentation.score_options import check_spacing, split_scoring
 
 DEFAULT_RESOLUTION = 448
@@ -77,7 +77,7 @@ class SegPlan:
     size: int
     size_source: str
     device: str
-    backbone: Any  # None when only seg-unet runs
+    backbone: Any  # None when only protocols trained from scratch run
     splits: dict[str, SegSplit]
 
 
@@ -126,8 +126,9 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
             pretrained=cfg.pretrained,
             resolution=size,
         )
+    images = any(registry.get(p).consumes == "images" for p in protocols)
     splits = {
-        s: load_split(dataset, s, size, keep_masks=s != "train", keep_images="seg-unet" in protocols)
+        s: load_split(dataset, s, size, keep_masks=s != "train", keep_images=images)
         for s in ("train", "val", "test")
     }
     uniform_spacing(splits.values())
@@ -254,9 +255,8 @@ def _rows(
         ext_mem = max([s.peak_mem_mb for s in ext.values()] + [m.get("peak_mem_mb", 0.0) for m in meta])
         keys = [feats[s].key for s in ("train", "val", "test")]
     else:
-        subject = Subject(
-            UNET_NAME, f"random-init:seed{cfg.seed}", dataset, cfg.seed, {"resolution": data.size}
-        )
+        name = SCRATCH_MODELS[result.protocol][0]
+        subject = Subject(name, f"random-init:seed{cfg.seed}", dataset, cfg.seed, {"resolution": data.size})
         params = result.trainable_params
         extract_s, ext_ips, ext_mem, keys = 0.0, 0.0, 0.0, []
     train_ips = float(np.mean([f.stats.imgs_per_s for f in result.fits]))

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from radprobe.errors import OptionError, RadprobeError
+from radprobe.segmentation import transunet
 
 
 def _fail(proto: str, key: str, value: Any, expected: str) -> RadprobeError:
@@ -78,6 +79,8 @@ def resolve_options(
                     f"the training split has {n_train}",
                 )
             out[k] = shots
+        elif k in transunet.OPTIONS:
+            out[k] = transunet.check_option(proto, k, v, opts)
         elif k == "save_predictions":
             if not isinstance(v, bool):
                 raise _fail(proto, k, v, "true or false")

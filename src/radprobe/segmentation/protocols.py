@@ -54,8 +54,11 @@ from radprobe.segmentation.train import (
     predict,
     train,
 )
+from radprobe.segmentation.transunet import TRANSUNET_NAME
 
 UNET_NAME = "monai:unet"  # the "backbone" of seg-unet rows and outputs: nothing pretrained is used
+# protocols trained from scratch: the "backbone" name of their rows and outputs, and their overlay label
+SCRATCH_MODELS = {"seg-unet": (UNET_NAME, "monai U-Net"), "seg-transunet": (TRANSUNET_NAME, "TransUNet")}
 
 
 @dataclass
@@ -201,7 +204,8 @@ def _run(
 def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict[str, Any]) -> list[str]:
     """Test predictions (``save_predictions``) and the first ``overlays`` overlays; returns the paths."""
     assert data.out is not None and data.test.masks is not None
-    prefix = f"{output.slug(UNET_NAME) if proto == 'seg-unet' else data.tag}__{proto}"
+    scratch = SCRATCH_MODELS.get(proto)
+    prefix = f"{output.slug(scratch[0]) if scratch else data.tag}__{proto}"
     written = []
     if opts["save_predictions"]:
         folder = data.out / "predictions" / prefix
@@ -209,7 +213,7 @@ def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict
             written.append(str(output.save_prediction(folder, case, pred)))
     for case, gt, pred in list(zip(data.test.cases, data.test.masks, preds, strict=True))[: opts["overlays"]]:
         path = data.out / "overlays" / f"{prefix}__{output.slug(case.sample_id)}.png"
-        who = "monai U-Net" if proto == "seg-unet" else data.info.name if data.info is not None else ""
+        who = scratch[1] if scratch else data.info.name if data.info is not None else ""
         output.overlay_case(path, data.dataset, case, gt, pred, f"{who} · {proto} · {case.sample_id}")
         written.append(str(path))
     return written
