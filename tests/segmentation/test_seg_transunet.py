@@ -50,7 +50,7 @@ def test_every_part_learns_and_skips_reach_the_decoder():
         assert g is not None and float(g.abs().sum()) > 0, name
     # decoder blocks read upsampled features concatenated with the 1/8, 1/4, 1/2 skips, none at full size
     ins = [b.convs[0][0].in_channels for b in model.decoder]
-    assert ins == [16 + 16, 16 + 8, 16 + 8, 8 + 0]
+    assert ins == [32 + 16, 16 + 8, 16 + 8, 8 + 0]  # head channels 2 x 16, then skips
 
 
 def _shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

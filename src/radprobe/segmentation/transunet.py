@@ -8,12 +8,15 @@ assembled here from its published parts:
   skip features at 1/2, 1/4 and 1/8 and a 1/16 feature map;
 * a ViT encoder (timm ``Block``\\ s, learned position embeddings) over the 1/16 map as patch tokens
   (patch size 1 on the CNN map, i.e. 16 pixels);
-* the cascaded upsampler (CUP): a 3x3 conv on the token grid, then four blocks of 2x bilinear
-  upsampling, concatenation of the skip at that scale (none at full resolution) and two
-  3x3 conv + BN + ReLU, and a 3x3 segmentation head.
+* the cascaded upsampler (CUP): a 3x3 conv on the token grid to twice the first decoder width,
+  then four blocks of 2x bilinear upsampling, concatenation of the skip at that scale (none at full
+  resolution) and two 3x3 conv + BN + ReLU, and a 3x3 segmentation head.
 
-The defaults are small enough to train on a CPU; the paper's R50-ViT-B/16 is roughly
-``widths=[64,256,512,1024], vit_dim=768, vit_depth=12, vit_heads=12, decoder_channels=[256,128,64,16]``.
+The defaults are small enough to train on a CPU. Baharoon et al.'s TransUNet baseline (their
+``transunet.ipynb``: ``R50-ViT-L_16``, ``is_pretrain = False``) has the channel layout of
+``widths=[64,256,512,1024], vit_dim=1024, vit_depth=24, vit_heads=16,
+decoder_channels=[256,128,64,16]``; its CNN is a ResNet-50 v2 (GroupNorm, weight-standardised
+bottlenecks, 3/4/9 units) where this one has two basic blocks per stage, and its ViT has dropout 0.1.
 """
 
 from __future__ import annotations
@@ -94,7 +97,8 @@ class DecoderBlock(nn.Module):
         self.convs = nn.Sequential(_conv_bn(cin + skip, cout), _conv_bn(cout, cout))
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None) -> torch.Tensor:
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        # nn.UpsamplingBilinear2d, as in TransUNet: align_corners=True
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
         return self.convs(x if skip is None else torch.cat([x, skip], 1))
 
 
@@ -128,9 +132,10 @@ class TransUNet(nn.Module):
             *(Block(vit_dim, vit_heads, 4.0, qkv_bias=True) for _ in range(vit_depth))
         )
         self.norm = nn.LayerNorm(vit_dim)
-        self.conv_more = _conv_bn(vit_dim, dec[0])
+        # TransUNet's DecoderCup: a 3x3 conv to head channels (512 for decoder (256, 128, 64, 16))
+        self.conv_more = _conv_bn(vit_dim, 2 * dec[0])
         skips = [widths[2], widths[1], widths[0], 0]  # 1/8, 1/4, 1/2, full resolution
-        ins = [dec[0], *dec[:-1]]
+        ins = [2 * dec[0], *dec[:-1]]
         self.decoder = nn.ModuleList(DecoderBlock(i, s, o) for i, s, o in zip(ins, skips, dec, strict=True))
         self.head = nn.Conv2d(dec[-1], num_classes, 3, padding=1)
         self.register_buffer("mean", torch.tensor(float(mean)))
