@@ -6,7 +6,10 @@ Protocols (registered in :mod:`radprobe.protocols.registry`; run by :mod:`radpro
 * ``seg-linear``  — BatchNorm + 1x1 conv on the last block's patch grid (DINOv2 linear segmentation)
 * ``seg-decoder`` — a DPT-style light decoder fusing four frozen levels
 * ``seg-unet``    — MONAI's 2D UNet trained from scratch on the same data and splits (reference)
+* ``seg-transunet`` — TransUNet (CNN + ViT encoder, cascaded upsampler) trained from scratch
+  (:mod:`.transunet`, runner in :mod:`.baselines`)
 
-Volumes are segmented slice by slice and scored per volume. Options: :mod:`.protocols`; metrics and
-their empty-class rules: :mod:`radprobe.metrics.segmentation`.
+Volumes are segmented slice by slice and scored per volume. Options: :mod:`.protocols` and the
+shared scoring options of :mod:`.score_options`; metrics and their empty-class rules:
+:mod:`radprobe.metrics.segmentation`.
 """
