@@ -69,15 +69,16 @@ def test_nsd_in_mm_without_voxel_spacing_is_refused_through_the_cli(tmp_path: Pa
     assert not (tmp_path / "run").exists()
 
 
-def test_mask_shape_mismatch_names_both_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_mask_shape_mismatch_names_both_files_through_the_cli(tmp_path: Path) -> None:
     root = _seg_folder(tmp_path / "ds")
     Image.fromarray(np.zeros((16, 12), np.uint8)).save(root / "masks" / "p03.png")
-    assert main(_eval(root, tmp_path / "run", *UNET)) == 2
-    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(err) == 1 and "image/mask shape mismatch" in err[0]
-    assert str(root / "images" / "p03.png") in err[0] and str(root / "masks" / "p03.png") in err[0]
-    assert "(16, 16)" in err[0] and "(16, 12)" in err[0]
-    assert not (tmp_path / "run").exists()
+    p = run_radprobe(_eval(root, tmp_path / "run", *UNET), cwd=tmp_path)
+    lines = stderr_lines(p)
+    assert p.returncode == 2 and len(lines) == 1, p.stderr
+    assert "image/mask shape mismatch" in lines[0]
+    assert str(root / "images" / "p03.png") in lines[0] and str(root / "masks" / "p03.png") in lines[0]
+    assert "(16, 16)" in lines[0] and "(16, 12)" in lines[0]
+    assert "Traceback" not in p.stderr and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "wide", "nan"])
