@@ -217,3 +217,21 @@ def test_existing_rows_keep_their_values():
         assert (new[r.name].value, new[r.name].ci_low, new[r.name].ci_high) == pytest.approx(
             (r.value, r.ci_low, r.ci_high), nan_ok=True
         )
+
+
+def test_paired_compare_on_pooled_metrics_and_with_an_older_table(tmp_path):
+    from radprobe.errors import OptionError
+    from radprobe.results.compare import _compare_cases
+
+    preds, gts = _cases(10, 3, 4)
+    ids, groups, classes = [f"s{i}" for i in range(10)], np.arange(10).astype(str), ["bg", "a", "b"]
+    a = CaseTable.of([case_scores(p, g, 3) for p, g in zip(preds, gts, strict=True)], ids, groups, classes)
+    b = CaseTable.of([case_scores(g, g, 3) for g in gts], ids, groups, classes)  # a perfect model
+    a.save(tmp_path / "a.npz")
+    b.take(np.arange(10)[::-1]).save(tmp_path / "b.npz")  # another case order
+    res = _compare_cases(tmp_path / "a.npz", tmp_path / "b.npz", "A", "B", "dice_pooled_macro", 100, 0)
+    assert res.b == pytest.approx(1.0) and res.a == pytest.approx(a.value("dice_pooled_macro"))
+    assert res.ci_high < 0
+    CaseTable(b.sample_ids, b.groups, b.classes, {"dice": b.tables["dice"]}).save(tmp_path / "old.npz")
+    with pytest.raises(OptionError, match="expected one of dice_macro"):
+        _compare_cases(tmp_path / "a.npz", tmp_path / "old.npz", "A", "B", "dice_pooled_macro", 10, 0)

@@ -88,7 +88,8 @@ def _compare_cases(
     if set(order) != set(ta.sample_ids):
         raise RadprobeError(f"{a} and {b} were scored on different cases")
     tb = tb.take([order[s] for s in ta.sample_ids])
-    names = ta.metric_names()
+    theirs = set(tb.metric_names())  # e.g. a table saved before NSD or the pooled metrics existed
+    names = [n for n in ta.metric_names() if n in theirs]
     metric = metric or "dice_macro"
     if metric not in names:
         raise OptionError("--metric", f"{metric!r}: expected one of {', '.join(names)}", setting="metric")
