@@ -138,3 +138,23 @@ def test_eval_rows_are_named_like_seg_unet(tmp_path, capsys):
     assert r["hparams"]["vit_depth"] == 1 and r["hparams"]["widths"] == [8, 8, 16, 16]
     assert len({x["eval_key"] for x in tu}) == 1 and r["eval_key"] != unet[0]["eval_key"]
     assert len(list((tmp_path / "run" / "overlays").glob("radprobe_transunet__seg-transunet__*.png"))) == 1
+
+
+def test_volumes_are_segmented_slice_wise_and_scored_per_volume(volumes, tmp_path):
+    from radprobe.run.evaluate import EvalConfig, evaluate
+
+    opts = {**{k: list(v) if isinstance(v, tuple) else v for k, v in TINY.items()}, "overlays": 0}
+    cfg = EvalConfig(
+        backbone="test:vit-tiny",
+        dataset=f"nifti:{volumes(n=4)}",
+        protocols=["seg-transunet"],
+        out=tmp_path / "run",
+        n_boot=0,
+        progress=False,
+        options={"seg-transunet": {**opts, "epochs": 0, "min_steps": 2, "lrs": 0.001}},
+    )
+    rows = {r["metric"]: r for r in evaluate(cfg).rows}
+    r = rows["dice_macro"]
+    assert r["hparams"]["cases"] == "volume" and r["hparams"]["hd95_unit"] == "mm"
+    assert r["backbone"] == "radprobe:transunet" and r["n_test"] >= 1
+    assert "nsd@2mm_blob" in rows and "iou_pooled_paper_macro" in rows
