@@ -9,13 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from radprobe.metrics.segmentation import (
-    CaseTable,
-    case_scores,
-    pooled,
-    summarize,
-    surface_dice,
-)
+from radprobe.metrics.segmentation import CaseTable, case_scores, pooled, summarize
+from radprobe.metrics.surface import surface_dice
 
 
 def _blobs(shape: tuple[int, ...], seed: int, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
