@@ -194,6 +194,10 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     )
     assert by_ds["montgomery"] == {"seg-linear", "seg-decoder", "seg-unet"}
     assert sum(j["protocol"] == "seg-unet" for j in plan["jobs"]) == 5  # one U-Net per segmentation dataset
+    # the linear and few-shot probes train on 10 augmented views of every classification image
+    ext = plan["extractions"]
+    assert {e.get("train_views") for e in ext if e["dataset"].split(":")[0] == "nih-cxr14"} == {10}
+    assert len([e for e in ext if e.get("train_views") == 10]) == 14 * 4  # 14 backbones x 4 datasets
     assert all(not d["present"] for d in plan["datasets"])
     (tmp_path / "nih-cxr14").mkdir()
     main(["study", "plan", "builtin:paper-2312.02366", "--set", f"data_root={tmp_path}", "--json"])

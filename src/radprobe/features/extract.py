@@ -31,21 +31,27 @@ if TYPE_CHECKING:
     from radprobe.data import Dataset
     from radprobe.data.records import Record
     from radprobe.features.cache import EntryWriter
+    from radprobe.features.views import AugmentView
 
 
 class _Images(TorchDataset):
     """Decoded, preprocessed images of one split; volumes come out as (D, 3, R, R) slice stacks."""
 
-    def __init__(self, dataset: Dataset, records: list[Record], preprocess: Preprocess) -> None:
+    def __init__(
+        self, dataset: Dataset, records: list[Record], preprocess: Preprocess, view: AugmentView | None = None
+    ) -> None:
         self.dataset = dataset
         self.records = records
         self.preprocess = preprocess
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         img = self.dataset.load_image(self.records[i])
+        if self.view is not None:
+            img = self.view(img, self.records[i].sample_id)
         if self.dataset.ndim == 3:
             return torch.stack([self.preprocess(s) for s in img])
         return self.preprocess(img)
@@ -393,13 +399,20 @@ class _Output:
 
 
 def _plan_rows(
-    dataset: Dataset, records: list[Record], per_slice: bool, cache: FeatureCache, family: str, key: str
+    dataset: Dataset,
+    records: list[Record],
+    per_slice: bool,
+    cache: FeatureCache,
+    family: str,
+    key: str,
+    lend: bool = True,
 ) -> _Rows:
-    """Lay out the split's rows and find which of them entries of ``family`` can lend."""
+    """Lay out the split's rows and find which of them entries of ``family`` can lend (none when
+    ``lend`` is False: rows with no identity are neither borrowed nor lent)."""
     depths = volume_depths(dataset, records) if per_slice else []
     counts = depths if per_slice else [1] * len(records)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    identities = _row_identities(dataset, records, counts, per_slice)
+    identities = _row_identities(dataset, records, counts, per_slice) if lend else [""] * int(starts[-1])
     lent = _borrow(cache, family, key, identities)
     # a record is taken over only when every one of its rows is on loan
     todo = [i for i in range(len(records)) if any(r not in lent for r in range(starts[i], starts[i + 1]))]
@@ -428,10 +441,14 @@ def _extract(
     if not records:
         raise ValueError(f"split {split!r} of {dataset.name} is empty")
     volumes = dataset.ndim == 3
+    if volumes and spec.view is not None:
+        raise ValueError("augmented views are drawn on 2D images; this dataset holds volumes")
     family = feature_family(backbone, spec, per_slice=per_slice, precision=precision)
-    rows = _plan_rows(dataset, records, per_slice, cache, family, key)
+    # a view's crop is drawn per sample id, which another manifest may give the same image under
+    lend = spec.view is None
+    rows = _plan_rows(dataset, records, per_slice, cache, family, key, lend)
     loader = DataLoader(
-        _Images(dataset, [records[i] for i in rows.todo], backbone.preprocess),
+        _Images(dataset, [records[i] for i in rows.todo], backbone.preprocess, spec.view),
         batch_size=1 if volumes else batch_size,
         num_workers=num_workers,
         pin_memory=device.type == "cuda",

@@ -51,6 +51,8 @@ class ProtocolSpec:
     tasks: tuple[str, ...]
     ndims: tuple[int, ...]
     runner: Callable[..., Any] | None = None  # None: the trained loop, parameterised by ``name``
+    # how many augmented views of each training image a run with these options reads
+    views: Callable[[dict[str, Any]], int] | None = None
 
     def fits(self, dataset: str, task: str, ndim: int) -> str | None:
         """Why this protocol cannot run on ``dataset``, a ``task`` dataset of ``ndim`` dimensions
@@ -99,6 +101,7 @@ _SPECS = [
         CLASSIFICATION,
         _BOTH,
         linear.run,
+        linear.train_views,
     ),
     ProtocolSpec(
         "logreg",
@@ -117,6 +120,7 @@ _SPECS = [
         CLASSIFICATION,
         _BOTH,
         fewshot.run,
+        fewshot.train_views,
     ),
     ProtocolSpec(
         "mil",
@@ -191,6 +195,12 @@ def get_protocol(name: str) -> Callable[..., Any]:
     if spec.family != "frozen" or spec.runner is None:
         raise RadprobeError(f"protocol {name!r} is a {spec.family} protocol, not a frozen-feature one")
     return spec.runner
+
+
+def views_needed(name: str, options: dict[str, Any]) -> int:
+    """Augmented views of each training image that protocol ``name`` reads with ``options`` (0: none)."""
+    spec = get(name)
+    return spec.views(options) if spec.views is not None else 0
 
 
 def check_fit(name: str, dataset: str, task: str, ndim: int) -> None:

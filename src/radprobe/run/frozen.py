@@ -4,7 +4,7 @@ fewshot and mil run on them; each protocol's test scores become rows with patien
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ from radprobe.features.extract import (
     pool_volumes,
     volume_offsets,
 )
+from radprobe.features.views import view_family
 from radprobe.progress import make_progress
 from radprobe.protocols import registry
 from radprobe.protocols.base import Bags, ProtocolInput, SplitFeatures
@@ -30,6 +31,8 @@ from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
 from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
 from radprobe.run.scoring import score_classification
+
+VIEW_SPLITS = ("train", "val")  # heads train (and refit) on views; they are chosen and tested on images
 
 
 @dataclass
@@ -46,7 +49,35 @@ class Prepared:
     feats: dict[str, FeatureSet]
     stats: dict[str, ExtractStats]
     volume_pool: str = "mean"
+    cfg: EvalConfig | None = None  # how to extract more (augmented views), when asked
+    spec: FeatureSpec | None = None
+    warn: Any = None
     _pooled: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # augmented views of the training and validation images: split -> one entry per view
+    _views: dict[str, list[FeatureSet]] = field(default_factory=dict, repr=False)
+
+    def ensure_views(self, n: int) -> None:
+        """Extract (or find cached) ``n`` augmented views of every train and val image."""
+        have = len(self._views.get("train", []))
+        if n <= have:
+            return
+        if self.cfg is None or self.spec is None:
+            raise RuntimeError("these features were prepared without a way to extract augmented views")
+        for v in view_family(n)[have:]:
+            spec = replace(self.spec, view=v)
+            label = f" · view {v.index + 1}/{n}"
+            feats, _ = extract_all(
+                self.cfg,
+                self.backbone,
+                self.dataset,
+                spec,
+                self.device,
+                self.warn,
+                splits=VIEW_SPLITS,
+                label=label,
+            )
+            for split, fs in feats.items():
+                self._views.setdefault(split, []).append(fs)
 
     @property
     def volumes(self) -> bool:
@@ -69,7 +100,8 @@ class Prepared:
         ds, fs = self.dataset, self.feats[split]
         labels, groups = ds.labels(ds.split(split)), ds.patients(ds.split(split))
         if not self.volumes:
-            return SplitFeatures(np.asarray(fs.cls), labels, groups, blocks=fs.blocks)
+            views = [_view_blocks(v) for v in self._views[split]] if split in self._views else None
+            return SplitFeatures(np.asarray(fs.cls), labels, groups, blocks=fs.blocks, views=views)
         if (split, pool) not in self._pooled:  # a study runs many jobs on one Prepared
             self._pooled[split, pool] = pool_volumes(fs, pool)
         pooled = self._pooled[split, pool]
@@ -90,6 +122,26 @@ class Prepared:
         )
 
 
+def _view_blocks(fs: FeatureSet) -> np.ndarray:
+    """A view entry's linear-probe input: its blocks, or (CNNs without blocks) the class token."""
+    if fs.blocks is not None:
+        return fs.blocks
+    f = np.asarray(fs.cls)
+    return np.stack([f, f], axis=1)[:, None]
+
+
+def _check_views(name: str, options: dict[str, Any], dataset: Any) -> int:
+    """The augmented views protocol ``name`` reads; one line when the dataset cannot give them."""
+    n = registry.views_needed(name, options)
+    if n and dataset.ndim == 3:
+        raise OptionError(
+            "--set",
+            f"{name}.train_views={n}: augmented views are drawn on 2D images; {dataset.name} is 3D "
+            f"(set {name}.train_views=0)",
+        )
+    return n
+
+
 def extract_all(
     cfg: EvalConfig,
     backbone: Any,
@@ -100,8 +152,9 @@ def extract_all(
     *,
     per_slice: bool = False,
     label: str = "",
+    splits: tuple[str, ...] = ("train", "val", "test"),
 ) -> tuple[dict[str, FeatureSet], dict[str, ExtractStats]]:
-    """Features of train / val / test from the cache or one extraction each, with progress bars.
+    """Features of ``splits`` from the cache or one extraction each, with progress bars.
 
     ``warn`` receives one-line notices (e.g. a corrupt cache entry being rebuilt).
     """
@@ -110,7 +163,7 @@ def extract_all(
     stats: dict[str, ExtractStats] = {}
     name = backbone.info.name
     with make_progress(cfg.progress) as bar:
-        for split in ("train", "val", "test"):
+        for split in splits:
             n = len(dataset.split(split))
             task = bar.add_task(f"{name} · {split}{label}", total=n)
             fs, st = extract_split(
@@ -127,7 +180,7 @@ def extract_all(
             )
             reused = st.extra.get("reused_rows", 0)
             suffix = " (cached)" if st.cache_hit else f" ({reused} rows reused)" if reused else ""
-            bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
+            bar.update(task, completed=n, description=f"{name} · {split}{label}{suffix}")
             problems = cache.take_problems()  # each discarded entry once, named with its split
             if problems:
                 st.extra["rebuilt"] = problems[0] if len(problems) == 1 else problems
@@ -162,6 +215,7 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
         )
     for p in cfg.protocols:
         registry.check_fit(p, cfg.dataset, dataset.task, dataset.ndim)
+    n_views = max([_check_views(p, cfg.options.get(p, {}), dataset) for p in cfg.protocols], default=0)
     if dataset.ndim != 3 and cfg.volume_pool != "mean":
         raise OptionError(
             "--volume-pool",
@@ -187,7 +241,9 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
         ids = fs.meta.get("volumes") if volumes else fs.sample_ids
         if ids != [r.sample_id for r in dataset.split(split)]:
             raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
-    return Prepared(dataset, backbone, device, feats, stats, volume_pool=cfg.volume_pool)
+    prep = Prepared(dataset, backbone, device, feats, stats, cfg.volume_pool, cfg, spec, warn)
+    prep.ensure_views(n_views)
+    return prep
 
 
 def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
@@ -251,6 +307,7 @@ def run_protocol(
     runner = registry.get_protocol(name)
     options = registry.check_options(name, options)
     registry.check_fit(name, prep.dataset.name, prep.dataset.task, prep.dataset.ndim)
+    prep.ensure_views(_check_views(name, options, prep.dataset))
     bags_only = registry.get(name).consumes == "slice bags"
     pool = volume_pool or prep.volume_pool
     data = prep.protocol_input(seed, pool)

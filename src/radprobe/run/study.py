@@ -358,6 +358,8 @@ def _preflight(study: StudyConfig) -> None:
             view = view_for(dataset, registry.get(p).family)
             try:
                 registry.check_fit(p, spec, view.task, view.ndim)
+                if view.ndim == 3 and registry.views_needed(p, d.options_of(p, study.protocols.get(p, {}))):
+                    raise RadprobeError(f"{p}: augmented training views are drawn on 2D images; {spec} is 3D")
             except RadprobeError as e:
                 raise RadprobeError(f"datasets.{i}: {e}") from None
 
