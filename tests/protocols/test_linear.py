@@ -315,7 +315,18 @@ def test_paper_grid_on_pooled_features_only_is_the_papers_cnn_grid(toy):
     # the released code trains CNN backbones' heads on 1 block without avgpool: 4 heads
     assert res.hparams["heads"] == 4 and res.hparams["avgpool"] == [False]
     assert res.hparams["n_last_blocks"] == [1] and res.selected["avgpool"] is False
-    assert any("the paper's CNNs" in w for w in res.warnings)
+    assert any("one vector per image" in w for w in res.warnings)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_paper_grid_on_single_vector_blocks_is_the_cnn_grid_too(blocks_input, same):
+    data = blocks_input("multiclass", n_blocks=1)
+    if same:  # SAM, BiomedCLIP and CNN caches: one block whose (cls, patch mean) is one vector twice
+        for s in (data.train, data.val, data.test):
+            s.blocks = np.repeat(np.asarray(s.blocks)[:, :, :1], 2, axis=2)
+    res = linear.run(data, preset="paper", epochs=1, train_views=0)
+    assert res.hparams["avgpool"] == ([False] if same else [True, False])
+    assert res.hparams["heads"] == (4 if same else 8)
 
 
 # --- augmented views (train_views): epoch e trains on view e mod n ----------------------------------

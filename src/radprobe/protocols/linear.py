@@ -722,9 +722,10 @@ def run_many(
     view = _HeadView.of(first.task, first.num_classes, preset)
     available = min(1 if d.train.blocks is None else d.train.blocks.shape[1] for d in inputs)
     nb = sorted({min(n, available) for n in o["n_blocks"]})
-    no_blocks = any(d.train.blocks is None for d in inputs)
+    no_blocks = any(_single_vector(d.train) for d in inputs)
     if preset == "paper" and no_blocks and avgpool is None:
-        # pooled features only (CNN backbones): the paper's grid for them is 1 block, no avgpool
+        # one vector per image (CNNs, SAM, BiomedCLIP): the paper's grid for them is 1 block without
+        # avgpool; with it, a head would read the same vector twice
         o["avgpool"] = (False,)
     configs = head_grid(o["lrs"], nb, o["avgpool"])
     kw = dict(
@@ -757,7 +758,9 @@ def run_many(
         if available < max(o["n_blocks"]):
             warnings.append(f"cache holds {available} block(s); n_last_blocks limited to {nb}")
         if preset == "paper" and no_blocks and avgpool is None:
-            warnings.append("cache holds pooled features only; avgpool limited to [False] (the paper's CNNs)")
+            warnings.append(
+                "cache holds one vector per image; avgpool limited to [False] (the paper's CNN grid)"
+            )
         results.append(
             ProtocolResult(
                 scores=test_scores,
@@ -771,6 +774,17 @@ def run_many(
             )
         )
     return results
+
+
+def _single_vector(split: SplitFeatures, probe: int = 64) -> bool:
+    """Whether the cache holds one vector per image: no blocks, or one block whose class token and
+    patch mean are the same vector (backbones without tokens give their one vector as both)."""
+    if split.blocks is None:
+        return True
+    if split.blocks.shape[1] != 1:
+        return False
+    head = np.asarray(split.blocks[:probe])
+    return bool(np.array_equal(head[:, 0, 0], head[:, 0, 1]))
 
 
 def _with_views(data: ProtocolInput, n: int, refit: bool) -> ProtocolInput:
