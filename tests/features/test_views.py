@@ -89,3 +89,24 @@ def test_a_bad_view_count_is_refused(tmp_path, n):
     res = run_radprobe([*args, "--set", f"linear.train_views={n}", "-o", str(tmp_path / "run")], tmp_path)
     assert res.returncode == 2 and len(stderr_lines(res)) == 1
     assert f"linear.train_views={n}" in res.stderr
+
+
+def test_paper_knn_reads_centre_cropped_features_through_the_cli(tmp_path, monkeypatch):
+    monkeypatch.setenv("RADPROBE_CACHE", str(tmp_path / "cache"))
+    args = ["eval", "-b", "test:vit-tiny", "-d", "synthetic:cls2d-multilabel", "-p", "knn", "--json"]
+    res = run_radprobe(
+        [*args, "--set", "knn.preset=paper", "--bootstrap", "30", "-o", str(tmp_path / "a")], tmp_path
+    )
+    assert res.returncode == 0, res.stderr
+    paper = json.loads(res.stdout)["rows"]
+    plain = run_radprobe([*args, "--bootstrap", "30", "-o", str(tmp_path / "b")], tmp_path)
+    plain_rows = json.loads(plain.stdout)["rows"]
+    assert {r["hparams"]["eval_view"] for r in paper} == {"resize to 256/224 of the input size, centre crop"}
+    assert {r["ci_method"] for r in paper} == {"patient bootstrap, 30 resamples"}  # --bootstrap reaches them
+    # the centre-cropped features are their own cache entries, extracted under crop_from
+    assert not set(paper[0]["feature_keys"]) & set(plain_rows[0]["feature_keys"])
+    crops = {
+        json.loads(p.read_text())["meta"]["preprocess"].get("crop_from")
+        for p in (tmp_path / "cache").rglob("manifest.json")
+    }
+    assert crops == {None, round(64 * 256 / 224)}  # test:vit-tiny runs at 64 px

@@ -198,6 +198,9 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     ext = plan["extractions"]
     assert {e.get("train_views") for e in ext if e["dataset"].split(":")[0] == "nih-cxr14"} == {10}
     assert len([e for e in ext if e.get("train_views") == 10]) == 14 * 4  # 14 backbones x 4 datasets
+    # and ML-kNN's centre-cropped features on the two multi-label sets
+    cropped = {e["dataset"].split(":")[0] for e in ext if e.get("other_preprocessing") == 1}
+    assert cropped == {"nih-cxr14", "chexpert"}
     assert all(not d["present"] for d in plan["datasets"])
     (tmp_path / "nih-cxr14").mkdir()
     main(["study", "plan", "builtin:paper-2312.02366", "--set", f"data_root={tmp_path}", "--json"])

@@ -143,6 +143,7 @@ class ProtocolInput:
     task: str
     num_classes: int
     seed: int = 0
+    n_boot: int = 1000  # patient resamples, for protocols that score rows of their own (per-k kNN)
 
 
 @dataclass

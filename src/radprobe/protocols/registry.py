@@ -24,7 +24,7 @@ import typing
 from collections import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import annotated_types as at
 
@@ -35,6 +35,9 @@ from radprobe.segmentation import baselines, score_options
 from radprobe.segmentation import options as seg_options
 from radprobe.segmentation import protocols as seg
 from radprobe.utils import check_scalar
+
+if TYPE_CHECKING:
+    from radprobe.backbones.base import Preprocess
 
 CLASSIFICATION = ("binary", "multiclass", "multilabel")
 SEGMENTATION = ("segmentation",)
@@ -53,6 +56,8 @@ class ProtocolSpec:
     runner: Callable[..., Any] | None = None  # None: the trained loop, parameterised by ``name``
     # how many augmented views of each training image a run with these options reads
     views: Callable[[dict[str, Any]], int] | None = None
+    # the preprocessing of the features a run with these options reads, from the backbone's own
+    preprocess: Callable[[dict[str, Any], Preprocess], Preprocess] | None = None
 
     def fits(self, dataset: str, task: str, ndim: int) -> str | None:
         """Why this protocol cannot run on ``dataset``, a ``task`` dataset of ``ndim`` dimensions
@@ -92,6 +97,7 @@ _SPECS = [
         CLASSIFICATION,
         _BOTH,
         knn.run,
+        preprocess=knn.eval_preprocess,
     ),
     ProtocolSpec(
         "linear",
@@ -201,6 +207,13 @@ def views_needed(name: str, options: dict[str, Any]) -> int:
     """Augmented views of each training image that protocol ``name`` reads with ``options`` (0: none)."""
     spec = get(name)
     return spec.views(options) if spec.views is not None else 0
+
+
+def eval_preprocess(name: str, options: dict[str, Any], preprocess: Preprocess) -> Preprocess:
+    """The preprocessing of the features protocol ``name`` reads with ``options`` (e.g. the paper's
+    kNN centre crop); the backbone's own ``preprocess`` for most."""
+    spec = get(name)
+    return spec.preprocess(options, preprocess) if spec.preprocess is not None else preprocess
 
 
 def check_fit(name: str, dataset: str, task: str, ndim: int) -> None:

@@ -31,6 +31,7 @@ from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
 from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
 from radprobe.run.scoring import score_classification
+from radprobe.utils import digest
 
 VIEW_SPLITS = ("train", "val")  # heads train (and refit) on views; they are chosen and tested on images
 
@@ -55,6 +56,31 @@ class Prepared:
     _pooled: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
     # augmented views of the training and validation images: split -> one entry per view
     _views: dict[str, list[FeatureSet]] = field(default_factory=dict, repr=False)
+    # features under other preprocessing (the paper's kNN centre crop), by its digest
+    _other: dict[str, tuple[dict[str, FeatureSet], dict[str, ExtractStats]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def features_for(self, preprocess: Any) -> dict[str, FeatureSet]:
+        """Every split's features under ``preprocess``: the backbone's own, or extracted (or found
+        in the cache) under another, e.g. centre-cropped for the paper's kNN."""
+        if preprocess == self.backbone.preprocess:
+            return self.feats
+        key = digest(preprocess.to_dict())
+        if key not in self._other:
+            if self.cfg is None or self.spec is None:
+                raise RuntimeError("these features were prepared without a way to extract others")
+            self._other[key] = extract_all(
+                self.cfg,
+                self.backbone.with_preprocess(preprocess),
+                self.dataset,
+                self.spec,
+                self.device,
+                self.warn,
+                per_slice=self.volumes,
+                label=" · centre crop" if preprocess.crop_from else " · other view",
+            )
+        return self._other[key][0]
 
     def ensure_views(self, n: int) -> None:
         """Extract (or find cached) ``n`` augmented views of every train and val image."""
@@ -96,29 +122,33 @@ class Prepared:
             for s, f in self.feats.items()
         }
 
-    def _split(self, split: str, pool: str) -> SplitFeatures:
-        ds, fs = self.dataset, self.feats[split]
+    def _split(self, split: str, pool: str, feats: dict[str, FeatureSet]) -> SplitFeatures:
+        ds, fs = self.dataset, feats[split]
         labels, groups = ds.labels(ds.split(split)), ds.patients(ds.split(split))
         if not self.volumes:
             views = [_view_blocks(v) for v in self._views[split]] if split in self._views else None
             return SplitFeatures(np.asarray(fs.cls), labels, groups, blocks=fs.blocks, views=views)
-        if (split, pool) not in self._pooled:  # a study runs many jobs on one Prepared
-            self._pooled[split, pool] = pool_volumes(fs, pool)
-        pooled = self._pooled[split, pool]
+        if (fs.key, pool) not in self._pooled:  # a study runs many jobs on one Prepared
+            self._pooled[fs.key, pool] = pool_volumes(fs, pool)
+        pooled = self._pooled[fs.key, pool]
         bags = Bags(fs.cls, volume_offsets(fs))
         return SplitFeatures(pooled["cls"], labels, groups, blocks=pooled.get("blocks"), bags=bags)
 
-    def protocol_input(self, seed: int, volume_pool: str | None = None) -> ProtocolInput:
-        """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes."""
+    def protocol_input(
+        self, seed: int, volume_pool: str | None = None, preprocess: Any = None, n_boot: int = 1000
+    ) -> ProtocolInput:
+        """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes;
+        ``preprocess`` (default: the backbone's) says which features."""
         pool = volume_pool or self.volume_pool
+        feats = self.features_for(preprocess or self.backbone.preprocess)
         if pool not in VOLUME_POOLS:
             raise OptionError(
                 "--volume-pool", f"{pool!r}: expected one of {', '.join(VOLUME_POOLS)}", setting="volume_pool"
             )
-        splits = {s: self._split(s, pool) for s in ("train", "val", "test")}
+        splits = {s: self._split(s, pool, feats) for s in ("train", "val", "test")}
         ds = self.dataset
         return ProtocolInput(
-            splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed=seed
+            splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed, n_boot
         )
 
 
@@ -243,6 +273,8 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
             raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
     prep = Prepared(dataset, backbone, device, feats, stats, cfg.volume_pool, cfg, spec, warn)
     prep.ensure_views(n_views)
+    for p in cfg.protocols:  # features under other preprocessing, before any protocol runs
+        prep.features_for(registry.eval_preprocess(p, cfg.options.get(p, {}), backbone.preprocess))
     return prep
 
 
@@ -259,22 +291,21 @@ def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
     )
 
 
-def _subject(prep: Prepared, seed: int) -> Subject:
+def _subject(prep: Prepared, seed: int, preprocess: Any) -> Subject:
     info = prep.backbone.info
-    return Subject(
-        info.name, info.weights_digest, prep.dataset, seed, {"preprocess": prep.backbone.preprocess.to_dict()}
-    )
+    return Subject(info.name, info.weights_digest, prep.dataset, seed, {"preprocess": preprocess.to_dict()})
 
 
-def _compute(prep: Prepared, data: ProtocolInput, wall: float) -> dict[str, Any]:
+def _compute(prep: Prepared, data: ProtocolInput, wall: float, preprocess: Any) -> dict[str, Any]:
     """Counts and compute of a frozen row: extraction cost read from the cache entries' stats."""
-    meta_stats = [f.meta.get("stats") or {} for f in prep.feats.values()]
+    feats = prep.features_for(preprocess)
+    meta_stats = [f.meta.get("stats") or {} for f in feats.values()]
     return {
         "n": len(data.test),
         "n_train": len(data.train),
         "n_val": len(data.val),
         "n_test": len(data.test),
-        "resolution": prep.backbone.preprocess.resolution,
+        "resolution": preprocess.resolution,
         "params": prep.backbone.info.params,
         "wall_time_s": wall,
         "extract_time_s": float(sum(m.get("wall_time_s", 0.0) for m in meta_stats)),
@@ -282,11 +313,8 @@ def _compute(prep: Prepared, data: ProtocolInput, wall: float) -> dict[str, Any]
         "peak_mem_mb": max(
             [s.peak_mem_mb for s in prep.stats.values()] + [m.get("peak_mem_mb", 0.0) for m in meta_stats]
         ),
-        "feature_keys": [prep.feats[s].key for s in ("train", "val", "test")],
-        "env": env_info(
-            prep.device,
-            feature_precisions=(f.precision for f in prep.feats.values()),
-        ),
+        "feature_keys": [feats[s].key for s in ("train", "val", "test")],
+        "env": env_info(prep.device, feature_precisions=(f.precision for f in feats.values())),
     }
 
 
@@ -308,9 +336,10 @@ def run_protocol(
     options = registry.check_options(name, options)
     registry.check_fit(name, prep.dataset.name, prep.dataset.task, prep.dataset.ndim)
     prep.ensure_views(_check_views(name, options, prep.dataset))
+    preprocess = registry.eval_preprocess(name, options, prep.backbone.preprocess)
     bags_only = registry.get(name).consumes == "slice bags"
     pool = volume_pool or prep.volume_pool
-    data = prep.protocol_input(seed, pool)
+    data = prep.protocol_input(seed, pool, preprocess, n_boot)
     t0 = time.perf_counter()
     try:
         bags = data.train.bags if bags_only else None
@@ -326,8 +355,8 @@ def run_protocol(
         result.hparams = {**result.hparams, "volume_pool": pool}
         for sm in result.summaries:
             sm.hparams = {**sm.hparams, "volume_pool": pool}
-    subject = _subject(prep, seed)
-    base = base_row(subject, run_id, **_compute(prep, data, wall))
+    subject = _subject(prep, seed, preprocess)
+    base = base_row(subject, run_id, **_compute(prep, data, wall, preprocess))
     trainable = {"trainable_params": int(result.selected.get("trainable_params", 0))}
     if result.summaries:
         return [

@@ -3,9 +3,11 @@ exists) and the states of a run's jobs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from radprobe.backbones.base import Preprocess
 from radprobe.core.runtime import pid_alive
 from radprobe.errors import RadprobeError
 from radprobe.protocols import registry
@@ -23,10 +25,16 @@ def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
             states = {j["job_key"]: j["status"] for j in store.jobs()}
     # per extraction, the augmented views of train and val its jobs read (each one more extraction)
     views: dict[tuple[str, str, str, int], int] = {}
+    # and the other preprocessing some jobs read (the paper kNN's centre crop): one more each
+    other: dict[tuple[str, str, str, int], set[str]] = {}
     for j in jobs:
         if j.frozen:
             at = (j.backbone.name, j.backbone.weights_label, j.dataset, j.resolution or 0)
             views[at] = max(views.get(at, 0), registry.views_needed(j.protocol, j.options))
+            pp = registry.eval_preprocess(j.protocol, j.options, Preprocess())
+            other.setdefault(at, set()).update(
+                [json.dumps(pp.to_dict(), sort_keys=True)] if pp != Preprocess() else []
+            )
     extractions = sorted(views)
     datasets = []
     for d in study.datasets:
@@ -43,6 +51,7 @@ def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
                 "dataset": d,
                 "resolution": r or None,
                 **({"train_views": views[b, w, d, r]} if views[b, w, d, r] else {}),
+                **({"other_preprocessing": len(other[b, w, d, r])} if other[b, w, d, r] else {}),
             }
             for b, w, d, r in extractions
         ],
