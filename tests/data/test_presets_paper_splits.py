@@ -153,6 +153,22 @@ def test_msd_heart_paper_is_the_inferred_12_4_4_with_a_warning(tmp_path: Path) -
     assert any("no Task02_Heart split" in p.message for p in check_dataset(f"msd:{root}?paper=1"))
 
 
+def test_msd_heart_paper_slices_keep_every_slice_in_their_volumes_split(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    root = _heart(tmp_path)
+    for c in HEART_CASES:  # 4 slices each; the label only on slice 1, so 3 of 4 slices are empty
+        lab = np.zeros((5, 5, 4), np.uint8)
+        lab[1:3, 1:3, 1] = 1
+        for folder, arr in (("imagesTr", np.full((5, 5, 4), c, np.int16)), ("labelsTr", lab)):
+            nib.save(nib.Nifti1Image(arr, np.eye(4)), str(root / folder / f"la_{c:03d}.nii.gz"))
+    ds = load_dataset(f"msd:{root}?paper=1&slices=1")
+    assert len(ds.records) == 4 * len(HEART_CASES)  # the released slice_it keeps every slice, empty or not
+    volumes = {s: {r.meta["volume"] for r in ds.split(s)} for s in ("train", "val", "test")}
+    assert volumes["test"] == {"la_003", "la_010", "la_018", "la_023"} and len(volumes["train"]) == 12
+    assert all(len(ds.split(s)) == 4 * len(volumes[s]) for s in volumes)
+
+
 def test_msd_paper_refuses_a_missing_heart_volume_and_other_tasks_in_one_line(tmp_path: Path) -> None:
     root = _heart(tmp_path)
     for f in ("imagesTr", "labelsTr"):
@@ -195,8 +211,12 @@ def test_montgomery_paper_is_mc_make_splits_by_position(tmp_path: Path) -> None:
         load_dataset(f"montgomery:{root}?paper=1&patients=69,23,46")
 
 
-def test_montgomery_paper_refuses_another_image_count_in_one_line(tmp_path: Path) -> None:
-    root = _montgomery(tmp_path, n=137)
+def test_montgomery_paper_names_an_unmasked_image_and_refuses_another_count(tmp_path: Path) -> None:
+    root = _montgomery(tmp_path)
+    (root / "ManualMask" / "leftMask" / "MCUCXR_0010_1.png").unlink()
+    with pytest.raises(DataError, match=r"^split=paper needs both lung masks .*: missing for MCUCXR_0010_1$"):
+        load_dataset(f"montgomery:{root}?paper=1")
+    root = _montgomery(tmp_path / "short", n=137)
     with pytest.raises(
         DataError, match=r"^split=paper picks by position among the 138 Montgomery .* has 137$"
     ):

@@ -63,7 +63,7 @@ def index_montgomery(spec: Spec) -> Source:
     conventions = {"lungs": mode}
     paper = wants_paper_split(spec)
     if paper:
-        records = montgomery_split(records, str(cxr))
+        records = montgomery_split(records, list(images), str(cxr))
         conventions["split"] = "paper: 69 / 23 / 46 images by position (mc.py make_splits)"
     return finish(
         spec,

@@ -2,7 +2,8 @@
 (which ``paper=1`` sets) for Montgomery, Shenzhen, BTCV, AMOS and MSD Heart.
 
 Released code: ``MohammedSB/DINOv2ForRadiology`` at ``cb91e01``; ``<file>:<line>`` below is relative
-to ``dinov2/data/datasets/`` unless it names ``exprements.ipynb`` (repository root, with its commit).
+to ``dinov2/data/datasets/``; ``exprements.ipynb`` and ``run.sh`` are at the repository root (``run.sh``
+and the notebook's cell outputs at the commit named).
 Each ``make_splits`` picks cases *by position* in ``os.listdir`` of one folder and moves them away, so
 later positions refer to the list left after the earlier picks. The authors' folders were Windows
 drives under WSL (``/mnt/z``, ``/mnt/d``), which list a folder in NTFS order: names compared
@@ -119,8 +120,8 @@ def btcv_split(records: list[Record], where: str) -> list[Record]:
 def amos_split(records: list[Record], listed: list[str], where: str) -> list[Record]:
     """80 / 20 / 50 of the 300 labelled CT volumes, by position; the other 150 are left out.
 
-    ``exprements.ipynb`` at ``152416b`` (the split cell, commented out once it had run; its first
-    draft at ``c12bdc9`` could not run): from ``images/`` (300 volumes), train takes positions
+    ``exprements.ipynb`` cell 11 (added at ``152416b``; the draw is commented out once it had run; its
+    first draft at ``c12bdc9`` could not run): from ``images/`` (300 volumes), train takes positions
     ``np.arange(0, 300, 300/80).round()``, val then ``np.arange(0, 220, 220/20).round()`` of those
     left, test then ``np.arange(0, 200, 200/50).round()``; ``amos.py:26-28`` records the resulting
     11,350 / 2,770 / 7,004 slices.
@@ -153,7 +154,7 @@ def heart_split(records: list[Record], where: str) -> list[Record]:
     Inferred from it: ``msd_heart.py:26-28`` records 1,339 / 450 / 482 slices (about 12 / 4 / 4
     volumes), the train set of ``exprements.ipynb`` at ``d5fa1e4`` runs from ``la_005_000.npy`` to
     ``la_030_109.npy`` (1,339 slices), and the same authors' MSD split (``data_split`` in
-    ``exprements.ipynb`` at ``0084fdf``, written for Spleen) takes test first, then val from what is
+    ``exprements.ipynb`` cell 1, written for Spleen) takes test first, then val from what is
     left, each ``np.arange(0, n, n / k).round()``. With k = 4 and 4 its train set runs from la_005 to
     la_030 as observed. Taking val first instead gives the same train set with val and test swapped;
     ``data_split`` takes test first.
@@ -177,9 +178,15 @@ def _by_position(
     return apply(records, pick(names, [("test", stepped(total, test)), ("val", stepped(left, val))], "train"))
 
 
-def montgomery_split(records: list[Record], where: str) -> list[Record]:
+def montgomery_split(records: list[Record], images: list[str], where: str) -> list[Record]:
     """69 / 23 / 46: test = every 3rd image from the first, val = every 4th of the 92 left
-    (``mc.py:118-130``)."""
+    (``mc.py:118-130``). ``images``: every image in CXR_png, so an image without its masks is named."""
+    unmasked = sorted(set(images) - {r.sample_id for r in records})
+    if len(images) == MONTGOMERY_IMAGES and unmasked:
+        raise DataError(
+            f"split=paper needs both lung masks of all {MONTGOMERY_IMAGES} images in {where}: "
+            f"missing for {', '.join(unmasked)}"
+        )
     return _by_position(
         records, MONTGOMERY_IMAGES, 46, 23, "Montgomery images (CXR_png with both masks)", where
     )
