@@ -6,8 +6,9 @@ Families:
 - ``frozen``: classification heads on cached pooled features (``knn``, ``linear``, ``logreg``,
   ``fewshot``) or on each volume's slice features (``mil``); runners take a
   :class:`~radprobe.protocols.base.ProtocolInput`.
-- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``) and a U-Net trained
-  from scratch (``seg-unet``); runners take a :class:`~radprobe.segmentation.protocols.SegData`.
+- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``, ``seg-updecoder``)
+  and a U-Net trained from scratch (``seg-unet``); runners take a
+  :class:`~radprobe.segmentation.protocols.SegData`.
 - ``trained``: the backbone trains with a head (``finetune`` and the PEFT methods); one training loop
   serves them all, parameterised by the method, so their runner is the method's name.
 
@@ -32,6 +33,7 @@ from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
 from radprobe.segmentation import options as seg_options
 from radprobe.segmentation import protocols as seg
+from radprobe.segmentation import updecoder
 from radprobe.utils import check_scalar
 
 CLASSIFICATION = ("binary", "multiclass", "multilabel")
@@ -144,6 +146,15 @@ _SPECS = [
         seg.seg_decoder,
     ),
     ProtocolSpec(
+        "seg-updecoder",
+        "segmentation",
+        "patch grids",
+        "the paper's UNet decoder on the last five blocks' patch grids (ViTs)",
+        SEGMENTATION,
+        _BOTH,
+        updecoder.seg_updecoder,
+    ),
+    ProtocolSpec(
         "seg-unet",
         "segmentation",
         "images",
@@ -206,6 +217,8 @@ def check_options(name: str, options: dict[str, Any], *, n_train: int | None = N
     params = [p for p in inspect.signature(spec.runner).parameters if p != "data"]
     for key in options:
         if key not in params:
+            if key == "preset" and spec.family == "segmentation":
+                raise seg_options.no_paper_preset(name)
             raise OptionError("--set", f"{name}.{key}: unknown option; {name} takes {', '.join(params)}")
     if spec.family == "segmentation":
         return seg_options.resolve_options(name, spec.runner, options, n_train)

@@ -1,0 +1,242 @@
+"""Every learning rate of a sweep trained in one pass, and the refit on train + val.
+
+Baharoon et al. train one head per learning rate side by side on the same batches, with one SGD
+optimizer (one parameter group per head) and the sum of the heads' Dice losses
+(``eval/segmentation/segmentation.py:309-319``, ``utils.py:160-187``). :func:`train_fused` does the
+same on cached grids: the K heads run as one module (``fused_forward`` of the head class: one conv
+with K x classes outputs, or grouped convs), their logits are upsampled in one call and the K Dice
+losses are computed together. Each head keeps its own parameters and parameter group, and the
+heads do not interact (the loss is a sum, SGD is per element), so K heads trained fused end where
+each trained alone would (``tests/segmentation/test_seg_fused.py``). The fetch, the augmentation
+draw and the upsampling call are shared by the K heads; the cost that grows with K is the per-pixel
+work on K x classes logit maps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radprobe.core.runtime import peak_memory_mb
+from radprobe.metrics.segmentation import split_dice
+from radprobe.segmentation.heads import count_trainable
+from radprobe.segmentation.train import Fetch, Inputs, TrainStats, precise_bn, predict
+
+SMOOTH = 1e-5  # MONAI DiceLoss's smooth_nr = smooth_dr default
+
+
+@dataclass(frozen=True)
+class FusedSettings:
+    """SGD with momentum, a per-step cosine schedule to 0, one learning rate per head."""
+
+    lrs: tuple[float, ...]
+    epochs: int
+    min_steps: int
+    batch_size: int
+    seed: int
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    augment: bool = True
+    device: str = "cpu"
+
+
+def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over K heads of MONAI's ``DiceLoss(softmax=True, to_onehot_y=True)`` with its defaults
+    (background included, Dice per image and class, then the mean): ``logits`` (B, K, C, H, W),
+    ``target`` (B, H, W) class indices."""
+    p = logits.softmax(2)
+    onehot = F.one_hot(target, logits.shape[2]).permute(0, 3, 1, 2).to(p.dtype)[:, None]
+    inter = (p * onehot).sum((-2, -1))
+    denom = onehot.sum((-2, -1)) + p.sum((-2, -1))
+    per = 1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH)  # (B, K, C)
+    return per.mean((0, 2)).sum()
+
+
+def augment_d4(x: Inputs, y: torch.Tensor, codes: np.ndarray) -> tuple[Inputs, torch.Tensor]:
+    """Rotate each row by ``code % 4`` quarter turns, then mirror it left-right when ``code >= 4``:
+    every cached grid of the row and its (square) target together, so patch (i, j) still covers the
+    same target pixels. Exact for the head; not what the backbone would give the turned image."""
+
+    def apply(t: torch.Tensor) -> torch.Tensor:
+        out = t.clone()
+        for c in np.unique(codes):
+            if c == 0:
+                continue
+            idx = torch.from_numpy(np.flatnonzero(codes == c)).to(t.device)
+            part = torch.rot90(t[idx], int(c % 4), dims=(-2, -1))
+            out[idx] = part.flip(-1) if c >= 4 else part
+        return out
+
+    xs = {k: apply(v) for k, v in x.items()} if isinstance(x, dict) else apply(x)
+    return xs, apply(y)
+
+
+def forward_of(heads: Sequence[nn.Module]) -> Callable[[Inputs], torch.Tensor]:
+    """One head: its own forward. Several: the head class's ``fused_forward`` over all of them."""
+    if len(heads) == 1:
+        return heads[0]
+    fused = getattr(type(heads[0]), "fused_forward", None)
+    if fused is None:
+        raise ValueError(f"{type(heads[0]).__name__} has no fused forward")
+    return lambda x: fused(heads, x)
+
+
+def train_fused(
+    heads: Sequence[nn.Module], fetch: Fetch, targets: np.ndarray, rows: np.ndarray, s: FusedSettings
+) -> TrainStats:
+    """Train ``heads[k]`` at ``s.lrs[k]``, all on the same batches and augmentations, in place."""
+    if len(heads) != len(s.lrs):
+        raise ValueError(f"{len(heads)} heads for {len(s.lrs)} learning rates")
+    device = torch.device(s.device)
+    for h in heads:
+        h.to(device).train()
+    forward = forward_of(heads)
+    groups = [
+        {"params": [p for p in h.parameters() if p.requires_grad], "lr": lr}
+        for h, lr in zip(heads, s.lrs, strict=True)
+    ]
+    opt = torch.optim.SGD(groups, lr=s.lrs[0], momentum=s.momentum, weight_decay=s.weight_decay)
+    bs = max(1, min(s.batch_size, len(rows)))  # the whole set when it is smaller (segmentation.py:407)
+    total = max(s.epochs * math.ceil(len(rows) / bs), s.min_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + math.cos(math.pi * k / total)))
+    rng = np.random.default_rng(s.seed)
+    K, size, mode = len(heads), targets.shape[-1], getattr(heads[0], "upsample", "bilinear")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    step, seen, last = 0, 0, float("nan")
+    t0 = time.perf_counter()
+    while step < total:
+        order = rows[rng.permutation(len(rows))]
+        for i in range(0, len(order), bs):
+            if step >= total:
+                break
+            batch = order[i : i + bs]
+            x = fetch(batch)
+            y = torch.from_numpy(targets[batch].astype(np.int64)).to(device)
+            if s.augment:
+                x, y = augment_d4(x, y, rng.integers(0, 8, len(batch)))
+            logits = forward(x)
+            if logits.shape[-2:] != (size, size):
+                logits = F.interpolate(logits, size=(size, size), mode=mode, align_corners=False)
+            loss = dice_loss(logits.view(len(batch), K, -1, size, size), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            last = float(loss.detach()) / K
+            step += 1
+            seen += len(batch)
+    seconds = time.perf_counter() - t0
+    for h in heads:
+        precise_bn(h, fetch, rows, bs)  # BatchNorm heads (the decoder); a no-op for the linear head
+        h.eval()
+    return TrainStats(step, seconds, seen / seconds if seconds > 0 else 0.0, peak_memory_mb(device), last)
+
+
+def init_heads(build: Callable[[], nn.Module], n: int, seed: int) -> list[nn.Module]:
+    """``n`` heads with the same initial weights (those of ``build()`` after ``manual_seed(seed)``)."""
+    out = []
+    for _ in range(n):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            out.append(build())
+    return out
+
+
+def concat_fetch(first: Fetch, second: Fetch, n_first: int) -> Fetch:
+    """Rows ``< n_first`` from ``first``, the others (less ``n_first``) from ``second``, in order."""
+
+    def fetch(rows: np.ndarray) -> Inputs:
+        a, b = rows < n_first, rows >= n_first
+        xa, xb = first(rows[a]), second(rows[b] - n_first)
+
+        def merge(ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+            out = ta.new_empty((len(rows), *ta.shape[1:]))
+            out[torch.from_numpy(np.flatnonzero(a)).to(out.device)] = ta
+            out[torch.from_numpy(np.flatnonzero(b)).to(out.device)] = tb
+            return out
+
+        return {k: merge(xa[k], xb[k]) for k in xa} if isinstance(xa, dict) else merge(xa, xb)
+
+    return fetch
+
+
+def train_plus_val(data: Any, fetch: dict[str, Fetch]) -> tuple[Fetch, np.ndarray, np.ndarray]:
+    """Fetch, targets and rows of the training and validation splits together (the refit's data)."""
+    n = data.train.n_rows
+    targets = np.concatenate([data.train.targets, data.val.targets])
+    return concat_fetch(fetch["train"], fetch["val"], n), targets, np.arange(n + data.val.n_rows)
+
+
+def paper_sweep(
+    data: Any,
+    build: Callable[[], nn.Module],
+    fetch: dict[str, Fetch],
+    train_idx: np.ndarray | None,
+    opts: dict[str, Any],
+    seed: int,
+    fused: bool = True,
+) -> tuple[nn.Module, dict[str, Any], TrainStats]:
+    """Baharoon et al.'s sweep: every lr trained (fused, or one after another when ``fused=False``),
+    the best validation macro Dice wins (first of equals), then, with ``opts["refit"]`` and the whole
+    training split, a new head trains at that lr on train + val (few-shot runs keep their head, as
+    ``segmentation.py:481`` keeps the few-shot training set)."""
+    rows = data.train.rows(train_idx)
+    lrs = tuple(float(x) for x in opts["lrs"])
+
+    def settings(rates: tuple[float, ...]) -> FusedSettings:
+        return FusedSettings(
+            rates, opts["epochs"], opts["min_steps"], opts["batch_size"], seed,
+            weight_decay=opts["weight_decay"], augment=opts.get("augment", True), device=data.device,
+        )  # fmt: skip
+
+    heads = init_heads(build, len(lrs), seed)
+    if fused:
+        stats = train_fused(heads, fetch["train"], data.train.targets, rows, settings(lrs))
+    else:
+        for h, lr in zip(heads, lrs, strict=True):
+            stats = train_fused([h], fetch["train"], data.train.targets, rows, settings((lr,)))
+    C = len(data.classes)
+    scores = [split_dice(predict(h, fetch["val"], data.val), data.val.masks, C) for h in heads]
+    best = int(np.argmax(scores))  # argmax: the first of equal scores, as the released code's ">"
+    model = heads[best]
+    selected: dict[str, Any] = {
+        "lr": lrs[best],
+        "val_dice": scores[best],
+        "val_dice_by_lr": {f"{lr:g}": sc for lr, sc in zip(lrs, scores, strict=True)},
+        "trainable_params": count_trainable(model),
+        "train_steps": stats.steps,
+        "train_imgs_per_s": round(stats.imgs_per_s, 2),
+        "sweep": "fused" if fused else "sequential",
+    }
+    if opts.get("refit") and train_idx is None:
+        tv_fetch, tv_targets, tv_rows = train_plus_val(data, fetch)
+        (model,) = init_heads(build, 1, seed)
+        refit = train_fused([model], tv_fetch, tv_targets, tv_rows, settings((lrs[best],)))
+        selected["refit"] = {"rows": len(tv_rows), "steps": refit.steps}
+    return model, selected, stats
+
+
+def paper_hparams(opts: dict[str, Any], head: str) -> dict[str, Any]:
+    """What a ``preset`` / ``refit`` run adds to its hparams (nothing for a default run)."""
+    out: dict[str, Any] = {}
+    if opts.get("preset") == "paper":
+        out.update(
+            preset="paper",
+            head=head,
+            optimizer="SGD momentum 0.9, per-step cosine to 0",
+            loss="monai DiceLoss (softmax, background included, per image)",
+            augmentation="flip+rot90 on cached grids (grid and mask together; released: on images)",
+            sweep="all lrs trained together, selected on val macro Dice",
+        )
+    if opts.get("refit"):
+        out["refit"] = "train+val at the selected lr (full-data runs)"
+    return out
