@@ -28,7 +28,7 @@ from torch import nn
 from radprobe.core.runtime import peak_memory_mb
 from radprobe.metrics.segmentation import split_dice
 from radprobe.segmentation.heads import count_trainable
-from radprobe.segmentation.train import Fetch, Inputs, TrainStats, precise_bn, predict
+from radprobe.segmentation.train import Fetch, Inputs, TrainStats, precise_bn, predict, to_labels
 
 SMOOTH = 1e-5  # MONAI DiceLoss's smooth_nr = smooth_dr default
 
@@ -48,16 +48,69 @@ class FusedSettings:
     device: str = "cpu"
 
 
+class _SoftmaxDice(torch.autograd.Function):
+    """Sum over heads of the mean over (image, class) of 1 - (2 I + s) / (G + P + s), with I and P
+    the softmax's overlap with the one-hot target and its total; one matmul gives both, and the
+    backward is the loss's closed-form gradient through one softmax backward (fewer full-size passes
+    over the K x C maps than autograd's graph)."""
+
+    @staticmethod
+    def forward(ctx: Any, z: torch.Tensor, oh2: torch.Tensor) -> torch.Tensor:
+        # z (B, C, K, N) logits; oh2 (B, C, N, 2): the one-hot target and ones
+        p = z.softmax(1)
+        r = torch.matmul(p, oh2)  # (B, C, K, 2): overlap I and total P of every class and head
+        den = oh2[..., 0].sum(-1, keepdim=True) + r[..., 1] + SMOOTH
+        num = 2.0 * r[..., 0] + SMOOTH
+        ctx.save_for_backward(p, oh2, den, num)
+        return (1.0 - num / den).mean((0, 1)).sum()
+
+    @staticmethod
+    def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor, None]:
+        p, oh2, den, num = ctx.saved_tensors
+        n = p.shape[0] * p.shape[1]
+        # d loss / d p = a * onehot + b, with a = dL/dI and b = dL/dP per (image, class, head)
+        coef = torch.stack([-2.0 / (den * n), num / (den * den * n)], -1) * gout
+        gp = torch.matmul(coef, oh2.transpose(-1, -2))
+        return torch._softmax_backward_data(gp, p, 1, p.dtype), None
+
+
 def dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Sum over K heads of MONAI's ``DiceLoss(softmax=True, to_onehot_y=True)`` with its defaults
-    (background included, Dice per image and class, then the mean): ``logits`` (B, K, C, H, W),
+    (background included, Dice per image and class, then the mean): ``logits`` (B, C, K, H, W),
+    class-major so each head's softmax runs over a strided axis and the pixel sums are matmuls;
     ``target`` (B, H, W) class indices."""
-    p = logits.softmax(2)
-    onehot = F.one_hot(target, logits.shape[2]).permute(0, 3, 1, 2).to(p.dtype)[:, None]
-    inter = (p * onehot).sum((-2, -1))
-    denom = onehot.sum((-2, -1)) + p.sum((-2, -1))
-    per = 1.0 - (2.0 * inter + SMOOTH) / (denom + SMOOTH)  # (B, K, C)
-    return per.mean((0, 2)).sum()
+    B, C, K = logits.shape[:3]
+    N = logits.shape[-1] * logits.shape[-2]
+    oh = (target.view(B, 1, N) == torch.arange(C, device=target.device).view(1, C, 1)).to(logits.dtype)
+    return _SoftmaxDice.apply(logits.reshape(B, C, K, N), torch.stack([oh, torch.ones_like(oh)], -1))
+
+
+_MATRICES: dict[tuple[int, int, str, str, torch.dtype], torch.Tensor] = {}
+
+
+def _interp_matrix(n: int, size: int, mode: str, like: torch.Tensor) -> torch.Tensor:
+    """(size, n): F.interpolate's 1D operator along one axis (align_corners=False), read off the
+    identity, so ``A @ x @ A.T`` is its (separable) 2D resize."""
+    key = (n, size, mode, str(like.device), like.dtype)
+    if key not in _MATRICES:
+        eye = torch.eye(n, device=like.device, dtype=like.dtype)[:, None, :, None]
+        a = F.interpolate(eye, size=(size, 1), mode=mode, align_corners=False)[:, 0, :, 0]
+        _MATRICES[key] = a.T.contiguous()
+    return _MATRICES[key]
+
+
+def upsample(z: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """Bilinear / bicubic resize of the last two axes of ``z`` to ``size``: two small matmuls from a
+    patch grid (much faster than F.interpolate on a CPU, equal to it within float rounding), and
+    F.interpolate itself from larger maps."""
+    h, w = z.shape[-2:]
+    if (h, w) == (size, size):
+        return z
+    if max(h, w) <= 64:
+        return _interp_matrix(h, size, mode, z) @ z @ _interp_matrix(w, size, mode, z).T
+    flat = z.reshape(-1, 1, h, w)
+    out = F.interpolate(flat, size=(size, size), mode=mode, align_corners=False)
+    return out.view(*z.shape[:-2], size, size)
 
 
 def augment_d4(x: Inputs, y: torch.Tensor, codes: np.ndarray) -> tuple[Inputs, torch.Tensor]:
@@ -123,10 +176,10 @@ def train_fused(
             y = torch.from_numpy(targets[batch].astype(np.int64)).to(device)
             if s.augment:
                 x, y = augment_d4(x, y, rng.integers(0, 8, len(batch)))
-            logits = forward(x)
-            if logits.shape[-2:] != (size, size):
-                logits = F.interpolate(logits, size=(size, size), mode=mode, align_corners=False)
-            loss = dice_loss(logits.view(len(batch), K, -1, size, size), y)
+            logits = forward(x)  # (B, K * C, h, w), head-major
+            h, w = logits.shape[-2:]
+            z = logits.view(len(batch), K, -1, h, w).transpose(1, 2)  # class-major, at patch size
+            loss = dice_loss(upsample(z, size, mode), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -139,6 +192,32 @@ def train_fused(
         precise_bn(h, fetch, rows, bs)  # BatchNorm heads (the decoder); a no-op for the linear head
         h.eval()
     return TrainStats(step, seconds, seen / seconds if seconds > 0 else 0.0, peak_memory_mb(device), last)
+
+
+@torch.no_grad()
+def predict_heads(
+    heads: Sequence[nn.Module], fetch: Fetch, split: Any, chunk: int = 16
+) -> list[list[np.ndarray]]:
+    """Every head's predictions of ``split`` (as :func:`predict`); BatchNorm-free heads in one fused
+    forward and one upsampling per chunk, others (BatchNorm wants eval mode) one by one."""
+    bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in heads[0].modules())
+    if len(heads) == 1 or bn:
+        return [predict(h, fetch, split) for h in heads]
+    for h in heads:
+        h.eval()
+    forward, K = forward_of(heads), len(heads)
+    out: list[list[np.ndarray]] = [[] for _ in heads]
+    for case in split.cases:
+        rows = np.arange(case.rows.start, case.rows.stop)
+        parts = []
+        for i in range(0, len(rows), chunk):
+            lg = forward(fetch(rows[i : i + chunk]))
+            b, _, h, w = lg.shape
+            parts.append(to_labels(lg.view(b * K, -1, h, w), case.shape[-2:]).view(b, K, *case.shape[-2:]))
+        pred = torch.cat(parts).numpy()
+        for k in range(K):
+            out[k].append(pred[:, k] if len(case.shape) == 3 else pred[0, k])
+    return out
 
 
 def init_heads(build: Callable[[], nn.Module], n: int, seed: int) -> list[nn.Module]:
@@ -205,7 +284,12 @@ def paper_sweep(
         for h, lr in zip(heads, lrs, strict=True):
             stats = train_fused([h], fetch["train"], data.train.targets, rows, settings((lr,)))
     C = len(data.classes)
-    scores = [split_dice(predict(h, fetch["val"], data.val), data.val.masks, C) for h in heads]
+    preds = (
+        predict_heads(heads, fetch["val"], data.val)
+        if fused
+        else [predict(h, fetch["val"], data.val) for h in heads]
+    )
+    scores = [split_dice(p, data.val.masks, C) for p in preds]
     best = int(np.argmax(scores))  # argmax: the first of equal scores, as the released code's ">"
     model = heads[best]
     selected: dict[str, Any] = {
