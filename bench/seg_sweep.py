@@ -10,7 +10,8 @@ like the cache) and the same batches, each sweep trains and picks its lr on vali
   DiceCE, one model per lr) over the same 7 lrs, and over one.
 
 The paper's UNet decoder (seg-updecoder) is timed the same way on a smaller set, once. Every run
-is warmed up once first; each seg-linear timing is the best of ``repeats``. Run: ``PYTHONPATH=src python bench/seg_sweep.py [--quick]``.
+is warmed up once first; each seg-linear timing is the best of ``repeats``.
+Run: ``PYTHONPATH=src python bench/seg_sweep.py [--quick]``.
 """
 
 from __future__ import annotations
