@@ -76,6 +76,25 @@ def test_dice_loss_is_the_sum_of_monai_dice_losses_per_head():
 
 
 @pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_upsampled_dice_is_monai_on_f_interpolate_gradient_included(mode):
+    from monai.losses import DiceLoss
+
+    torch.manual_seed(1)
+    z = torch.randn(3, 4, 2, 5, 5, dtype=torch.float64)  # B, C classes, K heads, h, w (class-major)
+    y = torch.randint(0, 4, (3, 20, 20))
+    a, b = z.clone().requires_grad_(), z.clone().requires_grad_()
+    got = fused.upsampled_dice_loss(a, y, 20, mode)
+    up = F.interpolate(b.reshape(3, 8, 5, 5), size=(20, 20), mode=mode, align_corners=False).view(
+        3, 4, 2, 20, 20
+    )
+    ref = DiceLoss(softmax=True, to_onehot_y=True)
+    want = sum(ref(up[:, :, k], y[:, None]) for k in range(2))
+    (2 * got).backward()
+    (2 * want).backward()
+    assert torch.allclose(got, want, atol=1e-12) and torch.allclose(a.grad, b.grad, atol=1e-12)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
 def test_matmul_upsampling_is_f_interpolate(mode):
     z = torch.randn(2, 3, 4, 7, 7, dtype=torch.float64)
     want = F.interpolate(z.view(-1, 1, 7, 7), size=(30, 30), mode=mode, align_corners=False).view(
@@ -85,7 +104,6 @@ def test_matmul_upsampling_is_f_interpolate(mode):
 
 
 def test_grid_augmentation_moves_each_patch_with_its_target_pixels():
-    rng = np.random.default_rng(0)
     h, patch = 4, 3
     grid = torch.arange(8 * h * h, dtype=torch.float32).view(8, 1, h, h) % (h * h)
     grid = grid.repeat(1, 2, 1, 1)  # two channels, one transform
@@ -94,12 +112,13 @@ def test_grid_augmentation_moves_each_patch_with_its_target_pixels():
     x, y = fused.augment_d4({0: grid}, target, codes)
     assert torch.equal(y, x[0][:, 0].long().repeat_interleave(patch, 1).repeat_interleave(patch, 2))
     assert torch.equal(x[0][:, 0], x[0][:, 1])
+    _, y_np = fused.augment_d4({0: grid}, target.numpy().astype(np.uint8), codes)  # targets as trained
+    assert np.array_equal(y_np, y.numpy())
     g = grid[0, 0].numpy()
     expected = [np.rot90(g, k) for k in range(4)] + [np.rot90(g, k)[:, ::-1] for k in range(4)]
     for c in range(8):
         assert np.array_equal(x[0][c, 0].numpy(), expected[c])
     assert len({tuple(e.ravel()) for e in expected}) == 8  # the 8 symmetries of the square
-    del rng
 
 
 @pytest.mark.parametrize("head", ["linear", "updecoder"])
@@ -246,3 +265,17 @@ def test_eval_rows_for_the_paper_preset_and_seg_updecoder(easy2d, tmp_path: Path
     assert lin["trainable_params"] == WIDTH * 3 + 3  # no BatchNorm
     assert dec["hparams"]["layers"] == [0, 0, 0, 0, 1] and "preset" not in dec["hparams"]
     assert dec["hparams"]["loss"].startswith("monai DiceCELoss") and 0 <= dec["value"] <= 1
+
+
+def test_seg_updecoder_refuses_a_cnn_before_writing(easy2d, tmp_path: Path):
+    cfg = EvalConfig(
+        backbone="test:cnn-tiny",
+        dataset=f"folder:{easy2d(n=6)}",
+        protocols=["seg-updecoder"],
+        out=tmp_path / "run",
+        progress=False,
+    )
+    with pytest.raises(OptionError) as e:
+        evaluate(cfg)
+    assert "\n" not in str(e.value) and "CNN" in str(e.value) and "seg-updecoder" in str(e.value)
+    assert not (tmp_path / "run").exists()

@@ -113,23 +113,76 @@ def upsample(z: torch.Tensor, size: int, mode: str) -> torch.Tensor:
     return out.view(*z.shape[:-2], size, size)
 
 
-def augment_d4(x: Inputs, y: torch.Tensor, codes: np.ndarray) -> tuple[Inputs, torch.Tensor]:
-    """Rotate each row by ``code % 4`` quarter turns, then mirror it left-right when ``code >= 4``:
-    every cached grid of the row and its (square) target together, so patch (i, j) still covers the
-    same target pixels. Exact for the head; not what the backbone would give the turned image."""
+def _turn(t: Any, code: int) -> Any:
+    """``code % 4`` quarter turns of the last two axes, then a left-right mirror when ``code >= 4``
+    (torch tensors and numpy arrays alike)."""
+    if isinstance(t, np.ndarray):
+        t = np.rot90(t, code % 4, axes=(-2, -1))
+        return t[..., ::-1] if code >= 4 else t
+    t = torch.rot90(t, code % 4, dims=(-2, -1))
+    return t.flip(-1) if code >= 4 else t
 
-    def apply(t: torch.Tensor) -> torch.Tensor:
+
+def augment_d4(x: Inputs, y: Any, codes: np.ndarray) -> tuple[Inputs, Any]:
+    """Turn each row by one of the 8 symmetries of the square (``codes``, see :func:`_turn`): every
+    cached grid of the row and its (square) target together, so patch (i, j) still covers the same
+    target pixels. Exact for the head; not what the backbone would give the turned image. ``y``
+    (targets) may be a numpy array: turned there, before it is widened and copied to the device."""
+
+    def apply(t: Any) -> Any:
+        if isinstance(t, np.ndarray):
+            return np.stack([_turn(r, int(c)) for r, c in zip(t, codes, strict=True)])
         out = t.clone()
         for c in np.unique(codes):
-            if c == 0:
-                continue
-            idx = torch.from_numpy(np.flatnonzero(codes == c)).to(t.device)
-            part = torch.rot90(t[idx], int(c % 4), dims=(-2, -1))
-            out[idx] = part.flip(-1) if c >= 4 else part
+            if c:
+                idx = torch.from_numpy(np.flatnonzero(codes == c)).to(t.device)
+                out[idx] = _turn(t[idx], int(c))
         return out
 
     xs = {k: apply(v) for k, v in x.items()} if isinstance(x, dict) else apply(x)
     return xs, apply(y)
+
+
+class _RowwiseUpsampledDice(torch.autograd.Function):
+    """Upsampling (two matmuls) + the summed Dice losses, loss and gradient computed together one
+    image at a time: per-image Dice needs only that image's sums, so a row's K x C full-size maps
+    are made, used and dropped while they are still in cache, and no full-batch map is kept."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, z: torch.Tensor, target: torch.Tensor, ah: torch.Tensor, aw: torch.Tensor
+    ) -> torch.Tensor:
+        B, C, K = z.shape[:3]
+        N, n = ah.shape[0] * aw.shape[0], B * C
+        classes = torch.arange(C, device=z.device)[:, None]
+        grad, total = torch.empty_like(z), z.new_zeros(())
+        for b in range(B):
+            p = (ah @ z[b] @ aw.T).softmax(0)  # (C, K, H, W)
+            oh = (target[b].view(1, N) == classes).to(z.dtype)  # (C, N)
+            inter = torch.bmm(p.view(C, K, N), oh[:, :, None])[..., 0]  # (C, K)
+            den = oh.sum(1, keepdim=True) + p.view(C, K, N).sum(-1) + SMOOTH
+            num = 2.0 * inter + SMOOTH
+            total += (1.0 - num / den).sum()
+            gp = (-2.0 / (den * n))[..., None] * oh[:, None, :] + (num / (den * den * n))[..., None]
+            gz = torch._softmax_backward_data(gp.view_as(p), p, 0, p.dtype)
+            grad[b] = ah.T @ gz @ aw
+        ctx.save_for_backward(grad)
+        return total / n
+
+    @staticmethod
+    def backward(ctx: Any, gout: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * gout, None, None, None
+
+
+def upsampled_dice_loss(z: torch.Tensor, target: torch.Tensor, size: int, mode: str) -> torch.Tensor:
+    """:func:`dice_loss` of ``z`` (B, C, K, h, w) resized to ``size`` (:func:`upsample`): image by
+    image from a patch grid (:class:`_RowwiseUpsampledDice`), whole-batch from larger maps."""
+    h, w = z.shape[-2:]
+    if max(h, w) <= 64 and (h, w) != (size, size):
+        ah, aw = _interp_matrix(h, size, mode, z), _interp_matrix(w, size, mode, z)
+        return _RowwiseUpsampledDice.apply(z, target, ah, aw)
+    return dice_loss(upsample(z, size, mode), target)
 
 
 def forward_of(heads: Sequence[nn.Module]) -> Callable[[Inputs], torch.Tensor]:
@@ -172,14 +225,14 @@ def train_fused(
             if step >= total:
                 break
             batch = order[i : i + bs]
-            x = fetch(batch)
-            y = torch.from_numpy(targets[batch].astype(np.int64)).to(device)
+            x, yb = fetch(batch), targets[batch]
             if s.augment:
-                x, y = augment_d4(x, y, rng.integers(0, 8, len(batch)))
+                x, yb = augment_d4(x, yb, rng.integers(0, 8, len(batch)))
+            y = torch.from_numpy(yb.astype(np.int64)).to(device)
             logits = forward(x)  # (B, K * C, h, w), head-major
             h, w = logits.shape[-2:]
             z = logits.view(len(batch), K, -1, h, w).transpose(1, 2)  # class-major, at patch size
-            loss = dice_loss(upsample(z, size, mode), y)
+            loss = upsampled_dice_loss(z, y, size, mode)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

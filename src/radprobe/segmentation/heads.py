@@ -76,9 +76,8 @@ class LinearHead(nn.Module):
         b = torch.cat([h.conv.bias for h in heads])
         x = feats[heads[0].layer]
         B, _, h, wd = x.shape
-        return torch.baddbmm(b[None, :, None].expand(B, -1, h * wd), w.expand(B, -1, -1), x.flatten(2)).view(
-            B, -1, h, wd
-        )
+        out = torch.baddbmm(b[None, :, None].expand(B, -1, h * wd), w.expand(B, -1, -1), x.flatten(2))
+        return out.view(B, -1, h, wd)
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
