@@ -9,8 +9,9 @@ like the cache) and the same batches, each sweep trains and picks its lr on vali
 - ``default_sequential`` / ``default_single``: today's seg-linear sweep (BN + 1x1 conv, AdamW,
   DiceCE, one model per lr) over the same 7 lrs, and over one.
 
-The paper's UNet decoder (seg-updecoder) is timed the same way on a smaller set, once. Every run
-is warmed up once first; each seg-linear timing is the best of ``repeats``. Ratios use
+The paper's UNet decoder (seg-updecoder) is timed the same way on a smaller set, once (its
+convolutions dominate: a few steps take minutes on one thread). Every seg-linear run is warmed up
+once first; each seg-linear timing is the best of ``repeats``. Ratios use
 CPU time on one thread (the machine may be shared); wall times are recorded beside them.
 Run: ``PYTHONPATH=src python bench/seg_sweep.py [--quick]``.
 """
@@ -67,7 +68,8 @@ def _best_of(repeats: int, fn: Callable[[], dict[str, Any]]) -> tuple[float, flo
 
 
 def time_sweeps(data: Any, build_paper: Callable, build_default: Callable | None, layers: list[int],
-                lrs: tuple[float, ...], opts: dict[str, Any], repeats: int) -> dict[str, Any]:  # fmt: skip
+                lrs: tuple[float, ...], opts: dict[str, Any], repeats: int,
+                warm: bool = True) -> dict[str, Any]:  # fmt: skip
     from radprobe.segmentation import fused
     from radprobe.segmentation.protocols import _sweep
     from radprobe.segmentation.train import grid_fetch
@@ -92,7 +94,7 @@ def time_sweeps(data: Any, build_paper: Callable, build_default: Callable | None
         runs["default_single"] = lambda: default(lrs[len(lrs) // 2 :][:1])
         runs["default_sequential"] = lambda: default(lrs)
     out: dict[str, Any] = {}
-    for fn in runs.values():
+    for fn in runs.values() if warm else ():
         fn()  # warm-up: imports (MONAI's loss), first-call allocations, interpolation matrices
     for name, fn in runs.items():
         s, wall, sel = _best_of(repeats, fn)
@@ -135,12 +137,14 @@ def main(quick: bool, repeats: int) -> dict[str, Any]:
         opts,
         repeats,
     )
-    dn = 8 if quick else 16
+    dn = 8
     dec_layers = [7, 8, 9, 10, 11]
     dec = make_data(dn, 4, dim, h, patch, C, dec_layers)
-    dopts = {"epochs": 1 if quick else 2, "min_steps": 0, "batch_size": 8}
+    dopts = {"epochs": 1, "min_steps": 0, "batch_size": 8}
     print(f"seg-updecoder: {dn} train rows, {dopts['epochs']} epochs")
-    decoder = time_sweeps(dec, lambda: UpDecoder(dec_layers, dim, C), None, dec_layers, PAPER_LRS, dopts, 1)
+    decoder = time_sweeps(
+        dec, lambda: UpDecoder(dec_layers, dim, C), None, dec_layers, PAPER_LRS, dopts, 1, warm=False
+    )
     setup = {"dim": dim, "grid": h, "mask_px": h * patch, "classes": C, "lrs": list(PAPER_LRS),
              "linear": {"train_rows": n, **opts}, "updecoder": {"train_rows": dn, **dopts},
              "threads": torch.get_num_threads(), "repeats": repeats}  # fmt: skip

@@ -279,3 +279,30 @@ def test_seg_updecoder_refuses_a_cnn_before_writing(easy2d, tmp_path: Path):
         evaluate(cfg)
     assert "\n" not in str(e.value) and "CNN" in str(e.value) and "seg-updecoder" in str(e.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_refit_option_without_the_preset_retrains_the_selected_lr_on_train_and_val(monkeypatch):
+    from radprobe.segmentation import protocols
+
+    data = grid_data()
+    seen: list[tuple[float, int]] = []
+    real = protocols.train
+
+    def spy(model, fetch, targets, rows, s):
+        seen.append((s.lr, len(rows)))
+        return real(model, fetch, targets, rows, s)
+
+    monkeypatch.setattr(protocols, "train", spy)
+    opts = {
+        "lrs": [1e-3, 1e-1],
+        "epochs": 1,
+        "min_steps": 2,
+        "batch_size": 4,
+        "weight_decay": 0.0,
+        "refit": True,
+    }
+    _, sel, _ = protocols._sweep(data, lambda: LinearHead(1, 16, 3), _fetch(data, [1]), None, opts, seed=0)
+    assert seen[:2] == [(1e-3, 8), (1e-1, 8)] and seen[2] == (sel["lr"], 12)
+    assert sel["refit"]["rows"] == 12
+    # a default run adds nothing to its hparams, so its result key is unchanged
+    assert fused.paper_hparams({"preset": None, "refit": False}, "x") == {}
