@@ -141,6 +141,8 @@ def test_fused_sweep_equals_one_lr_at_a_time(head):
     a, sel_a, _ = fused.paper_sweep(data, build, fetch, None, opts, seed=3, fused=True)
     b, sel_b, _ = fused.paper_sweep(data, build, fetch, None, opts, seed=3, fused=False)
     assert sel_a["sweep"] == "fused" and sel_b["sweep"] == "sequential"
+    by_default = fused.paper_sweep(data, build, fetch, None, {**opts, "epochs": 0, "min_steps": 1}, seed=3)[1]
+    assert by_default["sweep"] == ("fused" if head == "linear" else "sequential")  # CPU
     assert sel_a["lr"] == sel_b["lr"] and abs(sel_a["val_dice"] - sel_b["val_dice"]) < 1e-5
     for lr, d in sel_a["val_dice_by_lr"].items():
         assert abs(d - sel_b["val_dice_by_lr"][lr]) < 1e-5

@@ -315,14 +315,20 @@ def paper_sweep(
     train_idx: np.ndarray | None,
     opts: dict[str, Any],
     seed: int,
-    fused: bool = True,
+    fused: bool | None = None,
 ) -> tuple[nn.Module, dict[str, Any], TrainStats]:
-    """Baharoon et al.'s sweep: every lr trained (fused, or one after another when ``fused=False``),
-    the best validation macro Dice wins (first of equals), then, with ``opts["refit"]`` and the whole
-    training split, a new head trains at that lr on train + val (few-shot runs keep their head, as
-    ``segmentation.py:481`` keeps the few-shot training set)."""
+    """Baharoon et al.'s sweep: every lr trained from the same start on the same batches (fused, or
+    one after another: the same result), the best validation macro Dice wins (first of equals), then,
+    with ``opts["refit"]`` and the whole training split, a new head trains at that lr on train + val
+    (few-shot runs keep their head, as ``segmentation.py:481`` keeps the few-shot training set).
+
+    ``fused=None``: fused unless the head class says it only pays on CUDA (``fuse_on = "cuda"``: the
+    up decoder's grouped convolutions are slower than separate ones on a CPU, bench/seg_sweep.py)."""
     rows = data.train.rows(train_idx)
     lrs = tuple(float(x) for x in opts["lrs"])
+    heads = init_heads(build, len(lrs), seed)
+    if fused is None:
+        fused = getattr(heads[0], "fuse_on", "any") == "any" or str(data.device).startswith("cuda")
 
     def settings(rates: tuple[float, ...]) -> FusedSettings:
         return FusedSettings(
@@ -330,7 +336,6 @@ def paper_sweep(
             weight_decay=opts["weight_decay"], augment=opts.get("augment", True), device=data.device,
         )  # fmt: skip
 
-    heads = init_heads(build, len(lrs), seed)
     if fused:
         stats = train_fused(heads, fetch["train"], data.train.targets, rows, settings(lrs))
     else:
@@ -372,7 +377,7 @@ def paper_hparams(opts: dict[str, Any], head: str) -> dict[str, Any]:
             optimizer="SGD momentum 0.9, per-step cosine to 0",
             loss="monai DiceLoss (softmax, background included, per image)",
             augmentation="flip+rot90 on cached grids (grid and mask together; released: on images)",
-            sweep="all lrs trained together, selected on val macro Dice",
+            sweep="every lr from the same start on the same batches, selected on val macro Dice",
         )
     if opts.get("refit"):
         out["refit"] = "train+val at the selected lr (full-data runs)"

@@ -55,6 +55,7 @@ class UpDecoder(nn.Module):
     """The paper's UNet decoder on five frozen grids (``layers`` oldest first, all of width ``dim``)."""
 
     upsample = "bicubic"  # the released head resizes its 16x map bicubically (utils.py:125)
+    fuse_on = "cuda"  # grouped convs train K decoders slower than K separate ones on a CPU
 
     def __init__(self, layers: Sequence[int], dim: int, num_classes: int) -> None:
         super().__init__()
