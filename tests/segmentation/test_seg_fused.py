@@ -26,9 +26,12 @@ from radprobe.segmentation.updecoder import UpDecoder, updecoder_layers
 PAPER_LRS = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1]
 
 
-def _split(name: str, n: int, protos: np.ndarray, rng: np.random.Generator, h: int, patch: int) -> SegSplit:
+def _split(
+    name: str, n: int, protos: np.ndarray, rng: np.random.Generator, h: int, patch: int, depth: int = 0
+) -> SegSplit:
     """Rows whose 2x2-patch blocks carry one class; each patch's features are its class prototype
-    plus noise, in two layers (0 and 1) so the five-layer decoder finds every grid it reads."""
+    plus noise, in two layers (0 and 1) so the five-layer decoder finds every grid it reads.
+    ``depth`` > 0: cases are volumes of ``depth`` consecutive rows (slices)."""
     C, dim = protos.shape
     labels = rng.integers(0, C, (n, h // 2, h // 2)).repeat(2, 1).repeat(2, 2)
     feats = {
@@ -37,14 +40,22 @@ def _split(name: str, n: int, protos: np.ndarray, rng: np.random.Generator, h: i
     }
     targets = labels.repeat(patch, 1).repeat(patch, 2).astype(np.uint8)
     T = h * patch
+    if depth:
+        cases = [
+            Case(f"{name}{i}", f"{name}-p{i}", None, slice(i, i + depth), (depth, T, T))  # type: ignore[arg-type]
+            for i in range(0, n, depth)
+        ]
+        return SegSplit(name, cases, targets, [targets[c.rows] for c in cases], features=feats)
     cases = [Case(f"{name}{i}", f"{name}-p{i}", None, slice(i, i + 1), (T, T)) for i in range(n)]  # type: ignore[arg-type]
     return SegSplit(name, cases, targets, [t for t in targets], features=feats)
 
 
-def grid_data(n_train: int = 8, n_val: int = 4, dim: int = 16, h: int = 4, patch: int = 4, C: int = 3) -> Any:
+def grid_data(
+    n_train: int = 8, n_val: int = 4, dim: int = 16, h: int = 4, patch: int = 4, C: int = 3, depth: int = 0
+) -> Any:
     rng = np.random.default_rng(0)
     protos = rng.normal(0, 1, (C, dim))
-    splits = {s: _split(s, n, protos, rng, h, patch) for s, n in (("train", n_train), ("val", n_val))}
+    splits = {s: _split(s, n, protos, rng, h, patch, depth) for s, n in (("train", n_train), ("val", n_val))}
     return SimpleNamespace(**splits, classes=tuple(f"c{i}" for i in range(C)), device="cpu")
 
 
@@ -121,11 +132,11 @@ def test_grid_augmentation_moves_each_patch_with_its_target_pixels():
     assert len({tuple(e.ravel()) for e in expected}) == 8  # the 8 symmetries of the square
 
 
-@pytest.mark.parametrize("head", ["linear", "updecoder"])
+@pytest.mark.parametrize("head", ["linear", "updecoder", "linear-3d"])
 def test_fused_sweep_equals_one_lr_at_a_time(head):
-    data = grid_data(dim=16 if head == "linear" else 32)
+    data = grid_data(dim=16 if head.startswith("linear") else 32, depth=2 if head == "linear-3d" else 0)
     C = len(data.classes)
-    if head == "linear":
+    if head.startswith("linear"):
         layers, lrs = [1], PAPER_LRS
 
         def build() -> torch.nn.Module:
@@ -137,12 +148,12 @@ def test_fused_sweep_equals_one_lr_at_a_time(head):
             return UpDecoder(layers, 32, C)
 
     fetch = _fetch(data, sorted(set(layers)))
-    opts = _opts(lrs=lrs, epochs=2 if head == "linear" else 1)
+    opts = _opts(lrs=lrs, epochs=1 if head == "updecoder" else 2)
     a, sel_a, _ = fused.paper_sweep(data, build, fetch, None, opts, seed=3, fused=True)
     b, sel_b, _ = fused.paper_sweep(data, build, fetch, None, opts, seed=3, fused=False)
     assert sel_a["sweep"] == "fused" and sel_b["sweep"] == "sequential"
     by_default = fused.paper_sweep(data, build, fetch, None, {**opts, "epochs": 0, "min_steps": 1}, seed=3)[1]
-    assert by_default["sweep"] == ("fused" if head == "linear" else "sequential")  # CPU
+    assert by_default["sweep"] == ("sequential" if head == "updecoder" else "fused")  # on a CPU
     assert sel_a["lr"] == sel_b["lr"] and abs(sel_a["val_dice"] - sel_b["val_dice"]) < 1e-5
     for lr, d in sel_a["val_dice_by_lr"].items():
         assert abs(d - sel_b["val_dice_by_lr"][lr]) < 1e-5
