@@ -3,13 +3,13 @@
 Baharoon et al. train one head per learning rate side by side on the same batches, with one SGD
 optimizer (one parameter group per head) and the sum of the heads' Dice losses
 (``eval/segmentation/segmentation.py:309-319``, ``utils.py:160-187``). :func:`train_fused` does the
-same on cached grids: the K heads run as one module (``fused_forward`` of the head class: one conv
-with K x classes outputs, or grouped convs), their logits are upsampled in one call and the K Dice
-losses are computed together. Each head keeps its own parameters and parameter group, and the
-heads do not interact (the loss is a sum, SGD is per element), so K heads trained fused end where
-each trained alone would (``tests/segmentation/test_seg_fused.py``). The fetch, the augmentation
-draw and the upsampling call are shared by the K heads; the cost that grows with K is the per-pixel
-work on K x classes logit maps.
+same on cached grids: the K heads run as one module (``fused_forward`` of the head class: one
+matmul with K x classes outputs, or grouped convs), and the K Dice losses and their gradient are
+computed together, image by image (:func:`upsampled_dice_loss`). Each head keeps its own parameters
+and parameter group, and the heads do not interact (the loss is a sum, SGD is per element), so K
+heads trained fused end where each trained alone would (``tests/segmentation/test_seg_fused.py``).
+The fetch, the augmentation draw and the bookkeeping are shared by the K heads; the cost that grows
+with K is the per-pixel softmax and Dice work on K x classes full-size maps (bench/seg_sweep.py).
 """
 
 from __future__ import annotations

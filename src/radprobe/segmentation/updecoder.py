@@ -127,7 +127,8 @@ def seg_updecoder(
     overlays: int = 3,
 ) -> SegResult:
     """The paper's UNet decoder on the last five blocks' grids. Default: radprobe's training (AdamW,
-    DiceCE, one model per lr); ``preset="paper"``: the released training, every lr fused."""
+    DiceCE, one model per lr); ``preset="paper"``: the released training, every lr from the same start
+    on the same batches (fused on CUDA, one after another on a CPU; see ``fused.paper_sweep``)."""
     opts = dict(locals())
     opts.pop("data")
     info = data.info
