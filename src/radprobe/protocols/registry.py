@@ -6,8 +6,8 @@ Families:
 - ``frozen``: classification heads on cached pooled features (``knn``, ``linear``, ``logreg``,
   ``fewshot``) or on each volume's slice features (``mil``); runners take a
   :class:`~radprobe.protocols.base.ProtocolInput`.
-- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``) and models trained
-  from scratch on the images (``seg-unet``, ``seg-transunet``); runners take a
+- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``, ``seg-updecoder``)
+  and models trained from scratch on the images (``seg-unet``, ``seg-transunet``); runners take a
   :class:`~radprobe.segmentation.protocols.SegData`.
 - ``trained``: the backbone trains with a head (``finetune`` and the PEFT methods); one training loop
   serves them all, parameterised by the method, so their runner is the method's name.
@@ -31,7 +31,7 @@ import annotated_types as at
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
-from radprobe.segmentation import baselines, score_options
+from radprobe.segmentation import baselines, score_options, updecoder
 from radprobe.segmentation import options as seg_options
 from radprobe.segmentation import protocols as seg
 from radprobe.utils import check_scalar
@@ -156,6 +156,15 @@ _SPECS = [
         seg.seg_decoder,
     ),
     ProtocolSpec(
+        "seg-updecoder",
+        "segmentation",
+        "patch grids",
+        "the paper's UNet decoder on the last five blocks' patch grids (ViTs)",
+        SEGMENTATION,
+        _BOTH,
+        updecoder.seg_updecoder,
+    ),
+    ProtocolSpec(
         "seg-unet",
         "segmentation",
         "images",
@@ -242,6 +251,8 @@ def check_options(name: str, options: dict[str, Any], *, n_train: int | None = N
         params += list(score_options.SCORING_OPTIONS)
     for key in options:
         if key not in params:
+            if key == "preset" and spec.family == "segmentation":
+                raise seg_options.no_paper_preset(name)
             raise OptionError("--set", f"{name}.{key}: unknown option; {name} takes {', '.join(params)}")
     if spec.family == "segmentation":
         own, scoring = score_options.split_scoring(options)

@@ -38,6 +38,7 @@ from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.output import slug
 from radprobe.segmentation.protocols import SCRATCH_MODELS, SegData, SegResult
 from radprobe.segmentation.score_options import check_spacing, split_scoring
+from radprobe.segmentation.updecoder import updecoder_layers
 
 DEFAULT_RESOLUTION = 448
 
@@ -57,13 +58,15 @@ def seg_resolution(backbone: str, requested: int | None) -> tuple[int, str]:
     return resolve_resolution(backbone, native, patch, None), "native (small model)"
 
 
-def grid_layers(num_blocks: int, is_vit: bool) -> list[int]:
-    """Absolute layers whose grids are cached: every level either frozen head reads.
+def grid_layers(num_blocks: int, is_vit: bool, updecoder: bool = False) -> list[int]:
+    """Absolute layers whose grids are cached: every level seg-linear and seg-decoder read.
 
-    Always the union, whichever heads a run asks for, so a later run of the other head (or another
-    learning rate) finds the same cache entry instead of extracting again.
+    Always their union, whichever heads a run asks for, so a later run of the other head (or another
+    learning rate) finds the same cache entry instead of extracting again. ``updecoder`` (a run with
+    seg-updecoder) adds the last five blocks; only then, as they would double most caches.
     """
-    return sorted({linear_layer(num_blocks), *decoder_plan(num_blocks, is_vit)[0]})
+    extra = updecoder_layers(num_blocks) if updecoder else []
+    return sorted({linear_layer(num_blocks), *decoder_plan(num_blocks, is_vit)[0], *extra})
 
 
 @dataclass
@@ -126,6 +129,12 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
             pretrained=cfg.pretrained,
             resolution=size,
         )
+        if "seg-updecoder" in protocols and backbone.info.patch_size is None:
+            raise OptionError(
+                "--protocol",
+                f"seg-updecoder: reads five ViT blocks' patch grids; {cfg.backbone} is a CNN",
+                setting="protocols",
+            )
     images = any(registry.get(p).consumes == "images" for p in protocols)
     splits = {
         s: load_split(dataset, s, size, keep_masks=s != "train", keep_images=images)
@@ -143,7 +152,9 @@ def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> Eva
     ext: dict[str, ExtractStats] = {}
     if backbone is not None:
         info = backbone.info
-        layers = grid_layers(max(1, info.num_blocks), info.patch_size is not None)
+        layers = grid_layers(
+            max(1, info.num_blocks), info.patch_size is not None, "seg-updecoder" in plan.protocols
+        )
         feats, ext = _extract(cfg, backbone, dataset, layers, plan.device, warn)
         for s, split in splits.items():
             if feats[s].sample_ids != split.row_ids():
@@ -286,6 +297,8 @@ def _rows(
     rows: list[ResultRow] = []
     for shots, fits in by_shots.items():
         hparams = {**result.hparams, **common}
+        if "loss" in result.hparams:  # a preset's own loss (the paper's Dice) over the common one
+            hparams["loss"] = result.hparams["loss"]
         if shots is not None:
             hparams["shots"] = shots
         rows += _shot_rows(cfg, data, subject, base, result, shots, fits, hparams)

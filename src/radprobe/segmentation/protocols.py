@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from radprobe.backbones.base import BackboneInfo
 from radprobe.data import Dataset
 from radprobe.metrics.segmentation import CaseScores, case_scores, split_dice
-from radprobe.segmentation import output
+from radprobe.segmentation import fused, output
 from radprobe.segmentation.data import SegSplit, draw_cases
 from radprobe.segmentation.heads import (
     LightDecoder,
@@ -123,17 +122,16 @@ def _sweep(
     opts: dict[str, Any],
     seed: int,
 ) -> tuple[nn.Module, dict[str, Any], TrainStats]:
-    """Train one model per learning rate; keep the one with the best validation macro Dice."""
+    """Train one model per learning rate; keep the one with the best validation macro Dice (with
+    ``opts["refit"]`` and the whole training split: retrained at that lr on train + val)."""
     rows = data.train.rows(train_idx)
     C = len(data.classes)
     assert data.val.masks is not None
     best: tuple[float, nn.Module, float, TrainStats] | None = None
     by_lr: dict[str, float] = {}
-    for lr in opts["lrs"]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the same initial weights for every learning rate
-            model = build()
-        settings = TrainSettings(
+
+    def settings(lr: float) -> TrainSettings:
+        return TrainSettings(
             lr=lr,
             epochs=opts["epochs"],
             min_steps=opts["min_steps"],
@@ -142,7 +140,10 @@ def _sweep(
             seed=seed,
             device=data.device,
         )
-        stats = train(model, fetch["train"], data.train.targets, rows, settings)
+
+    for lr in opts["lrs"]:
+        (model,) = fused.init_heads(build, 1, seed)  # the same initial weights for every lr
+        stats = train(model, fetch["train"], data.train.targets, rows, settings(lr))
         preds = predict(model, fetch["val"], data.val)
         score = split_dice(preds, data.val.masks, C)
         by_lr[f"{lr:g}"] = score
@@ -158,6 +159,11 @@ def _sweep(
         "train_steps": stats.steps,
         "train_imgs_per_s": round(stats.imgs_per_s, 2),
     }
+    if opts.get("refit") and train_idx is None:
+        tv_fetch, tv_targets, tv_rows = fused.train_plus_val(data, fetch)
+        (model,) = fused.init_heads(build, 1, seed)
+        refit = train(model, tv_fetch, tv_targets, tv_rows, settings(lr))
+        selected["refit"] = {"rows": len(tv_rows), "steps": refit.steps}
     return model, selected, stats
 
 
@@ -168,7 +174,10 @@ def _run(
     fetch: dict[str, Fetch],
     opts: dict[str, Any],
     hparams: dict[str, Any],
+    sweep: Callable[..., tuple[nn.Module, dict[str, Any], TrainStats]] | None = None,
 ) -> SegResult:
+    """Train (a sweep per full-data run or few-shot draw: ``_sweep`` unless ``sweep`` is given) and
+    score the test split."""
     C = len(data.classes)
     test_masks = data.test.masks
     assert test_masks is not None
@@ -185,7 +194,7 @@ def _run(
                 plan.append((n, r, draw_cases(patients, n, np.random.default_rng([data.seed, n, r]))))
     for shots, r, idx in plan:
         seed = _seed(data.seed, shots or 0, r)
-        model, selected, stats = _sweep(data, build, fetch, idx, opts, seed)
+        model, selected, stats = (sweep or _sweep)(data, build, fetch, idx, opts, seed)
         trainable = selected["trainable_params"]
         preds = predict(model, fetch["test"], data.test)
         scores = [
@@ -244,12 +253,18 @@ def seg_linear(
     min_steps: int = 200,
     batch_size: int = 16,
     weight_decay: float = 1e-4,
+    preset: str | None = None,
+    refit: bool = False,
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
     overlays: int = 3,
 ) -> SegResult:
-    """BatchNorm + 1x1 conv on the last block's patch grid, bilinear upsampling (DINOv2 linear)."""
+    """BatchNorm + 1x1 conv on the last block's patch grid, bilinear upsampling (DINOv2 linear).
+
+    ``preset="paper"`` (Baharoon et al.; docs/paper-fidelity.md): the 1x1 conv without BatchNorm,
+    SGD, Dice loss, flips / rot90 of the cached grids, every lr trained together, refit on train +
+    val. ``refit``: retrain the selected lr on train + val before the test split is predicted."""
     opts = dict(locals())
     opts.pop("data")
     if data.info is None:
@@ -257,9 +272,17 @@ def seg_linear(
     layer = linear_layer(data.info.num_blocks)
     dim = int(data.train.features[layer].shape[1])
     C = len(data.classes)
+    paper = preset == "paper"
     hparams = {**_common(opts), "layers": [layer], "head": "batchnorm + 1x1 conv"}
+    hparams.update(fused.paper_hparams(opts, "1x1 conv (no batchnorm)"))
     return _run(
-        "seg-linear", data, lambda: LinearHead(layer, dim, C), _grid_fetches(data, [layer]), opts, hparams
+        "seg-linear",
+        data,
+        lambda: LinearHead(layer, dim, C, bn=not paper),
+        _grid_fetches(data, [layer]),
+        opts,
+        hparams,
+        sweep=fused.paper_sweep if paper else None,
     )
 
 
