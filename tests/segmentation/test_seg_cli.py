@@ -33,7 +33,8 @@ def _eval(capsys, dataset: str, out, *extra: str) -> tuple[int, dict]:
 
 def _check_rows(rows: list[dict], classes: tuple[str, ...], nsd: str = "nsd@2px") -> None:
     bases = ("dice", "iou", "hd95", nsd, "dice_pooled", "iou_pooled", "iou_pooled_paper")
-    expected = {f"{m}_{s}" for m in bases for s in ("macro", *classes)} | {"dice_iou_mean"}
+    expected = {f"{m}_{s}" for m in bases for s in ("macro", *classes)}
+    expected |= {"dice_iou_mean", "dice_iou_mean_paper"}
     for proto in PROTOCOLS:
         mine = [r for r in rows if r["protocol"] == proto]
         assert {r["metric"] for r in mine} == expected, proto

@@ -154,6 +154,9 @@ def test_pooled_dice_and_iou_match_pixel_pooling_and_differ_from_per_case():
     assert by["iou_pooled_b"] == pytest.approx(ref["iou_pooled"][1])
     assert by["iou_pooled_paper_macro"] == pytest.approx(np.mean(ref["iou_pooled_paper"]))
     assert by["dice_pooled_macro"] != pytest.approx(by["dice_macro"])  # a different aggregation
+    # the paper's plotted figure: the mean of its pooled Dice and its (background-dropping) Jaccard
+    paper = (np.mean(ref["dice_pooled"]) + np.mean(ref["iou_pooled_paper"])) / 2
+    assert by["dice_iou_mean_paper"] == pytest.approx(paper)
 
 
 def test_pooled_class_never_in_ground_truth_scores_zero_when_predicted():

@@ -19,7 +19,7 @@ never scored):
 
 Aggregation follows nnU-Net: a class's value is the mean over the cases where it is defined; a
 ``*_macro`` value is the mean of the class values (classes defined nowhere are left out with a
-warning). ``dice_iou_mean`` is (dice_macro + iou_macro) / 2, the figure Baharoon et al. tabulate.
+warning). ``dice_iou_mean`` is (dice_macro + iou_macro) / 2, that figure averaged per case.
 
 Pooled metrics add the aggregation of the paper's code (torchmetrics, whose states sum over every
 test pixel before the ratio is taken): per class, the intersections and sizes are summed over the
@@ -32,6 +32,8 @@ cases first, then the ratio is taken, then averaged over the foreground classes 
   torchmetrics 1.0.3 computes there: pixels whose *ground truth* is background are dropped before
   counting, so a foreground class predicted on background is not a false positive (it is higher
   than ``iou_pooled`` whenever a model over-segments).
+* ``dice_iou_mean_paper``: (dice_pooled_macro + iou_pooled_paper_macro) / 2, the "averaged Dice
+  and Jaccard" of the paper's figures, computed as its code computes them.
 
 Each case keeps its (C, C) confusion counts, so a bootstrap resample of patients pools its own
 cases. Confidence intervals resample patients (all of a patient's cases together), percentile 95 %.
@@ -52,6 +54,8 @@ from radprobe.metrics.surface import surface_dice
 
 BASE_METRICS = ("dice", "iou", "hd95")
 POOLED_METRICS = ("dice_pooled", "iou_pooled", "iou_pooled_paper")
+PAPER_MEAN = "dice_iou_mean_paper"  # (dice_pooled_macro + iou_pooled_paper_macro) / 2
+SINGLE = ("dice_iou_mean", PAPER_MEAN)  # one value each, no per-class rows
 
 # Default NSD tolerance by distance unit: "mm" where every case's voxel spacing is known (CT and MRI
 # volumes read from NIfTI headers), "px" where it is not (PNG/JPEG images, 2D X-rays). 2 mm is about
@@ -235,6 +239,8 @@ def _aggregate(tables: dict[str, np.ndarray], cm: np.ndarray | None = None) -> d
         out["dice_iou_mean"] = np.array([(out["dice"][0] + out["iou"][0]) / 2])
     if cm is not None:
         out.update({m: _macro(v) for m, v in pooled(cm.sum(0)).items()})
+        # the figure Baharoon et al. plot ("averaged Dice and Jaccard"): torchmetrics' pooled values
+        out[PAPER_MEAN] = np.array([(out["dice_pooled"][0] + out["iou_pooled_paper"][0]) / 2])
     return out
 
 
@@ -323,7 +329,7 @@ def bootstrap_tables(
             boots[m].append(v)
     out: list[SegMetric] = []
     for m, values in point.items():
-        names = [m] if m == "dice_iou_mean" else [f"{m}_macro"] + [metric_name(m, c) for c in fg]
+        names = [m] if m in SINGLE else [f"{m}_macro"] + [metric_name(m, c) for c in fg]
         samples = np.stack(boots[m]) if boots[m] else np.empty((0, len(values)))
         for j, name in enumerate(names):
             s = samples[:, j] if len(samples) else samples.reshape(-1)
@@ -424,7 +430,8 @@ class CaseTable:
         names = [n for m in self.tables for n in [f"{m}_macro", *(metric_name(m, c) for c in fg)]]
         names += ["dice_iou_mean"] if "dice" in self.tables and "iou" in self.tables else []
         pooled_ = POOLED_METRICS if self.confusion is not None else ()
-        return names + [n for m in pooled_ for n in [f"{m}_macro", *(metric_name(m, c) for c in fg)]]
+        names += [n for m in pooled_ for n in [f"{m}_macro", *(metric_name(m, c) for c in fg)]]
+        return names + ([PAPER_MEAN] if self.confusion is not None else [])
 
     def value(self, metric: str, idx: np.ndarray | None = None) -> float:
         """A row metric (e.g. ``dice_macro``, ``hd95_liver``, ``dice_pooled_macro``) aggregated over
@@ -432,8 +439,8 @@ class CaseTable:
         sub = {m: t if idx is None else t[idx] for m, t in self.tables.items()}
         cm = self.confusion if self.confusion is None or idx is None else self.confusion[idx]
         agg = _aggregate(sub, cm)
-        if metric == "dice_iou_mean":
-            return float(agg["dice_iou_mean"][0])
+        if metric in SINGLE:
+            return float(agg[metric][0])
         fg = [str(c) for c in self.classes[1:]]
         for m in self._bases():
             names = [f"{m}_macro", *(metric_name(m, c) for c in fg)]
