@@ -32,8 +32,11 @@ lock: | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/radprobe demo $(DEMO_ARGS)
 
+# Two workers (pytest-xdist): most of the suite waits on subprocesses and single-threaded imports,
+# so two halve the wall time on two cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
