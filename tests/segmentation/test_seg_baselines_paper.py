@@ -294,3 +294,23 @@ def registry_defaults(proto: str, **given: Any) -> dict[str, Any]:
     """A tiny default run's options, resolved as ``radprobe eval`` resolves them."""
     opts = registry.check_options(proto, {**given, "lrs": [1e-3], "epochs": 0, "min_steps": 1, "overlays": 0})
     return {k: v for k, v in opts.items() if k != "nsd_tolerance_mm"}
+
+
+def test_refit_without_the_preset_uses_the_default_loop_with_refit_lr_and_epochs(monkeypatch):
+    from radprobe.segmentation import protocols
+
+    calls: list[tuple[Any, int]] = []
+    real = protocols.train
+
+    def spy(model, fetch, targets, rows, s):
+        calls.append((s, len(rows)))
+        return real(model, fetch, targets, rows, s)
+
+    monkeypatch.setattr(protocols, "train", spy)
+    given = {"channels": [4, 8], "res_units": 0, "refit": True, "refit_lr": 0.05, "refit_epochs": 2}
+    result = seg_unet(image_data(), **{**registry_defaults("seg-unet", **given), "min_steps": 0, "epochs": 1})
+    (sweep, n_sweep), (refit, n_refit) = calls
+    assert (sweep.lr, sweep.epochs, n_sweep) == (1e-3, 1, 8) and type(sweep).__name__ == "TrainSettings"
+    assert (refit.lr, refit.epochs, n_refit) == (0.05, 2, 12)
+    assert result.hparams["refit"] == {"data": "train+val (full-data runs)", "lr": 0.05, "epochs": 2}
+    assert result.hparams["model"].startswith("monai") and result.fits[0].selected["refit"]["rows"] == 12
