@@ -227,7 +227,7 @@ def test_paper_preset_settings_and_options_given_win():
     assert d["preset"] is None and d["refit"] is False and d["lrs"] == [1e-3, 3e-3, 1e-2, 3e-2]
 
 
-@pytest.mark.parametrize("proto", ["seg-unet", "seg-decoder"])
+@pytest.mark.parametrize("proto", ["seg-decoder"])  # seg-unet, seg-transunet: test_seg_baselines_paper.py
 def test_paper_preset_is_refused_where_the_paper_never_ran_in_one_line(proto):
     with pytest.raises(OptionError) as e:
         registry.check_options(proto, {"preset": "paper"})

@@ -7,11 +7,13 @@ Protocols (registered in :mod:`radprobe.protocols.registry`; run by :mod:`radpro
 * ``seg-decoder`` — a DPT-style light decoder fusing four frozen levels
 * ``seg-updecoder`` — Baharoon et al.'s UNet decoder on the last five blocks' grids (:mod:`.updecoder`)
 
-``preset=paper`` (seg-linear, seg-updecoder) trains as the paper's released code, every learning rate
-of the sweep in one fused pass (:mod:`.fused`).
 * ``seg-unet``    — MONAI's 2D UNet trained from scratch on the same data and splits (reference)
 * ``seg-transunet`` — TransUNet (CNN + ViT encoder, cascaded upsampler) trained from scratch
   (:mod:`.transunet`, runner in :mod:`.baselines`)
+
+``preset=paper`` trains as the paper's released code: seg-linear and seg-updecoder with every learning
+rate of the sweep in one fused pass (:mod:`.fused`); seg-unet (milesial's U-Net,
+:mod:`.milesial_unet`) and seg-transunet as the authors' notebooks (:mod:`.scratch`).
 
 Volumes are segmented slice by slice and scored per volume. Options: :mod:`.protocols` and the
 shared scoring options of :mod:`.score_options`; metrics and their empty-class rules:

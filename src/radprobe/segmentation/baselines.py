@@ -2,12 +2,18 @@
 
 They read the images (as ``seg-unet`` does) and share its loop: a learning-rate sweep selected on
 validation macro Dice, DiceCE loss, AdamW with a cosine schedule, no augmentation, few-shot draws.
+``preset=paper`` trains as Baharoon et al.'s ``transunet.ipynb`` instead (:mod:`.scratch`).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from typing import Any
 
+from torch import nn
+
+from radprobe.segmentation import scratch
 from radprobe.segmentation.protocols import SegData, SegResult, _common, _image_stats, _run
 from radprobe.segmentation.train import image_fetch
 from radprobe.segmentation.transunet import TransUNet
@@ -25,12 +31,20 @@ def seg_transunet(
     vit_depth: int = 4,
     vit_heads: int = 3,
     decoder_channels: Sequence[int] = (128, 64, 32, 16),
+    preset: str | None = None,
+    refit: bool = False,
+    refit_lr: float | None = None,
+    refit_epochs: int | None = None,
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
     overlays: int = 3,
 ) -> SegResult:
-    """TransUNet (R-ViT hybrid encoder + cascaded upsampler) trained from scratch on the images."""
+    """TransUNet (R-ViT hybrid encoder + cascaded upsampler) trained from scratch on the images.
+
+    ``preset="paper"``: the training of ``transunet.ipynb`` (:mod:`.scratch`) on this TransUNet at the
+    size the options give (the paper's R50-ViT-L_16 layout: :data:`PAPER_LAYOUT`). ``refit``,
+    ``refit_lr``, ``refit_epochs``: as for ``seg-unet``."""
     opts = dict(locals())
     opts.pop("data")
     splits = (data.train, data.val, data.test)
@@ -47,15 +61,42 @@ def seg_transunet(
         "vit_heads": vit_heads,
         "decoder_channels": list(decoder_channels),
     }
+    model = "TransUNet (2D: ResNet-style CNN + ViT + cascaded upsampler)"
+    if preset == "paper":
+        hparams = {**_common(opts), **arch, **scratch.paper_hparams(opts, model), "layout": _layout(arch)}
+
+        def build_paper() -> nn.Module:
+            return scratch.PaperInput(TransUNet(3, C, data.size, **arch))  # type: ignore[arg-type]
+
+        return _run("seg-transunet", data, build_paper, fetch, opts, hparams, sweep=scratch.paper_sweep)
     hparams = {
         **_common(opts),
         **arch,
         "in_channels": in_ch,
-        "model": "TransUNet (2D: ResNet-style CNN + ViT + cascaded upsampler)",
+        "model": model,
         "augmentation": "none",
+        **scratch.refit_hparams(opts),
     }
 
     def build() -> TransUNet:
         return TransUNet(in_ch, C, data.size, mean=mean, std=std, **arch)  # type: ignore[arg-type]
 
     return _run("seg-transunet", data, build, fetch, opts, hparams)
+
+
+# the channel layout of the paper's R50-ViT-L_16 (transunet.ipynb cell 2; dinov2/models/transunet.py)
+PAPER_LAYOUT = {
+    "widths": [64, 256, 512, 1024],
+    "vit_dim": 1024,
+    "vit_depth": 24,
+    "vit_heads": 16,
+    "decoder_channels": [256, 128, 64, 16],
+}
+
+
+def _layout(arch: dict[str, Any]) -> str:
+    """How a paper-preset TransUNet's size compares with the paper's (recorded in its hparams)."""
+    if arch == PAPER_LAYOUT:
+        return "the paper's R50-ViT-L_16 channel layout"
+    opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in PAPER_LAYOUT.items())
+    return f"not the paper's R50-ViT-L_16 channel layout ({opts})"

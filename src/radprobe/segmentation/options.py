@@ -24,7 +24,22 @@ _PAPER = {
     "weight_decay": 0.0,
     "refit": True,
 }
-PAPER_PRESETS: dict[str, dict[str, Any]] = {"seg-linear": _PAPER, "seg-updecoder": _PAPER}
+# Their from-scratch baselines (unet.ipynb, transunet.ipynb; segmentation/scratch.py): 7 lrs x 50
+# epochs, batch 8 (cell 1:6-8), SGD without weight decay (2:7), then a new model trained 100 epochs at
+# lr 1e-3 on train + val (3:1-2). The U-Net is milesial's, 64 ... 1024 wide (dinov2/models/unet.py).
+_SCRATCH = {
+    "lrs": list(PAPER_LRS),
+    "epochs": 50,
+    "min_steps": 0,
+    "batch_size": 8,
+    "weight_decay": 0.0,
+    "refit": True,
+    "refit_lr": 1e-3,
+    "refit_epochs": 100,
+}
+_HEADS = {"seg-linear": _PAPER, "seg-updecoder": _PAPER}  # frozen-feature heads
+_FROM_SCRATCH = {"seg-unet": {**_SCRATCH, "channels": [64, 128, 256, 512, 1024]}, "seg-transunet": _SCRATCH}
+PAPER_PRESETS: dict[str, dict[str, Any]] = {**_HEADS, **_FROM_SCRATCH}
 
 
 def no_paper_preset(proto: str) -> OptionError:
@@ -82,6 +97,10 @@ def resolve_options(
             out[k] = _number(proto, k, v, 1, True, "a positive integer")
         elif k == "res_units":
             out[k] = _number(proto, k, v, 0, True, "a non-negative integer")
+        elif k == "refit_lr":
+            out[k] = None if v is None else _number(proto, k, v, 1e-12, False, "a positive learning rate")
+        elif k == "refit_epochs":
+            out[k] = None if v is None else _number(proto, k, v, 1, True, "a positive integer")
         elif k == "weight_decay":
             out[k] = _number(proto, k, v, 0, False, "a non-negative number")
         elif k == "channels" and proto == "seg-unet":
@@ -118,6 +137,19 @@ def resolve_options(
             out[k] = v
         else:
             out[k] = v
+    _check_combinations(proto, given, out)
     if out.get("epochs", 1) == 0 and out.get("min_steps", 1) == 0:
         raise OptionError("--set", f"{proto}.epochs / min_steps: both are 0, so nothing would be trained")
     return out
+
+
+def _check_combinations(proto: str, given: dict[str, Any], out: dict[str, Any]) -> None:
+    """Options that would be silently ignored: the refit's lr / epochs without a refit, and MONAI's
+    residual units on the paper preset's milesial U-Net."""
+    for k in ("refit_lr", "refit_epochs"):
+        if given.get(k) is not None and not out.get("refit"):
+            raise OptionError("--set", f"{proto}.{k}: takes effect with refit=true (or preset=paper)")
+    if "res_units" in given and out.get("preset") == "paper":
+        raise OptionError(
+            "--set", f"{proto}.res_units: a MONAI U-Net option; preset=paper trains milesial's U-Net"
+        )

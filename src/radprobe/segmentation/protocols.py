@@ -24,7 +24,7 @@ overlays are written for full-data runs only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from torch import nn
 from radprobe.backbones.base import BackboneInfo
 from radprobe.data import Dataset
 from radprobe.metrics.segmentation import CaseScores, case_scores, split_dice
-from radprobe.segmentation import fused, output
+from radprobe.segmentation import fused, output, scratch
 from radprobe.segmentation.data import SegSplit, draw_cases
 from radprobe.segmentation.heads import (
     LightDecoder,
@@ -44,6 +44,7 @@ from radprobe.segmentation.heads import (
     decoder_plan,
     linear_layer,
 )
+from radprobe.segmentation.milesial_unet import MilesialUNet
 from radprobe.segmentation.train import (
     Fetch,
     TrainSettings,
@@ -162,7 +163,8 @@ def _sweep(
     if opts.get("refit") and train_idx is None:
         tv_fetch, tv_targets, tv_rows = fused.train_plus_val(data, fetch)
         (model,) = fused.init_heads(build, 1, seed)
-        refit = train(model, tv_fetch, tv_targets, tv_rows, settings(lr))
+        s = replace(settings(opts.get("refit_lr") or lr), epochs=opts.get("refit_epochs") or opts["epochs"])
+        refit = train(model, tv_fetch, tv_targets, tv_rows, s)
         selected["refit"] = {"rows": len(tv_rows), "steps": refit.steps}
     return model, selected, stats
 
@@ -335,12 +337,20 @@ def seg_unet(
     weight_decay: float = 1e-5,
     channels: Sequence[int] = (16, 32, 64, 128, 256),
     res_units: int = 2,
+    preset: str | None = None,
+    refit: bool = False,
+    refit_lr: float | None = None,
+    refit_epochs: int | None = None,
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
     overlays: int = 3,
 ) -> SegResult:
-    """MONAI 2D UNet trained from scratch on the images (no augmentation), the reference row."""
+    """MONAI 2D UNet trained from scratch on the images (no augmentation), the reference row.
+
+    ``preset="paper"``: milesial's U-Net (``channels``: its widths) trained as Baharoon et al.'s
+    ``unet.ipynb`` (:mod:`.scratch`). ``refit``: retrain on train + val before the test split is
+    predicted, at ``refit_lr`` (None: the selected lr) for ``refit_epochs`` (None: ``epochs``)."""
     opts = dict(locals())
     opts.pop("data")
     splits = (data.train, data.val, data.test)
@@ -350,6 +360,10 @@ def seg_unet(
     in_ch = int(data.train.images.shape[1])  # type: ignore[union-attr]
     mean, std = _image_stats(data.train.images)  # type: ignore[arg-type]
     C = len(data.classes)
+    if preset == "paper":
+        hparams = {**_common(opts), "channels": list(channels), **scratch.paper_hparams(opts, scratch.UNET)}
+        build = lambda: scratch.PaperInput(MilesialUNet(3, C, channels))  # noqa: E731
+        return _run("seg-unet", data, build, fetch, opts, hparams, sweep=scratch.paper_sweep)
     hparams = {
         **_common(opts),
         "channels": list(channels),
@@ -357,6 +371,7 @@ def seg_unet(
         "in_channels": in_ch,
         "model": "monai.networks.nets.UNet (2D)",
         "augmentation": "none",
+        **scratch.refit_hparams(opts),
     }
     return _run(
         "seg-unet", data, lambda: UNetModel(in_ch, C, channels, res_units, mean, std), fetch, opts, hparams
