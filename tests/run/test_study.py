@@ -198,7 +198,7 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     decoders = {j["backbone"]["name"] for j in plan["jobs"] if j["protocol"] == "seg-updecoder"}
     assert len(decoders) == 11 and "paper:vgg19" not in decoders  # the ViTs: it reads patch grids
     for j in plan["jobs"]:
-        if j["protocol"] in ("seg-linear", "seg-updecoder"):
+        if j["protocol"].startswith("seg-"):
             assert j["options"]["preset"] == "paper", j
     # the linear and few-shot probes train on 10 augmented views of every classification image
     ext = plan["extractions"]

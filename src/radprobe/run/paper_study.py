@@ -84,8 +84,8 @@ def paper_2312_02366() -> dict[str, Any]:
             "lora": {"preset": "paper"},
             "seg-linear": {"preset": "paper"},
             "seg-updecoder": {"preset": "paper"},
-            "seg-unet": {},
-            "seg-transunet": {},
+            "seg-unet": {"preset": "paper"},  # milesial's U-Net, as unet.ipynb trains it
+            "seg-transunet": {"preset": "paper"},  # transunet.ipynb's schedule
         },
         "seeds": [0],
         "bootstrap": 1000,
