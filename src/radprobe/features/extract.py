@@ -12,18 +12,18 @@ so one extraction serves every pooling.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
 from radprobe.core.runtime import peak_memory_mb
 from radprobe.features.cache import FORMAT_VERSION, FeatureCache, FeatureSet, FeatureSpec, cache_key
+from radprobe.features.image_source import CachedSource, DecodeSource, _Images  # noqa: F401 (_Images: old name)
+from radprobe.features.images import ImageCache
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
@@ -31,24 +31,6 @@ if TYPE_CHECKING:
     from radprobe.data import Dataset
     from radprobe.data.records import Record
     from radprobe.features.cache import EntryWriter
-
-
-class _Images(TorchDataset):
-    """Decoded, preprocessed images of one split; volumes come out as (D, 3, R, R) slice stacks."""
-
-    def __init__(self, dataset: Dataset, records: list[Record], preprocess: Preprocess) -> None:
-        self.dataset = dataset
-        self.records = records
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        img = self.dataset.load_image(self.records[i])
-        if self.dataset.ndim == 3:
-            return torch.stack([self.preprocess(s) for s in img])
-        return self.preprocess(img)
 
 
 @dataclass
@@ -205,11 +187,14 @@ def extract_split(
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
     per_slice: bool = False,
+    images: ImageCache | None = None,
 ) -> tuple[FeatureSet, ExtractStats]:
     """Features of one split: from the cache when present, else one batched forward pass.
 
     ``progress`` is called with the number of images (volumes) finished after every batch.
     ``per_slice`` keeps one row per slice of 3D volumes (see the module docstring).
+    ``images``: the decoded-image cache (:mod:`.images`) the split is read from, or decoded into on
+    the way; None decodes every image on the CPU for this backbone alone (the features are the same).
     """
     spec = spec or FeatureSpec()
     device = torch.device(device)
@@ -236,6 +221,7 @@ def extract_split(
             progress,
             per_slice,
             precision,
+            images,
         )
 
 
@@ -422,6 +408,7 @@ def _extract(
     progress: Callable[[int], None] | None,
     per_slice: bool,
     precision: str,
+    images: ImageCache | None = None,
 ) -> tuple[FeatureSet, ExtractStats]:
     """Build the entry ``key``: rows other entries lend are copied, the rest run through the backbone."""
     records = dataset.split(split)
@@ -430,12 +417,8 @@ def _extract(
     volumes = dataset.ndim == 3
     family = feature_family(backbone, spec, per_slice=per_slice, precision=precision)
     rows = _plan_rows(dataset, records, per_slice, cache, family, key)
-    loader = DataLoader(
-        _Images(dataset, [records[i] for i in rows.todo], backbone.preprocess),
-        batch_size=1 if volumes else batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+    source = _source(
+        dataset, split, records, rows, backbone.preprocess, batch_size, num_workers, device, images
     )
     backbone = backbone.to(device).eval()
     if device.type == "cuda":
@@ -449,8 +432,12 @@ def _extract(
             _write_lent(out, rows.lent)
             if progress is not None:
                 progress(len(records) - len(rows.todo))
-        n_forward = _run_backbone(backbone, loader, rows, out, spec, batch_size, device, volumes, progress)
+        with source:
+            n_forward = _run_backbone(
+                backbone, source, rows, out, spec, batch_size, device, volumes, progress
+            )
         elapsed = time.perf_counter() - start
+        decode_s = source.info.get("decode_s", 0.0)
         stats = ExtractStats(
             cache_hit=False,
             n_images=rows.n,
@@ -458,7 +445,14 @@ def _extract(
             imgs_per_s=n_forward / elapsed if elapsed > 0 else 0.0,
             peak_mem_mb=peak_memory_mb(device),
             device=str(device),
-            extra={"forward_images": n_forward, "reused_rows": len(rows.lent)},
+            extra={
+                "forward_images": n_forward,
+                "reused_rows": len(rows.lent),
+                **source.info,
+                "decode_s": round(decode_s, 4),
+                # what the loop did besides waiting for data: forward passes and writing features
+                "forward_s": round(max(elapsed - decode_s, 0.0), 4),
+            },
         )
         out.arrays.clear()
         ids = (
@@ -488,6 +482,30 @@ def _extract(
     return fs, stats
 
 
+def _source(
+    dataset: Dataset,
+    split: str,
+    records: list[Record],
+    rows: _Rows,
+    preprocess: Preprocess,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    images: ImageCache | None,
+) -> CachedSource | DecodeSource:
+    """The decoded-image cache when it serves the whole split; else per-image decoding of the records
+    to run (rows lent by other entries leave only some of them, which a new entry would not cover)."""
+    todo = [records[i] for i in rows.todo]
+    if images is None:
+        return DecodeSource(dataset, todo, preprocess, batch_size, num_workers, device)
+    if len(todo) < len(records):
+        return DecodeSource(dataset, todo, preprocess, batch_size, num_workers, device, "not used: rows lent")
+    depths = None
+    if dataset.ndim == 3:
+        depths = rows.depths if rows.per_slice else volume_depths(dataset, records)
+    return CachedSource(images, dataset, split, records, preprocess, batch_size, num_workers, device, depths)
+
+
 def _write_row_index(out: _Output, rows: _Rows) -> None:
     """The per-row image identities and, for per-slice entries, each row's volume and slice."""
     out.allocate(ROW_KEYS, (rows.n,), ROW_KEY_DTYPE)[:] = [i.encode() for i in rows.identities]
@@ -510,7 +528,7 @@ def _write_lent(out: _Output, lent: dict[int, tuple[FeatureSet, int]]) -> None:
 
 def _run_backbone(
     backbone: Backbone,
-    loader: DataLoader,
+    loader: Iterable[torch.Tensor],
     rows: _Rows,
     out: _Output,
     spec: FeatureSpec,
