@@ -58,6 +58,18 @@ def forward_rate(stats: list[dict[str, Any]]) -> float:
     return float(sum(n for n, _ in ran) / total) if total > 0 else 0.0
 
 
+def extraction_paths(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the extractions that ran spent their time: waiting for decoded data (``decode_s``) or
+    not (``forward_s``), and which data paths served them (``decode``, ``image-cache-build``,
+    ``image-cache-hit``; entries written before the decoded-image cache count as ``decode``)."""
+    ran = [m.get("extra", {}) for m in stats if m.get("extra", {}).get("forward_images", 0) > 0]
+    return {
+        "decode_s": round(sum(float(e.get("decode_s", 0.0)) for e in ran), 4),
+        "forward_s": round(sum(float(e.get("forward_s", 0.0)) for e in ran), 4),
+        "data_paths": sorted({str(e.get("data_path", "decode")) for e in ran}),
+    }
+
+
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -28,6 +28,7 @@ class EvalConfig:
     n_boot: int = 1000
     n_blocks: int = 4
     cache_root: Path | None = None
+    image_cache: bool = True  # False: decode every image per backbone on the CPU (same features)
     progress: bool = True
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> keyword overrides
     volume_pool: str = "mean"  # 3D classification: how slice features become one row per volume
