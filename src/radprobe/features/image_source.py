@@ -21,6 +21,7 @@ from radprobe.features.images import (
     _SCALE,
     PIXELS,
     ImageCache,
+    RowFile,
     _collate,
     _exact_in,
     _Geometry,
@@ -136,7 +137,7 @@ class CachedSource:
         self.info: dict[str, Any] = {"image_entry": self.key, "decode_s": 0.0, "decoded_images": 0}
         self._lock: FileLock | None = None
         self._writer: EntryWriter | None = None
-        self._pixels: np.ndarray | None = None
+        self._pixels: RowFile | None = None
         self._exact = {"uint8": True, "uint16": True}
         self._complete = False
 
@@ -160,6 +161,8 @@ class CachedSource:
                 else:
                     self._writer.abort()
         finally:
+            if self._pixels is not None:
+                self._pixels.close()
             self._writer = None
             self._pixels = None
             self._release()
@@ -198,11 +201,16 @@ class CachedSource:
         pin = self.device.type == "cuda"
 
         def load() -> Iterator[torch.Tensor]:
-            for a, b in spans:
-                src = pixels[a:b]
-                t = torch.empty(src.shape, dtype=_TORCH_DTYPES[src.dtype], pin_memory=pin)
-                t.numpy()[...] = src
-                yield t
+            f = RowFile(pixels)
+            try:
+                for a, b in spans:
+                    t = torch.empty(
+                        (b - a, *pixels.shape[1:]), dtype=_TORCH_DTYPES[pixels.dtype], pin_memory=pin
+                    )
+                    f.read(a, t.numpy())
+                    yield t
+            finally:
+                f.close()
 
         for t in timed(prefetch(load()), clock):
             x = self.preprocess.normalise(to_float(t.to(self.device, non_blocking=True), storage))
@@ -240,7 +248,8 @@ class CachedSource:
         # float32 while decoding, plus room for the narrowed copy made at commit
         check_space(self.cache.root, cells * 4 + cells * 2 + (1 << 20))
         self._writer = self.cache.writer(self.key)
-        self._pixels = self._writer.allocate(PIXELS, (self.n_rows, channels, r, r), "float32")
+        self._pixels = RowFile(self._writer.allocate(PIXELS, (self.n_rows, channels, r, r), "float32"), True)
+        self._channels = channels
         reserve(self._writer.tmp / f"{PIXELS}.npy")
         if self.volumes:
             assert self.depths is not None
@@ -252,19 +261,20 @@ class CachedSource:
         widened to a colour entry's three channels)."""
         if self._pixels is None:
             return rows
-        c = self._pixels.shape[1]
+        c = self._channels
         if rows.shape[1] != c:
             if c == 1:  # a colour image after grayscale ones: this split is not cached, features go on
                 self.info["image_cache"] = (
                     f"not cached: {self.records[i].image.path} is colour, earlier images grayscale"
                 )
                 assert self._writer is not None
+                self._pixels.close()
                 self._writer.abort()
                 self._writer, self._pixels = None, None
                 return rows
             rows = rows.expand(-1, c, -1, -1)
         a = rows.numpy()
-        self._pixels[row : row + len(a)] = a
+        self._pixels.write(row, a)
         if self._exact["uint8"]:
             self._exact["uint8"] = _exact_in(a, "uint8")
         if not self._exact["uint8"] and self._exact["uint16"]:
@@ -276,6 +286,9 @@ class CachedSource:
         storage = next((s for s in ("uint8", "uint16") if self._exact[s]), "float32")
         if storage != "float32":
             self._narrow(storage)
+        elif self._pixels is not None:
+            self._pixels.close()
+            self._pixels = None
         why = {
             "uint8": "every value is k/255 (8-bit images at their own size): exact",
             "uint16": "every value is k/65535 (16-bit images at their own size): exact",
@@ -293,10 +306,9 @@ class CachedSource:
             "storage": storage,
             "storage_why": why,
             "images": len(self.records),
-            "channels": int(self._pixels.shape[1]),
+            "channels": self._channels,
             "decode_s": self.info.get("decode_s", 0.0),
         }
-        self._pixels = None
         fs = self._writer.commit(ids, meta)
         self._writer = None
         self.cache.mark_verified(fs.key)
@@ -306,14 +318,20 @@ class CachedSource:
         """Replace the float32 pixels by the ``storage`` integers that give them back exactly."""
         assert self._writer is not None and self._pixels is not None
         src, scale = self._pixels, np.float32(_SCALE[storage])
+        shape = self._writer.arrays[PIXELS].shape
         final = self._writer.tmp / f"{PIXELS}.npy"
         tmp = self._writer.tmp / f"{PIXELS}.narrow.npy"
-        dst = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=src.shape)
+        narrow = np.lib.format.open_memmap(tmp, mode="w+", dtype=storage, shape=shape)
         reserve(tmp)
-        for a in range(0, len(src), _COMPACT_ROWS):
-            dst[a : a + _COMPACT_ROWS] = np.rint(src[a : a + _COMPACT_ROWS] * scale)
-        dst.flush()
-        self._writer.arrays.pop(PIXELS)
-        self._pixels = dst
+        dst = RowFile(narrow, writable=True)
+        try:
+            for a in range(0, shape[0], _COMPACT_ROWS):
+                chunk = np.empty((min(_COMPACT_ROWS, shape[0] - a), *shape[1:]), np.float32)
+                src.read(a, chunk)
+                dst.write(a, np.rint(chunk * scale))
+        finally:
+            dst.close()
+        src.close()
+        self._pixels = None
         os.replace(tmp, final)
-        self._writer.arrays[PIXELS] = dst
+        self._writer.arrays[PIXELS] = narrow

@@ -225,6 +225,36 @@ def reserve(path: Path) -> None:
         os.close(fd)
 
 
+class RowFile:
+    """Rows of an entry's ``.npy`` array read and written by positioned file I/O rather than through
+    its memory map: an entry's pages stay in the page cache and never count towards the process's
+    resident memory, whatever the dataset size."""
+
+    def __init__(self, arr: np.memmap, writable: bool = False) -> None:
+        self.path, self.offset, self.dtype = str(arr.filename), int(arr.offset), arr.dtype
+        self.row_bytes = arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64))
+        self.fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+
+    def read(self, row: int, out: np.ndarray) -> None:
+        """Fill the contiguous ``out`` with the rows from ``row`` on."""
+        view = memoryview(out.reshape(-1).view(np.uint8))
+        pos, start = 0, self.offset + row * self.row_bytes
+        while pos < len(view):
+            n = os.preadv(self.fd, [view[pos:]], start + pos)
+            if n == 0:
+                raise ValueError(f"{self.path}: ends before row {row + len(out)}")
+            pos += n
+
+    def write(self, row: int, rows: np.ndarray) -> None:
+        view = memoryview(np.ascontiguousarray(rows, dtype=self.dtype).reshape(-1).view(np.uint8))
+        pos, start = 0, self.offset + row * self.row_bytes
+        while pos < len(view):
+            pos += os.pwrite(self.fd, view[pos:], start + pos)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
 def timed(it: Iterator[Any], clock: dict[str, float]) -> Iterator[Any]:
     """``it``, adding the time spent waiting for each item to ``clock["wait_s"]``."""
     it = iter(it)
