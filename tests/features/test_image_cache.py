@@ -124,13 +124,14 @@ def test_backbones_of_one_geometry_share_one_entry(tmp_path):
     images = ImageCache(tmp_path / "images")
     a = _vit()
     b = _vit(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # CLIP-like: other normalisation, same pixels
+    cnn = create_backbone("test:cnn-tiny", pretrained=False).eval()  # no patch size, same pixels
     c = _vit(resolution=32)
     decoded = []
-    for bb in (a, b, c):
+    for bb in (a, b, cnn, c):
         _, st = extract_split(bb, ds, "train", FeatureCache(tmp_path / "f"), SPEC, images=images)
         decoded.append(st.extra["decoded_images"])
     n = len(ds.split("train"))
-    assert decoded == [n, 0, n]
+    assert decoded == [n, 0, 0, n]
     assert len(images.entries()) == 2
     assert image_key(ds, "train", a.preprocess) == image_key(ds, "train", b.preprocess)
 

@@ -53,10 +53,11 @@ class Preprocess:
         return d
 
     def geometry_dict(self) -> dict[str, Any]:
-        """What decides the pixels before normalisation (everything but mean/std): the key of a
-        decoded-image cache entry, shared by backbones that differ only in normalisation."""
+        """What decides the pixels before normalisation (all but mean/std, and the patch size, which
+        only checks the resolution): the key of a decoded-image cache entry, shared by backbones
+        that differ only in normalisation."""
         d = self.to_dict()
-        del d["mean"], d["std"]
+        del d["mean"], d["std"], d["patch_size"]
         return d
 
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:

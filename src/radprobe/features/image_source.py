@@ -226,8 +226,10 @@ class CachedSource:
             pin_memory=self.device.type == "cuda",
             collate_fn=_collate,
         )
+        # without worker processes a thread decodes the next batch while this one runs
+        batches = loader if self.num_workers > 0 else prefetch(iter(loader))
         row = 0
-        for i, x in enumerate(timed(loader, clock)):
+        for i, x in enumerate(timed(batches, clock)):
             rows = x[0] if self.volumes else x
             if self.depths is not None and len(rows) != self.depths[i]:
                 raise ValueError(
