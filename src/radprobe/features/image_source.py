@@ -42,11 +42,10 @@ if TYPE_CHECKING:
     from radprobe.features.cache import EntryWriter, FeatureSet
 
 _COMPACT_ROWS = 1024  # rows converted at a time when an entry is narrowed to uint8/uint16
-_TORCH_DTYPES = {
-    np.dtype("uint8"): torch.uint8,
-    np.dtype("uint16"): torch.uint16,
-    np.dtype("float32"): torch.float32,
-}
+# torch before 2.3 has no uint16: such pixels are read by numpy and widened (see ``_read``)
+_TORCH_DTYPES = {np.dtype("uint8"): torch.uint8, np.dtype("float32"): torch.float32}
+if hasattr(torch, "uint16"):
+    _TORCH_DTYPES[np.dtype("uint16")] = torch.uint16
 
 
 class _Images(TorchDataset):
@@ -204,9 +203,13 @@ class CachedSource:
             f = RowFile(pixels)
             try:
                 for a, b in spans:
-                    t = torch.empty(
-                        (b - a, *pixels.shape[1:]), dtype=_TORCH_DTYPES[pixels.dtype], pin_memory=pin
-                    )
+                    shape, dtype = (b - a, *pixels.shape[1:]), _TORCH_DTYPES.get(pixels.dtype)
+                    if dtype is None:
+                        arr = np.empty(shape, pixels.dtype)
+                        f.read(a, arr)
+                        yield torch.from_numpy(arr.astype(np.int32))
+                        continue
+                    t = torch.empty(shape, dtype=dtype, pin_memory=pin)
                     f.read(a, t.numpy())
                     yield t
             finally:
