@@ -153,7 +153,10 @@ def test_a_corrupt_entry_is_rebuilt_with_one_warning(tmp_path, how):
     first, _ = extract_split(
         bb, ds, "train", FeatureCache(tmp_path / "f1"), SPEC, images=ImageCache(tmp_path / "i")
     )
-    images = ImageCache(tmp_path / "i")  # a new process: opens check every byte
+    import radprobe.features.images as images_mod
+
+    images_mod._VERIFIED.clear()  # as in a new process: the first open checks every byte
+    images = ImageCache(tmp_path / "i")
     (entry,) = [e.path for e in images.entries()]
     _corrupt(entry, how)
     again, st = extract_split(bb, ds, "train", FeatureCache(tmp_path / "f2"), SPEC, images=images)

@@ -165,7 +165,13 @@ _RANDOM = typer.Option(
 )
 _RES = typer.Option(None, "--resolution", min=1, help="Input resolution (default: the backbone's).")
 _BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
-_WORKERS = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes.")
+_WORKERS = typer.Option(
+    None,
+    "--num-workers",
+    min=0,
+    help="Decoding worker processes (default: min(cores, 8) beside a GPU, none on a CPU of 2 cores; "
+    "training: none).",
+)
 _DEVICE = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto.")
 _NO_IMAGE_CACHE = typer.Option(
     False,
@@ -197,7 +203,7 @@ def extract_cmd(
     random_init: bool = _RANDOM,
     resolution: int | None = _RES,
     batch_size: int = _BATCH,
-    num_workers: int = _WORKERS,
+    num_workers: int | None = _WORKERS,
     device: str = _DEVICE,
     no_image_cache: bool = _NO_IMAGE_CACHE,
     as_json: bool = _JSON,
@@ -255,7 +261,7 @@ def eval_cmd(
         "mean", "--volume-pool", help="3D datasets: pool slice features per volume by mean or max."
     ),
     batch_size: int = _BATCH,
-    num_workers: int = _WORKERS,
+    num_workers: int | None = _WORKERS,
     device: str = _DEVICE,
     no_image_cache: bool = _NO_IMAGE_CACHE,
     as_json: bool = _JSON,

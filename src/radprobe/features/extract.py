@@ -23,7 +23,7 @@ import torch
 from radprobe.core.runtime import peak_memory_mb
 from radprobe.features.cache import FORMAT_VERSION, FeatureCache, FeatureSet, FeatureSpec, cache_key
 from radprobe.features.image_source import CachedSource, DecodeSource, _Images  # noqa: F401 (_Images: old name)
-from radprobe.features.images import ImageCache
+from radprobe.features.images import ImageCache, default_workers
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def extract_split(
     spec: FeatureSpec | None = None,
     *,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
     per_slice: bool = False,
@@ -205,11 +205,13 @@ def extract_split(
 
     ``progress`` is called with the number of images (volumes) finished after every batch.
     ``per_slice`` keeps one row per slice of 3D volumes (see the module docstring).
+    ``num_workers``: decoding processes; None: what suits the machine (:func:`.images.default_workers`).
     ``images``: the decoded-image cache (:mod:`.images`) the split is read from, or decoded into on
     the way; None decodes every image on the CPU for this backbone alone (the features are the same).
     """
     spec = spec or FeatureSpec()
     device = torch.device(device)
+    num_workers = default_workers(device) if num_workers is None else num_workers
     per_slice = _per_slice(dataset, per_slice)
     precision = compute_precision(device)
     key = feature_key(backbone, dataset, split, spec, per_slice=per_slice, precision=precision)

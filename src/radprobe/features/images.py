@@ -47,6 +47,8 @@ IMAGE_FORMAT = 1
 PIXELS = "pixels"
 _SCALE = {"uint8": 255, "uint16": 65535}
 _LUTS: dict[str, np.ndarray] = {}
+# entry folder -> manifest mtime when this process last checked every byte of it
+_VERIFIED: dict[str, int] = {}
 
 
 def image_key(dataset: Dataset, split: str, preprocess: Preprocess) -> str:
@@ -91,10 +93,6 @@ def to_float(x: torch.Tensor, storage: str) -> torch.Tensor:
 class ImageCache(FeatureCache):
     """Decoded-image entries (``<RADPROBE_CACHE>/images``), stored and checked like feature entries."""
 
-    def __init__(self, root: str | Path) -> None:
-        super().__init__(root)
-        self._verified: dict[str, int] = {}  # key -> manifest mtime when this process checked it in full
-
     def open(self, key: str) -> FeatureSet | None:
         """The entry, checksummed in full on its first open in this process (later opens of the same,
         unchanged entry check sizes and headers only); a corrupt one is removed and None returned."""
@@ -103,10 +101,11 @@ class ImageCache(FeatureCache):
             stamp = manifest.stat().st_mtime_ns
         except OSError:
             stamp = 0
-        verify = "size" if stamp and self._verified.get(key) == stamp else "full"
+        where = str(self.entry_path(key))
+        verify = "size" if stamp and _VERIFIED.get(where) == stamp else "full"
         fs = self.get(key, verify=verify)
         if fs is not None and stamp:
-            self._verified[key] = stamp
+            _VERIFIED[where] = stamp
         return fs
 
     def mark_verified(self, key: str) -> None:
@@ -114,7 +113,7 @@ class ImageCache(FeatureCache):
         checks sizes only."""
         manifest = self.entry_path(key) / "manifest.json"
         if manifest.is_file():
-            self._verified[key] = manifest.stat().st_mtime_ns
+            _VERIFIED[str(self.entry_path(key))] = manifest.stat().st_mtime_ns
 
     def entries(self) -> list[EntryInfo]:
         """Entries for ``radprobe cache list/prune``: backbone ``(images)``, storage and size as weights."""

@@ -23,7 +23,7 @@ class EvalConfig:
     resolution: int | None = None
     seed: int = 0
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int | None = None  # None: what suits the machine (features.images.default_workers)
     device: str = "cpu"
     n_boot: int = 1000
     n_blocks: int = 4

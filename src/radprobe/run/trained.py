@@ -97,7 +97,7 @@ def _score_classification(
         int(opts.batch_size or 1),
         plan.device,
         opts.amp,
-        cfg.num_workers,
+        cfg.num_workers or 0,
         amp_dtype=opts.amp_dtype,
     )
     recs = ds.split("test")
@@ -131,7 +131,7 @@ def _score_segmentation(
         int(opts.batch_size or 1),
         plan.device,
         opts.amp,
-        cfg.num_workers,
+        cfg.num_workers or 0,
         amp_dtype=opts.amp_dtype,
     )
     C = len(ds.classes)
@@ -191,7 +191,7 @@ def train_protocol(
     ckpt_dir = Path(cfg.out) / "checkpoints" / train_key
     label = f"{info.name} · {protocol}"
     fit_kw: dict[str, Any] = dict(
-        seed=cfg.seed, device=plan.device, num_workers=cfg.num_workers, progress=cfg.progress, warn=warn
+        seed=cfg.seed, device=plan.device, num_workers=cfg.num_workers or 0, progress=cfg.progress, warn=warn
     )
     state = fit(
         built, train, val, ds.task, opts, checkpoints=Checkpointer(ckpt_dir, train_key), label=label, **fit_kw
