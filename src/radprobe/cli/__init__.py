@@ -194,6 +194,13 @@ def _config(**kw: Any):  # type: ignore[no-untyped-def]
     return EvalConfig(**kw)
 
 
+_PIXELS_FROM = {
+    "image-cache-hit": ", images read from the decoded-image cache",
+    "image-cache-build": ", images decoded into the decoded-image cache",
+    "decode": ", images decoded for this backbone",
+}
+
+
 @app.command("extract")
 def extract_cmd(
     backbone: str = _BACKBONE,
@@ -239,6 +246,7 @@ def extract_cmd(
         else:
             how = f"extracted at {s['imgs_per_s']:.1f} img/s"
             how += f", {lent} rows lent by other cache entries" if lent else ""
+            how += _PIXELS_FROM.get(s["extra"].get("data_path", ""), "")
         console.print(f"{split:>5}: {s['n']} samples — {how} — {s['path']}", highlight=False)
 
 
