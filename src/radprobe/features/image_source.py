@@ -105,6 +105,25 @@ class DecodeSource:
             self.info["decode_s"] = clock.get("wait_s", 0.0)
 
 
+def decoded_split(
+    cache: ImageCache,
+    dataset: Dataset,
+    split: str,
+    preprocess: Preprocess,
+    num_workers: int = 0,
+) -> FeatureSet | None:
+    """A 2D split's decoded-image entry, decoded now if absent (e.g. for training, which then reads
+    each image from it every epoch); None when the split cannot be held (colour after grayscale)."""
+    records = dataset.split(split)
+    src = CachedSource(cache, dataset, split, records, preprocess, 64, num_workers, torch.device("cpu"))
+    with src:
+        if src.entry is not None:
+            return src.entry
+        for _ in src:
+            pass
+    return cache.open(src.key) if "image_cache" not in src.info else None
+
+
 class CachedSource:
     """A split at one geometry from its decoded-image entry; decoded into a new entry when there is
     none (the lock of its key held meanwhile, so concurrent extractions decode it once)."""
