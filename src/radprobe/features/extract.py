@@ -554,6 +554,7 @@ def _run_backbone(
     """Features of the records ``rows.todo`` (``loader``'s items) into their rows; returns the number of
     images (slices, for volumes) through the backbone."""
     n_forward = 0
+    behind = _Behind(out, device)
     with torch.inference_mode(), _autocast(device):
         pos = 0
         for batch in loader:
@@ -570,13 +571,41 @@ def _run_backbone(
                 feats = _forward(backbone, batch.to(device, non_blocking=True), spec)
                 n_forward += batch.shape[0]
             b = next(iter(feats.values())).shape[0]
-            where = rows.starts[np.asarray(rows.todo[pos : pos + b])]
-            for name, t in feats.items():
-                out.put(name, where, t)
+            behind.put(rows.starts[np.asarray(rows.todo[pos : pos + b])], feats)
             pos += b
             if progress is not None:
                 progress(b)
+        behind.flush()
     return n_forward
+
+
+class _Behind:
+    """Writes a batch's features. On CUDA the copy to the host is queued without waiting and the batch
+    is written once the next one has been queued, so the device never idles on a copy."""
+
+    def __init__(self, out: _Output, device: torch.device) -> None:
+        self.out, self.cuda = out, device.type == "cuda"
+        self.pending: tuple[np.ndarray, dict[str, torch.Tensor], Any] | None = None
+
+    def put(self, where: np.ndarray, feats: dict[str, torch.Tensor]) -> None:
+        if not self.cuda:
+            for name, t in feats.items():
+                self.out.put(name, where, t)
+            return
+        # non-blocking copies to the host land in pinned memory; the event says when they are there
+        host = {name: t.float().to("cpu", non_blocking=True) for name, t in feats.items()}
+        done = torch.cuda.Event()
+        done.record()
+        self.flush()
+        self.pending = (where, host, done)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            where, host, done = self.pending
+            self.pending = None
+            done.synchronize()
+            for name, t in host.items():
+                self.out.put(name, where, t)
 
 
 def _put_slices(
