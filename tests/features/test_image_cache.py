@@ -167,19 +167,28 @@ def test_a_corrupt_entry_is_rebuilt_with_one_warning(tmp_path, how):
     assert images.open(entry.name) is not None
 
 
-def test_a_disk_too_small_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+@pytest.mark.parametrize("where", ["free space", "reserving blocks"])
+def test_a_disk_too_small_is_refused_before_anything_is_written(tmp_path, monkeypatch, where):
+    import errno
     import shutil
 
     import radprobe.features.images as images_mod
 
     ds = load_dataset(_pngs(tmp_path / "data", size=48))
-    real = shutil.disk_usage
-    monkeypatch.setattr(images_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    if where == "free space":
+        real = shutil.disk_usage
+        monkeypatch.setattr(images_mod.shutil, "disk_usage", lambda p: real(p)._replace(free=1000))
+    else:  # the check passed, then the disk filled before the entry's blocks were claimed
+
+        def full(fd: int, offset: int, length: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(images_mod.os, "posix_fallocate", full)
     feats, images = FeatureCache(tmp_path / "f"), ImageCache(tmp_path / "i")
     with pytest.raises(RadprobeError) as e:
         extract_split(_vit(), ds, "train", feats, SPEC, images=images)
     msg = str(e.value)
-    assert "\n" not in msg and "GiB needed" in msg and "RADPROBE_CACHE" in msg and "--no-image-cache" in msg
+    assert "\n" not in msg and "GiB" in msg and "RADPROBE_CACHE" in msg and "--no-image-cache" in msg
     leftovers = [
         p for root in (feats.root, images.root) for p in root.iterdir() if not p.name.endswith(".lock")
     ]

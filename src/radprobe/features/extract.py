@@ -22,7 +22,7 @@ import torch
 
 from radprobe.core.runtime import peak_memory_mb
 from radprobe.features.cache import FORMAT_VERSION, FeatureCache, FeatureSet, FeatureSpec, cache_key
-from radprobe.features.image_source import CachedSource, DecodeSource, _Images  # noqa: F401 (_Images: old name)
+from radprobe.features.image_source import CachedSource, DecodeSource
 from radprobe.features.images import ImageCache, default_workers
 from radprobe.utils import digest
 

@@ -19,6 +19,7 @@ equal those of the per-image CPU path.
 
 from __future__ import annotations
 
+import errno
 import os
 import queue
 import shutil
@@ -216,6 +217,8 @@ def reserve(path: Path) -> None:
     try:
         os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
     except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            return  # a file system that cannot reserve blocks: the free-space check stands alone
         raise RadprobeError(
             f"decoded-image cache: cannot reserve {os.fstat(fd).st_size / 2**30:.2f} GiB for {path} ({e}); "
             "point RADPROBE_CACHE at a larger disk or run with --no-image-cache"
