@@ -141,12 +141,8 @@ class CachedSource:
         depths: list[int] | None = None,
     ) -> None:
         self.cache, self.dataset, self.split, self.records = cache, dataset, split, records
-        self.preprocess, self.batch_size, self.num_workers, self.device = (
-            preprocess,
-            batch_size,
-            num_workers,
-            device,
-        )
+        self.preprocess, self.batch_size = preprocess, batch_size
+        self.num_workers, self.device = num_workers, device
         self.volumes = dataset.ndim == 3
         self.depths = depths if self.volumes else None
         self.n_rows = int(sum(self.depths)) if self.depths is not None else len(records)
@@ -175,7 +171,12 @@ class CachedSource:
             if self._writer is not None:
                 # complete images are valid whatever failed after them; anything less is dropped
                 if self._complete:
-                    self._commit()
+                    try:
+                        self._commit()
+                    except BaseException:
+                        if self._writer is not None:
+                            self._writer.abort()
+                        raise
                 else:
                     self._writer.abort()
         finally:

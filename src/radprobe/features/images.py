@@ -20,6 +20,7 @@ equal those of the per-image CPU path.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import queue
 import shutil
@@ -121,8 +122,6 @@ class ImageCache(FeatureCache):
         out = []
         for e in super().entries():
             try:
-                import json
-
                 meta = json.loads((e.path / "manifest.json").read_text()).get("meta", {})
                 what = f"{meta['geometry']['resolution']}px {meta['storage']}"
             except (OSError, ValueError, KeyError, TypeError):
