@@ -193,9 +193,12 @@ spec, tmp, what = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 ds = load_dataset(spec)
 bb = create_backbone("test:vit-tiny", pretrained=False).eval()
 images = ImageCache(tmp / "i")
-def hwm():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's across exec)
-    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM"))
+def status(field):  # from /proc/self/status, in MB (VmHWM: this process's own peak; ru_maxrss
+    # would carry the parent's across exec)
+    line = next(x for x in open("/proc/self/status") if x.startswith(field + ":"))
     return int(line.split()[1]) / 1024
+
+hwm = lambda: status("VmHWM")
 
 base = hwm()
 if what == "read":  # the image source alone: batches read, turned into floats and normalised
@@ -208,7 +211,11 @@ else:  # build: decode into a new entry; hit: read it; decode: no image cache
     n = len(fs)
 peak = hwm()
 print(json.dumps({"images": n, "rss_before_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
-                  "pass_mb": round(peak - base, 1)}))
+                  "pass_mb": round(peak - base, 1),
+                  "image_entry_mb": round(sum(e.bytes for e in images.entries()) / 2**20, 1),
+                  # resident now, after the pass: file pages (memory maps, e.g. the feature entry) apart
+                  "end_rss_file_mb": round(status("RssFile"), 1),
+                  "end_rss_anon_mb": round(status("RssAnon"), 1)}))
 """
 
 
@@ -256,7 +263,7 @@ def main(part: str, n: int = 2000, n_vits: int = 600, memory: tuple[int, ...] = 
     """One part of the CPU bench (each stays within a few minutes): ``cases``, ``study`` or ``memory``."""
     torch.set_num_threads(1)  # the 2 cores are shared with other work: one thread is steadier
     if part == "memory":
-        return {"memory": run_memory(memory)}
+        return {"memory": run_memory(memory), "memory_note": MEMORY_NOTE}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         spec = make_pngs(Path(tmp) / "pngs", n, 512)
@@ -288,6 +295,13 @@ def main_gpu(images: int = 12288) -> dict:
     }
 
 
+MEMORY_NOTE = (
+    "pass_mb: peak RSS beyond the loaded process (imports, dataset, model); compare it with "
+    "image_entry_mb, the decoded entry a memory-mapped read would bring in whole. 'read' is the "
+    "decoded-image source alone (positioned reads), 'build'/'hit' full extractions, 'decode' the path "
+    "without the image cache. Peaks move by tens of MB between runs (allocator, thread timing), so "
+    "compare 2,000 with 8,000 images within one run"
+)
 GOAL = (
     "extraction / bare forward: >= 0.9 for a second backbone of a geometry (decoded entry read), "
     ">= 0.6 for the first at ViT-S/14 112 px (decoding included)"
