@@ -61,6 +61,31 @@ json.dump(out, open(sys.argv[1], "w"), indent=1)
 print(out)
 PY
 echo "precision rc=$?"
+# the decoded-image cache on CUDA (uint8 batches normalised on the device) against per-image decoding
+python3 - "$OUT/image_cache_cuda.json" <<'PY'
+import json, sys, tempfile
+from pathlib import Path
+import numpy as np
+from radprobe.backbones import create_backbone
+from radprobe.data import load_dataset
+from radprobe.features.cache import FeatureCache, FeatureSpec
+from radprobe.features.extract import extract_split
+from radprobe.features.images import ImageCache
+bb = create_backbone("dinov2-s", pretrained=False, resolution=224)
+ds = load_dataset("synthetic:cls2d-multiclass")
+tmp = Path(tempfile.mkdtemp())
+kw = dict(spec=FeatureSpec(n_blocks=4), device="cuda", batch_size=64)
+old, _ = extract_split(bb, ds, "train", FeatureCache(tmp / "a"), **kw)
+images = ImageCache(tmp / "i")
+runs = [extract_split(bb, ds, "train", FeatureCache(tmp / d), images=images, **kw) for d in ("b", "c")]
+a = np.asarray(old.pooled)
+out = {"paths": [st.extra["data_path"] for _, st in runs], "storage": runs[1][1].extra.get("image_storage")}
+for (fs, st), name in zip(runs, ("build", "hit")):
+    out[f"max_rel_diff_{name}"] = float(np.abs(np.asarray(fs.pooled) - a).max() / np.abs(a).max())
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+print(out)
+PY
+echo "image cache cuda rc=$?"
 # the study executor under torchrun on CUDA: two ranks share the GPU and claim groups; rows as one process's
 printf 'name: tr\nbackbones: [test:vit-tiny, test:cnn-tiny]\ndatasets: [synthetic:cls2d-binary, synthetic:cls2d-multiclass]\nprotocols: {knn: {}, logreg: {}}\ndevice: cuda\n' >/tmp/tr.yaml
 timeout 200 "${rp[@]}" study run /tmp/tr.yaml -o /tmp/tr-seq >"$OUT/study_seq.txt" 2>&1
