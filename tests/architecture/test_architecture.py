@@ -123,7 +123,7 @@ def test_protocol_names_are_defined_once() -> None:
 def test_registry_is_complete_and_each_family_has_its_runner() -> None:
     from radprobe.finetune.options import OPTION_TYPES
 
-    assert len(registry.PROTOCOLS) == len(set(registry.PROTOCOLS)) == 14
+    assert len(registry.PROTOCOLS) == len(set(registry.PROTOCOLS)) == 16
     assert registry.names("trained") == list(OPTION_TYPES)
     for name, spec in registry.PROTOCOLS.items():
         assert spec.family in registry.FAMILIES

@@ -397,3 +397,18 @@ def test_paper_biomedclip_is_the_projected_image_embedding(tmp_path):
         ref = trunk(x) @ proj.T  # open_clip TimmModel.forward: head(trunk(x))
     torch.testing.assert_close(out.cls, ref, atol=1e-5, rtol=1e-4)
     assert out.blocks.shape == (2, 1, 2, 16) and out.grid[-1].shape == (2, 192, 4, 4)
+
+
+def test_crop_from_is_torchvisions_resize_then_centre_crop():
+    from torchvision.transforms import CenterCrop, InterpolationMode, Resize
+
+    rng = np.random.default_rng(4)
+    img = rng.random((300, 260)).astype(np.float32)
+    pp = Preprocess(resolution=224, crop_from=256)
+    t = torch.from_numpy(img)[None]
+    ref = CenterCrop(224)(Resize((256, 256), InterpolationMode.BICUBIC, antialias=True)(t)).clamp(0, 1)
+    mean, std = torch.tensor(pp.mean).view(3, 1, 1), torch.tensor(pp.std).view(3, 1, 1)
+    torch.testing.assert_close(pp(img), (ref - mean) / std, atol=1e-5, rtol=1e-5)
+    assert "crop_from" not in Preprocess().to_dict()  # keys without the crop stay what they were
+    with pytest.raises(ValueError, match="crop_from 200 is smaller than the resolution 224"):
+        Preprocess(resolution=224, crop_from=200)

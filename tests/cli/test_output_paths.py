@@ -59,3 +59,15 @@ def test_a_study_that_cannot_run_writes_nothing(tmp_path: Path, study: str, need
     res = _run("study", "run", "s.yaml", "-o", "out", cwd=tmp_path)
     assert res.returncode == 2 and needle in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_study_asking_augmented_views_of_volumes_writes_nothing(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text(
+        "backbones: [test:vit-tiny]\ndatasets: [synthetic:cls3d]\nprotocols: {linear: {train_views: 2}}\n"
+    )
+    res = _run("study", "run", "s.yaml", "-o", "out", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().splitlines() == [
+        "error: datasets.0: linear: augmented training views are drawn on 2D images; synthetic:cls3d is 3D"
+    ]
+    assert not (tmp_path / "out").exists()

@@ -83,6 +83,7 @@ def _close(a: dict, b: dict) -> None:
         (48, 8, {}, "float32"),  # resized: values between the 8-bit steps
         (64, 16, {}, "uint16"),  # 16-bit PNG: uint8 would drop its low bits
         (64, 8, {"minmax": True}, "float32"),  # per-image stretch
+        (64, 8, {"crop_from": 72}, "float32"),  # resize, then centre crop (the paper's kNN)
     ],
 )
 def test_features_equal_the_per_image_path(tmp_path, size, bits, pre, storage):

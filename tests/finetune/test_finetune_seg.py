@@ -45,7 +45,8 @@ from radprobe.run.trained import _split, train_protocol, validate
 METHODS = tuple(names("trained"))
 
 CLASSES = ("organ", "lesion")
-METRICS = {f"{m}_{s}" for m in ("dice", "iou", "hd95") for s in ("macro", *CLASSES)} | {"dice_iou_mean"}
+BASES = ("dice", "iou", "hd95", "nsd@2px", "dice_pooled", "iou_pooled", "iou_pooled_paper")
+METRICS = {f"{m}_{s}" for m in BASES for s in ("macro", *CLASSES)} | {"dice_iou_mean", "dice_iou_mean_paper"}
 LINEAR_HEAD = 2 * DIM + DIM * 3 + 3  # BatchNorm scale and shift + 1x1 conv to 3 classes
 
 

@@ -33,7 +33,8 @@ from radprobe.segmentation.data import resize_masks
 
 DATASET = "synthetic:seg3d"
 CLASSES = ("organ", "lesion")
-METRICS = {f"{m}_{s}" for m in ("dice", "iou", "hd95") for s in ("macro", *CLASSES)} | {"dice_iou_mean"}
+BASES = ("dice", "iou", "hd95", "nsd@2mm", "dice_pooled", "iou_pooled", "iou_pooled_paper")
+METRICS = {f"{m}_{s}" for m in BASES for s in ("macro", *CLASSES)} | {"dice_iou_mean", "dice_iou_mean_paper"}
 PROTOCOLS = ("bitfit", "lora")
 N_TRAIN, N_VAL, N_TEST, DEPTH = 28, 4, 8, 32
 

@@ -124,7 +124,10 @@ def _nih_like_input(seed=0):
     centers = rng.normal(scale=2.0, size=(3, 6))
 
     def split(y, g):
-        return SplitFeatures(y @ centers + rng.normal(size=(len(y), 6)), y, g)
+        f = y @ centers + rng.normal(size=(len(y), 6))
+        # two augmented views: the features moved by view noise, as (N, 1 block, (cls, mean), D)
+        views = [np.stack([f, f], 1)[:, None] + 0.1 * rng.normal(size=(len(y), 1, 2, 6)) for _ in range(2)]
+        return SplitFeatures(f, y, g, views=[v.astype(np.float32) for v in views])
 
     val_y = (rng.random((40, 3)) < 0.4).astype(int)
     test_y = (rng.random((40, 3)) < 0.4).astype(int)
@@ -140,12 +143,13 @@ def _nih_like_input(seed=0):
 
 def test_paper_preset_is_one_rule_draw_of_paper_linear_heads():
     data = _nih_like_input()
-    res = fewshot.run(data, shots=(1, 2), preset="paper", rule="nih")
+    # the paper's draws train on augmented views, as its linear probe does (here 2 views, not 10)
+    res = fewshot.run(data, shots=(1, 2), preset="paper", rule="nih", inner={"linear": {"train_views": 2}})
     assert [s.protocol for s in res.summaries] == ["fewshot-linear", "fewshot-linear"]
     for s, n in zip(res.summaries, (1, 2), strict=True):
         h = s.hparams
         assert (h["shots"], h["repeats"], h["preset"], h["rule"]) == (n, 1, "paper", "nih")
-        assert h["refit"] is False
+        assert h["refit"] is False and h["train_views"] == 2
         (draw,) = s.selected["per_draw"]
         assert draw["lr"] in (1e-3, 5e-3, 1e-2, 5e-2)  # the linear paper grid
         expected = fewshot.draw_nih(data.train.labels, data.train.groups, n)
@@ -155,7 +159,8 @@ def test_paper_preset_is_one_rule_draw_of_paper_linear_heads():
 
 def test_paper_preset_pool_train_plus_val_draws_from_both():
     data = _nih_like_input()
-    res = fewshot.run(data, shots=(30,), preset="paper", rule="evenly_spaced", pool="train+val")
+    inner = {"linear": {"train_views": 2}}
+    res = fewshot.run(data, shots=(30,), preset="paper", rule="evenly_spaced", pool="train+val", inner=inner)
     (s,) = res.summaries
     assert s.selected["train_sizes"] == [30] and s.hparams["pool"] == "train+val"
     assert any("selection on val is optimistic" in w for w in s.warnings)
@@ -178,6 +183,19 @@ def test_paper_options_refuse_what_they_cannot_serve_in_one_line(options, words)
     with pytest.raises(OptionError, match=words) as err:
         fewshot.run(_nih_like_input(), shots=(1,), **options)
     assert "\n" not in str(err.value)
+
+
+def test_paper_draws_read_the_linear_presets_ten_views_and_the_draws_own_rows():
+    assert fewshot.train_views({"preset": "paper", "rule": "nih"}) == 10
+    assert fewshot.train_views({"preset": "paper", "inner": {"linear": {"train_views": 0}}}) == 0
+    assert fewshot.train_views({}) == 0 and fewshot.train_views({"protocols": ["knn"]}) == 0
+    data = _nih_like_input()
+    idx = fewshot.draw_nih(data.train.labels, data.train.groups, 2)
+    sub = data.train.subset(idx)
+    for view, whole in zip(sub.views, data.train.views, strict=True):
+        np.testing.assert_array_equal(view, whole[idx])
+    with pytest.raises(ValueError, match="train_views=10: the features hold 2 augmented views"):
+        fewshot.run(data, shots=(1,), preset="paper", rule="nih")
 
 
 @pytest.mark.parametrize("toy", ["binary", "multiclass"], indirect=True)

@@ -239,3 +239,28 @@ def test_default_knn_hparams_do_not_gain_the_new_options():
     ml = _multilabel_input(rng, sizes=(40, 20, 20))
     assert "smoothing" not in run(ml, method="mlknn").hparams
     assert run(ml, method="mlknn", smoothing=0.5).hparams["smoothing"] == 0.5
+
+
+def test_paper_preset_reads_centre_cropped_features_and_says_so():
+    from radprobe.backbones.base import Preprocess
+    from radprobe.protocols import knn
+
+    pp = Preprocess(resolution=224, patch_size=14, minmax=True)
+    # mlknn.py:177: make_classification_eval_transform(), i.e. Resize((256, 256)) + CenterCrop(224)
+    assert knn.eval_preprocess({"preset": "paper"}, pp) == Preprocess(
+        resolution=224, patch_size=14, minmax=True, crop_from=256
+    )
+    assert (
+        knn.eval_preprocess({}, pp) is pp
+        and knn.eval_preprocess({"preset": "paper", "center_crop": False}, pp) is pp
+    )
+    assert knn.eval_preprocess({"center_crop": True}, Preprocess(resolution=448)).crop_from == 512
+    res = run(_multilabel_input(np.random.default_rng(9), sizes=(40, 20, 20)), preset="paper")
+    assert {s.hparams["eval_view"] for s in res.summaries} == {knn.EVAL_VIEW}
+
+
+def test_paper_per_k_rows_take_the_runs_bootstrap_count():
+    data = _multilabel_input(np.random.default_rng(10), sizes=(40, 20, 20))
+    data.n_boot = 37
+    res = run(data, preset="paper", ks=[5])
+    assert res.summaries[0].ci_method == "patient bootstrap, 37 resamples"

@@ -6,7 +6,19 @@ import torch
 
 from radprobe.metrics.classification import classification_metrics
 from radprobe.protocols import linear
-from radprobe.protocols.base import ProtocolInput
+from radprobe.protocols.base import ProtocolInput, SplitFeatures
+
+
+def with_views(data: ProtocolInput, n: int, noise: float = 0.3, seed: int = 5) -> ProtocolInput:
+    """``data`` whose train and val carry ``n`` augmented views: the blocks plus view-specific noise."""
+    rng = np.random.default_rng(seed)
+
+    def add(s: SplitFeatures) -> SplitFeatures:
+        blocks = np.asarray(s.blocks)
+        views = [(blocks + noise * rng.normal(size=blocks.shape)).astype(np.float32) for _ in range(n)]
+        return SplitFeatures(s.features, s.labels, s.groups, s.blocks, s.bags, views)
+
+    return ProtocolInput(add(data.train), add(data.val), data.test, data.task, data.num_classes, data.seed)
 
 
 def test_each_grid_head_equals_the_head_trained_alone(toy):
@@ -169,10 +181,12 @@ def test_paper_preset_grid_batch_epochs_and_refit_are_the_papers(blocks_input):
     # 10 epochs of ceil(n / 128) steps and nothing more; a set smaller than a batch is one batch
     assert linear._plan(300, p["epochs"], p["min_iterations"], p["batch_size"]) == (128, 30)
     assert linear._plan(40, p["epochs"], p["min_iterations"], p["batch_size"]) == (40, 10)
-    res = linear.run(blocks_input("multilabel"), preset="paper")
+    assert p["train_views"] == 10  # one cached augmented view per epoch
+    res = linear.run(with_views(blocks_input("multilabel"), 10), preset="paper")
     h = res.hparams
     assert h["heads"] == 16 and h["n_last_blocks"] == [1, 4] and h["batch_size"] == 128 and h["refit"]
-    assert h["optimizer"].endswith("lr unscaled") and "not reproduced" in h["train_views"]
+    assert h["optimizer"].endswith("lr unscaled") and h["train_views"] == 10
+    assert h["augmentation"].startswith("RandomResizedCrop(scale 0.75-1, ratio 3/4-4/3) + horizontal flip")
     assert res.warnings == []
 
 
@@ -226,8 +240,8 @@ def test_paper_multilabel_loss_gradient_is_the_closed_form_one():
 
 def test_paper_refit_retrains_the_selected_head_on_train_plus_val(blocks_input):
     data = blocks_input("multilabel")
-    refit = linear.run(data, preset="paper")
-    alone = linear.run(data, preset="paper", refit=False)
+    refit = linear.run(data, preset="paper", train_views=0)
+    alone = linear.run(data, preset="paper", refit=False, train_views=0)
     assert refit.selected == alone.selected  # the head is chosen before the refit
     assert not np.allclose(refit.scores, alone.scores, atol=1e-4)
     best = linear.HeadConfig(refit.selected["lr"], refit.selected["n_blocks"], refit.selected["avgpool"])
@@ -249,12 +263,12 @@ def test_paper_binary_heads_have_one_logit_and_multiclass_scores_are_sigmoids(bl
     from radprobe.metrics.fast import headline_scores
 
     binary = blocks_input("binary")
-    res = linear.run(binary, preset="paper", refit=False)
+    res = linear.run(binary, preset="paper", refit=False, train_views=0)
     dims = 12 * (res.selected["n_blocks"] + res.selected["avgpool"])
     assert res.selected["trainable_params"] == dims + 1 and res.hparams["loss"] == "bce, one logit"
     np.testing.assert_allclose(res.scores.sum(1), 1.0)
     multi = blocks_input("multiclass")
-    res = linear.run(multi, preset="paper", refit=False)
+    res = linear.run(multi, preset="paper", refit=False, train_views=0)
     assert res.scores.min() > 0 and not np.allclose(res.scores.sum(1), 1.0)  # sigmoid, not softmax
     # selected on the one-vs-rest macro AUROC of those scores, not on accuracy
     best = linear.HeadConfig(res.selected["lr"], res.selected["n_blocks"], res.selected["avgpool"])
@@ -297,8 +311,96 @@ def test_paper_grid_on_pooled_features_only_is_the_papers_cnn_grid(toy):
         task=toy.task,
         num_classes=toy.num_classes,
     )
-    res = linear.run(pooled, preset="paper", epochs=1)
+    res = linear.run(pooled, preset="paper", epochs=1, train_views=0)
     # the released code trains CNN backbones' heads on 1 block without avgpool: 4 heads
     assert res.hparams["heads"] == 4 and res.hparams["avgpool"] == [False]
     assert res.hparams["n_last_blocks"] == [1] and res.selected["avgpool"] is False
-    assert any("the paper's CNNs" in w for w in res.warnings)
+    assert any("one vector per image" in w for w in res.warnings)
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_paper_grid_on_single_vector_blocks_is_the_cnn_grid_too(blocks_input, same):
+    data = blocks_input("multiclass", n_blocks=1)
+    if same:  # SAM, BiomedCLIP and CNN caches: one block whose (cls, patch mean) is one vector twice
+        for s in (data.train, data.val, data.test):
+            s.blocks = np.repeat(np.asarray(s.blocks)[:, :, :1], 2, axis=2)
+    res = linear.run(data, preset="paper", epochs=1, train_views=0)
+    assert res.hparams["avgpool"] == ([False] if same else [True, False])
+    assert res.hparams["heads"] == (4 if same else 8)
+
+
+# --- augmented views (train_views): epoch e trains on view e mod n ----------------------------------
+
+
+def _reference_sgd(views, labels, cfg, seed, epochs, batch_size, classes):
+    """One head trained by autograd, step by step, as the protocol describes its SGD: cross-entropy,
+    momentum 0.9, cosine schedule, lr * batch / 256, epoch e's batches read from view e mod n."""
+    n = len(labels)
+    bs = min(batch_size, n)
+    per_epoch = -(-n // bs)
+    iterations = epochs * per_epoch
+    batches = linear._batches(n, bs, iterations, seed)
+    w = linear._initial_weights(seed, [cfg], 1, 12 * (cfg.n_blocks + cfg.avgpool), classes)[0].double()
+    w.requires_grad_(True)
+    b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    bufs = [torch.zeros_like(w), torch.zeros_like(b)]
+    y = torch.as_tensor(labels).long()
+    for it in range(iterations):
+        blocks = torch.as_tensor(views[(it // per_epoch) % len(views)][batches[it].numpy()]).double()
+        x = linear.linear_input(blocks, cfg.n_blocks, cfg.avgpool)
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y[batches[it]])
+        gw, gb = torch.autograd.grad(loss, [w, b])
+        lr = cfg.lr * bs / 256 * 0.5 * (1 + np.cos(np.pi * it / iterations))
+        with torch.no_grad():
+            for p, g, buf in ((w, gw, bufs[0]), (b, gb, bufs[1])):
+                buf.mul_(0.9).add_(g)
+                p.sub_(lr * buf)
+    return w.detach(), b.detach()
+
+
+def test_views_train_each_epoch_on_its_own_view_as_a_step_by_step_reference(blocks_input):
+    data = with_views(blocks_input("multiclass", sizes=(90, 30, 30)), 3)
+    cfg = linear.HeadConfig(0.5, 4, True)
+    train = data.train
+    heads = linear.train_heads(
+        train, "multiclass", 3, [cfg], epochs=4, min_iterations=0, batch_size=32, seed=7
+    )
+    _, w, b = heads.heads[cfg.variant]
+    ref_w, ref_b = _reference_sgd(train.views, train.labels, cfg, 7, 4, 32, 3)
+    np.testing.assert_allclose(w[0].numpy(), ref_w.numpy(), atol=2e-5)
+    np.testing.assert_allclose(b[0].numpy(), ref_b.numpy(), atol=2e-5)
+    # the views matter: training on the un-augmented blocks gives other weights
+    plain = SplitFeatures(train.features, train.labels, train.groups, train.blocks)
+    other = linear.train_heads(
+        plain, "multiclass", 3, [cfg], epochs=4, min_iterations=0, batch_size=32, seed=7
+    )
+    assert not np.allclose(other.heads[cfg.variant][1][0].numpy(), ref_w.numpy(), atol=1e-3)
+
+
+def test_views_equal_to_the_blocks_train_exactly_as_without_views(blocks_input):
+    data = blocks_input("multilabel", sizes=(120, 40, 40))
+    same = with_views(data, 2, noise=0.0)
+    kw = dict(lrs=(1e-2, 5e-2), epochs=3, preset="paper", refit=True)
+    a = linear.run(data, train_views=0, **kw)
+    b = linear.run(same, train_views=2, **kw)
+    assert a.selected == b.selected
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+
+
+def test_refit_trains_on_the_views_of_train_and_val(blocks_input):
+    data = with_views(blocks_input("multiclass", sizes=(80, 40, 40)), 2)
+    res = linear.run(data, lrs=(1e-1,), n_blocks=(1,), avgpool=(False,), epochs=2, refit=True, train_views=2)
+    best = linear.HeadConfig(1e-1, 1, False)
+    both = data.train.concat(data.val)
+    assert len(both.views) == 2 and len(both.views[0]) == 120
+    heads = linear.train_heads(both, "multiclass", 3, [best], epochs=2, min_iterations=500, seed=0)
+    np.testing.assert_allclose(res.scores, linear.predict(heads, data.test, "multiclass")[best], atol=1e-6)
+    assert res.hparams["train_views"] == 2
+
+
+def test_too_few_views_is_one_line(blocks_input):
+    data = with_views(blocks_input("binary", sizes=(40, 20, 20)), 2)
+    with pytest.raises(
+        ValueError, match=r"^train_views=3: the features hold 2 augmented views of each image$"
+    ):
+        linear.run(data, train_views=3)

@@ -192,8 +192,21 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     assert (
         by_ds["nih-cxr14"] >= {"knn", "linear", "fewshot", "lora"} and "seg-linear" not in by_ds["nih-cxr14"]
     )
-    assert by_ds["montgomery"] == {"seg-linear", "seg-decoder", "seg-unet"}
-    assert sum(j["protocol"] == "seg-unet" for j in plan["jobs"]) == 5  # one U-Net per segmentation dataset
+    assert by_ds["montgomery"] == {"seg-linear", "seg-updecoder", "seg-unet", "seg-transunet"}
+    # one U-Net per segmentation dataset, and one more for Montgomery's few-shot curve
+    assert sum(j["protocol"] == "seg-unet" for j in plan["jobs"]) == 6
+    decoders = {j["backbone"]["name"] for j in plan["jobs"] if j["protocol"] == "seg-updecoder"}
+    assert len(decoders) == 11 and "paper:vgg19" not in decoders  # the ViTs: it reads patch grids
+    for j in plan["jobs"]:
+        if j["protocol"] in ("seg-linear", "seg-updecoder"):
+            assert j["options"]["preset"] == "paper", j
+    # the linear and few-shot probes train on 10 augmented views of every classification image
+    ext = plan["extractions"]
+    assert {e.get("train_views") for e in ext if e["dataset"].split(":")[0] == "nih-cxr14"} == {10}
+    assert len([e for e in ext if e.get("train_views") == 10]) == 14 * 4  # 14 backbones x 4 datasets
+    # and ML-kNN's centre-cropped features on the two multi-label sets
+    cropped = {e["dataset"].split(":")[0] for e in ext if e.get("other_preprocessing") == 1}
+    assert cropped == {"nih-cxr14", "chexpert"}
     assert all(not d["present"] for d in plan["datasets"])
     (tmp_path / "nih-cxr14").mkdir()
     main(["study", "plan", "builtin:paper-2312.02366", "--set", f"data_root={tmp_path}", "--json"])
@@ -307,5 +320,48 @@ def test_paper_study_plan_maps_every_published_cell_of_the_paper_to_a_job(tmp_pa
     assert job["dataset"].startswith("nih-cxr14:")
     shot = next(c for c in cells if c["cell"] == "NIH CXR14 4-shot linear, ViT-L/16 IN-21k")
     assert jobs[shot["job_key"]]["protocol"] == "fewshot" and 4 in jobs[shot["job_key"]]["options"]["shots"]
-    transunet = next(c for c in cells if "TransUNet" in c["cell"])
-    assert transunet["job_key"] is None and "transunet" in transunet["reason"]
+    # every segmentation cell, the Montgomery few-shot curve included, has its job
+    montgomery = [c for c in cells if c["cell"].startswith("Montgomery")]
+    assert len(montgomery) == 18 and all(c["job_key"] for c in montgomery), montgomery
+    for c in montgomery:
+        job = jobs[c["job_key"]]
+        shots = "-shot" in c["cell"]
+        assert job["dataset"].startswith("montgomery:") and job["options"].get("shots") == (
+            [1, 2, 4, 8, 16] if shots else None
+        ), c
+        if "DINOv2" in c["cell"]:
+            assert (job["backbone"]["name"], job["protocol"]) == ("paper:dinov2-l", "seg-linear")
+            assert job["options"]["preset"] == "paper"
+        else:
+            assert job["protocol"] == ("seg-transunet" if "TransUNet" in c["cell"] else "seg-unet")
+
+
+def test_a_dataset_entry_can_restrict_backbones_and_be_listed_twice(tmp_path):
+    from radprobe.errors import RadprobeError
+
+    study = {
+        "backbones": ["test:vit-tiny", "test:cnn-tiny"],
+        "datasets": [
+            {"spec": "synthetic:seg2d", "protocols": ["seg-linear", "seg-unet"]},
+            {"spec": "synthetic:seg2d", "protocols": ["seg-linear", "seg-unet"],
+             "backbones": ["test:cnn-tiny"],
+             "options": {"seg-linear": {"shots": [1, 2]}, "seg-unet": {"shots": [1, 2]}}},
+            {"spec": "synthetic:seg2d", "protocols": ["seg-linear"]},  # the first entry again
+        ],
+        "protocols": {"seg-linear": {}, "seg-unet": {}},
+    }  # fmt: skip
+    jobs = expand(load_study(str(_write(tmp_path, study))))
+    runs = [(j.backbone.name, j.protocol, str(j.options.get("shots"))) for j in jobs]
+    assert sorted(runs) == sorted(
+        [
+            ("test:vit-tiny", "seg-linear", "None"),
+            ("test:cnn-tiny", "seg-linear", "None"),
+            ("test:vit-tiny", "seg-unet", "None"),  # models from scratch: once, under the entry's first
+            ("test:cnn-tiny", "seg-linear", "[1, 2]"),  # the restricted entry: its one backbone
+            ("test:cnn-tiny", "seg-unet", "[1, 2]"),
+        ]
+    )
+    assert len({j.key for j in jobs}) == len(jobs)
+    study["datasets"][1]["backbones"] = ["test:nope"]
+    with pytest.raises(RadprobeError, match=r"datasets\.1\.backbones: 'test:nope' is not among the study's"):
+        load_study(str(_write(tmp_path, study, "bad.yaml")))

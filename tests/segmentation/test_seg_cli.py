@@ -31,8 +31,10 @@ def _eval(capsys, dataset: str, out, *extra: str) -> tuple[int, dict]:
     return code, (json.loads(captured.out) if code == 0 else {"err": captured.err})
 
 
-def _check_rows(rows: list[dict], classes: tuple[str, ...]) -> None:
-    expected = {f"{m}_{s}" for m in ("dice", "iou", "hd95") for s in ("macro", *classes)} | {"dice_iou_mean"}
+def _check_rows(rows: list[dict], classes: tuple[str, ...], nsd: str = "nsd@2px") -> None:
+    bases = ("dice", "iou", "hd95", nsd, "dice_pooled", "iou_pooled", "iou_pooled_paper")
+    expected = {f"{m}_{s}" for m in bases for s in ("macro", *classes)}
+    expected |= {"dice_iou_mean", "dice_iou_mean_paper"}
     for proto in PROTOCOLS:
         mine = [r for r in rows if r["protocol"] == proto]
         assert {r["metric"] for r in mine} == expected, proto
@@ -74,7 +76,7 @@ def test_eval_3d_all_heads_per_volume(tmp_path, capsys):
     code, summary = _eval(capsys, "synthetic:seg3d", out, *extra)
     assert code == 0, summary
     rows = summary["rows"]
-    _check_rows(rows, ("organ", "lesion"))
+    _check_rows(rows, ("organ", "lesion"), nsd="nsd@2mm")
     r = next(r for r in rows if r["protocol"] == "seg-linear")
     assert r["hparams"]["cases"] == "volume" and r["hparams"]["axis"] == 2
     assert r["hparams"]["hd95_unit"] == "mm" and "window center 40" in r["hparams"]["intensity"]["used"]

@@ -6,6 +6,7 @@ backbone is a :class:`Backbone` whose ``forward`` returns a :class:`BackboneOutp
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,7 +29,9 @@ class Preprocess:
     cropping can cut away the finding in a radiograph — grayscale is repeated to 3 channels, and
     the model's own mean/std are applied. ``minmax`` stretches each channel of the resized image to
     [0, 1] by its own minimum and maximum (the ``RescaleImage`` step of Baharoon et al.); a constant
-    channel becomes 0.
+    channel becomes 0. ``crop_from`` resizes to ``crop_from`` x ``crop_from`` first and then takes
+    the central ``resolution`` x ``resolution`` (torchvision's ``Resize`` + ``CenterCrop``, the eval
+    transform of DINOv2's kNN).
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -37,19 +40,24 @@ class Preprocess:
     patch_size: int | None = None
     interpolation: str = "bicubic"
     minmax: bool = False
+    crop_from: int | None = None
 
     def __post_init__(self) -> None:
         if self.patch_size and self.resolution % self.patch_size:
             raise ValueError(
                 f"resolution {self.resolution} is not a multiple of patch size {self.patch_size}"
             )
+        if self.crop_from is not None and self.crop_from < self.resolution:
+            raise ValueError(f"crop_from {self.crop_from} is smaller than the resolution {self.resolution}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain dict, part of the feature-cache key (``minmax`` only when set, so keys made before
-        it existed still match)."""
+        """Plain dict, part of the feature-cache key (``minmax`` and ``crop_from`` only when set, so
+        keys made before they existed still match)."""
         d = asdict(self)
         if not self.minmax:
             del d["minmax"]
+        if self.crop_from is None:
+            del d["crop_from"]
         return d
 
     def geometry_dict(self) -> dict[str, Any]:
@@ -79,15 +87,19 @@ class Preprocess:
             raise ValueError(f"expected 1, 3 or 4 channels, got {c}")
         # grayscale stays one channel through resize and clamp (a third of the work, the same
         # numbers); the normalisation broadcasts it to three
-        if tuple(x.shape[1:]) != (self.resolution, self.resolution):
+        size = self.crop_from or self.resolution
+        if tuple(x.shape[1:]) != (size, size):
             smooth = self.interpolation in ("bilinear", "bicubic")
             x = F.interpolate(
                 x[None],
-                size=(self.resolution, self.resolution),
+                size=(size, size),
                 mode=self.interpolation,
                 align_corners=False if smooth else None,  # torch refuses it for "nearest"
                 antialias=smooth,
             )[0]
+        if size != self.resolution:  # torchvision's CenterCrop offsets
+            top = round((size - self.resolution) / 2.0)
+            x = x[:, top : top + self.resolution, top : top + self.resolution]
         x = x.clamp(0.0, 1.0)
         if self.minmax:
             lo = x.amin(dim=(1, 2), keepdim=True)
@@ -145,6 +157,14 @@ class Backbone(nn.Module):
 
     info: BackboneInfo
     preprocess: Preprocess
+
+    def with_preprocess(self, preprocess: Preprocess) -> Backbone:
+        """This backbone (the same modules and weights, not a copy of them) under other preprocessing."""
+        if preprocess == self.preprocess:
+            return self
+        other = copy.copy(self)  # a shallow copy shares the parameters
+        other.preprocess = preprocess
+        return other
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, n_blocks: int = 1, grid_layers: tuple[int, ...] = ()

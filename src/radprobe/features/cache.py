@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 from filelock import FileLock, Timeout
 
+from radprobe.features.views import AugmentView
 from radprobe.utils import digest, file_sha256
 
 FORMAT_VERSION = 1
@@ -30,15 +31,23 @@ FULL_VERIFY_BYTES = 1 << 30
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Which features to store: last ``n_blocks`` (cls, patch-mean) pairs and optional patch grids."""
+    """Which features to store: last ``n_blocks`` (cls, patch-mean) pairs and optional patch grids.
+
+    ``view``: an augmented view of every image (:class:`radprobe.features.views.AugmentView`)
+    instead of the image itself; it enters the key only when set, so other keys stay as they were.
+    """
 
     n_blocks: int = 4
     grid_layers: tuple[int, ...] = ()
     dtype: str = "float32"
+    view: AugmentView | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["grid_layers"] = list(self.grid_layers)
+        del d["view"]
+        if self.view is not None:
+            d["view"] = self.view.to_dict()
         return d
 
 

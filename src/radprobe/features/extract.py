@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from radprobe.data import Dataset
     from radprobe.data.records import Record
     from radprobe.features.cache import EntryWriter
+    from radprobe.features.views import AugmentView
 
 
 @dataclass
@@ -393,13 +394,20 @@ class _Output:
 
 
 def _plan_rows(
-    dataset: Dataset, records: list[Record], per_slice: bool, cache: FeatureCache, family: str, key: str
+    dataset: Dataset,
+    records: list[Record],
+    per_slice: bool,
+    cache: FeatureCache,
+    family: str,
+    key: str,
+    lend: bool = True,
 ) -> _Rows:
-    """Lay out the split's rows and find which of them entries of ``family`` can lend."""
+    """Lay out the split's rows and find which of them entries of ``family`` can lend (none when
+    ``lend`` is False: rows with no identity are neither borrowed nor lent)."""
     depths = volume_depths(dataset, records) if per_slice else []
     counts = depths if per_slice else [1] * len(records)
     starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-    identities = _row_identities(dataset, records, counts, per_slice)
+    identities = _row_identities(dataset, records, counts, per_slice) if lend else [""] * int(starts[-1])
     lent = _borrow(cache, family, key, identities)
     # a record is taken over only when every one of its rows is on loan
     todo = [i for i in range(len(records)) if any(r not in lent for r in range(starts[i], starts[i + 1]))]
@@ -429,10 +437,14 @@ def _extract(
     if not records:
         raise ValueError(f"split {split!r} of {dataset.name} is empty")
     volumes = dataset.ndim == 3
+    if volumes and spec.view is not None:
+        raise ValueError("augmented views are drawn on 2D images; this dataset holds volumes")
     family = feature_family(backbone, spec, per_slice=per_slice, precision=precision)
-    rows = _plan_rows(dataset, records, per_slice, cache, family, key)
+    # a view's crop is drawn per sample id, which another manifest may give the same image under
+    lend = spec.view is None
+    rows = _plan_rows(dataset, records, per_slice, cache, family, key, lend)
     source = _source(
-        dataset, split, records, rows, backbone.preprocess, batch_size, num_workers, device, images
+        dataset, split, records, rows, backbone.preprocess, batch_size, num_workers, device, images, spec.view
     )
     backbone = backbone.to(device).eval()
     if device.type == "cuda":
@@ -506,14 +518,15 @@ def _source(
     num_workers: int,
     device: torch.device,
     images: ImageCache | None,
+    view: AugmentView | None = None,
 ) -> CachedSource | DecodeSource:
     """The decoded-image cache when it serves the whole split; else per-image decoding of the records
-    to run (rows lent by other entries leave only some of them, which a new entry would not cover)."""
+    to run (rows lent by other entries leave only some of them, which a new entry would not cover;
+    an augmented view draws its own pixels from each decoded image)."""
     todo = [records[i] for i in rows.todo]
-    if images is None:
-        return DecodeSource(dataset, todo, preprocess, batch_size, num_workers, device)
-    if len(todo) < len(records):
-        return DecodeSource(dataset, todo, preprocess, batch_size, num_workers, device, "not used: rows lent")
+    why = "" if images is None else "not used: augmented view" if view is not None else "not used: rows lent"
+    if images is None or view is not None or len(todo) < len(records):
+        return DecodeSource(dataset, todo, preprocess, batch_size, num_workers, device, why, view)
     depths = None
     if dataset.ndim == 3:
         depths = rows.depths if rows.per_slice else volume_depths(dataset, records)

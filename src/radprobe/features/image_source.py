@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from radprobe.data import Dataset
     from radprobe.data.records import Record
     from radprobe.features.cache import EntryWriter, FeatureSet
+    from radprobe.features.views import AugmentView
 
 _COMPACT_ROWS = 1024  # rows converted at a time when an entry is narrowed to uint8/uint16
 # torch before 2.3 has no uint16: such pixels are read by numpy and widened (see ``_read``)
@@ -49,18 +50,24 @@ if hasattr(torch, "uint16"):
 
 
 class _Images(TorchDataset):
-    """Decoded, preprocessed images of one split; volumes come out as (D, 3, R, R) slice stacks."""
+    """Decoded, preprocessed images of one split (each through ``view`` first, when given); volumes
+    come out as (D, 3, R, R) slice stacks."""
 
-    def __init__(self, dataset: Dataset, records: list[Record], preprocess: Preprocess) -> None:
+    def __init__(
+        self, dataset: Dataset, records: list[Record], preprocess: Preprocess, view: AugmentView | None = None
+    ) -> None:
         self.dataset = dataset
         self.records = records
         self.preprocess = preprocess
+        self.view = view
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> torch.Tensor:
         img = self.dataset.load_image(self.records[i])
+        if self.view is not None:
+            img = self.view(img, self.records[i].sample_id)
         if self.dataset.ndim == 3:
             return torch.stack([self.preprocess(s) for s in img])
         return self.preprocess(img)
@@ -78,10 +85,11 @@ class DecodeSource:
         num_workers: int,
         device: torch.device,
         why: str = "",
+        view: AugmentView | None = None,
     ) -> None:
         volumes = dataset.ndim == 3
         self.loader = DataLoader(
-            _Images(dataset, records, preprocess),
+            _Images(dataset, records, preprocess, view),
             batch_size=1 if volumes else batch_size,
             num_workers=num_workers,
             pin_memory=device.type == "cuda",

@@ -61,6 +61,8 @@ class SplitFeatures:
     features: (N, D) the class token (kNN, logreg); blocks: (N, n, 2, D) the last n blocks'
     (cls, patch-mean) pairs (linear probing), when the cache holds them. For 3D datasets a row is a
     volume (slice features pooled), and ``bags`` holds every volume's per-slice class tokens (MIL).
+    ``views``: the blocks of augmented views of every image, one (N, n, 2, D) array per view, for
+    probes that train on augmented images (:mod:`radprobe.features.views`).
     Multi-label labels of -1 are unknown: neither positive nor negative.
     """
 
@@ -71,6 +73,7 @@ class SplitFeatures:
         groups: np.ndarray,
         blocks: np.ndarray | None = None,
         bags: Bags | None = None,
+        views: list[np.ndarray] | None = None,
     ) -> None:
         if len(features) != len(labels) or len(labels) != len(groups):
             raise ValueError("features, labels and groups differ in length")
@@ -78,11 +81,14 @@ class SplitFeatures:
             raise ValueError("blocks and features differ in length")
         if bags is not None and len(bags) != len(features):
             raise ValueError("bags and features differ in length")
+        if views is not None and (not views or any(len(v) != len(features) for v in views)):
+            raise ValueError("every augmented view must hold one row per sample")
         self.features = features
         self.labels = labels
         self.groups = groups
         self.blocks = blocks
         self.bags = bags
+        self.views = views
 
     def subset(self, idx: np.ndarray) -> SplitFeatures:
         """The rows ``idx`` of this split (few-shot draws)."""
@@ -92,6 +98,7 @@ class SplitFeatures:
             self.groups[idx],
             None if self.blocks is None else np.asarray(self.blocks)[idx],
             None if self.bags is None else self.bags.subset(idx),
+            None if self.views is None else [np.asarray(v)[idx] for v in self.views],
         )
 
     def concat(self, other: SplitFeatures) -> SplitFeatures:
@@ -102,12 +109,21 @@ class SplitFeatures:
         bags = None
         if self.bags is not None and other.bags is not None:
             bags = self.bags.concat(other.bags)
+        views = None
+        if self.views is not None and other.views is not None:
+            if len(self.views) != len(other.views):
+                raise ValueError(f"{len(self.views)} views cannot be joined to {len(other.views)}")
+            views = [
+                np.concatenate([np.asarray(a), np.asarray(b)])
+                for a, b in zip(self.views, other.views, strict=True)
+            ]
         return SplitFeatures(
             np.concatenate([np.asarray(self.features), np.asarray(other.features)]),
             np.concatenate([self.labels, other.labels]),
             np.concatenate([self.groups, other.groups]),
             blocks,
             bags,
+            views,
         )
 
     def __len__(self) -> int:
@@ -127,6 +143,7 @@ class ProtocolInput:
     task: str
     num_classes: int
     seed: int = 0
+    n_boot: int = 1000  # patient resamples, for protocols that score rows of their own (per-k kNN)
 
 
 @dataclass

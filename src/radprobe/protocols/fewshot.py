@@ -43,6 +43,8 @@ BATCHED: dict[str, Callable[..., list[ProtocolResult]]] = {"linear": linear.run_
 RULES = ("nih", "evenly_spaced")
 # The paper's few-shot runs (run_eval_linear with shots): linear heads only, its linear grid; the
 # refit adds nothing to the draw (the code's comment: "If few-shot is enabled, keep training set").
+# Like the paper's linear probe, the draws train on augmented views (the linear preset's 10): the
+# cached views of the whole split, which the study's linear runs read too, serve every draw.
 PAPER_INNER: dict[str, dict[str, Any]] = {"linear": {"preset": "paper", "refit": False}}
 
 
@@ -178,6 +180,17 @@ def _settings(
         merged["linear"] = {**PAPER_INNER["linear"], **inner["linear"]}
     n_repeats = repeats if repeats is not None else (1 if rule is not None else 5)
     return _Settings(n_repeats, chosen, merged, preset, rule, pool)
+
+
+def train_views(options: dict[str, Any]) -> int:
+    """Augmented views of each training image the inner linear probe reads (0: none)."""
+    paper = options.get("preset") == "paper"
+    chosen = options.get("protocols") or (("linear",) if paper else tuple(INNER))
+    if "linear" not in chosen:
+        return 0
+    given = (options.get("inner") or {}).get("linear") or {}
+    base = PAPER_INNER["linear"] if paper else DEFAULT_INNER.get("linear", {})
+    return linear.train_views({**base, **given})
 
 
 def run(

@@ -24,7 +24,8 @@ label is known.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Annotated
+from dataclasses import replace
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import torch
@@ -35,15 +36,42 @@ from radprobe.metrics.classification import HEADLINE, bootstrap_metrics
 from radprobe.metrics.fast import validation_score
 from radprobe.protocols.base import ProtocolInput, ProtocolResult, Summary
 
+if TYPE_CHECKING:
+    from radprobe.backbones.base import Preprocess
+
 DEFAULT_KS = (10, 20, 100, 200)
 PRESETS = {
     "dinov2": {"ks": DEFAULT_KS, "temperature": 0.07, "weighting": "exp"},
     "medmnist+": {"ks": (11,), "temperature": 0.07, "weighting": "uniform"},
     # Baharoon et al.: dinov2/eval/classification/mlknn.py (nb_knn, train + val bank) and
     # dinov2/eval/utils.py (MLkNN: s = 1, cosine NearestNeighbors, ignore_first_neighbours = 0)
-    "paper": {"ks": (5, 20, 50, 100, 200), "method": "mlknn", "bank": "train+val", "smoothing": 1.0},
+    # mlknn.py:177: make_classification_eval_transform(), resize 256 then centre-crop 224
+    "paper": {
+        "ks": (5, 20, 50, 100, 200),
+        "method": "mlknn",
+        "bank": "train+val",
+        "smoothing": 1.0,
+        "center_crop": True,
+    },
 }
-PAPER_BOOTSTRAP = 1000  # patient resamples behind each per-k row's CI
+CROP_RATIO = 256 / 224  # DINOv2's kNN eval transform: resize to 256, centre-crop 224
+EVAL_VIEW = "resize to 256/224 of the input size, centre crop"
+
+
+def center_crops(options: dict[str, Any]) -> bool:
+    """Whether a run with ``options`` reads centre-cropped features (the paper's kNN eval view)."""
+    given = options.get("center_crop")
+    if given is not None:
+        return bool(given)
+    return bool(PRESETS.get(options.get("preset", "dinov2"), {}).get("center_crop", False))
+
+
+def eval_preprocess(options: dict[str, Any], preprocess: Preprocess) -> Preprocess:
+    """The preprocessing of the features a run with ``options`` reads: the backbone's own, or with
+    ``center_crop`` the image resized to 256/224 of the input size and centre-cropped to it."""
+    if not center_crops(options):
+        return preprocess
+    return replace(preprocess, crop_from=round(preprocess.resolution * CROP_RATIO))
 
 
 def _normalize(x: np.ndarray) -> torch.Tensor:
@@ -186,16 +214,39 @@ def run(
     method: str | None = None,
     preset: str = "dinov2",
     smoothing: Annotated[float, Gt(0)] | None = None,
+    center_crop: bool | None = None,
 ) -> ProtocolResult:
     """kNN with k selected on validation; test scored once (``preset="paper"``: every k on test).
 
     ``bank`` defaults to train, ``method`` to the weighted vote; ``smoothing`` is ML-kNN's Laplace s
-    (default 1).
+    (default 1). ``center_crop`` (the ``paper`` preset's): the features come from images resized to
+    256/224 of the input size and centre-cropped (:func:`eval_preprocess`; the runner extracts them).
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+    crop = center_crops({"preset": preset, "center_crop": center_crop})
     if preset == "paper":
-        return _run_paper(data, ks, temperature, bank, weighting, method, smoothing)
+        result = _run_paper(data, ks, temperature, bank, weighting, method, smoothing)
+    else:
+        result = _run(data, ks, temperature, bank, weighting, method, smoothing, preset)
+    if crop:  # runs on the input-size features keep the keys they always had
+        result.hparams = {**result.hparams, "eval_view": EVAL_VIEW}
+        for sm in result.summaries:
+            sm.hparams = {**sm.hparams, "eval_view": EVAL_VIEW}
+    return result
+
+
+def _run(
+    data: ProtocolInput,
+    ks: Sequence[int] | None,
+    temperature: float | None,
+    bank: str | None,
+    weighting: str | None,
+    method: str | None,
+    smoothing: float | None,
+    preset: str,
+) -> ProtocolResult:
+    """The weighted vote (or ML-kNN) with k chosen on validation."""
     bank = bank or "train"
     method = method or "vote"
     if bank not in ("train", "train+val"):
@@ -303,7 +354,7 @@ def _run_paper(
         # the point estimate and a patient-bootstrap CI, as a scored row would carry
         m = next(
             v
-            for v in bootstrap_metrics(te.labels, per_k[k], data.task, te.groups, PAPER_BOOTSTRAP, data.seed)
+            for v in bootstrap_metrics(te.labels, per_k[k], data.task, te.groups, data.n_boot, data.seed)
             if v.name == headline
         )
         warn = [f"k={k} exceeds the bank size {len(feats)}; all bank samples vote"] if k > len(feats) else []
@@ -314,7 +365,7 @@ def _run_paper(
                 value=m.value,
                 ci_low=m.ci_low,
                 ci_high=m.ci_high,
-                ci_method=f"patient bootstrap, {PAPER_BOOTSTRAP} resamples",
+                ci_method=f"patient bootstrap, {data.n_boot} resamples",
                 hparams={**hparams, "k": k},
                 selected={"k": k, "selection": "none: the paper reports every k on test"},
                 warnings=warn + m.warnings,

@@ -24,8 +24,10 @@ from ``seed`` alone, so each head of the grid trains exactly as it would alone.
 steps, learning rates unscaled, heads chosen on val AUROC of sigmoid(logits), and the chosen head
 retrained on train + val. As the released code does, multi-label heads minimise each sample's
 class-mean BCE summed (not averaged) over the batch, and binary heads have a single logit. The paper
-trains on augmented views (RandomResizedCrop + flip) of the images; cached features are not
-augmented, which the result's hparams record.
+trains on augmented views (RandomResizedCrop(scale 0.75-1) + flip) of the images, drawn afresh every
+epoch: the preset reads ``train_views=10`` cached views of every training (and, for the refit,
+validation) image, and epoch e trains on view e mod 10 (:mod:`radprobe.features.views`). Heads are
+chosen and tested on the un-augmented images, as the paper's eval transform gives them.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_iterations": 500,
         "batch_size": 256,
         "refit": False,
+        "train_views": 0,
     },
     "paper": {
         "lrs": (1e-3, 5e-3, 1e-2, 5e-2),
@@ -68,12 +71,21 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_iterations": 0,
         "batch_size": 128,
         "refit": True,
+        # one view per epoch: every epoch trains on its own draw, as the paper's DataLoader gives it
+        "train_views": 10,
     },
 }
-PAPER_TRAIN_VIEWS = (
-    "cached un-augmented features; the paper trains on RandomResizedCrop(scale 0.75-1) + horizontal "
-    "flip views of the images (not reproduced)"
-)
+AUGMENTATION = "RandomResizedCrop(scale 0.75-1, ratio 3/4-4/3) + horizontal flip p=0.5, cached views"
+
+
+def train_views(options: dict[str, Any]) -> int:
+    """How many augmented views of each training image a run with ``options`` reads (0: none)."""
+    preset = options.get("preset", "dinov2")
+    if preset not in PRESETS:
+        return 0  # refused with its own line when the run starts
+    given = options.get("train_views")
+    return int(PRESETS[preset]["train_views"] if given is None else given)
+
 
 Variant = tuple[int, bool]
 
@@ -183,8 +195,13 @@ def train_many(
     """
     plans = [_plan(len(t), epochs, min_iterations, batch_size) for t in trains]
     out: list[LinearHeads | None] = [None] * len(trains)
-    for iterations in sorted({it for _, it in plans}):
-        members = [i for i, (_, it) in enumerate(plans) if it == iterations]
+    # sets with augmented views stream their own batches, one set per loop
+    groups = [[i] for i, t in enumerate(trains) if t.views is not None]
+    plain = [i for i, t in enumerate(trains) if t.views is None]
+    for iterations in sorted({plans[i][1] for i in plain}):
+        groups.append([i for i in plain if plans[i][1] == iterations])
+    for members in groups:
+        iterations = plans[members[0]][1]
         fused = _train_fused(
             [trains[i] for i in members],
             [plans[i][0] for i in members],
@@ -258,6 +275,22 @@ class _Stacked:
 
 
 @dataclass
+class _BlockSource:
+    """The blocks a streamed set reads at each step: its cached blocks, or with augmented ``views``
+    the view of the step's epoch (epoch e reads view e mod n; an epoch is ``per_epoch`` steps)."""
+
+    blocks: torch.Tensor
+    views: list[np.ndarray] | None
+    per_epoch: int
+
+    def rows(self, idx: torch.Tensor, it: int) -> torch.Tensor:
+        if self.views is None:
+            return self.blocks[idx]
+        view = self.views[(it // self.per_epoch) % len(self.views)]
+        return torch.from_numpy(np.asarray(view[idx.numpy()], dtype=np.float32))
+
+
+@dataclass
 class _BatchPlan:
     """The rows each step reads: every set's whole training set in place (``full``), or ``idx``."""
 
@@ -288,9 +321,11 @@ def _train_fused(
     variants = sorted({c.variant for c in configs})
     per_variant = [[c for c in configs if c.variant == v] for v in variants]
     r_n, ns = len(trains), [len(t) for t in trains]
+    views = trains[0].views if r_n == 1 else None
     blocks_all = [_blocks(t) for t in trains]
     dims = {v: linear_input(blocks_all[0][:1], *v).shape[1] for v in variants}
-    grid = _Grid(variants, per_variant, dims, num_classes, project)
+    # each step reads another view's rows, so inputs cannot be held projected
+    grid = _Grid(variants, per_variant, dims, num_classes, False if views is not None else project)
     if r_n > 1 and 4 * len(variants) * max(dims.values()) * sum(ns) > PRECOMPUTE_BYTES:
         # too large to stack in memory: each set trains on its own
         return [
@@ -312,6 +347,7 @@ def _train_fused(
     # A set trained alone whose inputs are not projected (n >= every width) streams its batches:
     # each step builds its rows' linear inputs from the cached blocks instead of holding them all.
     stream = r_n == 1 and not any(grid.projected(ns[0], v) for v in variants)
+    source = _BlockSource(blocks_all[0], views, math.ceil(ns[0] / batch_sizes[0]))
     sets = [
         _set_inputs(blocks, seed, n, grid, stream)
         for blocks, seed, n in zip(blocks_all, seeds, ns, strict=True)
@@ -325,7 +361,7 @@ def _train_fused(
     stacked = _Stacked(x_all, offset, w, y_all, _learning_rates(grid, batch_sizes, rules.lr_scale))
     plan = _batch_plan(ns, batch_sizes, seeds, iterations, stream)
     loss = rules.multilabel_loss
-    w_t, b = _fused_sgd(stacked, plan, grid, task, iterations, momentum, blocks_all[0], loss)
+    w_t, b = _fused_sgd(stacked, plan, grid, task, iterations, momentum, source, loss)
     return _unpack_heads(w_t, b, sets, widths, grid)
 
 
@@ -426,12 +462,12 @@ def _fused_sgd(
     task: str,
     iterations: int,
     momentum: float,
-    blocks: torch.Tensor,
+    source: _BlockSource,
     multilabel_loss: str = "mean",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SGD with momentum on a cosine schedule; returns weights (RV, HC, D) and biases (R, V, H, C, 1).
 
-    ``blocks`` are the cached blocks of the first set, read when a lone set streams its batches.
+    ``source`` gives the cached blocks a lone set reads when it streams its batches.
     """
     # SGD on linear heads needs no autograd: d(loss)/d(logits) has a closed form (softmax or sigmoid
     # minus the target, see _logit_grad) and the weight gradient is one bmm.
@@ -447,7 +483,7 @@ def _fused_sgd(
     yb = st.y
     for it in range(iterations):
         if not plan.full:
-            xb, off_b, yb = _gather_batch(st, plan.idx[it], grid, task, blocks)
+            xb, off_b, yb = _gather_batch(st, plan.idx[it], grid, task, source, it)
         assert xb is not None
         z = torch.bmm(w_t, xb.transpose(1, 2)).view(r_n, v_n, h_n, c_n, bs_max) + off_b + b
         # each head's own gradient
@@ -461,13 +497,13 @@ def _fused_sgd(
 
 
 def _gather_batch(
-    st: _Stacked, bi: torch.Tensor, grid: _Grid, task: str, blocks: torch.Tensor
+    st: _Stacked, bi: torch.Tensor, grid: _Grid, task: str, source: _BlockSource, it: int
 ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
-    """One step's inputs (RV, B, D), fixed logit offsets and labels at sample indices ``bi`` (R, B)."""
+    """Step ``it``'s inputs (RV, B, D), fixed logit offsets and labels at sample indices ``bi`` (R, B)."""
     r_n, v_n, d_n, h_n, c_n = st.w.shape
     bs_max = bi.shape[1]
     if st.x is None:  # streaming one set: its rows' inputs, from the cached blocks
-        blk = blocks[bi[0]]
+        blk = source.rows(bi[0], it)
         xb = torch.stack([F.pad(linear_input(blk, *v), (0, d_n - grid.dims[v])) for v in grid.variants])
     else:
         var_r, var = torch.arange(r_n)[:, None, None], torch.arange(v_n)[None, :, None]
@@ -589,14 +625,24 @@ def run(
     min_iterations: Annotated[int, Ge(0)] | None = None,
     batch_size: Annotated[int, Ge(1)] | None = None,
     refit: bool | None = None,
+    train_views: Annotated[int, Ge(0)] | None = None,
     preset: str = "dinov2",
 ) -> ProtocolResult:
     """Train the grid on train, select the best head on val, score test once.
 
-    ``refit`` retrains the selected head on train + val before scoring test. Options left unset take
-    the ``preset``'s value (``PRESETS``: ``dinov2``, the default, or ``paper``).
+    ``refit`` retrains the selected head on train + val before scoring test. ``train_views``: train
+    on that many cached augmented views of each image (``data.train.views``, and ``data.val.views``
+    for the refit; 0: the images themselves). Options left unset take the ``preset``'s value
+    (``PRESETS``: ``dinov2``, the default, or ``paper``).
     """
-    kw = dict(epochs=epochs, min_iterations=min_iterations, batch_size=batch_size, refit=refit, preset=preset)
+    kw = dict(
+        epochs=epochs,
+        min_iterations=min_iterations,
+        batch_size=batch_size,
+        refit=refit,
+        train_views=train_views,
+        preset=preset,
+    )
     return run_many([data], lrs, n_blocks, avgpool, **kw)[0]
 
 
@@ -627,7 +673,7 @@ class _HeadView:
         """``s`` as the heads train on it: binary labels become one multi-label column."""
         if not self.one_logit:
             return s
-        return SplitFeatures(s.features, np.asarray(s.labels)[:, None], s.groups, s.blocks, s.bags)
+        return SplitFeatures(s.features, np.asarray(s.labels)[:, None], s.groups, s.blocks, s.bags, s.views)
 
     def scores(self, probs: np.ndarray) -> np.ndarray:
         """Scores (N, C) of the task from a head's outputs."""
@@ -661,6 +707,7 @@ def run_many(
     min_iterations: int | None = None,
     batch_size: int | None = None,
     refit: bool | None = None,
+    train_views: int | None = None,
     preset: str = "dinov2",
 ) -> list[ProtocolResult]:
     """:func:`run` on several inputs of one task (few-shot draws), their grids trained in one pass.
@@ -668,14 +715,17 @@ def run_many(
     Each input keeps its own seed, selection and refit; results come back in input order.
     """
     given = dict(lrs=lrs, n_blocks=n_blocks, avgpool=avgpool, epochs=epochs, refit=refit)
-    o = _resolve(preset, {**given, "min_iterations": min_iterations, "batch_size": batch_size})
+    extra = {"min_iterations": min_iterations, "batch_size": batch_size, "train_views": train_views}
+    o = _resolve(preset, {**given, **extra})
+    inputs = [_with_views(d, o["train_views"], o["refit"]) for d in inputs]
     first = inputs[0]
     view = _HeadView.of(first.task, first.num_classes, preset)
     available = min(1 if d.train.blocks is None else d.train.blocks.shape[1] for d in inputs)
     nb = sorted({min(n, available) for n in o["n_blocks"]})
-    no_blocks = any(d.train.blocks is None for d in inputs)
+    no_blocks = any(_single_vector(d.train) for d in inputs)
     if preset == "paper" and no_blocks and avgpool is None:
-        # pooled features only (CNN backbones): the paper's grid for them is 1 block, no avgpool
+        # one vector per image (CNNs, SAM, BiomedCLIP): the paper's grid for them is 1 block without
+        # avgpool; with it, a head would read the same vector twice
         o["avgpool"] = (False,)
     configs = head_grid(o["lrs"], nb, o["avgpool"])
     kw = dict(
@@ -708,7 +758,9 @@ def run_many(
         if available < max(o["n_blocks"]):
             warnings.append(f"cache holds {available} block(s); n_last_blocks limited to {nb}")
         if preset == "paper" and no_blocks and avgpool is None:
-            warnings.append("cache holds pooled features only; avgpool limited to [False] (the paper's CNNs)")
+            warnings.append(
+                "cache holds one vector per image; avgpool limited to [False] (the paper's CNN grid)"
+            )
         results.append(
             ProtocolResult(
                 scores=test_scores,
@@ -724,6 +776,33 @@ def run_many(
     return results
 
 
+def _single_vector(split: SplitFeatures, probe: int = 64) -> bool:
+    """Whether the cache holds one vector per image: no blocks, or one block whose class token and
+    patch mean are the same vector (backbones without tokens give their one vector as both)."""
+    if split.blocks is None:
+        return True
+    if split.blocks.shape[1] != 1:
+        return False
+    head = np.asarray(split.blocks[:probe])
+    return bool(np.array_equal(head[:, 0, 0], head[:, 0, 1]))
+
+
+def _with_views(data: ProtocolInput, n: int, refit: bool) -> ProtocolInput:
+    """``data`` with the first ``n`` augmented views of train (and of val, for a refit) kept, or
+    none when ``n`` is 0; fewer views than ``n`` is an error."""
+
+    def keep(s: SplitFeatures, need: bool) -> SplitFeatures:
+        if n and need and (s.views is None or len(s.views) < n):
+            have = 0 if s.views is None else len(s.views)
+            raise ValueError(f"train_views={n}: the features hold {have} augmented views of each image")
+        views = s.views[:n] if n and need and s.views is not None else None
+        return SplitFeatures(s.features, s.labels, s.groups, s.blocks, s.bags, views)
+
+    return ProtocolInput(
+        keep(data.train, True), keep(data.val, refit), data.test, data.task, data.num_classes, data.seed
+    )
+
+
 def _hparams(o: dict[str, Any], nb: list[int], heads: int, preset: str, view: _HeadView) -> dict[str, Any]:
     """A run's hparams; the default preset's keys are those runs have always had."""
     out = {
@@ -737,6 +816,8 @@ def _hparams(o: dict[str, Any], nb: list[int], heads: int, preset: str, view: _H
         "optimizer": "sgd momentum 0.9, wd 0, cosine, lr*batch/256",
         "refit": o["refit"],
     }
+    if o["train_views"]:  # un-augmented runs keep the keys they always had
+        out |= {"train_views": o["train_views"], "augmentation": AUGMENTATION}
     if preset == "dinov2":
         return out
     loss = {
@@ -749,7 +830,6 @@ def _hparams(o: dict[str, Any], nb: list[int], heads: int, preset: str, view: _H
         "preset": preset,
         "loss": loss,
         "selection": "val auroc of sigmoid(logits)",
-        "train_views": PAPER_TRAIN_VIEWS,
     }
 
 

@@ -6,8 +6,9 @@ Families:
 - ``frozen``: classification heads on cached pooled features (``knn``, ``linear``, ``logreg``,
   ``fewshot``) or on each volume's slice features (``mil``); runners take a
   :class:`~radprobe.protocols.base.ProtocolInput`.
-- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``) and a U-Net trained
-  from scratch (``seg-unet``); runners take a :class:`~radprobe.segmentation.protocols.SegData`.
+- ``segmentation``: heads on cached patch grids (``seg-linear``, ``seg-decoder``, ``seg-updecoder``)
+  and models trained from scratch on the images (``seg-unet``, ``seg-transunet``); runners take a
+  :class:`~radprobe.segmentation.protocols.SegData`.
 - ``trained``: the backbone trains with a head (``finetune`` and the PEFT methods); one training loop
   serves them all, parameterised by the method, so their runner is the method's name.
 
@@ -23,16 +24,20 @@ import typing
 from collections import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import annotated_types as at
 
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune import options as train_options
 from radprobe.protocols import fewshot, knn, linear, logreg, mil
+from radprobe.segmentation import baselines, score_options, updecoder
 from radprobe.segmentation import options as seg_options
 from radprobe.segmentation import protocols as seg
 from radprobe.utils import check_scalar
+
+if TYPE_CHECKING:
+    from radprobe.backbones.base import Preprocess
 
 CLASSIFICATION = ("binary", "multiclass", "multilabel")
 SEGMENTATION = ("segmentation",)
@@ -49,6 +54,10 @@ class ProtocolSpec:
     tasks: tuple[str, ...]
     ndims: tuple[int, ...]
     runner: Callable[..., Any] | None = None  # None: the trained loop, parameterised by ``name``
+    # how many augmented views of each training image a run with these options reads
+    views: Callable[[dict[str, Any]], int] | None = None
+    # the preprocessing of the features a run with these options reads, from the backbone's own
+    preprocess: Callable[[dict[str, Any], Preprocess], Preprocess] | None = None
 
     def fits(self, dataset: str, task: str, ndim: int) -> str | None:
         """Why this protocol cannot run on ``dataset``, a ``task`` dataset of ``ndim`` dimensions
@@ -88,6 +97,7 @@ _SPECS = [
         CLASSIFICATION,
         _BOTH,
         knn.run,
+        preprocess=knn.eval_preprocess,
     ),
     ProtocolSpec(
         "linear",
@@ -97,6 +107,7 @@ _SPECS = [
         CLASSIFICATION,
         _BOTH,
         linear.run,
+        linear.train_views,
     ),
     ProtocolSpec(
         "logreg",
@@ -115,6 +126,7 @@ _SPECS = [
         CLASSIFICATION,
         _BOTH,
         fewshot.run,
+        fewshot.train_views,
     ),
     ProtocolSpec(
         "mil",
@@ -144,6 +156,15 @@ _SPECS = [
         seg.seg_decoder,
     ),
     ProtocolSpec(
+        "seg-updecoder",
+        "segmentation",
+        "patch grids",
+        "the paper's UNet decoder on the last five blocks' patch grids (ViTs)",
+        SEGMENTATION,
+        _BOTH,
+        updecoder.seg_updecoder,
+    ),
+    ProtocolSpec(
         "seg-unet",
         "segmentation",
         "images",
@@ -151,6 +172,15 @@ _SPECS = [
         SEGMENTATION,
         _BOTH,
         seg.seg_unet,
+    ),
+    ProtocolSpec(
+        "seg-transunet",
+        "segmentation",
+        "images",
+        "TransUNet (CNN + ViT encoder, cascaded upsampler) trained from scratch",
+        SEGMENTATION,
+        _BOTH,
+        baselines.seg_transunet,
     ),
     *(
         ProtocolSpec(m, "trained", "live model", _TRAINED_SUMMARY[m], (*CLASSIFICATION, *SEGMENTATION), _BOTH)
@@ -182,6 +212,19 @@ def get_protocol(name: str) -> Callable[..., Any]:
     return spec.runner
 
 
+def views_needed(name: str, options: dict[str, Any]) -> int:
+    """Augmented views of each training image that protocol ``name`` reads with ``options`` (0: none)."""
+    spec = get(name)
+    return spec.views(options) if spec.views is not None else 0
+
+
+def eval_preprocess(name: str, options: dict[str, Any], preprocess: Preprocess) -> Preprocess:
+    """The preprocessing of the features protocol ``name`` reads with ``options`` (e.g. the paper's
+    kNN centre crop); the backbone's own ``preprocess`` for most."""
+    spec = get(name)
+    return spec.preprocess(options, preprocess) if spec.preprocess is not None else preprocess
+
+
 def check_fit(name: str, dataset: str, task: str, ndim: int) -> None:
     """One line when protocol ``name`` cannot run on this dataset (before anything is extracted)."""
     why = get(name).fits(dataset, task, ndim)
@@ -204,11 +247,17 @@ def check_options(name: str, options: dict[str, Any], *, n_train: int | None = N
         return dict(options)
     assert spec.runner is not None
     params = [p for p in inspect.signature(spec.runner).parameters if p != "data"]
+    if spec.family == "segmentation":
+        params += list(score_options.SCORING_OPTIONS)
     for key in options:
         if key not in params:
+            if key == "preset" and spec.family == "segmentation":
+                raise seg_options.no_paper_preset(name)
             raise OptionError("--set", f"{name}.{key}: unknown option; {name} takes {', '.join(params)}")
     if spec.family == "segmentation":
-        return seg_options.resolve_options(name, spec.runner, options, n_train)
+        own, scoring = score_options.split_scoring(options)
+        resolved = seg_options.resolve_options(name, spec.runner, own, n_train)
+        return {**resolved, **score_options.resolve_scoring(name, scoring)}
     hints = typing.get_type_hints(spec.runner, include_extras=True)
     return {k: _coerce(v, hints[k], f"{name}.{k}={v!r}") if k in hints else v for k, v in options.items()}
 
@@ -226,6 +275,11 @@ def describe(name: str) -> list[dict[str, Any]]:
             continue
         default = list(p.default) if isinstance(p.default, tuple) else p.default
         out.append({"name": p.name, "default": default, "type": _type_text(hints.get(p.name)), "help": ""})
+    if spec.family == "segmentation":
+        out += [
+            {"name": k, "default": v, "type": "float | None", "help": score_options.SCORING_HELP[k]}
+            for k, v in score_options.SCORING_OPTIONS.items()
+        ]
     return out
 
 

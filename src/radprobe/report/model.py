@@ -273,7 +273,7 @@ def _pool_case_tables(
 ) -> list[dict[str, Any]]:
     """Segmentation rows of the folds' per-case tables pooled, one per metric the folds report;
     none when a case appears in two folds (not a cross-validation) or the tables disagree."""
-    from radprobe.metrics.segmentation import CaseTable, bootstrap_tables
+    from radprobe.metrics.segmentation import CaseTable
 
     try:
         table = CaseTable.concat([CaseTable.load(p) for p in paths])
@@ -281,7 +281,7 @@ def _pool_case_tables(
         return []
     if len(set(table.sample_ids.tolist())) != len(table.sample_ids):
         return []
-    metrics = {m.name: m for m in bootstrap_tables(table.tables, list(table.classes), table.groups, n_boot)}
+    metrics = {m.name: m for m in table.metrics(n_boot)}
     wanted = [r["metric"] for r in next(iter(by_eval.values()))]
     return [
         {

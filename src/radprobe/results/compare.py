@@ -87,8 +87,9 @@ def _compare_cases(
     order = {s: i for i, s in enumerate(tb.sample_ids)}
     if set(order) != set(ta.sample_ids):
         raise RadprobeError(f"{a} and {b} were scored on different cases")
-    tb.tables = {m: t[[order[s] for s in ta.sample_ids]] for m, t in tb.tables.items()}
-    names = ta.metric_names()
+    tb = tb.take([order[s] for s in ta.sample_ids])
+    theirs = set(tb.metric_names())  # e.g. a table saved before NSD or the pooled metrics existed
+    names = [n for n in ta.metric_names() if n in theirs]
     metric = metric or "dice_macro"
     if metric not in names:
         raise OptionError("--metric", f"{metric!r}: expected one of {', '.join(names)}", setting="metric")

@@ -4,7 +4,7 @@ fewshot and mil run on them; each protocol's test scores become rows with patien
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from radprobe.features.extract import (
     volume_offsets,
 )
 from radprobe.features.images import ImageCache
+from radprobe.features.views import view_family
 from radprobe.progress import make_progress
 from radprobe.protocols import registry
 from radprobe.protocols.base import Bags, ProtocolInput, SplitFeatures
@@ -32,6 +33,9 @@ from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
 from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
 from radprobe.run.scoring import score_classification
+from radprobe.utils import digest
+
+VIEW_SPLITS = ("train", "val")  # heads train (and refit) on views; they are chosen and tested on images
 
 
 @dataclass
@@ -48,7 +52,60 @@ class Prepared:
     feats: dict[str, FeatureSet]
     stats: dict[str, ExtractStats]
     volume_pool: str = "mean"
+    cfg: EvalConfig | None = None  # how to extract more (augmented views), when asked
+    spec: FeatureSpec | None = None
+    warn: Any = None
     _pooled: dict[tuple[str, str], dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
+    # augmented views of the training and validation images: split -> one entry per view
+    _views: dict[str, list[FeatureSet]] = field(default_factory=dict, repr=False)
+    # features under other preprocessing (the paper's kNN centre crop), by its digest
+    _other: dict[str, tuple[dict[str, FeatureSet], dict[str, ExtractStats]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def features_for(self, preprocess: Any) -> dict[str, FeatureSet]:
+        """Every split's features under ``preprocess``: the backbone's own, or extracted (or found
+        in the cache) under another, e.g. centre-cropped for the paper's kNN."""
+        if preprocess == self.backbone.preprocess:
+            return self.feats
+        key = digest(preprocess.to_dict())
+        if key not in self._other:
+            if self.cfg is None or self.spec is None:
+                raise RuntimeError("these features were prepared without a way to extract others")
+            self._other[key] = extract_all(
+                self.cfg,
+                self.backbone.with_preprocess(preprocess),
+                self.dataset,
+                self.spec,
+                self.device,
+                self.warn,
+                per_slice=self.volumes,
+                label=" · centre crop" if preprocess.crop_from else " · other view",
+            )
+        return self._other[key][0]
+
+    def ensure_views(self, n: int) -> None:
+        """Extract (or find cached) ``n`` augmented views of every train and val image."""
+        have = len(self._views.get("train", []))
+        if n <= have:
+            return
+        if self.cfg is None or self.spec is None:
+            raise RuntimeError("these features were prepared without a way to extract augmented views")
+        for v in view_family(n)[have:]:
+            spec = replace(self.spec, view=v)
+            label = f" · view {v.index + 1}/{n}"
+            feats, _ = extract_all(
+                self.cfg,
+                self.backbone,
+                self.dataset,
+                spec,
+                self.device,
+                self.warn,
+                splits=VIEW_SPLITS,
+                label=label,
+            )
+            for split, fs in feats.items():
+                self._views.setdefault(split, []).append(fs)
 
     @property
     def volumes(self) -> bool:
@@ -67,29 +124,54 @@ class Prepared:
             for s, f in self.feats.items()
         }
 
-    def _split(self, split: str, pool: str) -> SplitFeatures:
-        ds, fs = self.dataset, self.feats[split]
+    def _split(self, split: str, pool: str, feats: dict[str, FeatureSet]) -> SplitFeatures:
+        ds, fs = self.dataset, feats[split]
         labels, groups = ds.labels(ds.split(split)), ds.patients(ds.split(split))
         if not self.volumes:
-            return SplitFeatures(np.asarray(fs.cls), labels, groups, blocks=fs.blocks)
-        if (split, pool) not in self._pooled:  # a study runs many jobs on one Prepared
-            self._pooled[split, pool] = pool_volumes(fs, pool)
-        pooled = self._pooled[split, pool]
+            views = [_view_blocks(v) for v in self._views[split]] if split in self._views else None
+            return SplitFeatures(np.asarray(fs.cls), labels, groups, blocks=fs.blocks, views=views)
+        if (fs.key, pool) not in self._pooled:  # a study runs many jobs on one Prepared
+            self._pooled[fs.key, pool] = pool_volumes(fs, pool)
+        pooled = self._pooled[fs.key, pool]
         bags = Bags(fs.cls, volume_offsets(fs))
         return SplitFeatures(pooled["cls"], labels, groups, blocks=pooled.get("blocks"), bags=bags)
 
-    def protocol_input(self, seed: int, volume_pool: str | None = None) -> ProtocolInput:
-        """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes."""
+    def protocol_input(
+        self, seed: int, volume_pool: str | None = None, preprocess: Any = None, n_boot: int = 1000
+    ) -> ProtocolInput:
+        """Features of every split; ``volume_pool`` (default: this Prepared's) pools 3D volumes;
+        ``preprocess`` (default: the backbone's) says which features."""
         pool = volume_pool or self.volume_pool
+        feats = self.features_for(preprocess or self.backbone.preprocess)
         if pool not in VOLUME_POOLS:
             raise OptionError(
                 "--volume-pool", f"{pool!r}: expected one of {', '.join(VOLUME_POOLS)}", setting="volume_pool"
             )
-        splits = {s: self._split(s, pool) for s in ("train", "val", "test")}
+        splits = {s: self._split(s, pool, feats) for s in ("train", "val", "test")}
         ds = self.dataset
         return ProtocolInput(
-            splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed=seed
+            splits["train"], splits["val"], splits["test"], ds.task, len(ds.classes), seed, n_boot
         )
+
+
+def _view_blocks(fs: FeatureSet) -> np.ndarray:
+    """A view entry's linear-probe input: its blocks, or (CNNs without blocks) the class token."""
+    if fs.blocks is not None:
+        return fs.blocks
+    f = np.asarray(fs.cls)
+    return np.stack([f, f], axis=1)[:, None]
+
+
+def _check_views(name: str, options: dict[str, Any], dataset: Any) -> int:
+    """The augmented views protocol ``name`` reads; one line when the dataset cannot give them."""
+    n = registry.views_needed(name, options)
+    if n and dataset.ndim == 3:
+        raise OptionError(
+            "--set",
+            f"{name}.train_views={n}: augmented views are drawn on 2D images; {dataset.name} is 3D "
+            f"(set {name}.train_views=0)",
+        )
+    return n
 
 
 def extract_all(
@@ -102,8 +184,9 @@ def extract_all(
     *,
     per_slice: bool = False,
     label: str = "",
+    splits: tuple[str, ...] = ("train", "val", "test"),
 ) -> tuple[dict[str, FeatureSet], dict[str, ExtractStats]]:
-    """Features of train / val / test from the cache or one extraction each, with progress bars.
+    """Features of ``splits`` from the cache or one extraction each, with progress bars.
 
     ``warn`` receives one-line notices (e.g. a corrupt cache entry being rebuilt).
     """
@@ -114,7 +197,7 @@ def extract_all(
     stats: dict[str, ExtractStats] = {}
     name = backbone.info.name
     with make_progress(cfg.progress) as bar:
-        for split in ("train", "val", "test"):
+        for split in splits:
             n = len(dataset.split(split))
             task = bar.add_task(f"{name} · {split}{label}", total=n)
             fs, st = extract_split(
@@ -132,7 +215,7 @@ def extract_all(
             )
             reused = st.extra.get("reused_rows", 0)
             suffix = " (cached)" if st.cache_hit else f" ({reused} rows reused)" if reused else ""
-            bar.update(task, completed=n, description=f"{name} · {split}{suffix}")
+            bar.update(task, completed=n, description=f"{name} · {split}{label}{suffix}")
             # each discarded entry once, named with its split
             problems = cache.take_problems() + (images.take_problems() if images is not None else [])
             if problems:
@@ -168,6 +251,7 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
         )
     for p in cfg.protocols:
         registry.check_fit(p, cfg.dataset, dataset.task, dataset.ndim)
+    n_views = max([_check_views(p, cfg.options.get(p, {}), dataset) for p in cfg.protocols], default=0)
     if dataset.ndim != 3 and cfg.volume_pool != "mean":
         raise OptionError(
             "--volume-pool",
@@ -193,7 +277,11 @@ def prepare(cfg: EvalConfig, warn: Any = None, dataset: Any = None) -> Prepared:
         ids = fs.meta.get("volumes") if volumes else fs.sample_ids
         if ids != [r.sample_id for r in dataset.split(split)]:
             raise RuntimeError(f"cache entry {fs.path} holds other samples than split {split}")
-    return Prepared(dataset, backbone, device, feats, stats, volume_pool=cfg.volume_pool)
+    prep = Prepared(dataset, backbone, device, feats, stats, cfg.volume_pool, cfg, spec, warn)
+    prep.ensure_views(n_views)
+    for p in cfg.protocols:  # features under other preprocessing, before any protocol runs
+        prep.features_for(registry.eval_preprocess(p, cfg.options.get(p, {}), backbone.preprocess))
+    return prep
 
 
 def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
@@ -209,22 +297,21 @@ def extract(cfg: EvalConfig, warn: Any = None) -> EvalSummary:
     )
 
 
-def _subject(prep: Prepared, seed: int) -> Subject:
+def _subject(prep: Prepared, seed: int, preprocess: Any) -> Subject:
     info = prep.backbone.info
-    return Subject(
-        info.name, info.weights_digest, prep.dataset, seed, {"preprocess": prep.backbone.preprocess.to_dict()}
-    )
+    return Subject(info.name, info.weights_digest, prep.dataset, seed, {"preprocess": preprocess.to_dict()})
 
 
-def _compute(prep: Prepared, data: ProtocolInput, wall: float) -> dict[str, Any]:
+def _compute(prep: Prepared, data: ProtocolInput, wall: float, preprocess: Any) -> dict[str, Any]:
     """Counts and compute of a frozen row: extraction cost read from the cache entries' stats."""
-    meta_stats = [f.meta.get("stats") or {} for f in prep.feats.values()]
+    feats = prep.features_for(preprocess)
+    meta_stats = [f.meta.get("stats") or {} for f in feats.values()]
     return {
         "n": len(data.test),
         "n_train": len(data.train),
         "n_val": len(data.val),
         "n_test": len(data.test),
-        "resolution": prep.backbone.preprocess.resolution,
+        "resolution": preprocess.resolution,
         "params": prep.backbone.info.params,
         "wall_time_s": wall,
         "extract_time_s": float(sum(m.get("wall_time_s", 0.0) for m in meta_stats)),
@@ -232,9 +319,9 @@ def _compute(prep: Prepared, data: ProtocolInput, wall: float) -> dict[str, Any]
         "peak_mem_mb": max(
             [s.peak_mem_mb for s in prep.stats.values()] + [m.get("peak_mem_mb", 0.0) for m in meta_stats]
         ),
-        "feature_keys": [prep.feats[s].key for s in ("train", "val", "test")],
+        "feature_keys": [feats[s].key for s in ("train", "val", "test")],
         "env": {
-            **env_info(prep.device, feature_precisions=(f.precision for f in prep.feats.values())),
+            **env_info(prep.device, feature_precisions=(f.precision for f in feats.values())),
             "extraction": extraction_paths(meta_stats),
         },
     }
@@ -257,9 +344,11 @@ def run_protocol(
     runner = registry.get_protocol(name)
     options = registry.check_options(name, options)
     registry.check_fit(name, prep.dataset.name, prep.dataset.task, prep.dataset.ndim)
+    prep.ensure_views(_check_views(name, options, prep.dataset))
+    preprocess = registry.eval_preprocess(name, options, prep.backbone.preprocess)
     bags_only = registry.get(name).consumes == "slice bags"
     pool = volume_pool or prep.volume_pool
-    data = prep.protocol_input(seed, pool)
+    data = prep.protocol_input(seed, pool, preprocess, n_boot)
     t0 = time.perf_counter()
     try:
         bags = data.train.bags if bags_only else None
@@ -275,8 +364,8 @@ def run_protocol(
         result.hparams = {**result.hparams, "volume_pool": pool}
         for sm in result.summaries:
             sm.hparams = {**sm.hparams, "volume_pool": pool}
-    subject = _subject(prep, seed)
-    base = base_row(subject, run_id, **_compute(prep, data, wall))
+    subject = _subject(prep, seed, preprocess)
+    base = base_row(subject, run_id, **_compute(prep, data, wall, preprocess))
     trainable = {"trainable_params": int(result.selected.get("trainable_params", 0))}
     if result.summaries:
         return [

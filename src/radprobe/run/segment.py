@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,7 +36,9 @@ from radprobe.run.scoring import score_cases
 from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.output import slug
-from radprobe.segmentation.protocols import UNET_NAME, SegData, SegResult
+from radprobe.segmentation.protocols import SCRATCH_MODELS, SegData, SegResult
+from radprobe.segmentation.score_options import check_spacing, split_scoring
+from radprobe.segmentation.updecoder import updecoder_layers
 
 DEFAULT_RESOLUTION = 448
 
@@ -56,13 +58,15 @@ def seg_resolution(backbone: str, requested: int | None) -> tuple[int, str]:
     return resolve_resolution(backbone, native, patch, None), "native (small model)"
 
 
-def grid_layers(num_blocks: int, is_vit: bool) -> list[int]:
-    """Absolute layers whose grids are cached: every level either frozen head reads.
+def grid_layers(num_blocks: int, is_vit: bool, updecoder: bool = False) -> list[int]:
+    """Absolute layers whose grids are cached: every level seg-linear and seg-decoder read.
 
-    Always the union, whichever heads a run asks for, so a later run of the other head (or another
-    learning rate) finds the same cache entry instead of extracting again.
+    Always their union, whichever heads a run asks for, so a later run of the other head (or another
+    learning rate) finds the same cache entry instead of extracting again. ``updecoder`` (a run with
+    seg-updecoder) adds the last five blocks; only then, as they would double most caches.
     """
-    return sorted({linear_layer(num_blocks), *decoder_plan(num_blocks, is_vit)[0]})
+    extra = updecoder_layers(num_blocks) if updecoder else []
+    return sorted({linear_layer(num_blocks), *decoder_plan(num_blocks, is_vit)[0], *extra})
 
 
 @dataclass
@@ -76,7 +80,7 @@ class SegPlan:
     size: int
     size_source: str
     device: str
-    backbone: Any  # None when only seg-unet runs
+    backbone: Any  # None when only protocols trained from scratch run
     splits: dict[str, SegSplit]
 
 
@@ -125,11 +129,19 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
             pretrained=cfg.pretrained,
             resolution=size,
         )
+        if "seg-updecoder" in protocols and backbone.info.patch_size is None:
+            raise OptionError(
+                "--protocol",
+                f"seg-updecoder: reads five ViT blocks' patch grids; {cfg.backbone} is a CNN",
+                setting="protocols",
+            )
+    images = any(registry.get(p).consumes == "images" for p in protocols)
     splits = {
-        s: load_split(dataset, s, size, keep_masks=s != "train", keep_images="seg-unet" in protocols)
+        s: load_split(dataset, s, size, keep_masks=s != "train", keep_images=images)
         for s in ("train", "val", "test")
     }
     uniform_spacing(splits.values())
+    check_spacing(opts, (c for s in splits.values() for c in s.cases))
     return SegPlan(cfg, dataset, protocols, opts, size, size_source, device, backbone, splits)
 
 
@@ -140,7 +152,9 @@ def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> Eva
     ext: dict[str, ExtractStats] = {}
     if backbone is not None:
         info = backbone.info
-        layers = grid_layers(max(1, info.num_blocks), info.patch_size is not None)
+        layers = grid_layers(
+            max(1, info.num_blocks), info.patch_size is not None, "seg-updecoder" in plan.protocols
+        )
         feats, ext = _extract(cfg, backbone, dataset, layers, plan.device, warn)
         for s, split in splits.items():
             if feats[s].sample_ids != split.row_ids():
@@ -174,7 +188,9 @@ def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> Eva
     common = {**common_hparams(dataset, splits["test"], plan.size, plan.size_source), "n_boot": cfg.n_boot}
     for name in plan.protocols:
         t0 = time.perf_counter()
-        result = registry.get(name).runner(data, **plan.options[name])  # type: ignore[misc]
+        own, scoring = split_scoring(plan.options[name])
+        scored = replace(data, nsd_tolerance_mm=scoring.get("nsd_tolerance_mm"))
+        result = registry.get(name).runner(scored, **own)  # type: ignore[misc]
         wall = time.perf_counter() - t0
         rows = _rows(cfg, run_id, data, backbone, feats, ext, result, common, wall)
         store.write(rows)
@@ -250,9 +266,8 @@ def _rows(
         ext_mem = max([s.peak_mem_mb for s in ext.values()] + [m.get("peak_mem_mb", 0.0) for m in meta])
         keys = [feats[s].key for s in ("train", "val", "test")]
     else:
-        subject = Subject(
-            UNET_NAME, f"random-init:seed{cfg.seed}", dataset, cfg.seed, {"resolution": data.size}
-        )
+        name = SCRATCH_MODELS[result.protocol][0]
+        subject = Subject(name, f"random-init:seed{cfg.seed}", dataset, cfg.seed, {"resolution": data.size})
         params = result.trainable_params
         extract_s, ext_ips, ext_mem, keys = 0.0, 0.0, 0.0, []
     train_ips = float(np.mean([f.stats.imgs_per_s for f in result.fits]))
@@ -282,6 +297,8 @@ def _rows(
     rows: list[ResultRow] = []
     for shots, fits in by_shots.items():
         hparams = {**result.hparams, **common}
+        if "loss" in result.hparams:  # a preset's own loss (the paper's Dice) over the common one
+            hparams["loss"] = result.hparams["loss"]
         if shots is not None:
             hparams["shots"] = shots
         rows += _shot_rows(cfg, data, subject, base, result, shots, fits, hparams)

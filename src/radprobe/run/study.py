@@ -108,12 +108,18 @@ def expand(study: StudyConfig) -> list[Job]:
         )
         for b in study.backbones
         for d in study.datasets
+        if d.backbones is None or b.name in d.backbones
         for p, opts in study.protocols.items()
         if d.protocols is None or p in d.protocols
+        if not backbone_free(p) or b == _first_backbone(study, d)
         for seed in study.seeds
     ]
-    first = study.backbones[0]
-    return [j for j in jobs if not backbone_free(j.protocol) or j.backbone == first]
+    return list({j.key: j for j in jobs}.values())  # a dataset listed twice runs each job once
+
+
+def _first_backbone(study: StudyConfig, d: Any) -> Any:
+    """The backbone a dataset's backbone-free jobs (models from scratch) are listed under."""
+    return next(b for b in study.backbones if d.backbones is None or b.name in d.backbones)
 
 
 def run_dir_of(study: StudyConfig, out: str | Path | None) -> Path:
@@ -359,6 +365,8 @@ def _preflight(study: StudyConfig) -> None:
             view = view_for(dataset, registry.get(p).family)
             try:
                 registry.check_fit(p, spec, view.task, view.ndim)
+                if view.ndim == 3 and registry.views_needed(p, d.options_of(p, study.protocols.get(p, {}))):
+                    raise RadprobeError(f"{p}: augmented training views are drawn on 2D images; {spec} is 3D")
             except RadprobeError as e:
                 raise RadprobeError(f"datasets.{i}: {e}") from None
 

@@ -54,13 +54,16 @@ class DatasetEntry(BaseModel):
     """A dataset spec (see ``radprobe datasets``); ``{data_root}`` in it is replaced by the study's.
 
     ``protocols`` restricts which of the study's protocols run on this dataset (e.g. segmentation
-    heads only on segmentation data); ``resolution`` applies to backbones that set none; ``options``
-    overrides the study's options of a protocol on this dataset only (``{fewshot: {rule: nih}}``).
+    heads only on segmentation data) and ``backbones`` which of its backbones (by name, e.g. the
+    ViTs for a head that reads patch grids); ``resolution`` applies to backbones that set none;
+    ``options`` overrides the study's options of a protocol on this dataset only
+    (``{fewshot: {rule: nih}}``). A dataset may be listed twice, e.g. once with few-shot options.
     """
 
     model_config = ConfigDict(extra="forbid")
     spec: str
     protocols: list[str] | None = None
+    backbones: list[str] | None = None
     resolution: int | None = Field(default=None, gt=0)
     options: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
@@ -133,6 +136,10 @@ class StudyConfig(BaseModel):
                     registry.check_options(p, d.options_of(p, self.protocols[p]))
                 except RadprobeError as e:
                     raise ValueError(f"datasets.{i}.options: {e}") from None
+            names = [b.name for b in self.backbones]
+            for b in d.backbones or []:
+                if b not in names:
+                    raise ValueError(f"datasets.{i}.backbones: {b!r} is not among the study's backbones")
         return self
 
 

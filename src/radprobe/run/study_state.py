@@ -3,11 +3,14 @@ exists) and the states of a run's jobs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+from radprobe.backbones.base import Preprocess
 from radprobe.core.runtime import pid_alive
 from radprobe.errors import RadprobeError
+from radprobe.protocols import registry
 from radprobe.results import ResultStore
 from radprobe.run.study import dataset_spec, expand
 from radprobe.run.study_config import StudyConfig
@@ -20,9 +23,19 @@ def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
     if run_dir is not None and (run_dir / "results.db").is_file():
         with ResultStore(run_dir, create=False) as store:
             states = {j["job_key"]: j["status"] for j in store.jobs()}
-    extractions = sorted(
-        {(j.backbone.name, j.backbone.weights_label, j.dataset, j.resolution or 0) for j in jobs if j.frozen}
-    )
+    # per extraction, the augmented views of train and val its jobs read (each one more extraction)
+    views: dict[tuple[str, str, str, int], int] = {}
+    # and the other preprocessing some jobs read (the paper kNN's centre crop): one more each
+    other: dict[tuple[str, str, str, int], set[str]] = {}
+    for j in jobs:
+        if j.frozen:
+            at = (j.backbone.name, j.backbone.weights_label, j.dataset, j.resolution or 0)
+            views[at] = max(views.get(at, 0), registry.views_needed(j.protocol, j.options))
+            pp = registry.eval_preprocess(j.protocol, j.options, Preprocess())
+            other.setdefault(at, set()).update(
+                [json.dumps(pp.to_dict(), sort_keys=True)] if pp != Preprocess() else []
+            )
+    extractions = sorted(views)
     datasets = []
     for d in study.datasets:
         spec = dataset_spec(study, d)
@@ -32,7 +45,14 @@ def plan(study: StudyConfig, run_dir: Path | None = None) -> dict[str, Any]:
         "study": study.name,
         "jobs": [{**j.spec(), "job_key": j.key, "status": states.get(j.key, "pending")} for j in jobs],
         "extractions": [
-            {"backbone": b, "weights": w or None, "dataset": d, "resolution": r or None}
+            {
+                "backbone": b,
+                "weights": w or None,
+                "dataset": d,
+                "resolution": r or None,
+                **({"train_views": views[b, w, d, r]} if views[b, w, d, r] else {}),
+                **({"other_preprocessing": len(other[b, w, d, r])} if other[b, w, d, r] else {}),
+            }
             for b, w, d, r in extractions
         ],
         "datasets": datasets,

@@ -1,7 +1,8 @@
 """Segmentation heads on frozen patch grids, and the from-scratch U-Net reference.
 
 * :class:`LinearHead` — DINOv2's linear segmentation head: BatchNorm + 1x1 conv on the last layer's
-  patch-token grid; logits are upsampled bilinearly to the mask size by the caller.
+  patch-token grid (``bn=False``: the 1x1 conv alone, Baharoon et al.'s head); logits are upsampled
+  bilinearly to the mask size by the caller.
 * :class:`LightDecoder` — a DPT-style multi-level decoder: four levels (four intermediate ViT blocks,
   or a CNN's last four stage maps) are projected to ``channels``, a ViT's single-resolution grids
   are resampled to a pyramid (x4, x2, x1, x0.5 of the patch grid; a CNN's maps already are one),
@@ -42,12 +43,15 @@ def linear_layer(num_blocks: int) -> int:
 
 
 class LinearHead(nn.Module):
-    """BatchNorm + 1x1 conv on one patch grid (DINOv2 linear segmentation)."""
+    """BatchNorm + 1x1 conv on one patch grid (DINOv2 linear segmentation); ``bn=False``: the 1x1 conv
+    alone, weights N(0, 0.01), bias 0 (Baharoon et al., ``eval/segmentation/utils.py:56-58``)."""
 
-    def __init__(self, layer: int, dim: int, num_classes: int) -> None:
+    upsample = "bilinear"  # how the training loop brings the logits to the target size
+
+    def __init__(self, layer: int, dim: int, num_classes: int, bn: bool = True) -> None:
         super().__init__()
         self.layer = layer
-        self.bn = nn.BatchNorm2d(dim)
+        self.bn: nn.Module = nn.BatchNorm2d(dim) if bn else nn.Identity()
         self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
         nn.init.normal_(self.conv.weight, std=0.01)
         nn.init.zeros_(self.conv.bias)
@@ -57,7 +61,23 @@ class LinearHead(nn.Module):
         return [self.layer]
 
     def forward(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        if isinstance(self.bn, nn.Identity):
+            return LinearHead.fused_forward([self], feats)
         return self.conv(self.bn(feats[self.layer]))
+
+    @staticmethod
+    def fused_forward(heads: Sequence[LinearHead], feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        """K BatchNorm-free heads as one 1x1 conv with K * classes outputs, head-major (each head's
+        parameters stay its own, so an optimizer can give each head its own learning rate). A matmul:
+        on a CPU, conv2d's 1x1 path costs several times more for a few output channels."""
+        if any(not isinstance(h.bn, nn.Identity) for h in heads):
+            raise ValueError("only BatchNorm-free linear heads train fused")
+        w = torch.cat([h.conv.weight.flatten(1) for h in heads])
+        b = torch.cat([h.conv.bias for h in heads])
+        x = feats[heads[0].layer]
+        B, _, h, wd = x.shape
+        out = torch.baddbmm(b[None, :, None].expand(B, -1, h * wd), w.expand(B, -1, -1), x.flatten(2))
+        return out.view(B, -1, h, wd)
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:

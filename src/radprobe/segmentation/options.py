@@ -10,6 +10,29 @@ from typing import Any
 import numpy as np
 
 from radprobe.errors import OptionError, RadprobeError
+from radprobe.segmentation import transunet
+
+# Baharoon et al.'s released segmentation run (MohammedSB/DINOv2ForRadiology,
+# dinov2/eval/segmentation/segmentation.py): lrs and defaults l.179-192, SGD without weight decay
+# l.433, refit on train + val l.477-546. ``preset=paper`` fills these in; options given win.
+PAPER_LRS = (1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1)
+_PAPER = {
+    "lrs": list(PAPER_LRS),
+    "epochs": 10,
+    "min_steps": 0,
+    "batch_size": 128,
+    "weight_decay": 0.0,
+    "refit": True,
+}
+PAPER_PRESETS: dict[str, dict[str, Any]] = {"seg-linear": _PAPER, "seg-updecoder": _PAPER}
+
+
+def no_paper_preset(proto: str) -> OptionError:
+    """The one line for ``preset=paper`` on a segmentation protocol the paper never ran."""
+    return OptionError(
+        "--set",
+        f"{proto}.preset='paper': the paper ran no {proto}; paper presets: {', '.join(PAPER_PRESETS)}",
+    )
 
 
 def _fail(proto: str, key: str, value: Any, expected: str) -> RadprobeError:
@@ -38,6 +61,13 @@ def resolve_options(
     names are checked before, by ``radprobe.protocols.registry.check_options``, the only caller."""
     sig = inspect.signature(runner)
     opts = {k: p.default for k, p in sig.parameters.items() if k != "data"}
+    preset = given.get("preset")
+    if preset is not None:
+        if preset != "paper":
+            raise _fail(proto, "preset", preset, "'paper' or none")
+        if proto not in PAPER_PRESETS:
+            raise no_paper_preset(proto)
+        opts.update(PAPER_PRESETS[proto])
     opts.update(given)
     out: dict[str, Any] = {}
     for k, v in opts.items():
@@ -78,7 +108,11 @@ def resolve_options(
                     f"the training split has {n_train}",
                 )
             out[k] = shots
-        elif k == "save_predictions":
+        elif k in transunet.OPTIONS:
+            out[k] = transunet.check_option(proto, k, v, opts)
+        elif k == "preset":
+            out[k] = v
+        elif k in ("save_predictions", "refit"):
             if not isinstance(v, bool):
                 raise _fail(proto, k, v, "true or false")
             out[k] = v

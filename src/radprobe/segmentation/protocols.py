@@ -29,13 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from radprobe.backbones.base import BackboneInfo
 from radprobe.data import Dataset
 from radprobe.metrics.segmentation import CaseScores, case_scores, split_dice
-from radprobe.segmentation import output
+from radprobe.segmentation import fused, output
 from radprobe.segmentation.data import SegSplit, draw_cases
 from radprobe.segmentation.heads import (
     LightDecoder,
@@ -54,8 +53,11 @@ from radprobe.segmentation.train import (
     predict,
     train,
 )
+from radprobe.segmentation.transunet import TRANSUNET_NAME
 
 UNET_NAME = "monai:unet"  # the "backbone" of seg-unet rows and outputs: nothing pretrained is used
+# protocols trained from scratch: the "backbone" name of their rows and outputs, and their overlay label
+SCRATCH_MODELS = {"seg-unet": (UNET_NAME, "monai U-Net"), "seg-transunet": (TRANSUNET_NAME, "TransUNet")}
 
 
 @dataclass
@@ -72,6 +74,7 @@ class SegData:
     info: BackboneInfo | None = None  # the frozen backbone (None when only seg-unet runs)
     out: Path | None = None  # run directory for predictions / overlays
     tag: str = ""  # file-name prefix of outputs (backbone slug)
+    nsd_tolerance_mm: float | None = None  # None: the default NSD tolerance of the unit (scoring only)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -119,17 +122,16 @@ def _sweep(
     opts: dict[str, Any],
     seed: int,
 ) -> tuple[nn.Module, dict[str, Any], TrainStats]:
-    """Train one model per learning rate; keep the one with the best validation macro Dice."""
+    """Train one model per learning rate; keep the one with the best validation macro Dice (with
+    ``opts["refit"]`` and the whole training split: retrained at that lr on train + val)."""
     rows = data.train.rows(train_idx)
     C = len(data.classes)
     assert data.val.masks is not None
     best: tuple[float, nn.Module, float, TrainStats] | None = None
     by_lr: dict[str, float] = {}
-    for lr in opts["lrs"]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # the same initial weights for every learning rate
-            model = build()
-        settings = TrainSettings(
+
+    def settings(lr: float) -> TrainSettings:
+        return TrainSettings(
             lr=lr,
             epochs=opts["epochs"],
             min_steps=opts["min_steps"],
@@ -138,7 +140,10 @@ def _sweep(
             seed=seed,
             device=data.device,
         )
-        stats = train(model, fetch["train"], data.train.targets, rows, settings)
+
+    for lr in opts["lrs"]:
+        (model,) = fused.init_heads(build, 1, seed)  # the same initial weights for every lr
+        stats = train(model, fetch["train"], data.train.targets, rows, settings(lr))
         preds = predict(model, fetch["val"], data.val)
         score = split_dice(preds, data.val.masks, C)
         by_lr[f"{lr:g}"] = score
@@ -154,6 +159,11 @@ def _sweep(
         "train_steps": stats.steps,
         "train_imgs_per_s": round(stats.imgs_per_s, 2),
     }
+    if opts.get("refit") and train_idx is None:
+        tv_fetch, tv_targets, tv_rows = fused.train_plus_val(data, fetch)
+        (model,) = fused.init_heads(build, 1, seed)
+        refit = train(model, tv_fetch, tv_targets, tv_rows, settings(lr))
+        selected["refit"] = {"rows": len(tv_rows), "steps": refit.steps}
     return model, selected, stats
 
 
@@ -164,7 +174,10 @@ def _run(
     fetch: dict[str, Fetch],
     opts: dict[str, Any],
     hparams: dict[str, Any],
+    sweep: Callable[..., tuple[nn.Module, dict[str, Any], TrainStats]] | None = None,
 ) -> SegResult:
+    """Train (a sweep per full-data run or few-shot draw: ``_sweep`` unless ``sweep`` is given) and
+    score the test split."""
     C = len(data.classes)
     test_masks = data.test.masks
     assert test_masks is not None
@@ -181,11 +194,11 @@ def _run(
                 plan.append((n, r, draw_cases(patients, n, np.random.default_rng([data.seed, n, r]))))
     for shots, r, idx in plan:
         seed = _seed(data.seed, shots or 0, r)
-        model, selected, stats = _sweep(data, build, fetch, idx, opts, seed)
+        model, selected, stats = (sweep or _sweep)(data, build, fetch, idx, opts, seed)
         trainable = selected["trainable_params"]
         preds = predict(model, fetch["test"], data.test)
         scores = [
-            case_scores(p, m, C, c.spacing)
+            case_scores(p, m, C, c.spacing, nsd_tolerance=data.nsd_tolerance_mm)
             for p, m, c in zip(preds, test_masks, data.test.cases, strict=True)
         ]
         if idx is not None:
@@ -200,7 +213,8 @@ def _run(
 def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict[str, Any]) -> list[str]:
     """Test predictions (``save_predictions``) and the first ``overlays`` overlays; returns the paths."""
     assert data.out is not None and data.test.masks is not None
-    prefix = f"{output.slug(UNET_NAME) if proto == 'seg-unet' else data.tag}__{proto}"
+    scratch = SCRATCH_MODELS.get(proto)
+    prefix = f"{output.slug(scratch[0]) if scratch else data.tag}__{proto}"
     written = []
     if opts["save_predictions"]:
         folder = data.out / "predictions" / prefix
@@ -208,7 +222,7 @@ def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict
             written.append(str(output.save_prediction(folder, case, pred)))
     for case, gt, pred in list(zip(data.test.cases, data.test.masks, preds, strict=True))[: opts["overlays"]]:
         path = data.out / "overlays" / f"{prefix}__{output.slug(case.sample_id)}.png"
-        who = "monai U-Net" if proto == "seg-unet" else data.info.name if data.info is not None else ""
+        who = scratch[1] if scratch else data.info.name if data.info is not None else ""
         output.overlay_case(path, data.dataset, case, gt, pred, f"{who} · {proto} · {case.sample_id}")
         written.append(str(path))
     return written
@@ -239,12 +253,18 @@ def seg_linear(
     min_steps: int = 200,
     batch_size: int = 16,
     weight_decay: float = 1e-4,
+    preset: str | None = None,
+    refit: bool = False,
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
     overlays: int = 3,
 ) -> SegResult:
-    """BatchNorm + 1x1 conv on the last block's patch grid, bilinear upsampling (DINOv2 linear)."""
+    """BatchNorm + 1x1 conv on the last block's patch grid, bilinear upsampling (DINOv2 linear).
+
+    ``preset="paper"`` (Baharoon et al.; docs/paper-fidelity.md): the 1x1 conv without BatchNorm,
+    SGD, Dice loss, flips / rot90 of the cached grids, every lr trained together, refit on train +
+    val. ``refit``: retrain the selected lr on train + val before the test split is predicted."""
     opts = dict(locals())
     opts.pop("data")
     if data.info is None:
@@ -252,9 +272,17 @@ def seg_linear(
     layer = linear_layer(data.info.num_blocks)
     dim = int(data.train.features[layer].shape[1])
     C = len(data.classes)
+    paper = preset == "paper"
     hparams = {**_common(opts), "layers": [layer], "head": "batchnorm + 1x1 conv"}
+    hparams.update(fused.paper_hparams(opts, "1x1 conv (no batchnorm)"))
     return _run(
-        "seg-linear", data, lambda: LinearHead(layer, dim, C), _grid_fetches(data, [layer]), opts, hparams
+        "seg-linear",
+        data,
+        lambda: LinearHead(layer, dim, C, bn=not paper),
+        _grid_fetches(data, [layer]),
+        opts,
+        hparams,
+        sweep=fused.paper_sweep if paper else None,
     )
 
 

@@ -153,7 +153,8 @@ def precise_bn(model: nn.Module, fetch: Fetch, rows: np.ndarray, batch_size: int
 def to_labels(logits: torch.Tensor, hw: tuple[int, ...]) -> torch.Tensor:
     """(B, C, h, w) logits -> (B, H, W) class maps at ``hw`` (bilinear upsampling, then argmax), on CPU."""
     logits = F.interpolate(logits.float(), size=tuple(hw), mode="bilinear", align_corners=False)
-    return logits.argmax(1).to(torch.uint8 if logits.shape[1] <= 256 else torch.int16).cpu()
+    # max(1).indices is argmax(1) (first maximum, NaN as maximum), several times faster on a CPU
+    return logits.max(1).indices.to(torch.uint8 if logits.shape[1] <= 256 else torch.int16).cpu()
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from typing import Any
 
 from radprobe.data.formats.common import Source, axis_option
 from radprobe.data.presets.common import finish, root_dir
+from radprobe.data.presets.paper_splits import amos_split, btcv_split, heart_split, wants_paper_split
 from radprobe.data.presets.registry import BTCV_ORGANS
 from radprobe.data.problems import Problem, error, warning
 from radprobe.data.readers import NIFTI_SUFFIXES, natural_key, strip_suffix
@@ -154,8 +155,14 @@ def index_btcv(spec: Spec) -> Source:
         )
     if len(classes) != 14:
         issues.append(warning(f"{scheme}: {len(classes) - 1} foreground labels; BTCV has 13 organs"))
+    conventions = {"layout": layout}
+    if wants_paper_split(spec):
+        records = btcv_split(records, str(root))
+        conventions["split"] = (
+            "paper: train = even-numbered volumes, test = odd-numbered; val carved from train"
+        )
     return finish(
-        spec, records, "segmentation", classes, root, issues, {"layout": layout},
+        spec, records, "segmentation", classes, root, issues, conventions,
         default_name="btcv", patients_allowed=not any(r.split for r in records), modality="ct",
     )  # fmt: skip
 
@@ -186,10 +193,24 @@ def index_amos(spec: Spec) -> Source:
     if len(classes) != 16:
         issues.append(warning(f"{scheme}: {jpath.name} names {len(classes) - 1} organs; AMOS has 15"))
     modality = {"ct": "ct", "mri": "mri", "all": "ct+mri"}[subset]
+    conventions = {"subset": subset}
+    if wants_paper_split(spec):
+        if subset != "ct":
+            raise DataError(f"{scheme}: split=paper uses the CT volumes (subset=ct); got subset={subset}")
+        records = amos_split(records, _listed(data, keep), f"{jpath}")
+        conventions["split"] = "paper: 80 / 20 / 50 CT volumes by position; the other 150 left out"
     return finish(
-        spec, records, "segmentation", classes, root, issues, {"subset": subset},
+        spec, records, "segmentation", classes, root, issues, conventions,
         default_name="amos", modality=modality,
     )  # fmt: skip
+
+
+def _listed(data: dict[str, Any], keep: Any) -> list[str]:
+    """Sample ids of the labelled cases ``keep`` accepts in a dataset json (training + validation)."""
+    entries = [
+        e for key, _ in JSON_SPLITS for e in data.get(key) or [] if isinstance(e, dict) and e.get("image")
+    ]
+    return [strip_suffix(Path(e["image"]).name) for e in entries if keep(Path(e["image"]))]
 
 
 # ---------------------------------------------------------------------------- MSD
@@ -232,8 +253,31 @@ def index_msd(spec: Spec) -> Source:
     modality = str(modalities.get(str(channel), "")) if isinstance(modalities, dict) else ""
     issues: list[Problem] = []
     records = json_records(root, data, jpath, axis, issues, scheme)
+    conventions = {"task": root.name, "modality": modality or "unknown"}
+    paper = wants_paper_split(spec)
+    if paper:
+        records = _msd_paper_split(records, root, data, issues)
+        conventions["split"] = "paper: 12 / 4 / 4 volumes, inferred (the released code has no Heart split)"
     return finish(
-        spec, records, "segmentation", classes, root, issues,
-        {"task": root.name, "modality": modality or "unknown"},
-        default_name=f"msd-{root.name}", patients_allowed=True, modality=modality.lower(),
+        spec, records, "segmentation", classes, root, issues, conventions,
+        default_name=f"msd-{root.name}", patients_allowed=not paper, modality=modality.lower(),
     )  # fmt: skip
+
+
+def _msd_paper_split(
+    records: list[Record], root: Path, data: dict[str, Any], issues: list[Problem]
+) -> list[Record]:
+    """The paper's Task02_Heart split (the only MSD task it used), with a warning that it is inferred."""
+    heart = root.name.lower().startswith("task02_") or str(data.get("name", "")).lower() == "leftatrium"
+    if not heart:
+        raise DataError(
+            f"msd: split=paper exists for Task02_Heart only (the paper's MSD task); got {root.name}. "
+            "Add split= to use radprobe's carve"
+        )
+    issues.append(
+        warning(
+            "msd split=paper: the released code holds no Task02_Heart split; radprobe uses the "
+            "12 / 4 / 4 inferred from its slice counts (docs/paper-fidelity.md, Datasets)"
+        )
+    )
+    return heart_split(records, str(root))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from radprobe.data.formats.common import Source
 from radprobe.data.presets.common import finish, root_dir
+from radprobe.data.presets.paper_splits import montgomery_split, shenzhen_split, wants_paper_split
 from radprobe.data.problems import Problem, error, warning
 from radprobe.data.readers import IMAGE_SUFFIXES, natural_key
 from radprobe.data.records import ImageRef, Record
@@ -59,6 +60,11 @@ def index_montgomery(spec: Spec) -> Source:
             if stem not in images:
                 issues.append(warning(f"mask {m} has no image in {cxr}"))
     classes = ("background", "left lung", "right lung") if mode == "separate" else ("background", "lung")
+    conventions = {"lungs": mode}
+    paper = wants_paper_split(spec)
+    if paper:
+        records = montgomery_split(records, list(images), str(cxr))
+        conventions["split"] = "paper: 69 / 23 / 46 images by position (mc.py make_splits)"
     return finish(
         spec,
         records,
@@ -66,9 +72,9 @@ def index_montgomery(spec: Spec) -> Source:
         classes,
         root,
         issues,
-        {"lungs": mode},
+        conventions,
         default_name="montgomery",
-        patients_allowed=True,
+        patients_allowed=not paper,
         modality="xray",
     )
 
@@ -110,6 +116,11 @@ def index_shenzhen(spec: Spec) -> Source:
     for stem, m in masks.items():
         if stem not in images:
             issues.append(warning(f"mask {m} has no image {stem}.png in {cxr}"))
+    conventions = {"masks": mdir.name}
+    paper = wants_paper_split(spec)
+    if paper:
+        records = shenzhen_split(records, str(cxr))
+        conventions["split"] = "paper: 361 / 91 / 114 masked images by position (shenzhen.py make_splits)"
     return finish(
         spec,
         records,
@@ -117,8 +128,8 @@ def index_shenzhen(spec: Spec) -> Source:
         ("background", "lung"),
         root,
         issues,
-        {"masks": mdir.name},
+        conventions,
         default_name="shenzhen",
-        patients_allowed=True,
+        patients_allowed=not paper,
         modality="xray",
     )

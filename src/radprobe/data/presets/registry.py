@@ -25,6 +25,10 @@ FRACTIONS_OPTION = {
 }
 PATIENTS_OPTION = {"patients": "train,val,test patient counts, e.g. 69,23,46 (exact, seeded, stratified)"}
 CARVED = {**FRACTIONS_OPTION, **PATIENTS_OPTION}
+SPLIT_OPTION = {
+    "split": "paper: the train/val/test cases of the paper's released code (what paper=1 sets); empty: "
+    "radprobe's rule",
+}
 SPLIT_NOTE = (
     "Splits radprobe carves are patient-level, stratified, seeded (load_dataset(split_seed=)) and saved "
     "to a split file, so they stay fixed."
@@ -263,7 +267,10 @@ PRESETS: dict[str, PresetInfo] = {
                 "<root>/ManualMask/rightMask/<same name> (<root> = MontgomerySet)"
             ),
             labels="background, left lung, right lung (lungs=merged: background, lung)",
-            split="no official split: carved per image (= patient); paper=1 -> exactly 69 / 23 / 46.",
+            split=(
+                "no official split: carved per image (= patient); paper=1 (split=paper) -> the released "
+                "code's 69 / 23 / 46 images, by position in the sorted CXR_png listing."
+            ),
             resolution=448,
             metric="mean Dice and IoU over the lung classes (background excluded)",
             citation=(
@@ -277,9 +284,10 @@ PRESETS: dict[str, PresetInfo] = {
                 **_CLS_READ,
                 **PAPER_OPTION,
                 **CARVED,
+                **SPLIT_OPTION,
                 "lungs": "separate (default: left and right lung classes) | merged (one lung class)",
             },
-            paper="patients=69,23,46",
+            paper="split=paper",
         ),
         PresetInfo(
             name="shenzhen",
@@ -292,7 +300,10 @@ PRESETS: dict[str, PresetInfo] = {
                 "without a mask are left out"
             ),
             labels="background, lung",
-            split="no official split: carved per image (= patient); paper=1 -> exactly 361 / 91 / 114.",
+            split=(
+                "no official split: carved per image (= patient); paper=1 (split=paper) -> the released "
+                "code's 361 / 91 / 114 masked images, by position in the sorted CXR_png listing."
+            ),
             resolution=448,
             metric="mean Dice and IoU over the lung class (background excluded)",
             citation=(
@@ -302,8 +313,8 @@ PRESETS: dict[str, PresetInfo] = {
             url="https://www.kaggle.com/datasets/yoctoman/shcxr-lung-mask",
             module="radprobe.data.presets.lungs:index_shenzhen",
             example="shenzhen:/data/ChinaSet_AllFiles?paper=1",
-            options={**_CLS_READ, **PAPER_OPTION, **CARVED},
-            paper="patients=361,91,114",
+            options={**_CLS_READ, **PAPER_OPTION, **CARVED, **SPLIT_OPTION},
+            paper="split=paper",
         ),
         PresetInfo(
             name="btcv",
@@ -319,7 +330,8 @@ PRESETS: dict[str, PresetInfo] = {
             labels="background, " + ", ".join(BTCV_ORGANS),
             split=(
                 "json 'training'/'validation' lists when present (test then carved from training), else "
-                "all carved at patient (= volume) level."
+                "all carved at patient (= volume) level. paper=1 (split=paper): train = the 15 even-numbered "
+                "volumes, test = the 15 odd-numbered (the released code's), val carved from train."
             ),
             resolution=448,
             metric="mean Dice over the 13 organs",
@@ -327,7 +339,8 @@ PRESETS: dict[str, PresetInfo] = {
             url="https://www.synapse.org/#!Synapse:syn3193805",
             module="radprobe.data.presets.abdomen:index_btcv",
             example="btcv:/data/BTCV?window=soft",
-            options={**READ_OPTIONS, **PAPER_OPTION, **CARVED},
+            options={**READ_OPTIONS, **PAPER_OPTION, **CARVED, **SPLIT_OPTION},
+            paper="split=paper",
         ),
         PresetInfo(
             name="amos",
@@ -340,7 +353,10 @@ PRESETS: dict[str, PresetInfo] = {
                 "amos_XXXX.nii.gz; ids > 500 are MRI"
             ),
             labels="background, " + ", ".join(AMOS_ORGANS) + " (names taken from dataset.json)",
-            split="train = dataset.json 'training', val = 'validation'; test carved from training.",
+            split=(
+                "train = dataset.json 'training', val = 'validation'; test carved from training. paper=1 "
+                "(split=paper): the released code's 80 / 20 / 50 of the 300 labelled CT volumes, by position."
+            ),
             resolution=448,
             metric="mean Dice over the 15 organs",
             citation="Ji et al., AMOS: A Large-Scale Abdominal Multi-Organ Benchmark, NeurIPS 2022",
@@ -351,8 +367,10 @@ PRESETS: dict[str, PresetInfo] = {
                 **READ_OPTIONS,
                 **PAPER_OPTION,
                 **FRACTIONS_OPTION,
+                **SPLIT_OPTION,
                 "subset": "ct (default; ids <= 500) | mri (ids > 500) | all",
             },
+            paper="split=paper",
         ),
         PresetInfo(
             name="msd",
@@ -365,7 +383,11 @@ PRESETS: dict[str, PresetInfo] = {
                 "task folder itself; otherwise name it with task=9 or task=Spleen); ._* files are ignored"
             ),
             labels="from dataset.json 'labels' (Heart: background, left atrium)",
-            split="dataset.json 'training' (its test is unlabelled), carved at patient (= volume) level.",
+            split=(
+                "dataset.json 'training' (its test is unlabelled), carved at patient (= volume) level. "
+                "paper=1 (split=paper, Task02_Heart only): 12 / 4 / 4 volumes, inferred from the released "
+                "code."
+            ),
             resolution=448,
             metric="mean Dice over the foreground labels",
             citation="Antonelli et al., The Medical Segmentation Decathlon, Nature Communications 2022",
@@ -378,7 +400,9 @@ PRESETS: dict[str, PresetInfo] = {
                 **CARVED,
                 "task": "task number or name when <root> holds several TaskNN_* folders (e.g. 9, Spleen)",
                 "channel": "modality index of 4D (multi-modal) tasks, e.g. BrainTumour (default 0)",
+                **SPLIT_OPTION,
             },
+            paper="split=paper",
         ),
         PresetInfo(
             name="medmnist",
