@@ -307,7 +307,7 @@ GOAL = (
     ">= 0.6 for the first at ViT-S/14 112 px (decoding included)"
 )
 NOTE = (
-    "2-core CPU shared with other work (load ~6 during the runs); torch on 1 thread; random-init "
+    "2-core CPU shared with other work (load 3-6 during the runs); torch on 1 thread; random-init "
     "weights; 'today': the path without the image cache, measured in the same run. test:vit-tiny "
     "over the 2,000-image folder, ViT-S/14 over its first 600 images (time); memory with 128-px sources"
 )
