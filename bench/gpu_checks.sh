@@ -2,7 +2,10 @@
 # Checks for a lent GPU machine, run from the repository root in one call (a few minutes):
 # radprobe's CUDA paths through the CLI (bf16 extraction and training, CUDA peak memory), the same
 # frozen rows on CPU for comparison, bf16 vs fp32 features, bench_finetune on ViT-B/14 at 224 px in
-# bf16 and bench_extraction on the GPU by DataLoader workers. SKIP_CLI=1 and BENCHES=... pick parts.
+# bf16 and bench_extraction on the GPU (ViT-S/14, ViT-B/14, ViT-L/14 at 224 px over 12,288 generated
+# PNGs, each without the decoded-image cache, building its entry and reading it as a second backbone:
+# goal ratio >= 0.9 reading it; about 4 minutes, at most 450 s). SKIP_CLI=1 and BENCHES=... pick
+# parts: `SKIP_CLI=1 BENCHES=extraction bash bench/gpu_checks.sh` is the extraction case alone.
 # The machine has torch but no network: missing packages travel as wheels in .whl/ (see the
 # device notes); OUT is the folder whose files come back.
 set -uo pipefail
@@ -58,6 +61,31 @@ json.dump(out, open(sys.argv[1], "w"), indent=1)
 print(out)
 PY
 echo "precision rc=$?"
+# the decoded-image cache on CUDA (uint8 batches normalised on the device) against per-image decoding
+python3 - "$OUT/image_cache_cuda.json" <<'PY'
+import json, sys, tempfile
+from pathlib import Path
+import numpy as np
+from radprobe.backbones import create_backbone
+from radprobe.data import load_dataset
+from radprobe.features.cache import FeatureCache, FeatureSpec
+from radprobe.features.extract import extract_split
+from radprobe.features.images import ImageCache
+bb = create_backbone("dinov2-s", pretrained=False, resolution=224)
+ds = load_dataset("synthetic:cls2d-multiclass")
+tmp = Path(tempfile.mkdtemp())
+kw = dict(spec=FeatureSpec(n_blocks=4), device="cuda", batch_size=64)
+old, _ = extract_split(bb, ds, "train", FeatureCache(tmp / "a"), **kw)
+images = ImageCache(tmp / "i")
+runs = [extract_split(bb, ds, "train", FeatureCache(tmp / d), images=images, **kw) for d in ("b", "c")]
+a = np.asarray(old.pooled)
+out = {"paths": [st.extra["data_path"] for _, st in runs], "storage": runs[1][1].extra.get("image_storage")}
+for (fs, st), name in zip(runs, ("build", "hit")):
+    out[f"max_rel_diff_{name}"] = float(np.abs(np.asarray(fs.pooled) - a).max() / np.abs(a).max())
+json.dump(out, open(sys.argv[1], "w"), indent=1)
+print(out)
+PY
+echo "image cache cuda rc=$?"
 # the study executor under torchrun on CUDA: two ranks share the GPU and claim groups; rows as one process's
 printf 'name: tr\nbackbones: [test:vit-tiny, test:cnn-tiny]\ndatasets: [synthetic:cls2d-binary, synthetic:cls2d-multiclass]\nprotocols: {knn: {}, logreg: {}}\ndevice: cuda\n' >/tmp/tr.yaml
 timeout 200 "${rp[@]}" study run /tmp/tr.yaml -o /tmp/tr-seq >"$OUT/study_seq.txt" 2>&1
@@ -72,6 +100,7 @@ print("torchrun rows", len(a), "equal", a == b)
 PY
 fi
 for b in ${BENCHES-finetune extraction}; do
-  (cd bench && timeout 300 python3 "bench_$b.py" --gpu && cp "results/${b}_gpu.json" "$OUT/")
+  limit=300; [ "$b" = extraction ] && limit=450
+  (cd bench && timeout $limit python3 "bench_$b.py" --gpu && cp "results/${b}_gpu.json" "$OUT/")
   echo "bench $b rc=$?"
 done

@@ -37,19 +37,22 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
 
     monkeypatch.setattr(Dataset, "load_image", logging_load)
     whole = evaluate(make_cfg(tmp_path / "whole", ["lora"], OPTS))
-    # the test split is read once, after training and validation are over
+    # the test split is read once, after training and validation are over; with the decoded-image
+    # cache every other image is decoded once for all three epochs
     first_test = loads.index("test")
     assert loads[first_test:] == ["test"] * 60
-    assert loads[:first_test].count("val") == 3 * 30
+    assert loads[:first_test].count("val") == 30 and loads[:first_test].count("train") == 210
 
     def crash(epoch: int) -> None:
         if epoch == 2:
             raise Crash("killed after epoch 2")
 
+    # decoding per epoch from here on, so the loads show which epochs ran (and the rows must equal
+    # those of the run above, which read decoded images)
     out = tmp_path / "resumed"
     monkeypatch.setattr(train, "after_checkpoint", crash)
     with pytest.raises(Crash):
-        evaluate(make_cfg(out, ["lora"], OPTS))
+        evaluate(make_cfg(out, ["lora"], OPTS, image_cache=False))
     with ResultStore(out) as store:
         assert store.rows() == []  # nothing scored before training finished
     (ckpt_dir,) = (out / "checkpoints").iterdir()
@@ -60,7 +63,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
     monkeypatch.setattr(train, "after_checkpoint", None)
     notes: list[str] = []
     loads.clear()
-    resumed = evaluate(make_cfg(out, ["lora"], OPTS), warn=notes.append)
+    resumed = evaluate(make_cfg(out, ["lora"], OPTS, image_cache=False), warn=notes.append)
     assert any("resuming" in n and "epoch 2" in n for n in notes)
     assert loads.count("train") == 210 // 16 * 16  # only the third epoch ran
     assert _metrics(resumed) == _metrics(whole)
@@ -72,7 +75,7 @@ def test_killed_run_resumes_to_the_uninterrupted_result(
 
     # a finished run is rescored from its best checkpoint without training again
     loads.clear()
-    again = evaluate(make_cfg(out, ["lora"], OPTS))
+    again = evaluate(make_cfg(out, ["lora"], OPTS, image_cache=False))
     assert "train" not in loads and "val" not in loads
     assert _metrics(again) == _metrics(whole)
 

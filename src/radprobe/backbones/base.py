@@ -60,7 +60,19 @@ class Preprocess:
             del d["crop_from"]
         return d
 
+    def geometry_dict(self) -> dict[str, Any]:
+        """What decides the pixels before normalisation (all but mean/std, and the patch size, which
+        only checks the resolution): the key of a decoded-image cache entry, shared by backbones
+        that differ only in normalisation."""
+        d = self.to_dict()
+        del d["mean"], d["std"], d["patch_size"]
+        return d
+
     def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return self.normalise(self.geometry(image))
+
+    def geometry(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The resized, clamped (and min-max stretched) float32 (1 or 3, R, R) image, not yet normalised."""
         x = torch.as_tensor(np.ascontiguousarray(image), dtype=torch.float32)
         if x.ndim == 2:
             x = x[None]
@@ -74,7 +86,7 @@ class Preprocess:
         elif c not in (1, 3):
             raise ValueError(f"expected 1, 3 or 4 channels, got {c}")
         # grayscale stays one channel through resize and clamp (a third of the work, the same
-        # numbers); the normalisation below broadcasts it to three
+        # numbers); the normalisation broadcasts it to three
         size = self.crop_from or self.resolution
         if tuple(x.shape[1:]) != (size, size):
             smooth = self.interpolation in ("bilinear", "bicubic")
@@ -93,9 +105,14 @@ class Preprocess:
             lo = x.amin(dim=(1, 2), keepdim=True)
             span = x.amax(dim=(1, 2), keepdim=True) - lo
             x = torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (x - mean) / std  # (1 or 3, R, R) -> (3, R, R)
+        return x
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's mean/std on a :meth:`geometry` image (C, R, R) or batch (B, C, R, R), on its
+        device: (1 or 3 channels) -> 3 channels."""
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return (x - mean) / std
 
 
 @dataclass(frozen=True)

@@ -165,8 +165,20 @@ _RANDOM = typer.Option(
 )
 _RES = typer.Option(None, "--resolution", min=1, help="Input resolution (default: the backbone's).")
 _BATCH = typer.Option(64, "--batch-size", min=1, help="Images per forward pass.")
-_WORKERS = typer.Option(0, "--num-workers", min=0, help="DataLoader worker processes.")
+_WORKERS = typer.Option(
+    None,
+    "--num-workers",
+    min=0,
+    help="Decoding worker processes (default: min(cores, 8) beside a GPU, none on a CPU of 2 cores; "
+    "training: none).",
+)
 _DEVICE = typer.Option("auto", "--device", help="cpu, cuda, cuda:N, mps or auto.")
+_NO_IMAGE_CACHE = typer.Option(
+    False,
+    "--no-image-cache",
+    help="Decode every image for this backbone on the CPU instead of reading/writing the decoded-image "
+    "cache (RADPROBE_CACHE/images; RADPROBE_IMAGE_CACHE=0 for every run). Features are the same.",
+)
 _JSON = typer.Option(False, "--json", help="Print a JSON summary on stdout.")
 # numpy's legacy RandomState and torch take seeds in [0, 2**32): anything else fails deep inside a run.
 _SEED_RANGE: dict[str, int] = {"min": 0, "max": 2**32 - 1}
@@ -182,6 +194,13 @@ def _config(**kw: Any):  # type: ignore[no-untyped-def]
     return EvalConfig(**kw)
 
 
+_PIXELS_FROM = {
+    "image-cache-hit": ", images read from the decoded-image cache",
+    "image-cache-build": ", images decoded into the decoded-image cache",
+    "decode": ", images decoded for this backbone",
+}
+
+
 @app.command("extract")
 def extract_cmd(
     backbone: str = _BACKBONE,
@@ -191,8 +210,9 @@ def extract_cmd(
     random_init: bool = _RANDOM,
     resolution: int | None = _RES,
     batch_size: int = _BATCH,
-    num_workers: int = _WORKERS,
+    num_workers: int | None = _WORKERS,
     device: str = _DEVICE,
+    no_image_cache: bool = _NO_IMAGE_CACHE,
     as_json: bool = _JSON,
 ) -> None:
     """Extract features of every split into the cache (a no-op when cached)."""
@@ -211,6 +231,7 @@ def extract_cmd(
         num_workers=num_workers,
         device=device,
         progress=not as_json,
+        image_cache=not no_image_cache,
     )
     summary = extract(cfg, warn=_warn)
     if as_json:
@@ -225,6 +246,7 @@ def extract_cmd(
         else:
             how = f"extracted at {s['imgs_per_s']:.1f} img/s"
             how += f", {lent} rows lent by other cache entries" if lent else ""
+            how += _PIXELS_FROM.get(s["extra"].get("data_path", ""), "")
         console.print(f"{split:>5}: {s['n']} samples — {how} — {s['path']}", highlight=False)
 
 
@@ -247,8 +269,9 @@ def eval_cmd(
         "mean", "--volume-pool", help="3D datasets: pool slice features per volume by mean or max."
     ),
     batch_size: int = _BATCH,
-    num_workers: int = _WORKERS,
+    num_workers: int | None = _WORKERS,
     device: str = _DEVICE,
+    no_image_cache: bool = _NO_IMAGE_CACHE,
     as_json: bool = _JSON,
 ) -> None:
     """Evaluate a backbone on a dataset; one results row per (protocol, metric).
@@ -279,6 +302,7 @@ def eval_cmd(
         progress=not as_json,
         options=parse_overrides(overrides),
         volume_pool=volume_pool,
+        image_cache=not no_image_cache,
     )
     if under_torchrun() and int(os.environ["WORLD_SIZE"]) > 1:
         cfg.device = _data_parallel(cfg)
@@ -642,6 +666,24 @@ def _feature_cache() -> Any:
     return FeatureCache(cache_dir() / "features")
 
 
+def _caches() -> list[Any]:
+    """The feature cache and the decoded-image cache beside it (``(images)`` rows in listings)."""
+    from radprobe.config import cache_dir
+    from radprobe.features.images import ImageCache
+
+    return [_feature_cache(), ImageCache(cache_dir() / "images")]
+
+
+def _cache_entries() -> tuple[list[Any], dict[Path, Any]]:
+    """Every entry of both caches, oldest first, and the cache each one's folder belongs to."""
+    entries, owner = [], {}
+    for cache in _caches():
+        for e in cache.entries():
+            entries.append(e)
+            owner[e.path] = cache
+    return sorted(entries, key=lambda e: e.created), owner
+
+
 def _size(n: float) -> str:
     if n < 1024:
         return f"{n:.0f} B"
@@ -673,13 +715,20 @@ _DATASET_FILTER = typer.Option(None, "--dataset", "-d", help="Only entries of th
 def cache_list_cmd(
     backbone: str | None = _BACKBONE_FILTER, dataset: str | None = _DATASET_FILTER, as_json: bool = _JSON
 ) -> None:
-    """Feature cache entries (under RADPROBE_CACHE/features), oldest first, with their sizes."""
+    """Feature cache entries (under RADPROBE_CACHE/features) and decoded-image entries (RADPROBE_CACHE/
+    images, backbone "(images)"), oldest first, with their sizes."""
     from radprobe.features.cache import select_prune
 
-    cache = _feature_cache()
-    entries = select_prune(cache.entries(), backbone=backbone, dataset=dataset)
+    cache, images = _caches()
+    entries = select_prune(_cache_entries()[0], backbone=backbone, dataset=dataset)
     if as_json:
-        _print_json({"root": str(cache.root), "entries": [e.to_dict() for e in entries]})
+        _print_json(
+            {
+                "root": str(cache.root),
+                "images_root": str(images.root),
+                "entries": [e.to_dict() for e in entries],
+            }
+        )
         return
     total = _size(sum(e.bytes for e in entries))
     console.print(_entry_table(entries, f"{len(entries)} entries, {total} in {cache.root}"))
@@ -703,9 +752,9 @@ def cache_prune_cmd(
 
     if backbone is None and dataset is None and older_than is None and max_gb is None:
         raise RadprobeError("cache prune: name --backbone, --dataset, --older-than or --max-gb")
-    cache = _feature_cache()
+    entries, owner = _cache_entries()
     gone = select_prune(
-        cache.entries(),
+        entries,
         backbone=backbone,
         dataset=dataset,
         older_than_s=None if older_than is None else older_than * 86400,
@@ -714,8 +763,9 @@ def cache_prune_cmd(
     leftovers: list[Path] = []
     if not dry_run:
         for e in gone:
-            cache.remove(e.key)
-        leftovers = cache.clean_stale()  # what interrupted extractions left behind
+            owner[e.path].remove(e.key)
+        # what interrupted extractions left behind
+        leftovers = [p for cache in _caches() for p in cache.clean_stale()]
     freed = sum(e.bytes for e in gone)
     if as_json:
         _print_json(

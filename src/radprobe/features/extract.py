@@ -12,18 +12,18 @@ so one extraction serves every pooling.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
-from torch.utils.data import Dataset as TorchDataset
 
 from radprobe.core.runtime import peak_memory_mb
 from radprobe.features.cache import FORMAT_VERSION, FeatureCache, FeatureSet, FeatureSpec, cache_key
+from radprobe.features.image_source import CachedSource, DecodeSource
+from radprobe.features.images import ImageCache, default_workers
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
@@ -32,29 +32,6 @@ if TYPE_CHECKING:
     from radprobe.data.records import Record
     from radprobe.features.cache import EntryWriter
     from radprobe.features.views import AugmentView
-
-
-class _Images(TorchDataset):
-    """Decoded, preprocessed images of one split; volumes come out as (D, 3, R, R) slice stacks."""
-
-    def __init__(
-        self, dataset: Dataset, records: list[Record], preprocess: Preprocess, view: AugmentView | None = None
-    ) -> None:
-        self.dataset = dataset
-        self.records = records
-        self.preprocess = preprocess
-        self.view = view
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        img = self.dataset.load_image(self.records[i])
-        if self.view is not None:
-            img = self.view(img, self.records[i].sample_id)
-        if self.dataset.ndim == 3:
-            return torch.stack([self.preprocess(s) for s in img])
-        return self.preprocess(img)
 
 
 @dataclass
@@ -80,6 +57,18 @@ def forward_rate(stats: list[dict[str, Any]]) -> float:
     ran = [(n, t) for n, t in ran if n > 0]
     total = sum(t for _, t in ran)
     return float(sum(n for n, _ in ran) / total) if total > 0 else 0.0
+
+
+def extraction_paths(stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the extractions that ran spent their time: waiting for decoded data (``decode_s``) or
+    not (``forward_s``), and which data paths served them (``decode``, ``image-cache-build``,
+    ``image-cache-hit``; entries written before the decoded-image cache count as ``decode``)."""
+    ran = [m.get("extra", {}) for m in stats if m.get("extra", {}).get("forward_images", 0) > 0]
+    return {
+        "decode_s": round(sum(float(e.get("decode_s", 0.0)) for e in ran), 4),
+        "forward_s": round(sum(float(e.get("forward_s", 0.0)) for e in ran), 4),
+        "data_paths": sorted({str(e.get("data_path", "decode")) for e in ran}),
+    }
 
 
 def _autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -207,18 +196,23 @@ def extract_split(
     spec: FeatureSpec | None = None,
     *,
     batch_size: int = 64,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     device: str | torch.device = "cpu",
     progress: Callable[[int], None] | None = None,
     per_slice: bool = False,
+    images: ImageCache | None = None,
 ) -> tuple[FeatureSet, ExtractStats]:
     """Features of one split: from the cache when present, else one batched forward pass.
 
     ``progress`` is called with the number of images (volumes) finished after every batch.
     ``per_slice`` keeps one row per slice of 3D volumes (see the module docstring).
+    ``num_workers``: decoding processes; None: what suits the machine (:func:`.images.default_workers`).
+    ``images``: the decoded-image cache (:mod:`.images`) the split is read from, or decoded into on
+    the way; None decodes every image on the CPU for this backbone alone (the features are the same).
     """
     spec = spec or FeatureSpec()
     device = torch.device(device)
+    num_workers = default_workers(device) if num_workers is None else num_workers
     per_slice = _per_slice(dataset, per_slice)
     precision = compute_precision(device)
     key = feature_key(backbone, dataset, split, spec, per_slice=per_slice, precision=precision)
@@ -242,6 +236,7 @@ def extract_split(
             progress,
             per_slice,
             precision,
+            images,
         )
 
 
@@ -435,6 +430,7 @@ def _extract(
     progress: Callable[[int], None] | None,
     per_slice: bool,
     precision: str,
+    images: ImageCache | None = None,
 ) -> tuple[FeatureSet, ExtractStats]:
     """Build the entry ``key``: rows other entries lend are copied, the rest run through the backbone."""
     records = dataset.split(split)
@@ -447,12 +443,8 @@ def _extract(
     # a view's crop is drawn per sample id, which another manifest may give the same image under
     lend = spec.view is None
     rows = _plan_rows(dataset, records, per_slice, cache, family, key, lend)
-    loader = DataLoader(
-        _Images(dataset, [records[i] for i in rows.todo], backbone.preprocess, spec.view),
-        batch_size=1 if volumes else batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=False,
+    source = _source(
+        dataset, split, records, rows, backbone.preprocess, batch_size, num_workers, device, images, spec.view
     )
     backbone = backbone.to(device).eval()
     if device.type == "cuda":
@@ -466,8 +458,12 @@ def _extract(
             _write_lent(out, rows.lent)
             if progress is not None:
                 progress(len(records) - len(rows.todo))
-        n_forward = _run_backbone(backbone, loader, rows, out, spec, batch_size, device, volumes, progress)
+        with source:
+            n_forward = _run_backbone(
+                backbone, source, rows, out, spec, batch_size, device, volumes, progress
+            )
         elapsed = time.perf_counter() - start
+        decode_s = source.info.get("decode_s", 0.0)
         stats = ExtractStats(
             cache_hit=False,
             n_images=rows.n,
@@ -475,7 +471,14 @@ def _extract(
             imgs_per_s=n_forward / elapsed if elapsed > 0 else 0.0,
             peak_mem_mb=peak_memory_mb(device),
             device=str(device),
-            extra={"forward_images": n_forward, "reused_rows": len(rows.lent)},
+            extra={
+                "forward_images": n_forward,
+                "reused_rows": len(rows.lent),
+                **source.info,
+                "decode_s": round(decode_s, 4),
+                # what the loop did besides waiting for data: forward passes and writing features
+                "forward_s": round(max(elapsed - decode_s, 0.0), 4),
+            },
         )
         out.arrays.clear()
         ids = (
@@ -505,6 +508,31 @@ def _extract(
     return fs, stats
 
 
+def _source(
+    dataset: Dataset,
+    split: str,
+    records: list[Record],
+    rows: _Rows,
+    preprocess: Preprocess,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    images: ImageCache | None,
+    view: AugmentView | None = None,
+) -> CachedSource | DecodeSource:
+    """The decoded-image cache when it serves the whole split; else per-image decoding of the records
+    to run (rows lent by other entries leave only some of them, which a new entry would not cover;
+    an augmented view draws its own pixels from each decoded image)."""
+    todo = [records[i] for i in rows.todo]
+    why = "" if images is None else "not used: augmented view" if view is not None else "not used: rows lent"
+    if images is None or view is not None or len(todo) < len(records):
+        return DecodeSource(dataset, todo, preprocess, batch_size, num_workers, device, why, view)
+    depths = None
+    if dataset.ndim == 3:
+        depths = rows.depths if rows.per_slice else volume_depths(dataset, records)
+    return CachedSource(images, dataset, split, records, preprocess, batch_size, num_workers, device, depths)
+
+
 def _write_row_index(out: _Output, rows: _Rows) -> None:
     """The per-row image identities and, for per-slice entries, each row's volume and slice."""
     out.allocate(ROW_KEYS, (rows.n,), ROW_KEY_DTYPE)[:] = [i.encode() for i in rows.identities]
@@ -527,7 +555,7 @@ def _write_lent(out: _Output, lent: dict[int, tuple[FeatureSet, int]]) -> None:
 
 def _run_backbone(
     backbone: Backbone,
-    loader: DataLoader,
+    loader: Iterable[torch.Tensor],
     rows: _Rows,
     out: _Output,
     spec: FeatureSpec,
@@ -539,6 +567,7 @@ def _run_backbone(
     """Features of the records ``rows.todo`` (``loader``'s items) into their rows; returns the number of
     images (slices, for volumes) through the backbone."""
     n_forward = 0
+    behind = _Behind(out, device)
     with torch.inference_mode(), _autocast(device):
         pos = 0
         for batch in loader:
@@ -555,13 +584,41 @@ def _run_backbone(
                 feats = _forward(backbone, batch.to(device, non_blocking=True), spec)
                 n_forward += batch.shape[0]
             b = next(iter(feats.values())).shape[0]
-            where = rows.starts[np.asarray(rows.todo[pos : pos + b])]
-            for name, t in feats.items():
-                out.put(name, where, t)
+            behind.put(rows.starts[np.asarray(rows.todo[pos : pos + b])], feats)
             pos += b
             if progress is not None:
                 progress(b)
+        behind.flush()
     return n_forward
+
+
+class _Behind:
+    """Writes a batch's features. On CUDA the copy to the host is queued without waiting and the batch
+    is written once the next one has been queued, so the device never idles on a copy."""
+
+    def __init__(self, out: _Output, device: torch.device) -> None:
+        self.out, self.cuda = out, device.type == "cuda"
+        self.pending: tuple[np.ndarray, dict[str, torch.Tensor], Any] | None = None
+
+    def put(self, where: np.ndarray, feats: dict[str, torch.Tensor]) -> None:
+        if not self.cuda:
+            for name, t in feats.items():
+                self.out.put(name, where, t)
+            return
+        # non-blocking copies to the host land in pinned memory; the event says when they are there
+        host = {name: t.float().to("cpu", non_blocking=True) for name, t in feats.items()}
+        done = torch.cuda.Event()
+        done.record()
+        self.flush()
+        self.pending = (where, host, done)
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            where, host, done = self.pending
+            self.pending = None
+            done.synchronize()
+            for name, t in host.items():
+                self.out.put(name, where, t)
 
 
 def _put_slices(

@@ -22,12 +22,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from radprobe.features.images import PIXELS, to_float
 from radprobe.utils import digest
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Preprocess
     from radprobe.data import Dataset
     from radprobe.data.records import Record
+    from radprobe.features.cache import FeatureSet
 
 
 def derived_seed(*parts: object) -> int:
@@ -101,7 +103,9 @@ class ImageSet(TorchDataset):
 
     Rows are decoded from ``records`` one image each, or — slices of volumes — read from ``pixels``,
     the split's images already resized to the input resolution (each volume decoded once, not once
-    per slice and epoch). Targets stay in the main process (indexed by the returned row), so workers
+    per slice and epoch) — or, 2D, read from ``decoded``, the split's decoded-image entry
+    (:mod:`radprobe.features.images`: decoded once for every epoch and backbone of its geometry; the
+    same numbers as decoding). Targets stay in the main process (indexed by the returned row), so workers
     only produce pixels — except ``masks`` (segmentation training): augmentation moves a mask with
     its image, so each item is then ``(image, row, mask)``.
     """
@@ -115,6 +119,7 @@ class ImageSet(TorchDataset):
         seed: int = 0,
         masks: np.ndarray | None = None,
         pixels: np.ndarray | None = None,
+        decoded: FeatureSet | None = None,
     ) -> None:
         self.dataset = dataset
         self.records = records
@@ -123,6 +128,11 @@ class ImageSet(TorchDataset):
         self.seed = seed
         self.masks = masks  # (rows, R, R) class maps at the preprocessed resolution
         self.pixels = pixels  # (rows, 1 or 3, R, R) in [0, 1] at the preprocessed resolution
+        self.decoded = decoded
+        if decoded is not None and len(decoded) != len(records):
+            raise ValueError(
+                f"decoded-image entry {decoded.path} has {len(decoded)} rows, expected {len(records)}"
+            )
         self.epoch = 0
         # stream sampling: an index is pass * len + row, and a row's view is drawn per pass
         self.stream = False
@@ -136,13 +146,21 @@ class ImageSet(TorchDataset):
         """Row ``i`` as a (3, R, R) image in [0, 1]."""
         if self.pixels is not None:
             return torch.from_numpy(np.asarray(self.pixels[i], dtype=np.float32)).expand(3, -1, -1)
-        return self.preprocess(self.dataset.load_image(self.records[i])) * self._std + self._mean
+        return self._load(i) * self._std + self._mean
+
+    def _load(self, i: int) -> torch.Tensor:
+        """Row ``i`` preprocessed: decoded now, or read from the decoded-image entry."""
+        if self.decoded is None:
+            return self.preprocess(self.dataset.load_image(self.records[i]))
+        row = np.array(self.decoded.arrays[PIXELS][i])
+        stored = torch.from_numpy(row.astype(np.int32) if row.dtype == np.uint16 else row)
+        return self.preprocess.normalise(to_float(stored, str(self.decoded.meta["storage"])))
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
         draw, i = divmod(i, len(self)) if self.stream else (self.epoch, i)
         mask = None if self.masks is None else torch.from_numpy(np.asarray(self.masks[i]))
         if self.pixels is None and self.augment is None:
-            x = self.preprocess(self.dataset.load_image(self.records[i]))  # no round trip through [0, 1]
+            x = self._load(i)  # no round trip through [0, 1]
         else:
             x = self._raw(i)
             if self.augment is not None:

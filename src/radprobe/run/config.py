@@ -23,11 +23,12 @@ class EvalConfig:
     resolution: int | None = None
     seed: int = 0
     batch_size: int = 64
-    num_workers: int = 0
+    num_workers: int | None = None  # None: what suits the machine (features.images.default_workers)
     device: str = "cpu"
     n_boot: int = 1000
     n_blocks: int = 4
     cache_root: Path | None = None
+    image_cache: bool = True  # False: decode every image per backbone on the CPU (same features)
     progress: bool = True
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # protocol -> keyword overrides
     volume_pool: str = "mean"  # 3D classification: how slice features become one row per volume

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from radprobe.config import cache_dir
+from radprobe.config import cache_dir, image_cache_enabled
 from radprobe.core.runtime import env_info, resolve_device, threads_for
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec
@@ -18,10 +18,12 @@ from radprobe.features.extract import (
     VOLUME_POOLS,
     ExtractStats,
     extract_split,
+    extraction_paths,
     forward_rate,
     pool_volumes,
     volume_offsets,
 )
+from radprobe.features.images import ImageCache
 from radprobe.features.views import view_family
 from radprobe.progress import make_progress
 from radprobe.protocols import registry
@@ -188,7 +190,9 @@ def extract_all(
 
     ``warn`` receives one-line notices (e.g. a corrupt cache entry being rebuilt).
     """
-    cache = FeatureCache((cfg.cache_root or cache_dir()) / "features")
+    root = cfg.cache_root or cache_dir()
+    cache = FeatureCache(root / "features")
+    images = ImageCache(root / "images") if cfg.image_cache and image_cache_enabled() else None
     feats: dict[str, FeatureSet] = {}
     stats: dict[str, ExtractStats] = {}
     name = backbone.info.name
@@ -207,11 +211,13 @@ def extract_all(
                 device=device,
                 progress=lambda k, task=task: bar.advance(task, k),
                 per_slice=per_slice,
+                images=images,
             )
             reused = st.extra.get("reused_rows", 0)
             suffix = " (cached)" if st.cache_hit else f" ({reused} rows reused)" if reused else ""
             bar.update(task, completed=n, description=f"{name} · {split}{label}{suffix}")
-            problems = cache.take_problems()  # each discarded entry once, named with its split
+            # each discarded entry once, named with its split
+            problems = cache.take_problems() + (images.take_problems() if images is not None else [])
             if problems:
                 st.extra["rebuilt"] = problems[0] if len(problems) == 1 else problems
                 for line in problems if warn is not None else ():
@@ -314,7 +320,10 @@ def _compute(prep: Prepared, data: ProtocolInput, wall: float, preprocess: Any) 
             [s.peak_mem_mb for s in prep.stats.values()] + [m.get("peak_mem_mb", 0.0) for m in meta_stats]
         ),
         "feature_keys": [feats[s].key for s in ("train", "val", "test")],
-        "env": env_info(prep.device, feature_precisions=(f.precision for f in feats.values())),
+        "env": {
+            **env_info(prep.device, feature_precisions=(f.precision for f in feats.values())),
+            "extraction": extraction_paths(meta_stats),
+        },
     }
 
 

@@ -231,6 +231,7 @@ def _config(study: StudyConfig, run_dir: Path, job: Job, progress: bool, **kw: A
         resolution=job.resolution,
         batch_size=study.batch_size,
         num_workers=study.num_workers,
+        image_cache=study.image_cache,
         device=study.device,
         n_blocks=study.n_blocks,
         progress=progress,

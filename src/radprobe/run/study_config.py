@@ -86,7 +86,8 @@ class StudyConfig(BaseModel):
     bootstrap: int = Field(default=1000, ge=0)
     n_blocks: int = Field(default=4, ge=1)
     batch_size: int = Field(default=64, ge=1)
-    num_workers: int = Field(default=0, ge=0)
+    num_workers: int | None = Field(default=None, ge=0)  # None: what suits the machine
+    image_cache: bool = True  # decode each split once per input geometry for every backbone
     device: str = "auto"
     # 3D classification datasets: slice features pooled per volume (2D datasets ignore it)
     volume_pool: Literal["mean", "max"] = "mean"

@@ -34,7 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from radprobe.config import cache_dir, image_cache_enabled
 from radprobe.core.runtime import env_info, peak_memory_mb
+from radprobe.features.image_source import decoded_split
+from radprobe.features.images import ImageCache
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import Augment, ImageSet
@@ -66,6 +69,16 @@ def _env(device: torch.device) -> dict[str, Any]:
     return env_info(str(device), data_parallel_ranks=1 if ranks is None else ranks.world)
 
 
+def _decoded(plan: Plan, backbone: Backbone, name: str) -> Any:
+    """The split's decoded-image entry (2D classification), so training decodes each image once for
+    all its epochs and protocols; None without the image cache."""
+    cfg = plan.cfg
+    if not (cfg.image_cache and image_cache_enabled()) or plan.dataset.ndim != 2:
+        return None
+    cache = ImageCache((cfg.cache_root or cache_dir()) / "images")
+    return decoded_split(cache, plan.dataset, name, backbone.preprocess, cfg.num_workers or 0)
+
+
 def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -> Split:
     ds = plan.dataset
     if name == "train+val":  # a refit's training set (classification only)
@@ -74,7 +87,9 @@ def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -
     recs = ds.split(name)
     seg = plan.seg.get(name)
     if seg is None:
-        return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed), ds.labels(recs))
+        decoded = _decoded(plan, backbone, name)
+        images = ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, decoded=decoded)
+        return Split(images, ds.labels(recs))
     # training masks travel with their images through augmentation; val/test targets are indexed
     masks = seg.targets if name == "train" else None
     images = ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, masks, seg.images)
@@ -97,7 +112,7 @@ def _score_classification(
         int(opts.batch_size or 1),
         plan.device,
         opts.amp,
-        cfg.num_workers,
+        cfg.num_workers or 0,
         amp_dtype=opts.amp_dtype,
     )
     recs = ds.split("test")
@@ -131,7 +146,7 @@ def _score_segmentation(
         int(opts.batch_size or 1),
         plan.device,
         opts.amp,
-        cfg.num_workers,
+        cfg.num_workers or 0,
         amp_dtype=opts.amp_dtype,
     )
     C = len(ds.classes)
@@ -191,7 +206,7 @@ def train_protocol(
     ckpt_dir = Path(cfg.out) / "checkpoints" / train_key
     label = f"{info.name} · {protocol}"
     fit_kw: dict[str, Any] = dict(
-        seed=cfg.seed, device=plan.device, num_workers=cfg.num_workers, progress=cfg.progress, warn=warn
+        seed=cfg.seed, device=plan.device, num_workers=cfg.num_workers or 0, progress=cfg.progress, warn=warn
     )
     state = fit(
         built, train, val, ds.task, opts, checkpoints=Checkpointer(ckpt_dir, train_key), label=label, **fit_kw
