@@ -412,3 +412,23 @@ def test_crop_from_is_torchvisions_resize_then_centre_crop():
     assert "crop_from" not in Preprocess().to_dict()  # keys without the crop stay what they were
     with pytest.raises(ValueError, match="crop_from 200 is smaller than the resolution 224"):
         Preprocess(resolution=224, crop_from=200)
+
+
+def test_paper_entries_extract_under_fp16_autocast_on_a_gpu_as_released(monkeypatch):
+    # configs/ssl_default_config.yaml:9 param_dtype fp16, used by eval/setup.py:63-70 for every model
+    from dataclasses import replace
+
+    from radprobe.backbones import registry
+    from radprobe.features.extract import _autocast_dtype, compute_precision
+
+    paper = [n for n in registry.registered_names() if n.startswith("paper:")]
+    assert len(paper) == 14 and all(get_backbone_entry(n).options["autocast"] == "fp16" for n in paper)
+    assert "autocast" not in get_backbone_entry("dinov2-s").options
+    tiny = get_backbone_entry("test:vit-tiny")
+    monkeypatch.setitem(
+        registry._REGISTRY, "test:vit-tiny", replace(tiny, options={**tiny.options, "autocast": "fp16"})
+    )
+    bb = create_backbone("test:vit-tiny")
+    assert bb.info.extra["autocast"] == "fp16"
+    assert _autocast_dtype(torch.device("cuda"), bb) is torch.float16  # whatever bf16 support says
+    assert compute_precision("cpu", bb) == "fp32"  # CPUs compute in fp32 for every backbone

@@ -543,6 +543,7 @@ for _name, _family, _arch, _source, _builder, _requires, _stats, _desc, _options
             builder=_builder,
             requires=_requires,
             stats=_stats,
-            options=_options,
+            # the released code extracts under fp16 autocast for every model (param_dtype: fp16)
+            options={**_options, "autocast": "fp16"},
         )
     )

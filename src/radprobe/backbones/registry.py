@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,10 @@ def create_backbone(
         resolution=resolution,
     )
     backbone = entry.builder(entry, opts)
+    if entry.options.get("autocast"):  # how the entry's features are computed on a GPU
+        backbone.info = replace(
+            backbone.info, extra={**backbone.info.extra, "autocast": entry.options["autocast"]}
+        )
     return backbone.eval()
 
 

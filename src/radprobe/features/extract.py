@@ -71,22 +71,27 @@ def extraction_paths(stats: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
+def _autocast_dtype(device: torch.device, backbone: Backbone | None = None) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None
+    if backbone is not None and backbone.info.extra.get("autocast") == "fp16":
+        return torch.float16  # the backbone's own precision (the paper: entries, as released)
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _autocast(device: torch.device) -> torch.autocast | torch.inference_mode:
-    dtype = _autocast_dtype(device)
+def _autocast(
+    device: torch.device, backbone: Backbone | None = None
+) -> torch.autocast | torch.inference_mode:
+    dtype = _autocast_dtype(device, backbone)
     if dtype is not None:
         return torch.autocast("cuda", dtype=dtype)
     return torch.autocast("cpu", enabled=False)
 
 
-def compute_precision(device: str | torch.device) -> str:
-    """How extraction computes on ``device``: "fp32", or "bf16-autocast" / "fp16-autocast" on CUDA."""
-    dtype = _autocast_dtype(torch.device(device))
+def compute_precision(device: str | torch.device, backbone: Backbone | None = None) -> str:
+    """How extraction computes on ``device``: "fp32", or "bf16-autocast" / "fp16-autocast" on CUDA
+    (fp16 where the ``backbone`` asks for it, as the ``paper:`` entries do)."""
+    dtype = _autocast_dtype(torch.device(device), backbone)
     return {torch.bfloat16: "bf16-autocast", torch.float16: "fp16-autocast"}.get(dtype, "fp32")
 
 
@@ -214,7 +219,7 @@ def extract_split(
     device = torch.device(device)
     num_workers = default_workers(device) if num_workers is None else num_workers
     per_slice = _per_slice(dataset, per_slice)
-    precision = compute_precision(device)
+    precision = compute_precision(device, backbone)
     key = feature_key(backbone, dataset, split, spec, per_slice=per_slice, precision=precision)
     hit = cache.get(key)
     if hit is not None:
@@ -568,7 +573,7 @@ def _run_backbone(
     images (slices, for volumes) through the backbone."""
     n_forward = 0
     behind = _Behind(out, device)
-    with torch.inference_mode(), _autocast(device):
+    with torch.inference_mode(), _autocast(device, backbone):
         pos = 0
         for batch in loader:
             if rows.per_slice:
