@@ -37,11 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radprobe.core.runtime import peak_memory_mb
 from radprobe.metrics.segmentation import split_dice
 from radprobe.segmentation import fused
 from radprobe.segmentation.heads import count_trainable
-from radprobe.segmentation.train import Fetch, TrainStats, precise_bn, predict
+from radprobe.segmentation.train import Fetch, TrainStats, finish, optimize, predict
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -134,21 +133,14 @@ def train_scratch(
             y = torch.from_numpy(targets[batch].astype(np.int64)).to(device)
             if s.augment:
                 x, y = augment_images(x, y, rng)
-            logits = model(x)
-            if logits.shape[-2:] != size:
-                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-            loss = fused.dice_loss(logits[:, :, None], y)  # one head: MONAI's DiceLoss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = float(loss.detach())
+            last = optimize(model, opt, sched, x, y, size, _dice)
             step += 1
             seen += len(batch)
-    seconds = time.perf_counter() - t0
-    precise_bn(model, fetch, rows, bs)
-    model.eval()
-    return TrainStats(step, seconds, seen / seconds if seconds > 0 else 0.0, peak_memory_mb(device), last)
+    return finish(model, fetch, rows, bs, device, step, seen, time.perf_counter() - t0, last)
+
+
+def _dice(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return fused.dice_loss(logits[:, :, None], y)  # one head: MONAI's DiceLoss
 
 
 def paper_sweep(

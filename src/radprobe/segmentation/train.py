@@ -112,21 +112,49 @@ def train(
                 continue  # a tail batch of one slice makes BatchNorm statistics noisy
             x = fetch(batch)
             y = torch.from_numpy(targets[batch].astype(np.int64)).to(device)[:, None]
-            logits = model(x)
-            if logits.shape[-2:] != (size, size):
-                logits = F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
-            loss = loss_fn(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = float(loss.detach())
+            last = optimize(model, opt, sched, x, y, (size, size), loss_fn)
             step += 1
             seen += len(batch)
-    seconds = time.perf_counter() - t0
-    precise_bn(model, fetch, rows, bs)
+    return finish(model, fetch, rows, bs, device, step, seen, time.perf_counter() - t0, last)
+
+
+def optimize(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    x: Inputs,
+    y: torch.Tensor,
+    size: tuple[int, ...],
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> float:
+    """One step: logits upsampled bilinearly to the target ``size``, the loss, its gradient, the
+    optimizer and schedule stepped; returns the loss."""
+    logits = model(x)
+    if tuple(logits.shape[-2:]) != tuple(size):
+        logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+    loss = loss_fn(logits, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
+def finish(
+    model: nn.Module,
+    fetch: Fetch,
+    rows: np.ndarray,
+    batch_size: int,
+    device: torch.device,
+    steps: int,
+    seen: int,
+    seconds: float,
+    last: float,
+) -> TrainStats:
+    """Exact BatchNorm statistics over the training rows, eval mode, and the run's accounting."""
+    precise_bn(model, fetch, rows, batch_size)
     model.eval()
-    return TrainStats(step, seconds, seen / seconds if seconds > 0 else 0.0, peak_memory_mb(device), last)
+    return TrainStats(steps, seconds, seen / seconds if seconds > 0 else 0.0, peak_memory_mb(device), last)
 
 
 @torch.no_grad()
