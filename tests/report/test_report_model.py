@@ -156,6 +156,25 @@ def test_references_are_complete_and_match_only_their_setting():
     assert matching({**nih, "derived": True}) == []
 
 
+def test_a_published_figure_the_released_code_leaves_open_is_flagged_beside_it():
+    from radprobe.report.build import _published
+
+    nih = {"dataset": "nih-cxr14", "task": "multilabel", "num_classes": 15, "n_val": 10002, "n_test": 25596}
+    row = {
+        **nih,
+        "resolution": 224,
+        "backbone": "paper:dinov2-l",
+        "protocol": "linear",
+        "metric": "auroc_macro",
+    }
+    text = _published({**row, "hparams": {}})
+    assert text.startswith("0.763 (Baharoon et al.") and "[caveat: the released launch scripts" in text
+    shot = _published({**row, "protocol": "fewshot-linear", "hparams": {"shots": 4, "repeats": 1}})
+    assert "0.519" in shot and "draws from train + val and the head chosen on test" in shot
+    flagged = {r.cell for r in load_references() if r.caveat}
+    assert len(flagged) == 30 and all(c.startswith("NIH CXR14") for c in flagged)  # linear and few-shot
+
+
 def _seg_fold_rows(run_dir, fold: int, dice: np.ndarray, ids: list[str]) -> list[dict]:
     from radprobe.metrics.segmentation import CaseTable
     from radprobe.results.predictions import predictions_path

@@ -151,7 +151,10 @@ def _published(row: dict[str, Any]) -> str:
     if not refs:
         return "not comparable"
     return "; ".join(
-        f"{r.reported} ({r.short_source()})" + (f" [if: {r.requires}]" if r.requires else "") for r in refs
+        f"{r.reported} ({r.short_source()})"
+        + (f" [if: {r.requires}]" if r.requires else "")
+        + (f" [caveat: {r.caveat}]" if r.caveat else "")
+        for r in refs
     )
 
 

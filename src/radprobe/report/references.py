@@ -28,6 +28,7 @@ class Reference:
     value: float
     match: dict[str, Any] = field(default_factory=dict)
     requires: str = ""
+    caveat: str = ""  # what the source leaves open about how the figure was made
 
     def short_source(self) -> str:
         """The source up to its first comma (author, year), for table cells."""
@@ -55,6 +56,7 @@ def load_references() -> tuple[Reference, ...]:
                 value=float(e["value"]),
                 match=dict(e.get("match") or {}),
                 requires=str(e.get("requires") or ""),
+                caveat=str(e.get("caveat") or ""),
             )
         )
     return tuple(out)
