@@ -68,7 +68,10 @@ def test_paper_linear_trains_on_ten_cached_views_through_the_cli(tmp_path, monke
     assert res.returncode == 0, res.stderr
     rows = json.loads(res.stdout)["rows"]
     assert {r["hparams"]["train_views"] for r in rows} == {10}
-    specs = [json.loads(p.read_text())["meta"]["spec"] for p in (tmp_path / "cache").rglob("manifest.json")]
+    specs = [
+        json.loads(p.read_text())["meta"]["spec"]
+        for p in (tmp_path / "cache" / "features").rglob("manifest.json")
+    ]
     views = sorted(s["view"]["index"] for s in specs if "view" in s)
     assert views == sorted(list(range(10)) * 2)  # train and val, ten views each; test is never augmented
 
@@ -107,6 +110,6 @@ def test_paper_knn_reads_centre_cropped_features_through_the_cli(tmp_path, monke
     assert not set(paper[0]["feature_keys"]) & set(plain_rows[0]["feature_keys"])
     crops = {
         json.loads(p.read_text())["meta"]["preprocess"].get("crop_from")
-        for p in (tmp_path / "cache").rglob("manifest.json")
+        for p in (tmp_path / "cache" / "features").rglob("manifest.json")
     }
     assert crops == {None, round(64 * 256 / 224)}  # test:vit-tiny runs at 64 px
