@@ -301,6 +301,46 @@ def concat_fetch(first: Fetch, second: Fetch, n_first: int) -> Fetch:
     return fetch
 
 
+def selection(
+    lrs: Sequence[float], scores: Sequence[float], best: int, model: nn.Module, stats: TrainStats
+) -> dict[str, Any]:
+    """What a sweep selected: the lr ``lrs[best]``, every lr's validation Dice, the model's size and
+    the training accounting."""
+    return {
+        "lr": lrs[best],
+        "val_dice": scores[best],
+        "val_dice_by_lr": {f"{lr:g}": sc for lr, sc in zip(lrs, scores, strict=True)},
+        "trainable_params": count_trainable(model),
+        "train_steps": stats.steps,
+        "train_imgs_per_s": round(stats.imgs_per_s, 2),
+    }
+
+
+def sequential_sweep(
+    data: Any,
+    build: Callable[[], nn.Module],
+    fetch: dict[str, Fetch],
+    seed: int,
+    lrs: Sequence[float],
+    train_one: Callable[[nn.Module, float], TrainStats],
+) -> tuple[nn.Module, dict[str, Any], TrainStats]:
+    """One model per lr from the same initial weights, trained by ``train_one(model, lr)``; the best
+    validation macro Dice is kept (the first of equals) with its :func:`selection`."""
+    assert data.val.masks is not None
+    scores: list[float] = []
+    best: tuple[int, nn.Module, TrainStats] | None = None
+    for i, lr in enumerate(lrs):
+        (model,) = init_heads(build, 1, seed)
+        stats = train_one(model, lr)
+        score = split_dice(predict(model, fetch["val"], data.val), data.val.masks, len(data.classes))
+        scores.append(score)
+        if best is None or score > scores[best[0]]:
+            best = (i, model, stats)
+    assert best is not None
+    i, model, stats = best
+    return model, selection(lrs, scores, i, model, stats), stats
+
+
 def train_plus_val(data: Any, fetch: dict[str, Fetch]) -> tuple[Fetch, np.ndarray, np.ndarray]:
     """Fetch, targets and rows of the training and validation splits together (the refit's data)."""
     n = data.train.n_rows
@@ -350,15 +390,7 @@ def paper_sweep(
     scores = [split_dice(p, data.val.masks, C) for p in preds]
     best = int(np.argmax(scores))  # argmax: the first of equal scores, as the released code's ">"
     model = heads[best]
-    selected: dict[str, Any] = {
-        "lr": lrs[best],
-        "val_dice": scores[best],
-        "val_dice_by_lr": {f"{lr:g}": sc for lr, sc in zip(lrs, scores, strict=True)},
-        "trainable_params": count_trainable(model),
-        "train_steps": stats.steps,
-        "train_imgs_per_s": round(stats.imgs_per_s, 2),
-        "sweep": "fused" if fused else "sequential",
-    }
+    selected = {**selection(lrs, scores, best, model, stats), "sweep": "fused" if fused else "sequential"}
     if opts.get("refit") and train_idx is None:
         tv_fetch, tv_targets, tv_rows = train_plus_val(data, fetch)
         (model,) = init_heads(build, 1, seed)

@@ -33,14 +33,13 @@ from torch import nn
 
 from radprobe.backbones.base import BackboneInfo
 from radprobe.data import Dataset
-from radprobe.metrics.segmentation import CaseScores, case_scores, split_dice
+from radprobe.metrics.segmentation import CaseScores, case_scores
 from radprobe.segmentation import fused, output, scratch
 from radprobe.segmentation.data import SegSplit, draw_cases
 from radprobe.segmentation.heads import (
     LightDecoder,
     LinearHead,
     UNetModel,
-    count_trainable,
     decoder_plan,
     linear_layer,
 )
@@ -126,10 +125,6 @@ def _sweep(
     """Train one model per learning rate; keep the one with the best validation macro Dice (with
     ``opts["refit"]`` and the whole training split: retrained at that lr on train + val)."""
     rows = data.train.rows(train_idx)
-    C = len(data.classes)
-    assert data.val.masks is not None
-    best: tuple[float, nn.Module, float, TrainStats] | None = None
-    by_lr: dict[str, float] = {}
 
     def settings(lr: float) -> TrainSettings:
         return TrainSettings(
@@ -142,24 +137,11 @@ def _sweep(
             device=data.device,
         )
 
-    for lr in opts["lrs"]:
-        (model,) = fused.init_heads(build, 1, seed)  # the same initial weights for every lr
-        stats = train(model, fetch["train"], data.train.targets, rows, settings(lr))
-        preds = predict(model, fetch["val"], data.val)
-        score = split_dice(preds, data.val.masks, C)
-        by_lr[f"{lr:g}"] = score
-        if best is None or score > best[0]:
-            best = (score, model, lr, stats)
-    assert best is not None
-    score, model, lr, stats = best
-    selected = {
-        "lr": lr,
-        "val_dice": score,
-        "val_dice_by_lr": by_lr,
-        "trainable_params": count_trainable(model),
-        "train_steps": stats.steps,
-        "train_imgs_per_s": round(stats.imgs_per_s, 2),
-    }
+    def train_one(model: nn.Module, lr: float) -> TrainStats:
+        return train(model, fetch["train"], data.train.targets, rows, settings(lr))
+
+    model, selected, stats = fused.sequential_sweep(data, build, fetch, seed, opts["lrs"], train_one)
+    lr = selected["lr"]
     if opts.get("refit") and train_idx is None:
         tv_fetch, tv_targets, tv_rows = fused.train_plus_val(data, fetch)
         (model,) = fused.init_heads(build, 1, seed)

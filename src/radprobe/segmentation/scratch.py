@@ -37,10 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radprobe.metrics.segmentation import split_dice
 from radprobe.segmentation import fused
-from radprobe.segmentation.heads import count_trainable
-from radprobe.segmentation.train import Fetch, TrainStats, finish, optimize, predict
+from radprobe.segmentation.train import Fetch, TrainStats, finish, optimize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -164,25 +162,11 @@ def paper_sweep(
             weight_decay=opts["weight_decay"], cosine_steps=period, device=data.device,
         )  # fmt: skip
 
-    best: tuple[float, nn.Module, float, TrainStats] | None = None
-    by_lr: dict[str, float] = {}
-    for lr in opts["lrs"]:
-        (model,) = fused.init_heads(build, 1, seed)
-        stats = train_scratch(model, fetch["train"], data.train.targets, rows, settings(lr, opts["epochs"]))
-        score = split_dice(predict(model, fetch["val"], data.val), data.val.masks, len(data.classes))
-        by_lr[f"{lr:g}"] = score
-        if best is None or score > best[0]:
-            best = (score, model, lr, stats)
-    assert best is not None
-    score, model, lr, stats = best
-    selected: dict[str, Any] = {
-        "lr": lr,
-        "val_dice": score,
-        "val_dice_by_lr": by_lr,
-        "trainable_params": count_trainable(model),
-        "train_steps": stats.steps,
-        "train_imgs_per_s": round(stats.imgs_per_s, 2),
-    }
+    def train_one(model: nn.Module, lr: float) -> TrainStats:
+        return train_scratch(model, fetch["train"], data.train.targets, rows, settings(lr, opts["epochs"]))
+
+    model, selected, stats = fused.sequential_sweep(data, build, fetch, seed, opts["lrs"], train_one)
+    lr = selected["lr"]
     if opts.get("refit") and train_idx is None:
         tv_fetch, tv_targets, tv_rows = fused.train_plus_val(data, fetch)
         r_lr, r_epochs = opts.get("refit_lr") or lr, opts.get("refit_epochs") or opts["epochs"]
