@@ -19,10 +19,10 @@ from ft_helpers import BACKBONE, DEPTH, DIM, fast_options, make_cfg
 
 from radprobe.backbones import create_backbone
 from radprobe.backbones.base import BackboneOutput
+from radprobe.core.sampling import stream_batches, stream_order
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune import build_model, parse_options
 from radprobe.finetune import train as train_mod
-from radprobe.finetune.data import stream_batches, stream_order
 from radprobe.finetune.heads import ClassificationHead, GridConfig, HeadGrid, make_head, paper_grid
 from radprobe.finetune.train import hparams_of, lr_factor
 from radprobe.run import trained as trained_mod

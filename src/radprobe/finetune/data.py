@@ -22,19 +22,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
+from radprobe.core.sampling import derived_seed, stream_batches, stream_order
 from radprobe.features.images import PIXELS, to_float
-from radprobe.utils import digest
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Preprocess
     from radprobe.data import Dataset
     from radprobe.data.records import Record
     from radprobe.features.cache import FeatureSet
-
-
-def derived_seed(*parts: object) -> int:
-    """A 60-bit seed from any JSON-able parts (e.g. seed, epoch, index)."""
-    return int(digest(list(parts), 15), 16)
 
 
 @dataclass(frozen=True)
@@ -218,25 +213,6 @@ def eval_loader(
 
 def batches_per_epoch(n: int, batch_size: int) -> int:
     return n // batch_size if n > batch_size else 1
-
-
-def stream_batches(n: int, batch_size: int) -> int:
-    """Batches an epoch of stream sampling: ``ceil(n / batch)``, as DINOv2's eval code counts them."""
-    return max(1, math.ceil(n / batch_size))
-
-
-def stream_order(n: int, batch_size: int, epoch: int, seed: int) -> list[int]:
-    """Epoch ``epoch``'s share of one endless stream of permutations of ``n`` rows (DINOv2's
-    InfiniteSampler): its ``stream_batches`` full batches, which run on across permutations. Each
-    entry is ``pass * n + row``, so a row's augmentation is drawn once per pass over the data."""
-    size = stream_batches(n, batch_size) * batch_size
-    start, stop = epoch * size, (epoch + 1) * size
-    out: list[int] = []
-    for p in range(start // n, (stop - 1) // n + 1):
-        g = torch.Generator().manual_seed(derived_seed("stream", seed, p))
-        perm = torch.randperm(n, generator=g).tolist()
-        out += [p * n + r for r in perm[max(start - p * n, 0) : min(stop - p * n, n)]]
-    return out
 
 
 def targets_of(labels: np.ndarray, rows: torch.Tensor) -> torch.Tensor:

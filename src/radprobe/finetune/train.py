@@ -29,15 +29,11 @@ import numpy as np
 import torch
 
 from radprobe.core.runtime import peak_memory_mb
+from radprobe.core.sampling import derived_seed, stream_batches
 from radprobe.errors import RadprobeError
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
-from radprobe.finetune.data import (
-    batches_per_epoch,
-    derived_seed,
-    stream_batches,
-    train_loader,
-)
+from radprobe.finetune.data import batches_per_epoch, train_loader
 from radprobe.finetune.methods import Built
 from radprobe.finetune.options import ADDED_OPTIONS, OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions
 from radprobe.finetune.predict import Split, autocast, precision, unpack, val_score
