@@ -201,7 +201,8 @@ def test_refit_trains_on_train_and_val_rows_with_the_selected_lr(monkeypatch):
     calls: list[tuple[tuple[float, ...], np.ndarray, np.ndarray, Any]] = []
     real = fused.train_fused
 
-    def spy(heads, fetch, targets, rows, s):
+    def spy(heads, fetch, targets, rows, s, online=None):
+        assert online is None  # augment="grids"
         calls.append((s.lrs, targets.copy(), rows.copy(), fetch(rows)[1].numpy()))
         return real(heads, fetch, targets, rows, s)
 

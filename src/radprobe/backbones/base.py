@@ -101,11 +101,15 @@ class Preprocess:
             top = round((size - self.resolution) / 2.0)
             x = x[:, top : top + self.resolution, top : top + self.resolution]
         x = x.clamp(0.0, 1.0)
-        if self.minmax:
-            lo = x.amin(dim=(1, 2), keepdim=True)
-            span = x.amax(dim=(1, 2), keepdim=True) - lo
-            x = torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
-        return x
+        return self.stretch(x) if self.minmax else x
+
+    @staticmethod
+    def stretch(x: torch.Tensor) -> torch.Tensor:
+        """Each channel of each image (the last two axes) stretched to [0, 1] by its own minimum and
+        maximum; a constant channel becomes 0 (``minmax``)."""
+        lo = x.amin(dim=(-2, -1), keepdim=True)
+        span = x.amax(dim=(-2, -1), keepdim=True) - lo
+        return torch.where(span > 0, (x - lo) / span.clamp_min(torch.finfo(x.dtype).tiny), 0.0)
 
     def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """The model's mean/std on a :meth:`geometry` image (C, R, R) or batch (B, C, R, R), on its

@@ -79,7 +79,7 @@ def _autocast_dtype(device: torch.device, backbone: Backbone | None = None) -> t
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _autocast(
+def extraction_autocast(
     device: torch.device, backbone: Backbone | None = None
 ) -> torch.autocast | torch.inference_mode:
     dtype = _autocast_dtype(device, backbone)
@@ -573,7 +573,7 @@ def _run_backbone(
     images (slices, for volumes) through the backbone."""
     n_forward = 0
     behind = _Behind(out, device)
-    with torch.inference_mode(), _autocast(device, backbone):
+    with torch.inference_mode(), extraction_autocast(device, backbone):
         pos = 0
         for batch in loader:
             if rows.per_slice:

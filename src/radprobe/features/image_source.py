@@ -119,11 +119,15 @@ def decoded_split(
     split: str,
     preprocess: Preprocess,
     num_workers: int = 0,
+    depths: list[int] | None = None,
 ) -> FeatureSet | None:
-    """A 2D split's decoded-image entry, decoded now if absent (e.g. for training, which then reads
-    each image from it every epoch); None when the split cannot be held (colour after grayscale)."""
+    """A split's decoded-image entry, decoded now if absent (e.g. for training, which then reads
+    each image from it every epoch); None when the split cannot be held (colour after grayscale).
+    Volumes need their slice counts (``depths``): the entry then holds one row per slice."""
     records = dataset.split(split)
-    src = CachedSource(cache, dataset, split, records, preprocess, 64, num_workers, torch.device("cpu"))
+    src = CachedSource(
+        cache, dataset, split, records, preprocess, 64, num_workers, torch.device("cpu"), depths
+    )
     with src:
         if src.entry is not None:
             return src.entry

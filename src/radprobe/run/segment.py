@@ -13,18 +13,24 @@ resolution for the small test backbones, where 448 would only cost CPU time.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats as sstats
 
+from radprobe.config import cache_dir, image_cache_enabled
 from radprobe.core.runtime import env_info, resolve_device
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.features.cache import FeatureSet, FeatureSpec
 from radprobe.features.extract import ExtractStats, forward_rate
+from radprobe.features.image_source import decoded_split
+from radprobe.features.images import PIXELS, ImageCache
 from radprobe.metrics.segmentation import summarize
 from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
@@ -35,6 +41,7 @@ from radprobe.run.frozen import extract_all
 from radprobe.run.scoring import score_cases
 from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
+from radprobe.segmentation.online import Pixels
 from radprobe.segmentation.output import slug
 from radprobe.segmentation.protocols import SCRATCH_MODELS, SegData, SegResult
 from radprobe.segmentation.score_options import check_spacing, split_scoring
@@ -161,6 +168,21 @@ def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> Eva
                 raise RuntimeError(f"cache entry {feats[s].path} holds other rows than split {s}")
             # memory-mapped: after the first epoch the OS page cache serves every head and lr
             split.features = {la: feats[s].grid(la) for la in layers}
+    with contextlib.ExitStack() as stack:
+        pixels = _pixels(plan, stack) if backbone is not None else {}
+        return _run_heads(plan, store, run_id, feats, ext, pixels)
+
+
+def _run_heads(
+    plan: SegPlan,
+    store: ResultStore,
+    run_id: str,
+    feats: dict[str, FeatureSet],
+    ext: dict[str, ExtractStats],
+    pixels: dict[str, Pixels],
+) -> EvalSummary:
+    """Each protocol on the extracted grids (and, for ``augment="images"``, the resized images)."""
+    cfg, dataset, backbone, splits = plan.cfg, plan.dataset, plan.backbone, plan.splits
     # the weights digest keeps two checkpoints of one architecture (e.g. pretrained vs control) apart
     tag = slug(
         f"{backbone.info.name}-{backbone.info.weights_digest[:8]}" if backbone is not None else cfg.backbone
@@ -176,6 +198,8 @@ def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> Eva
         info=backbone.info if backbone is not None else None,
         out=cfg.out,
         tag=tag,
+        backbone=backbone,
+        pixels=pixels,
     )
     summary = EvalSummary(
         run_id=run_id,
@@ -196,6 +220,33 @@ def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> Eva
         store.write(rows)
         summary.rows.extend(asdict(r) for r in rows)
     return summary
+
+
+def _pixels(plan: SegPlan, stack: contextlib.ExitStack) -> dict[str, Pixels]:
+    """The training and validation rows resized to the input size before min-max, for heads that
+    train on augmented images (``augment="images"``); none otherwise. They come from the
+    decoded-image cache (one entry per split and geometry, shared by every backbone of the size), or,
+    with it turned off, from a temporary one removed after the run."""
+    if not any(plan.options[p].get("augment") == "images" for p in plan.protocols):
+        return {}
+    cfg, dataset = plan.cfg, plan.dataset
+    if cfg.image_cache and image_cache_enabled():
+        cache = ImageCache((cfg.cache_root or cache_dir()) / "images")
+    else:
+        cache = ImageCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="radprobe-px-"))))
+    geometry = replace(plan.backbone.preprocess, minmax=False)  # min-max comes after the rotation
+    out: dict[str, Pixels] = {}
+    for name in ("train", "val"):
+        split = plan.splits[name]
+        depths = [c.rows.stop - c.rows.start for c in split.cases] if dataset.ndim == 3 else None
+        entry = decoded_split(cache, dataset, name, geometry, cfg.num_workers or 0, depths)
+        if entry is None or entry.sample_ids != split.row_ids():
+            raise RadprobeError(
+                f"dataset {dataset.name}: the {name} images could not be held at one channel count "
+                "(colour and grayscale mixed); augment='none' or 'grids' trains without them"
+            )
+        out[name] = Pixels(entry.arrays[PIXELS], str(entry.meta["storage"]), entry.sample_ids)
+    return out
 
 
 def _split_summary(split: SegSplit, fs: FeatureSet | None, st: ExtractStats | None) -> dict[str, Any]:

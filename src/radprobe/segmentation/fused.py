@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from radprobe.core.runtime import peak_memory_mb
+from radprobe.core.sampling import stream_order
 from radprobe.metrics.segmentation import split_dice
+from radprobe.segmentation import online as online_mod
 from radprobe.segmentation.heads import count_trainable
 from radprobe.segmentation.train import Fetch, Inputs, TrainStats, precise_bn, predict, to_labels
 
@@ -44,8 +46,13 @@ class FusedSettings:
     seed: int
     momentum: float = 0.9
     weight_decay: float = 0.0
-    augment: bool = True
+    augment: bool = True  # turns of the cached grids (the ``augment="grids"`` approximation)
     device: str = "cpu"
+    sampler: str = "epoch"  # "epoch": a permutation per pass; "stream": DINOv2's InfiniteSampler
+
+
+# the released augmentation through the backbone: (rows, pass of each row, targets) -> inputs, targets
+Online = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[Inputs, torch.Tensor]]
 
 
 class _SoftmaxDice(torch.autograd.Function):
@@ -195,10 +202,38 @@ def forward_of(heads: Sequence[nn.Module]) -> Callable[[Inputs], torch.Tensor]:
     return lambda x: fused(heads, x)
 
 
+def batches(
+    rows: np.ndarray, bs: int, total: int, s: FusedSettings, rng: np.random.Generator
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``total`` batches of ``rows`` and each row's pass over the data. ``s.sampler="epoch"``: a
+    permutation per pass (``rng``), the last batch short; ``"stream"``: full batches cut from one
+    endless stream of seeded permutations, ``ceil(n / batch)`` an epoch (the released sampler)."""
+    step, epoch, n = 0, 0, len(rows)
+    while step < total:
+        if s.sampler == "stream":
+            passes, pos = np.divmod(np.asarray(stream_order(n, bs, epoch, s.seed), dtype=np.int64), n)
+            order = rows[pos]
+        else:
+            order, passes = rows[rng.permutation(n)], np.full(n, epoch)
+        for i in range(0, len(order), bs):
+            if step >= total:
+                return
+            yield order[i : i + bs], passes[i : i + bs]
+            step += 1
+        epoch += 1
+
+
 def train_fused(
-    heads: Sequence[nn.Module], fetch: Fetch, targets: np.ndarray, rows: np.ndarray, s: FusedSettings
+    heads: Sequence[nn.Module],
+    fetch: Fetch,
+    targets: np.ndarray,
+    rows: np.ndarray,
+    s: FusedSettings,
+    online: Online | None = None,
 ) -> TrainStats:
-    """Train ``heads[k]`` at ``s.lrs[k]``, all on the same batches and augmentations, in place."""
+    """Train ``heads[k]`` at ``s.lrs[k]``, all on the same batches and augmentations, in place.
+    ``online``: the training inputs come from it (augmented images through the backbone), not
+    from ``fetch`` (which still serves the BatchNorm statistics of the un-augmented rows)."""
     if len(heads) != len(s.lrs):
         raise ValueError(f"{len(heads)} heads for {len(s.lrs)} learning rates")
     device = torch.device(s.device)
@@ -219,27 +254,25 @@ def train_fused(
         torch.cuda.reset_peak_memory_stats(device)
     step, seen, last = 0, 0, float("nan")
     t0 = time.perf_counter()
-    while step < total:
-        order = rows[rng.permutation(len(rows))]
-        for i in range(0, len(order), bs):
-            if step >= total:
-                break
-            batch = order[i : i + bs]
+    for batch, passes in batches(rows, bs, total, s, rng):
+        if online is not None:
+            x, y = online(batch, passes, targets)
+        else:
             x, yb = fetch(batch), targets[batch]
             if s.augment:
                 x, yb = augment_d4(x, yb, rng.integers(0, 8, len(batch)))
             y = torch.from_numpy(yb.astype(np.int64)).to(device)
-            logits = forward(x)  # (B, K * C, h, w), head-major
-            h, w = logits.shape[-2:]
-            z = logits.view(len(batch), K, -1, h, w).transpose(1, 2)  # class-major, at patch size
-            loss = upsampled_dice_loss(z, y, size, mode)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            last = float(loss.detach()) / K
-            step += 1
-            seen += len(batch)
+        logits = forward(x)  # (B, K * C, h, w), head-major
+        h, w = logits.shape[-2:]
+        z = logits.view(len(batch), K, -1, h, w).transpose(1, 2)  # class-major, at patch size
+        loss = upsampled_dice_loss(z, y, size, mode)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        last = float(loss.detach()) / K
+        step += 1
+        seen += len(batch)
     seconds = time.perf_counter() - t0
     for h in heads:
         precise_bn(h, fetch, rows, bs)  # BatchNorm heads (the decoder); a no-op for the linear head
@@ -348,6 +381,17 @@ def train_plus_val(data: Any, fetch: dict[str, Fetch]) -> tuple[Fetch, np.ndarra
     return concat_fetch(fetch["train"], fetch["val"], n), targets, np.arange(n + data.val.n_rows)
 
 
+def _online(data: Any, head: nn.Module, splits: Sequence[str], opts: dict[str, Any]) -> Online | None:
+    """The released augmentation through the frozen backbone over ``splits`` (``augment="images"``)."""
+    if opts.get("augment") != "images":
+        return None
+    missing = [s for s in splits if s not in data.pixels]
+    if data.backbone is None or missing:
+        raise RuntimeError(f"augment='images' needs the backbone and the resized images of {missing}")
+    parts = [data.pixels[s] for s in splits]
+    return online_mod.OnlineGrids(data.backbone, head.layers, parts, data.seed, data.device)
+
+
 def paper_sweep(
     data: Any,
     build: Callable[[], nn.Module],
@@ -363,24 +407,31 @@ def paper_sweep(
     (few-shot runs keep their head, as ``segmentation.py:481`` keeps the few-shot training set).
 
     ``fused=None``: fused unless the head class says it only pays on CUDA (``fuse_on = "cuda"``: the
-    up decoder's grouped convolutions are slower than separate ones on a CPU, bench/seg_sweep.py)."""
+    up decoder's grouped convolutions are slower than separate ones on a CPU, bench/seg_sweep.py) and
+    the backbone does not run per batch (``augment="images"``: it runs once for all heads)."""
     rows = data.train.rows(train_idx)
     lrs = tuple(float(x) for x in opts["lrs"])
     heads = init_heads(build, len(lrs), seed)
+    online = _online(data, heads[0], ["train"], opts)
     if fused is None:
-        fused = getattr(heads[0], "fuse_on", "any") == "any" or str(data.device).startswith("cuda")
+        fused = (
+            getattr(heads[0], "fuse_on", "any") == "any"
+            or str(data.device).startswith("cuda")
+            or online is not None
+        )
 
     def settings(rates: tuple[float, ...]) -> FusedSettings:
         return FusedSettings(
             rates, opts["epochs"], opts["min_steps"], opts["batch_size"], seed,
-            weight_decay=opts["weight_decay"], augment=opts.get("augment", True), device=data.device,
+            weight_decay=opts["weight_decay"], augment=opts.get("augment", "grids") == "grids",
+            device=data.device, sampler=opts.get("sampler") or "epoch",
         )  # fmt: skip
 
     if fused:
-        stats = train_fused(heads, fetch["train"], data.train.targets, rows, settings(lrs))
+        stats = train_fused(heads, fetch["train"], data.train.targets, rows, settings(lrs), online)
     else:
         for h, lr in zip(heads, lrs, strict=True):
-            stats = train_fused([h], fetch["train"], data.train.targets, rows, settings((lr,)))
+            stats = train_fused([h], fetch["train"], data.train.targets, rows, settings((lr,)), online)
     C = len(data.classes)
     preds = (
         predict_heads(heads, fetch["val"], data.val)
@@ -391,24 +442,36 @@ def paper_sweep(
     best = int(np.argmax(scores))  # argmax: the first of equal scores, as the released code's ">"
     model = heads[best]
     selected = {**selection(lrs, scores, best, model, stats), "sweep": "fused" if fused else "sequential"}
+    if online is not None:
+        selected["augmented_forwards"] = online.forwards  # type: ignore[attr-defined]
     if opts.get("refit") and train_idx is None:
         tv_fetch, tv_targets, tv_rows = train_plus_val(data, fetch)
         (model,) = init_heads(build, 1, seed)
-        refit = train_fused([model], tv_fetch, tv_targets, tv_rows, settings((lrs[best],)))
+        tv_online = _online(data, model, ["train", "val"], opts)
+        refit = train_fused([model], tv_fetch, tv_targets, tv_rows, settings((lrs[best],)), tv_online)
         selected["refit"] = {"rows": len(tv_rows), "steps": refit.steps}
     return model, selected, stats
+
+
+AUGMENTATIONS = {
+    "images": online_mod.DESCRIPTION,
+    "grids": "flip+rot90 on cached grids (grid and mask together; released: on images)",
+    "none": "none",
+}
 
 
 def paper_hparams(opts: dict[str, Any], head: str) -> dict[str, Any]:
     """What a ``preset`` / ``refit`` run adds to its hparams (nothing for a default run)."""
     out: dict[str, Any] = {}
     if opts.get("preset") == "paper":
+        aug = opts.get("augment") or "grids"
         out.update(
             preset="paper",
             head=head,
             optimizer="SGD momentum 0.9, per-step cosine to 0",
             loss="monai DiceLoss (softmax, background included, per image)",
-            augmentation="flip+rot90 on cached grids (grid and mask together; released: on images)",
+            augmentation=AUGMENTATIONS[aug],
+            sampler=opts.get("sampler") or "epoch",
             sweep="every lr from the same start on the same batches, selected on val macro Dice",
         )
     if opts.get("refit"):

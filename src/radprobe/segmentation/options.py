@@ -23,7 +23,13 @@ _PAPER = {
     "batch_size": 128,
     "weight_decay": 0.0,
     "refit": True,
+    # flips and rotations of each image before the backbone (mc.py:104-111, transforms.py:117-151),
+    # and the InfiniteSampler (l.454-457): full batches from one stream of permutations
+    "augment": "images",
+    "sampler": "stream",
 }
+AUGMENT = ("images", "grids", "none")
+SAMPLERS = ("stream", "epoch")
 # Their from-scratch baselines (unet.ipynb, transunet.ipynb; segmentation/scratch.py): 7 lrs x 50
 # epochs, batch 8 (cell 1:6-8), SGD without weight decay (2:7), then a new model trained 100 epochs at
 # lr 1e-3 on train + val (3:1-2). The U-Net is milesial's, 64 ... 1024 wide (dinov2/models/unet.py).
@@ -131,6 +137,14 @@ def resolve_options(
             out[k] = transunet.check_option(proto, k, v, opts)
         elif k == "preset":
             out[k] = v
+        elif k == "augment":
+            if v not in AUGMENT:
+                raise _fail(proto, k, v, " or ".join(repr(a) for a in AUGMENT))
+            out[k] = v
+        elif k == "sampler":
+            if v not in SAMPLERS:
+                raise _fail(proto, k, v, " or ".join(repr(a) for a in SAMPLERS))
+            out[k] = v
         elif k in ("save_predictions", "refit"):
             if not isinstance(v, bool):
                 raise _fail(proto, k, v, "true or false")
@@ -149,6 +163,9 @@ def _check_combinations(proto: str, given: dict[str, Any], out: dict[str, Any]) 
     for k in ("refit_lr", "refit_epochs"):
         if given.get(k) is not None and not out.get("refit"):
             raise OptionError("--set", f"{proto}.{k}: takes effect with refit=true (or preset=paper)")
+    for k, plain in (("augment", "none"), ("sampler", "epoch")):
+        if out.get(k, plain) != plain and out.get("preset") != "paper":
+            raise OptionError("--set", f"{proto}.{k}={out[k]!r}: takes effect with preset=paper")
     if "res_units" in given and out.get("preset") == "paper":
         raise OptionError(
             "--set", f"{proto}.res_units: a MONAI U-Net option; preset=paper trains milesial's U-Net"

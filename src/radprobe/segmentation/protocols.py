@@ -44,6 +44,7 @@ from radprobe.segmentation.heads import (
     linear_layer,
 )
 from radprobe.segmentation.milesial_unet import MilesialUNet
+from radprobe.segmentation.online import Pixels
 from radprobe.segmentation.train import (
     Fetch,
     TrainSettings,
@@ -75,6 +76,8 @@ class SegData:
     out: Path | None = None  # run directory for predictions / overlays
     tag: str = ""  # file-name prefix of outputs (backbone slug)
     nsd_tolerance_mm: float | None = None  # None: the default NSD tolerance of the unit (scoring only)
+    backbone: Any = None  # the frozen backbone itself, for heads trained on augmented images
+    pixels: dict[str, Pixels] = field(default_factory=dict)  # split -> resized images (augment="images")
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -239,6 +242,8 @@ def seg_linear(
     weight_decay: float = 1e-4,
     preset: str | None = None,
     refit: bool = False,
+    augment: str = "none",
+    sampler: str = "epoch",
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
@@ -247,8 +252,10 @@ def seg_linear(
     """BatchNorm + 1x1 conv on the last block's patch grid, bilinear upsampling (DINOv2 linear).
 
     ``preset="paper"`` (Baharoon et al.; docs/paper-fidelity.md): the 1x1 conv without BatchNorm,
-    SGD, Dice loss, flips / rot90 of the cached grids, every lr trained together, refit on train +
-    val. ``refit``: retrain the selected lr on train + val before the test split is predicted."""
+    SGD, Dice loss, the released flips and rotations of each training image before the backbone
+    (``augment="images"``; ``"grids"`` turns the cached grids instead, ``"none"``), DINOv2's stream
+    sampler, every lr trained together, refit on train + val. ``refit``: retrain the selected lr on
+    train + val before the test split is predicted."""
     opts = dict(locals())
     opts.pop("data")
     if data.info is None:

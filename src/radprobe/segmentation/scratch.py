@@ -34,10 +34,9 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from radprobe.segmentation import fused
+from radprobe.segmentation import fused, online
 from radprobe.segmentation.train import Fetch, TrainStats, finish, optimize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -90,17 +89,8 @@ def augment_images(
     """Each (square) image and its mask together: a vertical flip with p = 0.25, again, then a rotation
     by an angle uniform in [-90, 90] degrees about the centre, nearest neighbour, outside filled 0."""
     B = len(x)
-    flip = (rng.random(B) < 0.25) ^ (rng.random(B) < 0.25)
-    a = np.deg2rad(rng.uniform(-90.0, 90.0, B))
-    c, s = np.cos(a), np.sin(a)
-    sy = np.where(flip, -1.0, 1.0)
-    # affine_grid maps output to input coordinates: the flip of the inverse rotation
-    theta = np.stack([np.stack([c, s, 0 * c], -1), np.stack([-s * sy, c * sy, 0 * c], -1)], 1)
-    grid = F.affine_grid(torch.as_tensor(theta, dtype=x.dtype, device=x.device), list(x.shape), False)
-    xs = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    yf = y[:, None].to(x.dtype)
-    ys = F.grid_sample(yf, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    return xs, ys[:, 0].round().to(y.dtype)
+    flip = (rng.random(B) < online.FLIP_P) ^ (rng.random(B) < online.FLIP_P)
+    return online.turn(x, y, flip, rng.uniform(-online.DEGREES, online.DEGREES, B))
 
 
 def train_scratch(

@@ -121,6 +121,8 @@ def seg_updecoder(
     weight_decay: float = 1e-4,
     preset: str | None = None,
     refit: bool = False,
+    augment: str = "none",
+    sampler: str = "epoch",
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
