@@ -18,11 +18,12 @@ import torch.nn.functional as F
 from ft_helpers import BACKBONE, DEPTH, DIM, fast_options, make_cfg
 
 from radprobe.backbones import create_backbone
-from radprobe.backbones.base import BackboneOutput
-from radprobe.core.sampling import stream_batches, stream_order
+from radprobe.backbones.base import BackboneOutput, Preprocess
+from radprobe.core.sampling import derived_seed, stream_batches, stream_order
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.finetune import build_model, parse_options
 from radprobe.finetune import train as train_mod
+from radprobe.finetune.data import EXACT, Augment, ImageSet, ResizedCrop, train_loader
 from radprobe.finetune.heads import ClassificationHead, GridConfig, HeadGrid, make_head, paper_grid
 from radprobe.finetune.train import hparams_of, lr_factor
 from radprobe.run import trained as trained_mod
@@ -48,6 +49,7 @@ PAPER_TRAINING = {
     "amp_dtype": "fp16",
     "amp": True,
     "augment": True,
+    "crop": "torchvision",
     "crop_scale": 0.75,
     "crop_ratio": pytest.approx(4 / 3),
     "hflip": True,
@@ -286,11 +288,99 @@ def test_paper_grid_chooses_the_first_head_of_best_validation_auroc() -> None:
 def test_paper_augmentation_is_random_resized_crop_and_flip() -> None:
     # data/transforms.py:84-87: RandomResizedCrop(scale=(0.75, 1)) with torchvision's ratio, flip 0.5
     aug = _augment(parse_options("finetune", {"preset": "paper"}, 8))
-    assert aug is not None
-    assert (aug.crop_scale, aug.rotate, aug.intensity, aug.hflip) == (0.75, 0.0, 0.0, True)
-    assert aug.ratio == pytest.approx((0.75, 4 / 3))
+    assert isinstance(aug, ResizedCrop)
+    assert aug.scale == (0.75, 1.0) and aug.ratio == pytest.approx((0.75, 4 / 3)) and aug.hflip == 0.5
+    # without crop_ratio, torchvision's default ratio; without hflip, no flip
+    opts = parse_options("finetune", {"crop": "torchvision", "hflip": False}, 8)
+    assert (opts.rotate, opts.intensity) == (0.0, 0.0)  # torchvision's crop draws neither
+    assert _augment(opts) == ResizedCrop(scale=(0.85, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.0)
     default = _augment(parse_options("finetune", {}, 8))
-    assert default is not None and default.ratio == (0.9, 1.1) and not default.hflip
+    assert isinstance(default, Augment) and default.ratio == (0.9, 1.1) and not default.hflip
+    with pytest.raises(
+        OptionError, match=r"^finetune\.rotate=5\.0: crop=torchvision draws a crop and a flip"
+    ):
+        parse_options("finetune", {"preset": "paper", "rotate": 5.0}, 8)
+
+
+class _Originals:
+    """A dataset stand-in whose records are indices into decoded images of any size."""
+
+    def __init__(self, images: list[np.ndarray]) -> None:
+        self.images = images
+
+    def load_image(self, record: int) -> np.ndarray:
+        return self.images[record]
+
+
+def _originals(n: int = 6) -> _Originals:
+    rng = np.random.default_rng(0)
+    shapes = [(90, 120), (120, 90), (77, 77), (50, 200), (64, 64), (96, 80)]
+    return _Originals([rng.random(shapes[i % len(shapes)], dtype=np.float32) for i in range(n)])
+
+
+def _unnormalised(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
+    return x * torch.tensor(pre.std).view(3, 1, 1) + torch.tensor(pre.mean).view(3, 1, 1)
+
+
+def test_paper_crop_is_torchvisions_random_resized_crop_and_flip_of_the_original() -> None:
+    from PIL import Image
+    from torchvision import transforms as T
+    from torchvision.transforms.v2 import functional as F2
+
+    ds, pre, seed = _originals(), Preprocess(resolution=32), 3
+    images = ImageSet(ds, list(range(6)), pre, ResizedCrop(), seed=seed)
+    assert images.augmentation == EXACT and images.crop is not None
+    crop = T.RandomResizedCrop((32, 32), scale=(0.75, 1), interpolation=T.InterpolationMode.BICUBIC)
+    paper = T.Compose([crop, T.RandomHorizontalFlip(0.5)])
+    flips = []
+    for i, image in enumerate(ds.images):
+        s = derived_seed("aug", seed, 0, i)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)  # the box the released transform draws on a PIL image of this size
+            box = crop.get_params(Image.fromarray(image), crop.scale, crop.ratio)
+            flip = bool(torch.rand(1) < 0.5)
+        assert images.crop.params(*image.shape, s) == (*box, flip)
+        flips.append(flip)
+        ours = _unnormalised(images[i][0], pre)[0]
+        # the whole released pipeline on a tensor, under the same seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            theirs = paper(torch.from_numpy(image)[None])[0].clamp(0, 1)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=0)
+        bicubic = F2.resized_crop(
+            torch.from_numpy(image)[None], *box, [32, 32], T.InterpolationMode.BICUBIC, antialias=True
+        )[0].clamp(0, 1)
+        torch.testing.assert_close(ours, bicubic.flip(-1) if flip else bicubic, atol=1e-5, rtol=0)
+        # PIL's bicubic (on float pixels: no 8-bit rounding between its two passes) agrees too
+        pil = Image.fromarray(image).crop((box[1], box[0], box[1] + box[3], box[0] + box[2]))
+        pil = np.asarray(pil.resize((32, 32), Image.Resampling.BICUBIC)).clip(0, 1)
+        pil_t = torch.from_numpy(np.ascontiguousarray(pil[:, ::-1]) if flip else pil)
+        torch.testing.assert_close(ours, pil_t, atol=1e-5, rtol=0)
+    assert len(set(flips)) == 2
+
+
+def test_paper_crop_draws_per_pass_and_row_and_repeats_with_workers() -> None:
+    ds, pre = _originals(), Preprocess(resolution=32)
+    images = ImageSet(ds, list(range(6)), pre, ResizedCrop(), seed=5)
+    boxes = {
+        (p, i): images.crop.params(*ds.images[i].shape, derived_seed("aug", 5, p, i))
+        for p in range(3)
+        for i in range(6)
+    }
+    assert all(boxes[0, i] != boxes[1, i] or boxes[1, i] != boxes[2, i] for i in range(6))  # passes differ
+    assert len({boxes[0, i][:2] for i in (0, 4, 5)}) > 1  # so do rows
+    images.stream = True  # index pass * n + row
+    first, again = images[6 + 2][0], images[6 + 2][0]
+    assert torch.equal(first, again) and not torch.equal(first, images[12 + 2][0])
+    images.stream = False
+    one = [torch.cat([b[0] for b in train_loader(images, 3, e, 5, num_workers=0)]) for e in (0, 1)]
+    two = [torch.cat([b[0] for b in train_loader(images, 3, e, 5, num_workers=2)]) for e in (0, 1)]
+    assert all(torch.equal(a, b) for a, b in zip(one, two, strict=True)) and not torch.equal(*one)
+    # rows stored resized, or with masks, keep the affine approximation and say so
+    pixels = np.zeros((6, 1, 32, 32), np.float32)
+    resized = ImageSet(ds, list(range(6)), pre, ResizedCrop(), seed=5, pixels=pixels)
+    assert resized.crop is None and resized.augment == ResizedCrop().affine()
+    assert resized.augmentation.startswith("one bilinear affine") and EXACT in resized.augmentation
 
 
 def test_paper_autocast_is_fp16_and_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -310,7 +400,7 @@ def test_paper_run_selects_on_val_after_the_last_epoch_then_refits_on_train_plus
     real_fit = trained_mod.fit
 
     def fit(built, train, val, task, opts, **kw):  # type: ignore[no-untyped-def]
-        calls.append({"n": len(train.images), "val": val, "opts": opts, "built": built})
+        calls.append({"n": len(train.images), "val": val, "opts": opts, "built": built, "train": train})
         return real_fit(built, train, val, task, opts, **kw)
 
     monkeypatch.setattr(trained_mod, "fit", fit)
@@ -342,6 +432,9 @@ def test_paper_run_selects_on_val_after_the_last_epoch_then_refits_on_train_plus
     named = search["built"].model.named_parameters()
     assert row.trainable_params == sum(p.numel() for n, p in named if any(t in n for t in own))
     assert row.hparams["head_grid"] == "paper" and "lr" not in row.hparams and "pool" not in row.hparams
+    # torchvision's crop of the decoded originals, in the search and in the refit, and recorded
+    assert row.hparams["crop"] == "torchvision" and row.hparams["augmentation"] == EXACT
+    assert all(c["train"].images.crop is not None and c["train"].images.decoded is None for c in calls)
     assert any("capped at 2" in w for w in row.warnings)
 
 
@@ -404,3 +497,18 @@ def test_a_paper_run_killed_during_its_refit_resumes_to_the_same_rows(
     values = {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in whole.rows}
     assert {r["metric"]: (r["value"], r["ci_low"], r["ci_high"]) for r in resumed.rows} == values
     assert whole.rows[0]["eval_key"] == resumed.rows[0]["eval_key"]
+
+
+def test_torchvision_crop_on_segmentation_keeps_the_affine_path_and_says_so(tmp_path: Path) -> None:
+    from ft_helpers import SEG_DATASET, seg_options
+
+    opts = {"finetune": seg_options("finetune", epochs=1, augment=True, crop="torchvision", hflip=True)}
+    plan = validate(make_cfg(tmp_path / "run", ["finetune"], opts, dataset=SEG_DATASET))
+    train = trained_mod._split(plan, plan.backbone, "train", _augment(plan.options["finetune"]))
+    assert train.images.crop is None and train.images.augment == ResizedCrop(scale=(0.85, 1.0)).affine()
+    rows, _ = train_protocol(plan, "finetune", "test-run")
+    assert (
+        rows[0].hparams["crop"] == "torchvision"
+        and rows[0].hparams["augmentation"] == train.images.augmentation
+    )
+    assert "approximating" in rows[0].hparams["augmentation"]

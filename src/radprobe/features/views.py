@@ -47,23 +47,37 @@ class AugmentView:
 
     def params(self, height: int, width: int, sample_id: str) -> tuple[int, int, int, int, bool]:
         """Crop box (top, left, height, width) and flip of ``sample_id``'s image in this view."""
-        from torchvision.transforms import RandomResizedCrop
-
         seed = int(digest({"seed": self.seed, "view": self.index, "sample": sample_id}, 15), 16)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            # get_params reads only the image's size; a stand-in spares a copy of the pixels
-            top, left, h, w = RandomResizedCrop.get_params(
-                torch.empty(1, height, width), list(self.scale), list(self.ratio)
-            )
-            flip = bool(torch.rand(1).item() < self.hflip)
-        return int(top), int(left), int(h), int(w), flip
+        return crop_and_flip(height, width, seed, self.scale, self.ratio, self.hflip)
 
     def __call__(self, image: np.ndarray, sample_id: str) -> np.ndarray:
         """The view of a decoded image (HxW or HxWxC): cropped, and mirrored left-right if drawn."""
         top, left, h, w, flip = self.params(image.shape[0], image.shape[1], sample_id)
         out = image[top : top + h, left : left + w]
         return np.ascontiguousarray(out[:, ::-1] if flip else out)
+
+
+def crop_and_flip(
+    height: int,
+    width: int,
+    seed: int,
+    scale: tuple[float, float] = (0.75, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: float = 0.5,
+) -> tuple[int, int, int, int, bool]:
+    """torchvision's ``RandomResizedCrop`` box (top, left, height, width) of a ``height`` x ``width``
+    image and its ``RandomHorizontalFlip`` draw, as the two transforms draw them one after the other
+    from torch's global generator seeded with ``seed`` (which is restored afterwards)."""
+    from torchvision.transforms import RandomResizedCrop
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        # get_params reads only the image's size; a stand-in spares a copy of the pixels
+        top, left, h, w = RandomResizedCrop.get_params(
+            torch.empty(1, height, width), list(scale), list(ratio)
+        )
+        flip = bool(torch.rand(1).item() < hflip)
+    return int(top), int(left), int(h), int(w), flip
 
 
 def view_family(n: int, seed: int = 0) -> list[AugmentView]:

@@ -8,12 +8,16 @@ when asked, horizontal flips — off by default, since laterality carries meanin
 
 Every random draw comes from a generator seeded by (seed, epoch, sample index), so an epoch is the
 same whatever the number of workers and whether the run was resumed.
+
+Two augmentations: :class:`Augment`, radprobe's own (one affine resampling of the resized image), and
+:class:`ResizedCrop`, torchvision's ``RandomResizedCrop`` + ``RandomHorizontalFlip`` taken on the
+decoded original image as Baharoon et al. train (``preset=paper``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,6 +28,7 @@ from torch.utils.data import Dataset as TorchDataset
 
 from radprobe.core.sampling import derived_seed, stream_batches, stream_order
 from radprobe.features.images import PIXELS, to_float
+from radprobe.features.views import crop_and_flip
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Preprocess
@@ -93,6 +98,50 @@ class Augment:
         return self._jitter(out, g), mask
 
 
+AFFINE = "one bilinear affine resampling of the resized image (crop, rotation, flip) + intensity jitter"
+EXACT = "torchvision RandomResizedCrop on the decoded image (bicubic) + hflip"
+
+
+@dataclass(frozen=True)
+class ResizedCrop:
+    """torchvision's ``RandomResizedCrop(scale, ratio)`` then ``RandomHorizontalFlip(hflip)``.
+
+    The crop box comes from torchvision's own ``get_params`` (its 10 tries and centre-crop
+    fallback) on the decoded original image; the backbone's preprocessing then resizes the crop
+    (bicubic, antialiased) as ``RandomResizedCrop`` would, and the flip is applied after it (flipping
+    commutes with resizing and with the per-channel min-max stretch). Rows that only exist resized
+    (slices of volumes) or that carry a mask use :meth:`affine`, the closest :class:`Augment`.
+    """
+
+    scale: tuple[float, float] = (0.75, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    hflip: float = 0.5
+
+    def params(self, height: int, width: int, seed: int) -> tuple[int, int, int, int, bool]:
+        """Crop box (top, left, height, width) and flip of a ``height`` x ``width`` image."""
+        return crop_and_flip(height, width, seed, self.scale, self.ratio, self.hflip)
+
+    def affine(self) -> Augment:
+        """The affine approximation, for rows whose original image is not at hand."""
+        return Augment(
+            crop_scale=self.scale[0], rotate=0.0, intensity=0.0, hflip=self.hflip > 0, ratio=self.ratio
+        )
+
+
+def describe(augment: Augment | ResizedCrop | None, resized_rows: bool = False) -> str:
+    """What augmentation a training row gets; ``resized_rows``: rows from ``pixels`` or with masks."""
+    if augment is None:
+        return "none"
+    if isinstance(augment, ResizedCrop):
+        if resized_rows:
+            return (
+                "one bilinear affine resampling of the resized image (crop + hflip), approximating "
+                f"{EXACT}: the rows are stored resized or carry masks"
+            )
+        return EXACT
+    return AFFINE
+
+
 class ImageSet(TorchDataset):
     """Preprocessed (and, for training, augmented) images of one split, with their row index.
 
@@ -103,6 +152,10 @@ class ImageSet(TorchDataset):
     same numbers as decoding). Targets stay in the main process (indexed by the returned row), so workers
     only produce pixels — except ``masks`` (segmentation training): augmentation moves a mask with
     its image, so each item is then ``(image, row, mask)``.
+
+    A :class:`ResizedCrop` augmentation decodes each training row's original image (not the decoded
+    entry, which is already resized), except for rows from ``pixels`` or with masks, which get its
+    affine approximation (:attr:`augmentation` says which).
     """
 
     def __init__(
@@ -110,7 +163,7 @@ class ImageSet(TorchDataset):
         dataset: Dataset,
         records: list[Record],
         preprocess: Preprocess,
-        augment: Augment | None = None,
+        augment: Augment | ResizedCrop | None = None,
         seed: int = 0,
         masks: np.ndarray | None = None,
         pixels: np.ndarray | None = None,
@@ -119,7 +172,12 @@ class ImageSet(TorchDataset):
         self.dataset = dataset
         self.records = records
         self.preprocess = preprocess
-        self.augment = augment
+        resized = pixels is not None or masks is not None
+        self.augmentation = describe(augment, resized)
+        self.crop = augment if isinstance(augment, ResizedCrop) and not resized else None
+        # RandomResizedCrop resizes the crop straight to the input size: no eval-style centre crop
+        self._crop_pre = replace(preprocess, crop_from=None)
+        self.augment = augment.affine() if isinstance(augment, ResizedCrop) else augment
         self.seed = seed
         self.masks = masks  # (rows, R, R) class maps at the preprocessed resolution
         self.pixels = pixels  # (rows, 1 or 3, R, R) in [0, 1] at the preprocessed resolution
@@ -154,6 +212,8 @@ class ImageSet(TorchDataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
         draw, i = divmod(i, len(self)) if self.stream else (self.epoch, i)
         mask = None if self.masks is None else torch.from_numpy(np.asarray(self.masks[i]))
+        if self.crop is not None:
+            return self._cropped(i, draw), i
         if self.pixels is None and self.augment is None:
             x = self._load(i)  # no round trip through [0, 1]
         else:
@@ -163,6 +223,16 @@ class ImageSet(TorchDataset):
                 x, mask = self.augment.pair(x, mask, g)
             x = (x - self._mean) / self._std
         return (x, i) if mask is None else (x, i, mask)
+
+    def _cropped(self, i: int, draw: int) -> torch.Tensor:
+        """Row ``i`` through :attr:`crop` in draw ``draw``: crop of the decoded original, preprocessed."""
+        assert self.crop is not None
+        image = self.dataset.load_image(self.records[i])
+        top, left, h, w, flip = self.crop.params(
+            image.shape[0], image.shape[1], derived_seed("aug", self.seed, draw, i)
+        )
+        x = self._crop_pre.geometry(image[top : top + h, left : left + w])
+        return self._crop_pre.normalise(x.flip(-1) if flip else x)
 
 
 def train_loader(

@@ -28,6 +28,7 @@ SAMPLERS = ("epoch", "stream")
 SELECTIONS = ("best", "last")
 HEAD_GRIDS = ("none", "paper")
 LORA_BIASES = ("none", "lora_only", "all")
+CROPS = ("affine", "torchvision")
 
 # Baharoon et al. (arXiv 2312.02366), MohammedSB/DINOv2ForRadiology at cb91e01: what its trained
 # classification runs share (dinov2/eval/classification/linear.py; line numbers in the comments).
@@ -47,6 +48,7 @@ PAPER_TRAIN: dict[str, Any] = {
     "refit": True,  # l.535-601: the chosen head retrained on train + val
     "amp_dtype": "fp16",  # l.445 with eval/setup.py:63-66 (the configs' fp16), no GradScaler
     "augment": True,  # l.425, data/transforms.py:84-87: RandomResizedCrop(0.75-1) + flip
+    "crop": "torchvision",  # ... of the decoded image, bicubic
     "crop_scale": 0.75,
     "crop_ratio": 4 / 3,  # torchvision's default ratio (3/4, 4/3)
     "hflip": True,
@@ -80,6 +82,7 @@ ADDED_OPTIONS: dict[str, Any] = {
     "head_grid": "none",
     "refit": False,
     "crop_ratio": None,
+    "crop": "affine",
     "lora_bias": "none",
     "preset": None,  # lora and dora have always recorded it
 }
@@ -165,6 +168,14 @@ class TrainOptions:
         None,
         "largest aspect ratio of the random resized crop, drawn in [1/r, r] (default: 0.9 to 1.1)",
         low=1,
+    )
+    crop: str = _opt(
+        "affine",
+        "affine: crop, rotation and flip in one bilinear resampling of the resized image, then jitter; "
+        "torchvision: RandomResizedCrop (crop_scale to 1, ratio 1/crop_ratio to crop_ratio, default "
+        "3/4 to 4/3) of the decoded image, bicubic, then a flip with p 0.5 if hflip; no rotation or "
+        "jitter (rows stored resized or with masks keep the affine path)",
+        choices=CROPS,
     )
     preset: str | None = _opt(
         None,
@@ -308,6 +319,7 @@ def parse_options(protocol: str, raw: dict[str, Any], batch_size: int) -> TrainO
             )
         values = {**PRESETS[protocol][preset], **values}
     _check_head_grid(protocol, values)
+    values = _check_crop(protocol, values)
     opts = cls(**values)
     if opts.batch_size is None:
         opts.batch_size = batch_size
@@ -327,6 +339,21 @@ def _check_head_grid(protocol: str, values: dict[str, Any]) -> None:
                 f"{protocol}.{name}={values[name]!r}: head_grid={values['head_grid']} sets every head's "
                 "learning rate and input, and its loss has no class weights",
             )
+
+
+def _check_crop(protocol: str, values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with rotation and jitter off under torchvision's crop, which draws neither; one
+    line when either is asked of it."""
+    if values.get("crop", "affine") == "affine":
+        return values
+    for name in ("rotate", "intensity"):
+        if values.get(name, 0.0):
+            raise OptionError(
+                "--set",
+                f"{protocol}.{name}={values[name]!r}: crop=torchvision draws a crop and a flip only; "
+                f"set {name}=0 or crop=affine",
+            )
+    return {"rotate": 0.0, "intensity": 0.0, **values}
 
 
 def describe_options(protocol: str) -> list[dict[str, Any]]:

@@ -40,7 +40,7 @@ from radprobe.features.image_source import decoded_split
 from radprobe.features.images import ImageCache
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
-from radprobe.finetune.data import Augment, ImageSet
+from radprobe.finetune.data import Augment, ImageSet, ResizedCrop, describe
 from radprobe.finetune.heads import Head, HeadGrid, make_head, paper_grid
 from radprobe.finetune.methods import Built, TrainModel, build_model, param_groups
 from radprobe.finetune.options import TrainOptions
@@ -79,7 +79,7 @@ def _decoded(plan: Plan, backbone: Backbone, name: str) -> Any:
     return decoded_split(cache, plan.dataset, name, backbone.preprocess, cfg.num_workers or 0)
 
 
-def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -> Split:
+def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | ResizedCrop | None) -> Split:
     ds = plan.dataset
     if name == "train+val":  # a refit's training set (classification only)
         recs = ds.split("train") + ds.split("val")
@@ -87,7 +87,8 @@ def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | None) -
     recs = ds.split(name)
     seg = plan.seg.get(name)
     if seg is None:
-        decoded = _decoded(plan, backbone, name)
+        # torchvision's crop reads the original images: a resized entry would go unread
+        decoded = None if isinstance(augment, ResizedCrop) else _decoded(plan, backbone, name)
         images = ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, decoded=decoded)
         return Split(images, ds.labels(recs))
     # training masks travel with their images through augmentation; val/test targets are indexed
@@ -196,12 +197,14 @@ def train_protocol(
     hparams = hparams_of(protocol, opts, details, plan.device, ds.task)
     if plan.segmentation:
         hparams.update(plan.seg_hparams, layers=list(head.grid_layers))
+    augment = _augment(opts)
+    if isinstance(augment, ResizedCrop):  # exact on decoded images; seg rows carry masks: affine
+        hparams["augmentation"] = describe(augment, resized_rows=plan.segmentation)
     subject = Subject(
         info.name, info.weights_digest, ds, cfg.seed, {"preprocess": backbone.preprocess.to_dict()}
     )
     train_key = eval_key(subject, protocol, hparams)
     key = eval_key(subject, protocol, hparams, cfg.n_boot)
-    augment = _augment(opts)
     train, val = _split(plan, backbone, "train", augment), _split(plan, backbone, "val", None)
     ckpt_dir = Path(cfg.out) / "checkpoints" / train_key
     label = f"{info.name} · {protocol}"
@@ -259,9 +262,12 @@ def train_protocol(
     return metric_rows(base, key, protocol, scored, row_hparams, selected, notes), built
 
 
-def _augment(opts: TrainOptions) -> Augment | None:
+def _augment(opts: TrainOptions) -> Augment | ResizedCrop | None:
     if not opts.augment:
         return None
+    if opts.crop == "torchvision":
+        ratio = (3 / 4, 4 / 3) if opts.crop_ratio is None else (1 / opts.crop_ratio, opts.crop_ratio)
+        return ResizedCrop(scale=(opts.crop_scale, 1.0), ratio=ratio, hflip=0.5 if opts.hflip else 0.0)
     ratio = {} if opts.crop_ratio is None else {"ratio": (1 / opts.crop_ratio, opts.crop_ratio)}
     return Augment(
         crop_scale=opts.crop_scale, rotate=opts.rotate, intensity=opts.intensity, hflip=opts.hflip, **ratio
