@@ -85,7 +85,33 @@ def test_paper_preprocessing_is_the_released_eval_transform(name):
     pre = _meta(name).preprocess
     assert (pre.mean, pre.std) == (IMAGENET_MEAN, IMAGENET_STD)
     assert (pre.interpolation, pre.minmax) == ("bicubic", True)
+    # the datasets hand the transform float tensors; torchvision 0.15 resizes them without antialiasing
+    assert (pre.antialias, pre.clamp) == (False, False)
     assert pre.resolution == (1024 if name == "paper:sam-l" else 224)  # SAMLarge views 64 x 64 tokens
+
+
+@pytest.mark.parametrize("crop_from", [None, 256])
+def test_paper_resize_is_torchvisions_tensor_resize_without_antialias_then_rescale(crop_from):
+    # transforms.py:108-114 on a (3, H, W) float tensor (nih_chest_xray.py:104-106), torchvision 0.15:
+    # Resize(antialias="warn") -> None -> False for tensors; no clamp of the bicubic overshoot
+    from torchvision import transforms as T
+
+    from radprobe.backbones.paper import PAPER_PREPROCESS
+
+    rng = np.random.default_rng(0)
+    image = (rng.random((300, 260)) > 0.5).astype(np.float32)  # sharp edges: aliasing and overshoot
+    pre = Preprocess(**{**PAPER_PREPROCESS, "crop_from": crop_from})
+    size = crop_from or 224
+    steps = [T.Resize((size, size), T.InterpolationMode.BICUBIC, antialias=False), T.CenterCrop(224)]
+    x = T.Compose(steps)(torch.from_numpy(image)[None].expand(3, -1, -1))
+    assert x.min() < 0 or x.max() > 1  # the overshoot the released pipeline keeps
+    lo, hi = x.amin((1, 2), keepdim=True), x.amax((1, 2), keepdim=True)
+    want = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)((x - lo) / (hi - lo))
+    torch.testing.assert_close(pre(image), want, atol=1e-5, rtol=0)
+    smooth = Preprocess(**{**PAPER_PREPROCESS, "antialias": True, "clamp": True})
+    assert (smooth(image) - want).abs().max() > 0.05  # antialiasing would be a visible difference
+    assert {"antialias": False, "clamp": False}.items() <= pre.to_dict().items()
+    assert "antialias" not in Preprocess().to_dict() and "clamp" not in Preprocess().to_dict()
 
 
 @pytest.mark.parametrize(

@@ -314,3 +314,31 @@ def test_refit_without_the_preset_uses_the_default_loop_with_refit_lr_and_epochs
     assert (refit.lr, refit.epochs, n_refit) == (0.05, 2, 12)
     assert result.hparams["refit"] == {"data": "train+val (full-data runs)", "lr": 0.05, "epochs": 2}
     assert result.hparams["model"].startswith("monai") and result.fits[0].selected["refit"]["rows"] == 12
+
+
+def test_paper_preset_reads_images_resized_as_released(easy2d, tmp_path: Path) -> None:
+    # the notebooks' datasets hand Resize((448, 448), BICUBIC) float tensors: torchvision 0.15 then
+    # resizes without antialiasing and keeps the overshoot (docs/paper-fidelity-backbones.md)
+    import torch.nn.functional as F
+
+    from radprobe.data import load_dataset
+    from radprobe.run.segment import validate
+    from radprobe.segmentation.data import load_case
+
+    root = easy2d(n=8)
+
+    def plan(options: dict[str, Any], protocols: list[str]) -> Any:
+        cfg = EvalConfig(backbone="test:vit-tiny", dataset=f"folder:{root}", protocols=protocols,
+                         out=tmp_path / "run", resolution=24, progress=False, options=options)  # fmt: skip
+        return validate(cfg)
+
+    paper = plan({"seg-unet": {"preset": "paper"}}, ["seg-unet"]).splits["train"]
+    default = plan({}, ["seg-unet"]).splits["train"]
+    ds = load_dataset(f"folder:{root}")
+    img = torch.from_numpy(load_case(ds, paper.cases[0].record)[0].astype(np.float32))[None, None]
+    want = F.interpolate(img, size=(24, 24), mode="bicubic", align_corners=False, antialias=False)[0]
+    np.testing.assert_allclose(paper.images[0].astype(np.float32), want.numpy(), atol=2e-3)
+    assert np.abs(default.images[0].astype(np.float32) - want.numpy()).max() > 0.02  # bilinear, antialiased
+    with pytest.raises(OptionError, match="run them separately") as e:
+        plan({"seg-unet": {"preset": "paper"}}, ["seg-unet", "seg-transunet"])
+    assert "\n" not in str(e.value)

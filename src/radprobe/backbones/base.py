@@ -31,7 +31,9 @@ class Preprocess:
     [0, 1] by its own minimum and maximum (the ``RescaleImage`` step of Baharoon et al.); a constant
     channel becomes 0. ``crop_from`` resizes to ``crop_from`` x ``crop_from`` first and then takes
     the central ``resolution`` x ``resolution`` (torchvision's ``Resize`` + ``CenterCrop``, the eval
-    transform of DINOv2's kNN).
+    transform of DINOv2's kNN). ``antialias=False`` and ``clamp=False`` resize as torchvision 0.15
+    resized float tensors (Baharoon et al.'s datasets hand their transforms tensors): no low-pass
+    filter before downsampling, and bicubic overshoot outside [0, 1] kept.
     """
 
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -41,6 +43,8 @@ class Preprocess:
     interpolation: str = "bicubic"
     minmax: bool = False
     crop_from: int | None = None
+    antialias: bool = True  # False: torchvision's tensor resize before 0.17 (no low-pass filter)
+    clamp: bool = True  # False: bicubic overshoot kept, as a float tensor resize keeps it
 
     def __post_init__(self) -> None:
         if self.patch_size and self.resolution % self.patch_size:
@@ -58,6 +62,9 @@ class Preprocess:
             del d["minmax"]
         if self.crop_from is None:
             del d["crop_from"]
+        for flag in ("antialias", "clamp"):  # only when off, so earlier keys still match
+            if d[flag]:
+                del d[flag]
         return d
 
     def geometry_dict(self) -> dict[str, Any]:
@@ -95,12 +102,13 @@ class Preprocess:
                 size=(size, size),
                 mode=self.interpolation,
                 align_corners=False if smooth else None,  # torch refuses it for "nearest"
-                antialias=smooth,
+                antialias=smooth and self.antialias,
             )[0]
         if size != self.resolution:  # torchvision's CenterCrop offsets
             top = round((size - self.resolution) / 2.0)
             x = x[:, top : top + self.resolution, top : top + self.resolution]
-        x = x.clamp(0.0, 1.0)
+        if self.clamp:
+            x = x.clamp(0.0, 1.0)
         return self.stretch(x) if self.minmax else x
 
     @staticmethod

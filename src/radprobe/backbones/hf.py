@@ -304,6 +304,8 @@ def _wrap(
         resolution=resolve_resolution(entry.name, size, patch, opts.resolution),
         patch_size=patch,
         minmax=bool(defaults.get("minmax", False)),
+        antialias=bool(defaults.get("antialias", True)),
+        clamp=bool(defaults.get("clamp", True)),
     )
     extra: dict[str, Any] = {"num_register_tokens": int(getattr(config, "num_register_tokens", 0) or 0)}
     if report is not None:

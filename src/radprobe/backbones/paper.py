@@ -44,12 +44,16 @@ from radprobe.backbones.weights import (
 from radprobe.utils import file_sha256
 
 # The linear probe's eval transform (linear.py:426 -> transforms.py:108-114); 224 unless --image-size.
+# The datasets hand it float tensors (e.g. data/datasets/nih_chest_xray.py:104-106), and torchvision
+# 0.15 (requirements.txt:3) resizes tensors without antialiasing and leaves bicubic overshoot.
 PAPER_PREPROCESS: dict[str, Any] = {
     "mean": IMAGENET_MEAN,
     "std": IMAGENET_STD,
     "resolution": 224,
     "interpolation": "bicubic",
     "minmax": True,
+    "antialias": False,
+    "clamp": False,
 }
 # torchvision's classifier dropout, active when a paper VGG is trained (classifier[2] and [5]).
 VGG_DROPOUT = 0.5

@@ -142,14 +142,31 @@ def validate(cfg: EvalConfig, dataset: Any = None) -> SegPlan:
                 f"seg-updecoder: reads five ViT blocks' patch grids; {cfg.backbone} is a CNN",
                 setting="protocols",
             )
-    images = any(registry.get(p).consumes == "images" for p in protocols)
+    scratch = [p for p in protocols if registry.get(p).consumes == "images"]
+    released = _released_resize(scratch, opts)
     splits = {
-        s: load_split(dataset, s, size, keep_masks=s != "train", keep_images=images)
+        s: load_split(
+            dataset, s, size, keep_masks=s != "train", keep_images=bool(scratch), released_resize=released
+        )
         for s in ("train", "val", "test")
     }
     uniform_spacing(splits.values())
     check_spacing(opts, (c for s in splits.values() for c in s.cases))
     return SegPlan(cfg, dataset, protocols, opts, size, size_source, device, backbone, splits)
+
+
+def _released_resize(scratch: list[str], opts: dict[str, dict[str, Any]]) -> bool:
+    """Whether the image-trained protocols read images resized as the paper's notebooks did (all of
+    them ``preset=paper``); one line when a run mixes the two, whose inputs would differ."""
+    paper = [p for p in scratch if opts[p].get("preset") == "paper"]
+    if paper and len(paper) < len(scratch):
+        other = next(p for p in scratch if p not in paper)
+        raise OptionError(
+            "--set",
+            f"{paper[0]}.preset='paper' resizes the images as released, {other} without the preset as "
+            "radprobe does; run them separately",
+        )
+    return bool(paper)
 
 
 def run(plan: SegPlan, store: ResultStore, run_id: str, warn: Any = None) -> EvalSummary:

@@ -132,6 +132,8 @@ def validate(cfg: EvalConfig, dataset: Dataset | None = None) -> Plan:
                 keep_masks=s != "train",
                 keep_images=volumes,
                 interpolation=pre.interpolation,
+                # a paper: entry resizes as torchvision 0.15 resized the released float tensors
+                released_resize=not pre.antialias and not pre.clamp,
             )
             for s in SPLITS
         }

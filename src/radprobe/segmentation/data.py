@@ -134,15 +134,24 @@ def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
     return t[:, 0].round().numpy().astype(dtype)
 
 
-def resize_images(images: np.ndarray, size: int, mode: str = "bilinear") -> np.ndarray:
-    """(N, C, H, W) float [0, 1] -> (N, C, size, size) float16, ``mode`` with antialiasing."""
+def resize_images(
+    images: np.ndarray, size: int, mode: str = "bilinear", released: bool = False
+) -> np.ndarray:
+    """(N, C, H, W) float [0, 1] -> (N, C, size, size) float16, ``mode`` with antialiasing, clamped.
+    ``released``: Baharoon et al.'s resize of their float tensors (torchvision 0.15): bicubic without
+    antialiasing, the overshoot kept."""
     t = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
+    mode = "bicubic" if released else mode
     if tuple(t.shape[-2:]) != (size, size):
         smooth = mode in ("bilinear", "bicubic")
         t = F.interpolate(
-            t, size=(size, size), mode=mode, align_corners=False if smooth else None, antialias=smooth
+            t,
+            size=(size, size),
+            mode=mode,
+            align_corners=False if smooth else None,
+            antialias=smooth and not released,
         )
-    return t.clamp(0.0, 1.0).numpy().astype(np.float16)
+    return (t if released else t.clamp(0.0, 1.0)).numpy().astype(np.float16)
 
 
 def _channels_first(img: np.ndarray, ndim: int) -> np.ndarray:
@@ -191,12 +200,14 @@ def load_split(
     keep_images: bool = False,
     records: list[Record] | None = None,
     interpolation: str = "bilinear",
+    released_resize: bool = False,
 ) -> SegSplit:
     """Read and check every case of ``split``; targets resized to ``size``.
 
     ``keep_images`` also keeps the images resized to ``size`` with ``interpolation`` (the
-    from-scratch U-Net's input, or a backbone's slices); grayscale and colour images are mixed by
-    repeating gray to 3 channels.
+    from-scratch U-Net's input, or a backbone's slices; ``released_resize``: as Baharoon et al.'s
+    loaders, see :func:`resize_images`); grayscale and colour images are mixed by repeating gray to
+    3 channels.
     """
     records = dataset.split(split) if records is None else records
     if not records:
@@ -219,7 +230,8 @@ def load_split(
         if keep_masks:
             masks.append(mask.astype(small))
         if keep_images:
-            images.add(resize_images(_channels_first(img, dataset.ndim)[:, :3], size, interpolation))
+            rows = _channels_first(img, dataset.ndim)[:, :3]
+            images.add(resize_images(rows, size, interpolation, released_resize))
     return SegSplit(
         split,
         cases,
