@@ -81,6 +81,7 @@ ADDED_OPTIONS: dict[str, Any] = {
     "refit": False,
     "crop_ratio": None,
     "lora_bias": "none",
+    "recompute": True,  # dora: the same numbers either way
     "preset": None,  # lora and dora have always recorded it
 }
 
@@ -206,7 +207,11 @@ class LoraOptions(TrainOptions):
 
 @dataclass
 class DoraOptions(LoraOptions):
-    pass
+    recompute: bool = _opt(
+        True,
+        "recompute DoRA's magnitude step in backward instead of keeping two tensors the size of each "
+        "adapted layer's output (same losses and gradients; less memory, a little more compute)",
+    )
 
 
 @dataclass
