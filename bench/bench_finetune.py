@@ -7,7 +7,8 @@ resident memory (or CUDA max allocated) is its own; the step is the real one of 
 (forward, loss, backward, clip, AdamW step) on a fixed random batch, with data loading left out.
 
 Memory is reported three ways: the peak (CUDA max allocated, or peak RSS on CPU, which is noisy),
-the activations autograd saves for backward in one forward pass (exact, weights excluded), and the
+what one forward pass holds for backward (exact, weights excluded: saved activations, the inputs
+gradient checkpointing recomputes from, autocast's casts; ``radprobe.finetune.memory``), and the
 gradients plus AdamW moments the trainable parameters need (3 x fp32 each).
 """
 
@@ -24,6 +25,7 @@ from radprobe.backbones import create_backbone
 from radprobe.finetune import build_model, parse_options
 from radprobe.finetune.heads import ClassificationHead
 from radprobe.core.runtime import peak_memory_mb
+from radprobe.finetune.memory import held_for_backward
 
 protocol, extra, res, batch, steps, warmup, device, threads, model_name = sys.argv[1:10]
 torch.set_num_threads(int(threads))
@@ -69,17 +71,8 @@ if dev.type == "cuda":
     torch.cuda.synchronize(dev)
 dt = time.perf_counter() - t0
 peak = peak_memory_mb(dev)
-# bytes autograd keeps for backward in one forward pass (deterministic, unlike RSS)
-saved = {}
-weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-def pack(t):
-    if t.untyped_storage().data_ptr() not in weights:  # weights are held anyway
-        saved[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
-    return t
-with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), amp():
-    probe = model(x)
-del probe
-saved_mb = sum(saved.values()) / 2**20
+# bytes the forward holds for backward: saved tensors, checkpointed inputs (exact, unlike RSS)
+saved_mb = held_for_backward(model, x, amp) / 2**20
 print(json.dumps({
     "params": built.params,
     "trainable_params": built.trainable_params,

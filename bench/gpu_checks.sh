@@ -4,8 +4,12 @@
 # frozen rows on CPU for comparison, bf16 vs fp32 features, bench_finetune on ViT-B/14 at 224 px in
 # bf16 and bench_extraction on the GPU (ViT-S/14, ViT-B/14, ViT-L/14 at 224 px over 12,288 generated
 # PNGs, each without the decoded-image cache, building its entry and reading it as a second backbone:
-# goal ratio >= 0.9 reading it; about 4 minutes, at most 450 s). SKIP_CLI=1 and BENCHES=... pick
-# parts: `SKIP_CLI=1 BENCHES=extraction bash bench/gpu_checks.sh` is the extraction case alone.
+# goal ratio >= 0.9 reading it; about 4 minutes, at most 450 s), and bench_peft_memory (ViT-B/14,
+# 224 px, batch 64, bf16: where LoRA's and DoRA's memory goes against finetune; ten short cases,
+# under 2 minutes, at most 150 s). SKIP_CLI=1 and BENCHES=... pick parts:
+# `SKIP_CLI=1 BENCHES=extraction bash bench/gpu_checks.sh` is the extraction case alone, and
+# `SKIP_CLI=1 BENCHES=peft_memory bash bench/gpu_checks.sh` the PEFT memory case alone
+# (bench/results/peft_memory_gpu.json).
 # The machine has torch but no network: missing packages travel as wheels in .whl/ (see the
 # device notes); OUT is the folder whose files come back.
 set -uo pipefail
@@ -99,8 +103,8 @@ json.dump({"rows": len(a), "equal": a == b}, open(sys.argv[1], "w"))
 print("torchrun rows", len(a), "equal", a == b)
 PY
 fi
-for b in ${BENCHES-finetune extraction}; do
-  limit=300; [ "$b" = extraction ] && limit=450
+for b in ${BENCHES-finetune extraction peft_memory}; do
+  limit=300; [ "$b" = extraction ] && limit=450; [ "$b" = peft_memory ] && limit=150
   (cd bench && timeout $limit python3 "bench_$b.py" --gpu && cp "results/${b}_gpu.json" "$OUT/")
   echo "bench $b rc=$?"
 done

@@ -31,6 +31,7 @@ from radprobe.finetune.anatomy import _BLOCK_RE, anatomy, inner_model
 from radprobe.finetune.heads import Head
 from radprobe.finetune.options import (
     OPTION_TYPES,
+    DoraOptions,
     FinetuneOptions,
     LoraOptions,
     PartialOptions,
@@ -231,6 +232,10 @@ def build_model(
             bias=opts.lora_bias,
         )
         model = inject_adapter_in_model(config, inner_model(backbone))
+        if isinstance(opts, DoraOptions) and opts.recompute:
+            from radprobe.finetune.dora import recompute_dora
+
+            details["dora_recomputed"] = recompute_dora(model)
         for n, p in model.named_parameters():
             # adapters (A, B and DoRA's magnitude), and the biases peft's ``bias`` names
             p.requires_grad_("lora_" in n or _lora_bias_trains(n, opts.lora_bias))

@@ -84,6 +84,7 @@ ADDED_OPTIONS: dict[str, Any] = {
     "crop_ratio": None,
     "crop": "affine",
     "lora_bias": "none",
+    "recompute": True,  # dora: the same numbers either way
     "preset": None,  # lora and dora have always recorded it
 }
 
@@ -217,7 +218,11 @@ class LoraOptions(TrainOptions):
 
 @dataclass
 class DoraOptions(LoraOptions):
-    pass
+    recompute: bool = _opt(
+        True,
+        "recompute DoRA's magnitude step in backward instead of keeping two tensors the size of each "
+        "adapted layer's output (same losses and gradients; less memory, a little more compute)",
+    )
 
 
 @dataclass
