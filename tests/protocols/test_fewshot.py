@@ -185,8 +185,8 @@ def test_paper_options_refuse_what_they_cannot_serve_in_one_line(options, words)
     assert "\n" not in str(err.value)
 
 
-def test_paper_draws_read_the_linear_presets_ten_views_and_the_draws_own_rows():
-    assert fewshot.train_views({"preset": "paper", "rule": "nih"}) == 10
+def test_paper_draws_read_the_linear_presets_views_and_the_draws_own_rows():
+    assert fewshot.train_views({"preset": "paper", "rule": "nih"}) == 11
     assert fewshot.train_views({"preset": "paper", "inner": {"linear": {"train_views": 0}}}) == 0
     assert fewshot.train_views({}) == 0 and fewshot.train_views({"protocols": ["knn"]}) == 0
     data = _nih_like_input()
@@ -194,7 +194,7 @@ def test_paper_draws_read_the_linear_presets_ten_views_and_the_draws_own_rows():
     sub = data.train.subset(idx)
     for view, whole in zip(sub.views, data.train.views, strict=True):
         np.testing.assert_array_equal(view, whole[idx])
-    with pytest.raises(ValueError, match="train_views=10: the features hold 2 augmented views"):
+    with pytest.raises(ValueError, match="train_views=11: the features hold 2 augmented views"):
         fewshot.run(data, shots=(1,), preset="paper", rule="nih")
 
 

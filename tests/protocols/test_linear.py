@@ -181,11 +181,17 @@ def test_paper_preset_grid_batch_epochs_and_refit_are_the_papers(blocks_input):
     # 10 epochs of ceil(n / 128) steps and nothing more; a set smaller than a batch is one batch
     assert linear._plan(300, p["epochs"], p["min_iterations"], p["batch_size"]) == (128, 30)
     assert linear._plan(40, p["epochs"], p["min_iterations"], p["batch_size"]) == (40, 10)
-    assert p["train_views"] == 10  # one cached augmented view per epoch
-    res = linear.run(with_views(blocks_input("multilabel"), 10), preset="paper")
+    # DINOv2's InfiniteSampler: full batches across passes; 11 passes over >= 1,280 rows, one view each
+    assert p["train_views"] == 11 and p["sampler"] == "stream"
+    assert linear.passes_over(1280, 128, 10 * 10, "stream") == 10
+    assert linear.passes_over(1281, 128, 10 * 11, "stream") == 11
+    assert linear.passes_over(86_524, 128, 10 * 676, "stream") == 11
+    assert linear.passes_over(40, 40, 10, "stream") == 10  # a set no larger than a batch
+    # 200 train rows make 13 passes, 260 train + val rows 15: one view each, no reuse
+    res = linear.run(with_views(blocks_input("multilabel"), 15), preset="paper", train_views=15)
     h = res.hparams
     assert h["heads"] == 16 and h["n_last_blocks"] == [1, 4] and h["batch_size"] == 128 and h["refit"]
-    assert h["optimizer"].endswith("lr unscaled") and h["train_views"] == 10
+    assert h["optimizer"].endswith("lr unscaled") and h["train_views"] == 15 and h["sampler"] == "stream"
     assert h["augmentation"].startswith("RandomResizedCrop(scale 0.75-1, ratio 3/4-4/3) + horizontal flip")
     assert res.warnings == []
 
@@ -255,6 +261,7 @@ def test_paper_refit_retrains_the_selected_head_on_train_plus_val(blocks_input):
         min_iterations=0,
         batch_size=128,
         rules=rules,
+        sampler="stream",
     )
     np.testing.assert_allclose(refit.scores, linear.predict(heads, data.test, "multilabel")[best], atol=1e-6)
 
@@ -339,7 +346,7 @@ def _reference_sgd(views, labels, cfg, seed, epochs, batch_size, classes):
     bs = min(batch_size, n)
     per_epoch = -(-n // bs)
     iterations = epochs * per_epoch
-    batches = linear._batches(n, bs, iterations, seed)
+    batches, _ = linear._batches(n, bs, iterations, seed)
     w = linear._initial_weights(seed, [cfg], 1, 12 * (cfg.n_blocks + cfg.avgpool), classes)[0].double()
     w.requires_grad_(True)
     b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
@@ -404,3 +411,49 @@ def test_too_few_views_is_one_line(blocks_input):
         ValueError, match=r"^train_views=3: the features hold 2 augmented views of each image$"
     ):
         linear.run(data, train_views=3)
+
+
+def test_stream_sampler_reads_each_rows_view_of_its_pass_as_a_step_by_step_reference(blocks_input):
+    # DINOv2's InfiniteSampler: full batches cut from one stream of permutations, running on across
+    # passes; a row on pass p reads view p (core.sampling.stream_order numbers entries pass * n + row)
+    from radprobe.core.sampling import stream_order
+
+    data = with_views(blocks_input("multiclass", sizes=(90, 30, 30)), 5)
+    cfg, n, bs, epochs, seed = linear.HeadConfig(0.5, 4, True), 90, 32, 4, 7
+    train = data.train
+    heads = linear.train_heads(
+        train, "multiclass", 3, [cfg], epochs=epochs, min_iterations=0, batch_size=bs, seed=seed,
+        sampler="stream",
+    )  # fmt: skip
+    iterations = epochs * -(-n // bs)
+    entries = np.concatenate([stream_order(n, bs, e, seed) for e in range(epochs)])[: iterations * bs]
+    assert len(entries) == iterations * bs and entries.max() // n == 4  # 128 rows a step: 5 passes
+    w = linear._initial_weights(seed, [cfg], 1, 12 * (cfg.n_blocks + cfg.avgpool), 3)[0].double()
+    w.requires_grad_(True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    bufs = [torch.zeros_like(w), torch.zeros_like(b)]
+    y = torch.as_tensor(train.labels).long()
+    for it in range(iterations):
+        step = entries[it * bs : (it + 1) * bs]
+        rows, passes = step % n, step // n
+        blocks = torch.stack(
+            [torch.as_tensor(train.views[p][r]) for r, p in zip(rows, passes, strict=True)]
+        ).double()
+        x = linear.linear_input(blocks, cfg.n_blocks, cfg.avgpool)
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y[rows])
+        gw, gb = torch.autograd.grad(loss, [w, b])
+        lr = cfg.lr * bs / 256 * 0.5 * (1 + np.cos(np.pi * it / iterations))
+        with torch.no_grad():
+            for p, g, buf in ((w, gw, bufs[0]), (b, gb, bufs[1])):
+                buf.mul_(0.9).add_(g)
+                p.sub_(lr * buf)
+    _, hw, hb = heads.heads[cfg.variant]
+    np.testing.assert_allclose(hw[0].numpy(), w.detach().numpy(), atol=2e-5)
+    np.testing.assert_allclose(hb[0].numpy(), b.detach().numpy(), atol=2e-5)
+
+
+def test_more_passes_than_views_is_said_in_one_line(blocks_input):
+    data = with_views(blocks_input("binary", sizes=(200, 40, 40)), 11)
+    res = linear.run(data, preset="paper", refit=False)  # 10 epochs of 2 full batches of 128: 13 passes
+    (line,) = [w for w in res.warnings if "passes" in w]
+    assert line.startswith("train: 13 passes over 200 rows read 11 views") and "train_views=13" in line

@@ -200,10 +200,10 @@ def test_paper_study_plan_lists_the_matrix_and_missing_data(tmp_path, capsys):
     for j in plan["jobs"]:
         if j["protocol"].startswith("seg-"):
             assert j["options"]["preset"] == "paper", j
-    # the linear and few-shot probes train on 10 augmented views of every classification image
+    # the linear and few-shot probes read 11 augmented views of every classification image
     ext = plan["extractions"]
-    assert {e.get("train_views") for e in ext if e["dataset"].split(":")[0] == "nih-cxr14"} == {10}
-    assert len([e for e in ext if e.get("train_views") == 10]) == 14 * 4  # 14 backbones x 4 datasets
+    assert {e.get("train_views") for e in ext if e["dataset"].split(":")[0] == "nih-cxr14"} == {11}
+    assert len([e for e in ext if e.get("train_views") == 11]) == 14 * 4  # 14 backbones x 4 datasets
     # and ML-kNN's centre-cropped features on the two multi-label sets
     cropped = {e["dataset"].split(":")[0] for e in ext if e.get("other_preprocessing") == 1}
     assert cropped == {"nih-cxr14", "chexpert"}

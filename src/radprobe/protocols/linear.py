@@ -21,13 +21,15 @@ from ``seed`` alone, so each head of the grid trains exactly as it would alone.
 
 ``preset="paper"`` reproduces Baharoon et al. (arXiv 2312.02366; docs/paper-fidelity.md): 16 heads
 (lr 1e-3, 5e-3, 1e-2, 5e-2 x last 1 or 4 blocks x avgpool), batch 128, 10 epochs of ceil(n / 128)
-steps, learning rates unscaled, heads chosen on val AUROC of sigmoid(logits), and the chosen head
-retrained on train + val. As the released code does, multi-label heads minimise each sample's
-class-mean BCE summed (not averaged) over the batch, and binary heads have a single logit. The paper
-trains on augmented views (RandomResizedCrop(scale 0.75-1) + flip) of the images, drawn afresh every
-epoch: the preset reads ``train_views=10`` cached views of every training (and, for the refit,
-validation) image, and epoch e trains on view e mod 10 (:mod:`radprobe.features.views`). Heads are
-chosen and tested on the un-augmented images, as the paper's eval transform gives them.
+full batches from DINOv2's endless stream of permutations (``sampler="stream"``), learning rates
+unscaled, heads chosen on val AUROC of sigmoid(logits), and the chosen head retrained on train + val.
+As the released code does, multi-label heads minimise each sample's class-mean BCE summed (not
+averaged) over the batch, and binary heads have a single logit. The paper trains on augmented views
+(RandomResizedCrop(scale 0.75-1) + flip) of the images, drawn afresh on every pass over the data:
+the preset reads ``train_views=11`` cached views of every training (and, for the refit, validation)
+image, and pass p trains on view p (:mod:`radprobe.features.views`); 10 epochs of the stream make
+11 passes over a set of at least 1,280 images. Heads are chosen and tested on the un-augmented
+images, as the paper's eval transform gives them.
 """
 
 from __future__ import annotations
@@ -35,13 +37,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Gt
 
+from radprobe.core.sampling import stream_order
 from radprobe.metrics.fast import headline_scores
 from radprobe.protocols.base import ProtocolInput, ProtocolResult, SplitFeatures
 from radprobe.utils import digest
@@ -62,6 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 256,
         "refit": False,
         "train_views": 0,
+        "sampler": "permutation",
     },
     "paper": {
         "lrs": (1e-3, 5e-3, 1e-2, 5e-2),
@@ -71,8 +75,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "min_iterations": 0,
         "batch_size": 128,
         "refit": True,
-        # one view per epoch: every epoch trains on its own draw, as the paper's DataLoader gives it
-        "train_views": 10,
+        # DINOv2's InfiniteSampler (linear.py:508-512): full batches run on across passes, so 10
+        # epochs of ceil(n / 128) batches make 11 passes over a set of >= 1,280 images (10 over a
+        # set no larger than a batch); one view per pass, each pass its own draw, as the DataLoader
+        "train_views": 11,
+        "sampler": "stream",
     },
 }
 AUGMENTATION = "RandomResizedCrop(scale 0.75-1, ratio 3/4-4/3) + horizontal flip p=0.5, cached views"
@@ -158,14 +165,36 @@ class LinearHeads:
         return int(self.heads[cfg.variant][1].shape[1])
 
 
-def _batches(n: int, bs: int, iterations: int, seed: int) -> torch.Tensor:
-    """(iterations, bs) sample indices: reshuffled whenever fewer than ``bs`` remain in the epoch."""
+def _batches(
+    n: int, bs: int, iterations: int, seed: int, sampler: str = "permutation"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(iterations, bs) sample indices and each one's pass over the data (which augmented view it
+    reads). ``"permutation"``: reshuffled whenever fewer than ``bs`` remain, a pass being an epoch of
+    ``ceil(n / bs)`` steps; ``"stream"``: DINOv2's InfiniteSampler, full batches cut from one endless
+    stream of seeded permutations (``core.sampling.stream_order``), a pass being one permutation."""
+    if sampler == "stream":
+        entries: list[int] = []
+        epoch = 0
+        while len(entries) < iterations * bs:
+            entries += stream_order(n, bs, epoch, seed)
+            epoch += 1
+        idx = torch.tensor(entries[: iterations * bs], dtype=torch.long).view(iterations, bs)
+        return idx % n, idx // n
     gen = torch.Generator().manual_seed(seed)
     per_perm = n // bs
     rows = []
     while len(rows) * per_perm < iterations:
         rows.append(torch.randperm(n, generator=gen)[: per_perm * bs].view(per_perm, bs))
-    return torch.cat(rows)[:iterations]
+    epochs = torch.arange(iterations) // math.ceil(n / bs)
+    return torch.cat(rows)[:iterations], epochs[:, None].expand(iterations, bs)
+
+
+def passes_over(n: int, batch_size: int, iterations: int, sampler: str) -> int:
+    """How many passes over ``n`` rows (views read) ``iterations`` steps of ``_batches`` make."""
+    bs = min(batch_size, n)
+    if sampler == "stream":
+        return math.ceil(iterations * bs / n)
+    return math.ceil(iterations / math.ceil(n / bs))
 
 
 def _plan(n: int, epochs: int, min_iterations: int, batch_size: int) -> tuple[int, int]:
@@ -186,6 +215,7 @@ def train_many(
     momentum: float = 0.9,
     project: bool | None = None,
     rules: TrainRules = TrainRules(),
+    sampler: str = "permutation",
 ) -> list[LinearHeads]:
     """Train the grid ``configs`` on every training set at once (one fused step per iteration).
 
@@ -213,6 +243,7 @@ def train_many(
             momentum,
             project,
             rules,
+            sampler,
         )
         for i, heads in zip(members, fused, strict=True):
             out[i] = heads
@@ -277,17 +308,20 @@ class _Stacked:
 @dataclass
 class _BlockSource:
     """The blocks a streamed set reads at each step: its cached blocks, or with augmented ``views``
-    the view of the step's epoch (epoch e reads view e mod n; an epoch is ``per_epoch`` steps)."""
+    each row's view of its pass over the data (pass p reads view p mod n)."""
 
     blocks: torch.Tensor
     views: list[np.ndarray] | None
-    per_epoch: int
 
-    def rows(self, idx: torch.Tensor, it: int) -> torch.Tensor:
+    def rows(self, idx: torch.Tensor, passes: torch.Tensor) -> torch.Tensor:
         if self.views is None:
             return self.blocks[idx]
-        view = self.views[(it // self.per_epoch) % len(self.views)]
-        return torch.from_numpy(np.asarray(view[idx.numpy()], dtype=np.float32))
+        which = (passes % len(self.views)).numpy()
+        out = torch.empty((len(idx), *self.views[0].shape[1:]), dtype=torch.float32)
+        for v in np.unique(which):
+            pick = np.flatnonzero(which == v)
+            out[pick] = torch.from_numpy(np.asarray(self.views[v][idx.numpy()[pick]], dtype=np.float32))
+        return out
 
 
 @dataclass
@@ -298,6 +332,7 @@ class _BatchPlan:
     size: int  # batch slots per set
     slot: torch.Tensor  # (R, B): 1 where a set's batch has a sample, 0 in its padding
     idx: torch.Tensor  # (iterations, R, B) sample indices (unused when full)
+    passes: torch.Tensor  # (iterations, R, B) each sample's pass over its set (the view it reads)
 
 
 def _train_fused(
@@ -311,6 +346,7 @@ def _train_fused(
     momentum: float,
     project: bool | None,
     rules: TrainRules = TrainRules(),
+    sampler: str = "permutation",
 ) -> list[LinearHeads]:
     """Train R sets' grids in one loop; tensors are laid out (R, V, ...) over sets and variants.
 
@@ -342,12 +378,13 @@ def _train_fused(
                 momentum,
                 project,
                 rules,
+                sampler,
             )
         ]
     # A set trained alone whose inputs are not projected (n >= every width) streams its batches:
     # each step builds its rows' linear inputs from the cached blocks instead of holding them all.
     stream = r_n == 1 and not any(grid.projected(ns[0], v) for v in variants)
-    source = _BlockSource(blocks_all[0], views, math.ceil(ns[0] / batch_sizes[0]))
+    source = _BlockSource(blocks_all[0], views)
     sets = [
         _set_inputs(blocks, seed, n, grid, stream)
         for blocks, seed, n in zip(blocks_all, seeds, ns, strict=True)
@@ -359,7 +396,7 @@ def _train_fused(
     x_all, offset, w = _stack_inputs(sets, widths, ns, grid, stream)
     y_all = _stack_labels(trains, task, num_classes, max(ns))
     stacked = _Stacked(x_all, offset, w, y_all, _learning_rates(grid, batch_sizes, rules.lr_scale))
-    plan = _batch_plan(ns, batch_sizes, seeds, iterations, stream)
+    plan = _batch_plan(ns, batch_sizes, seeds, iterations, stream, sampler)
     loss = rules.multilabel_loss
     w_t, b = _fused_sgd(stacked, plan, grid, task, iterations, momentum, source, loss)
     return _unpack_heads(w_t, b, sets, widths, grid)
@@ -439,7 +476,12 @@ def _stack_labels(trains: Sequence[SplitFeatures], task: str, c_n: int, n_max: i
 
 
 def _batch_plan(
-    ns: list[int], batch_sizes: Sequence[int], seeds: Sequence[int], iterations: int, stream: bool
+    ns: list[int],
+    batch_sizes: Sequence[int],
+    seeds: Sequence[int],
+    iterations: int,
+    stream: bool,
+    sampler: str = "permutation",
 ) -> _BatchPlan:
     """Each set's batch slots and, unless every batch is the whole set, its seeded batch order."""
     # Every set trains on full batches (few-shot draws): a batch's loss is a mean, so its order does
@@ -448,11 +490,12 @@ def _batch_plan(
     bs_max = max(ns) if full else max(batch_sizes)
     slot = torch.zeros(len(ns), bs_max)
     idx = torch.zeros(iterations, len(ns), bs_max, dtype=torch.long)
+    passes = torch.zeros_like(idx)
     for ri, (n, bs, seed) in enumerate(zip(ns, batch_sizes, seeds, strict=True)):
         slot[ri, :bs] = 1.0
         if not full:
-            idx[:, ri, :bs] = _batches(n, bs, iterations, seed)
-    return _BatchPlan(full, bs_max, slot, idx)
+            idx[:, ri, :bs], passes[:, ri, :bs] = _batches(n, bs, iterations, seed, sampler)
+    return _BatchPlan(full, bs_max, slot, idx, passes)
 
 
 def _fused_sgd(
@@ -483,7 +526,7 @@ def _fused_sgd(
     yb = st.y
     for it in range(iterations):
         if not plan.full:
-            xb, off_b, yb = _gather_batch(st, plan.idx[it], grid, task, source, it)
+            xb, off_b, yb = _gather_batch(st, plan.idx[it], grid, task, source, plan.passes[it, 0])
         assert xb is not None
         z = torch.bmm(w_t, xb.transpose(1, 2)).view(r_n, v_n, h_n, c_n, bs_max) + off_b + b
         # each head's own gradient
@@ -497,13 +540,14 @@ def _fused_sgd(
 
 
 def _gather_batch(
-    st: _Stacked, bi: torch.Tensor, grid: _Grid, task: str, source: _BlockSource, it: int
+    st: _Stacked, bi: torch.Tensor, grid: _Grid, task: str, source: _BlockSource, passes: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor]:
-    """Step ``it``'s inputs (RV, B, D), fixed logit offsets and labels at sample indices ``bi`` (R, B)."""
+    """A step's inputs (RV, B, D), fixed logit offsets and labels at sample indices ``bi`` (R, B);
+    ``passes``: the lone streamed set's pass of each sample (which augmented view it reads)."""
     r_n, v_n, d_n, h_n, c_n = st.w.shape
     bs_max = bi.shape[1]
     if st.x is None:  # streaming one set: its rows' inputs, from the cached blocks
-        blk = source.rows(bi[0], it)
+        blk = source.rows(bi[0], passes)
         xb = torch.stack([F.pad(linear_input(blk, *v), (0, d_n - grid.dims[v])) for v in grid.variants])
     else:
         var_r, var = torch.arange(r_n)[:, None, None], torch.arange(v_n)[None, :, None]
@@ -626,14 +670,17 @@ def run(
     batch_size: Annotated[int, Ge(1)] | None = None,
     refit: bool | None = None,
     train_views: Annotated[int, Ge(0)] | None = None,
+    sampler: Literal["permutation", "stream"] | None = None,
     preset: str = "dinov2",
 ) -> ProtocolResult:
     """Train the grid on train, select the best head on val, score test once.
 
     ``refit`` retrains the selected head on train + val before scoring test. ``train_views``: train
     on that many cached augmented views of each image (``data.train.views``, and ``data.val.views``
-    for the refit; 0: the images themselves). Options left unset take the ``preset``'s value
-    (``PRESETS``: ``dinov2``, the default, or ``paper``).
+    for the refit; 0: the images themselves; pass p over the data reads view p mod n). ``sampler``:
+    ``"permutation"`` (a reshuffle whenever fewer than a batch remain) or ``"stream"`` (DINOv2's
+    InfiniteSampler). Options left unset take the ``preset``'s value (``PRESETS``: ``dinov2``, the
+    default, or ``paper``).
     """
     kw = dict(
         epochs=epochs,
@@ -641,6 +688,7 @@ def run(
         batch_size=batch_size,
         refit=refit,
         train_views=train_views,
+        sampler=sampler,
         preset=preset,
     )
     return run_many([data], lrs, n_blocks, avgpool, **kw)[0]
@@ -708,6 +756,7 @@ def run_many(
     batch_size: int | None = None,
     refit: bool | None = None,
     train_views: int | None = None,
+    sampler: str | None = None,
     preset: str = "dinov2",
 ) -> list[ProtocolResult]:
     """:func:`run` on several inputs of one task (few-shot draws), their grids trained in one pass.
@@ -715,7 +764,12 @@ def run_many(
     Each input keeps its own seed, selection and refit; results come back in input order.
     """
     given = dict(lrs=lrs, n_blocks=n_blocks, avgpool=avgpool, epochs=epochs, refit=refit)
-    extra = {"min_iterations": min_iterations, "batch_size": batch_size, "train_views": train_views}
+    extra = {
+        "min_iterations": min_iterations,
+        "batch_size": batch_size,
+        "train_views": train_views,
+        "sampler": sampler,
+    }
     o = _resolve(preset, {**given, **extra})
     inputs = [_with_views(d, o["train_views"], o["refit"]) for d in inputs]
     first = inputs[0]
@@ -729,7 +783,11 @@ def run_many(
         o["avgpool"] = (False,)
     configs = head_grid(o["lrs"], nb, o["avgpool"])
     kw = dict(
-        epochs=o["epochs"], min_iterations=o["min_iterations"], batch_size=o["batch_size"], rules=view.rules
+        epochs=o["epochs"],
+        min_iterations=o["min_iterations"],
+        batch_size=o["batch_size"],
+        rules=view.rules,
+        sampler=o["sampler"],
     )
     seeds = [d.seed for d in inputs]
     grids = train_many([view.split(d.train) for d in inputs], view.task, view.outputs, configs, seeds, **kw)
@@ -761,6 +819,7 @@ def run_many(
             warnings.append(
                 "cache holds one vector per image; avgpool limited to [False] (the paper's CNN grid)"
             )
+        warnings += _view_reuse(data, o)
         results.append(
             ProtocolResult(
                 scores=test_scores,
@@ -774,6 +833,27 @@ def run_many(
             )
         )
     return results
+
+
+def _view_reuse(data: ProtocolInput, o: dict[str, Any]) -> list[str]:
+    """One line when a training set makes more passes than it has views (a later pass then reads an
+    earlier pass's view again: the same crop of that image, where the paper would draw afresh)."""
+    n_views = o["train_views"]
+    if not n_views:
+        return []
+    sets = [("train", len(data.train))] + (
+        [("train+val", len(data.train) + len(data.val))] if o["refit"] else []
+    )
+    lines = []
+    for name, n in sets:
+        bs, iterations = _plan(n, o["epochs"], o["min_iterations"], o["batch_size"])
+        passes = passes_over(n, bs, iterations, o["sampler"])
+        if passes > n_views:
+            lines.append(
+                f"{name}: {passes} passes over {n} rows read {n_views} views; passes {n_views}+ reuse "
+                f"earlier views (train_views={passes} gives each pass its own)"
+            )
+    return lines
 
 
 def _single_vector(split: SplitFeatures, probe: int = 64) -> bool:
@@ -818,6 +898,8 @@ def _hparams(o: dict[str, Any], nb: list[int], heads: int, preset: str, view: _H
     }
     if o["train_views"]:  # un-augmented runs keep the keys they always had
         out |= {"train_views": o["train_views"], "augmentation": AUGMENTATION}
+    if o["sampler"] != "permutation":
+        out["sampler"] = o["sampler"]
     if preset == "dinov2":
         return out
     loss = {
