@@ -1,9 +1,11 @@
-"""The training loop's options: accumulation, gradient checkpointing, the schedule."""
+"""The training loop's options: accumulation, gradient checkpointing, the schedule, eval mode."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ from ft_helpers import BACKBONE, fast_options
 from radprobe.backbones import create_backbone
 from radprobe.data import load_dataset
 from radprobe.finetune import build_model, parse_options
+from radprobe.finetune import train as train_mod
 from radprobe.finetune.checkpoint import Checkpointer
 from radprobe.finetune.data import ImageSet
 from radprobe.finetune.heads import ClassificationHead
@@ -114,3 +117,73 @@ def test_early_stopping_keeps_the_best_epoch(tmp_path: Path) -> None:
     row = evaluate(make_cfg(tmp_path, ["bitfit"], opts, n_boot=0)).rows[0]
     assert row["selected"]["epochs_run"] == 2 and row["selected"]["epoch"] == 1
     assert row["selected"]["early_stopped"] is True
+
+
+def _lora_run(tmp: Path, modes: list[tuple[int, str, bool]], epoch: list[int]) -> dict[str, torch.Tensor]:
+    """4 LoRA epochs (dropout 0.1, eval mode from epoch 2) from the checkpoint in ``tmp`` if any;
+    each training forward of a dropout module or the head appends (epoch, name, module.training)."""
+    ds = load_dataset("synthetic:cls2d-binary")
+    bb = create_backbone(BACKBONE)
+    torch.manual_seed(0)
+    head = ClassificationHead(bb.info.embed_dim, 2, "binary", "cls")
+    raw = fast_options("lora", epochs=4, batch_size=64, dropout=0.1, eval_mode_after=2)
+    opts = parse_options("lora", raw, 64)
+    built = build_model("lora", bb, head, opts)
+    watched = [(n, m) for n, m in built.model.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert any("lora_dropout" in n for n, _ in watched)
+
+    def spy(name: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any) -> None:
+            if built.model.training:  # a training forward, not validation
+                modes.append((epoch[0], name, module.training))
+
+        return hook
+
+    for name, m in [*watched, ("head", built.model.head)]:
+        m.register_forward_pre_hook(spy(name))
+    split = {
+        s: Split(ImageSet(ds, ds.split(s), bb.preprocess), ds.labels(ds.split(s))) for s in ("train", "val")
+    }
+    fit(
+        built,
+        split["train"],
+        split["val"],
+        "binary",
+        opts,
+        seed=0,
+        device=torch.device("cpu"),
+        checkpoints=Checkpointer(tmp, "k"),
+        progress=False,
+    )
+    return {k: v.detach().clone() for k, v in built.model.state_dict().items()}
+
+
+def test_eval_mode_after_switches_the_encoder_not_the_head_and_survives_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    epoch = [0]
+
+    def count(done: int, crash_after: int | None = None) -> None:
+        epoch[0] = done
+        if done == crash_after:
+            raise RuntimeError(f"killed after epoch {done}")
+
+    monkeypatch.setattr(train_mod, "after_checkpoint", count)
+    modes: list[tuple[int, str, bool]] = []
+    whole = _lora_run(tmp_path / "whole", modes, epoch)
+    assert {e for e, _, _ in modes} == {0, 1, 2, 3}
+    # dropout (LoRA's included) on in epochs 0-1, off from epoch 2 on; the head always in train mode
+    for e, name, training in modes:
+        assert training == (name == "head" or e < 2), (e, name)
+
+    epoch[0] = 0
+    monkeypatch.setattr(train_mod, "after_checkpoint", lambda done: count(done, crash_after=3))
+    with pytest.raises(RuntimeError, match="killed after epoch 3"):
+        _lora_run(tmp_path / "resumed", [], epoch)
+    monkeypatch.setattr(train_mod, "after_checkpoint", count)
+    resumed: list[tuple[int, str, bool]] = []
+    last = _lora_run(tmp_path / "resumed", resumed, epoch)
+    assert resumed and {e for e, _, _ in resumed} == {3}
+    assert resumed == [m for m in modes if m[0] == 3]
+    assert last.keys() == whole.keys()
+    assert all(torch.equal(last[k], whole[k]) for k in whole)

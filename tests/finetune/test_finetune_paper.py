@@ -55,6 +55,7 @@ PAPER_TRAINING = {
     "hflip": True,
     "rotate": 0.0,
     "intensity": 0.0,
+    "eval_mode_after": 5,
     "preset": "paper",
 }
 # A run's hparams keys before any option of the paper presets existed.
@@ -122,6 +123,8 @@ def test_paper_preset_refuses_protocols_the_paper_never_ran_in_one_line(protocol
         ),
         ({"finetune": {"optimizer": "adam"}}, {}, r"finetune\.optimizer='adam': expected one of adamw, sgd"),
         ({"finetune": {"crop_ratio": 0.5}}, {}, r"finetune\.crop_ratio=0\.5: expected a value >= 1"),
+        ({"lora": {"eval_mode_after": 0}}, {}, r"lora\.eval_mode_after=0: expected a value >= 1"),
+        ({"finetune": {"eval_mode_after": 2.5}}, {}, r"finetune\.eval_mode_after=2\.5: expected an integer"),
     ],
 )
 def test_paper_options_refuse_what_they_cannot_serve_in_one_line(
@@ -461,6 +464,22 @@ def test_default_options_keep_their_hparams_keys() -> None:
     assert not any("bias" in n for n, p in built.model.encoder.named_parameters() if p.requires_grad)
     assert any(".attn.proj.lora_A" in n for n, _ in built.model.named_parameters())
     assert math.isclose(run.warmup, 0.5 * run.n_batches, abs_tol=1)
+
+
+@pytest.mark.parametrize("protocol", ["finetune", "lora"])
+def test_paper_preset_keeps_the_backbone_in_eval_mode_after_the_first_mid_run_evaluation(
+    protocol: str,
+) -> None:
+    # linear.py:186, 359-370: evaluated every 5 epochs; eval/utils.py:361 leaves the feature model in
+    # eval mode, and only ModelWithIntermediateLayers.__init__ (eval/utils.py:313-320) sets train mode
+    details = {"targets": ["x"]} if protocol == "lora" else {}
+    paper = parse_options(protocol, {"preset": "paper"}, 8)
+    assert paper.eval_mode_after == 5
+    assert hparams_of(protocol, paper, details, CPU, "binary")["eval_mode_after"] == 5
+    assert parse_options(protocol, {"preset": "paper", "eval_mode_after": None}, 8).eval_mode_after is None
+    default = parse_options(protocol, {}, 8)
+    assert default.eval_mode_after is None
+    assert "eval_mode_after" not in hparams_of(protocol, default, details, CPU, "binary")
 
 
 def _dataset():  # type: ignore[no-untyped-def]

@@ -54,6 +54,10 @@ PAPER_TRAIN: dict[str, Any] = {
     "hflip": True,
     "rotate": 0.0,
     "intensity": 0.0,
+    # l.186, 359-370: a validation pass every 5 epochs, logged only; its evaluate() calls
+    # feature_model.eval() (eval/utils.py:361) and nothing sets train mode again (only
+    # ModelWithIntermediateLayers.__init__ does, eval/utils.py:313-320)
+    "eval_mode_after": 5,
 }
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # l.471-474: the whole backbone in one group at backbone_lr, no layer-wise decay
@@ -86,6 +90,7 @@ ADDED_OPTIONS: dict[str, Any] = {
     "lora_bias": "none",
     "recompute": True,  # dora: the same numbers either way
     "preset": None,  # lora and dora have always recorded it
+    "eval_mode_after": None,
 }
 
 
@@ -177,6 +182,14 @@ class TrainOptions:
         "3/4 to 4/3) of the decoded image, bicubic, then a flip with p 0.5 if hflip; no rotation or "
         "jitter (rows stored resized or with masks keep the affine path)",
         choices=CROPS,
+    )
+    eval_mode_after: int | None = _opt(
+        None,
+        "keep the backbone side (not the head) in eval mode from this epoch on, as the paper's first "
+        "mid-run evaluation left it: dropout (LoRA's too) and drop path off, BatchNorm on its running "
+        "statistics; checkpointing that runs in train mode only (transformers backbones, DoRA's "
+        "recompute) then stops saving memory (default: never)",
+        low=1,
     )
     preset: str | None = _opt(
         None,

@@ -13,6 +13,9 @@ improvement. The test split is never seen here.
 Resumability: each epoch starts by seeding torch's global RNG (dropout, LoRA dropout) from
 (seed, epoch), and batch order and augmentation are functions of (seed, epoch, index), so an epoch
 replayed after a crash is the epoch that would have run. A checkpoint is written after every epoch.
+
+``eval_mode_after``: from that epoch on the encoder trains in eval mode (no dropout, BatchNorm on
+its running statistics), as the paper's released code does after its first mid-run evaluation.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from radprobe.errors import RadprobeError
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import batches_per_epoch, train_loader
-from radprobe.finetune.methods import Built
+from radprobe.finetune.methods import Built, TrainModel
 from radprobe.finetune.options import ADDED_OPTIONS, OUTPUT_OPTIONS, TASK_OPTIONS, TrainOptions
 from radprobe.finetune.predict import Split, autocast, precision, unpack, val_score
 from radprobe.progress import make_progress
@@ -206,7 +209,7 @@ def _train_epoch(run: _Run, train: Split, state: TrainState, bar: Progress, task
     epoch, opts, device = state.epoch, run.opts, run.device
     torch.manual_seed(derived_seed("torch", run.seed, epoch))
     model = run.built.model
-    model.train()
+    _train_mode(model, opts, epoch)
     losses: list[float] = []
     seen = 0
     t0 = time.perf_counter()
@@ -240,6 +243,18 @@ def _train_epoch(run: _Run, train: Split, state: TrainState, bar: Progress, task
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return _Epoch(losses, seen, time.perf_counter() - t0)
+
+
+def _train_mode(model: TrainModel, opts: TrainOptions, epoch: int) -> None:
+    """Train mode for epoch ``epoch``; from ``eval_mode_after`` on, the encoder in eval mode.
+
+    As released, the paper's first mid-run evaluation (after 5 epochs) calls ``.eval()`` on the
+    feature model (backbone with its adapters) and nothing sets train mode again; its heads are not
+    switched. The mode depends on the epoch alone, so a resumed run is in the mode it left.
+    """
+    model.train()
+    if opts.eval_mode_after is not None and epoch >= opts.eval_mode_after:
+        model.encoder.eval()
 
 
 def _step(run: _Run, state: TrainState) -> None:
