@@ -7,6 +7,9 @@ seg-updecoder with ``preset=paper``. Writes each head's test Dice (per-case macr
 pooled value), its selected learning rate and its wall time to ``results/seg_paper_demo.json``.
 
     python bench/seg_paper_demo.py            # the demo assets must be pulled (radprobe assets pull)
+    python bench/seg_paper_demo.py --paper    # rerun the paper presets only; keep the other cases
+
+Each case records when it ran (``ran``), so a file with cases of two runs says which is which.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def _eval(weights: str, dataset: str, protocol: str, extra: list[str], cache: Pa
     return {
         **{m: {k: by[m][k] for k in ("value", "ci_low", "ci_high")} for m in METRICS if m in by},
         "preset": first["hparams"].get("preset"),
+        "augmentation": first["hparams"].get("augmentation"),
+        "augmented_forwards": first["selected"].get("augmented_forwards"),
         "head": first["hparams"].get("head") or first["hparams"].get("model"),
         "selected_lr": first["selected"].get("lr"),
         "n_test": first.get("n_test"),
@@ -61,7 +66,7 @@ def _eval(weights: str, dataset: str, protocol: str, extra: list[str], cache: Pa
     }
 
 
-def main() -> None:
+def main(paper_only: bool) -> None:
     a = _assets()
     weights = a["weights"]["vit_s14_imgfocus"]
     root = Path(weights).parents[1]
@@ -69,12 +74,20 @@ def main() -> None:
         "mni_tissue_seg (2D)": f"csv:{root / 'mni_tissue_seg' / 'mni_tissue_seg.csv'}",
         "lung_gtv_seg3d fold 1 (3D)": f"csv:{root / 'lung_gtv_seg3d' / 'fold1.csv'}",
     }
+    kept = []
+    if paper_only:
+        old = json.loads((Path(__file__).parent / "results" / "seg_paper_demo.json").read_text())
+        kept = [c | {"ran": c.get("ran", old["time"])} for c in old["cases"] if c.get("preset") != "paper"]
     cases = []
     with tempfile.TemporaryDirectory() as cache:
         for name, spec in datasets.items():
             for protocol, extra in RUNS:
+                if paper_only and not extra:
+                    cases += [c for c in kept if c["dataset"] == name and c["protocol"] == protocol]
+                    continue
                 r = _eval(weights, spec, protocol, extra, Path(cache))
-                cases.append({"dataset": name, "protocol": protocol, **r})
+                ran = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+                cases.append({"dataset": name, "protocol": protocol, **r, "ran": ran})
                 print(json.dumps(cases[-1]), flush=True)
     write_result(
         "seg_paper_demo",
@@ -87,4 +100,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main("--paper" in sys.argv[1:])
