@@ -27,6 +27,9 @@ from radprobe.segmentation.train import image_fetch
 PAPER_LRS = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1]
 TINY_TRANSUNET = {"widths": [4, 4, 8, 8], "vit_dim": 8, "vit_depth": 1, "vit_heads": 2,
                   "decoder_channels": [8, 8, 4, 4]}  # fmt: skip
+# the paper layout shrunk: GroupNorm(32) needs the root and each bottleneck's quarter width in 32s
+SMALL_PAPER_TRANSUNET = {"widths": [32, 128, 128, 128], "vit_dim": 16, "vit_depth": 1, "vit_heads": 2,
+                         "decoder_channels": [8, 8, 4, 4]}  # fmt: skip
 
 
 def _double(cin: int, cout: int, mid: int) -> int:
@@ -106,7 +109,13 @@ def test_paper_preset_settings_and_options_given_win():
         assert o["refit_lr"] == 1e-3 and o["refit_epochs"] == 100
     assert registry.check_options("seg-unet", {"preset": "paper"})["channels"] == [64, 128, 256, 512, 1024]
     t = registry.check_options("seg-transunet", {"preset": "paper"})
-    assert t["widths"] == [16, 32, 64, 128]  # the size stays an option: the CPU default unless set
+    assert t["layout"] == "paper" and t["widths"] == [64, 256, 512, 1024] and t["vit_depth"] == 24
+    small = registry.check_options("seg-transunet", {"preset": "paper", **SMALL_PAPER_TRANSUNET})
+    assert small["layout"] == "paper" and small["vit_depth"] == 1 and small["widths"] == [32, 128, 128, 128]
+    mine = registry.check_options(
+        "seg-transunet", {"preset": "paper", "layout": "radprobe", **TINY_TRANSUNET}
+    )
+    assert mine["layout"] == "radprobe" and mine["widths"] == [4, 4, 8, 8] and mine["epochs"] == 50
     o = registry.check_options(
         "seg-unet", {"preset": "paper", "lrs": 0.01, "refit_epochs": 3, "channels": [4, 8], "shots": [1, 2]}
     )
@@ -129,6 +138,9 @@ def test_paper_preset_settings_and_options_given_win():
         ("seg-unet", {"preset": "paper", "refit_epochs": 0}, "seg-unet.refit_epochs=0"),
         ("seg-transunet", {"refit": True, "refit_lr": -1}, "seg-transunet.refit_lr=-1"),
         ("seg-decoder", {"preset": "paper"}, "the paper ran no seg-decoder"),
+        ("seg-transunet", {"preset": "paper", "widths": [4, 4, 8, 8]}, "layout='paper' needs widths[0]"),
+        ("seg-transunet", {"layout": "paper", "widths": [32, 64, 128, 128]}, "seg-transunet.widths"),
+        ("seg-transunet", {"layout": "R50"}, "seg-transunet.layout='R50'"),
     ],
 )
 def test_bad_options_are_one_line_before_training(proto, options, culprit):
@@ -258,7 +270,7 @@ def test_eval_rows_of_the_paper_preset(easy2d, tmp_path: Path):
         progress=False,
         options={
             "seg-unet": {"preset": "paper", "channels": [4, 8], **tiny},
-            "seg-transunet": {"preset": "paper", **TINY_TRANSUNET, **tiny, "shots": [1], "repeats": 1},
+            "seg-transunet": {"preset": "paper", **SMALL_PAPER_TRANSUNET, **tiny, "shots": [1], "repeats": 1},
         },
     )
     rows = {r["protocol"]: r for r in evaluate(cfg).rows if r["metric"] == "dice_macro"}
@@ -270,7 +282,10 @@ def test_eval_rows_of_the_paper_preset(easy2d, tmp_path: Path):
     assert unet["hparams"]["model"].startswith("milesial") and unet["backbone"] == "monai:unet"
     assert unet["selected"]["refit"]["rows"] == unet["n_train"] + unet["n_val"]
     assert tu["hparams"]["shots"] == 1 and "refit" not in tu["selected"]  # few-shot: no refit
-    assert "not the paper's R50-ViT-L_16" in tu["hparams"]["layout"] and 0 <= tu["value"] <= 1
+    assert tu["hparams"]["layout"].startswith(
+        "paper: the released R50-ViT-L_16 structure, not the released size"
+    )
+    assert tu["hparams"]["model"].startswith("TransUNet R50-ViT-L_16 as released") and 0 <= tu["value"] <= 1
 
 
 def test_default_runs_keep_their_hparams():
