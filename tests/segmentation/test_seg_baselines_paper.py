@@ -151,17 +151,20 @@ def test_bad_options_are_one_line_before_training(proto, options, culprit):
 
 def _split(name: str, n: int, seed: int, size: int = 16) -> SegSplit:
     images, masks = _shapes(n, 32, seed)
-    images, masks = images[..., ::2, ::2].copy(), masks[:, ::2, ::2].copy()  # 16 px: fast
+    if size == 16:
+        images, masks = images[..., ::2, ::2].copy(), masks[:, ::2, ::2].copy()  # 16 px: fast
     cases = [Case(f"{name}{i}", f"{name}-p{i}", None, slice(i, i + 1), (size, size)) for i in range(n)]  # type: ignore[arg-type]
     return SegSplit(name, cases, masks, list(masks), images=images)
 
 
-def image_data(n_train: int = 8, n_val: int = 4, n_test: int = 3) -> SegData:
+def image_data(n_train: int = 8, n_val: int = 4, n_test: int = 3, size: int = 16) -> SegData:
+    """Discs and squares at 16 px (or 32)."""
     splits = [
-        _split(s, n, i) for i, (s, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
+        _split(s, n, i, size)
+        for i, (s, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
     ]
     dataset = SimpleNamespace(classes=("background", "disc", "square"))
-    return SegData(dataset, *splits, size=16)  # type: ignore[arg-type]
+    return SegData(dataset, *splits, size=size)  # type: ignore[arg-type]
 
 
 class _SGD(torch.optim.SGD):
@@ -303,6 +306,14 @@ def test_default_runs_keep_their_hparams():
         "model": "TransUNet (2D: ResNet-style CNN + ViT + cascaded upsampler)", "augmentation": "none",
     }  # fmt: skip
     assert "refit" not in unet.fits[0].selected
+
+
+def test_the_paper_layout_without_the_preset_records_which_model_ran():
+    # 32 px: at 16 the 1/16 map is one pixel, one value per group for the GroupNorms
+    given = {**SMALL_PAPER_TRANSUNET, "layout": "paper"}
+    h = seg_transunet(image_data(size=32), **registry_defaults("seg-transunet", **given)).hparams
+    assert h["model"].startswith("TransUNet R50-ViT-L_16 as released") and h["in_channels"] == 1
+    assert h["layout"].startswith("paper: the released R50-ViT-L_16 structure, not the released size")
 
 
 def registry_defaults(proto: str, **given: Any) -> dict[str, Any]:
