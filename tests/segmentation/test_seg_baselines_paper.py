@@ -27,6 +27,9 @@ from radprobe.segmentation.train import image_fetch
 PAPER_LRS = [1e-4, 5e-4, 1e-3, 5e-3, 1e-2, 5e-2, 1e-1]
 TINY_TRANSUNET = {"widths": [4, 4, 8, 8], "vit_dim": 8, "vit_depth": 1, "vit_heads": 2,
                   "decoder_channels": [8, 8, 4, 4]}  # fmt: skip
+# the paper layout shrunk: GroupNorm(32) needs the root and each bottleneck's quarter width in 32s
+SMALL_PAPER_TRANSUNET = {"widths": [32, 128, 128, 128], "vit_dim": 16, "vit_depth": 1, "vit_heads": 2,
+                         "decoder_channels": [8, 8, 4, 4]}  # fmt: skip
 
 
 def _double(cin: int, cout: int, mid: int) -> int:
@@ -106,7 +109,13 @@ def test_paper_preset_settings_and_options_given_win():
         assert o["refit_lr"] == 1e-3 and o["refit_epochs"] == 100
     assert registry.check_options("seg-unet", {"preset": "paper"})["channels"] == [64, 128, 256, 512, 1024]
     t = registry.check_options("seg-transunet", {"preset": "paper"})
-    assert t["widths"] == [16, 32, 64, 128]  # the size stays an option: the CPU default unless set
+    assert t["layout"] == "paper" and t["widths"] == [64, 256, 512, 1024] and t["vit_depth"] == 24
+    small = registry.check_options("seg-transunet", {"preset": "paper", **SMALL_PAPER_TRANSUNET})
+    assert small["layout"] == "paper" and small["vit_depth"] == 1 and small["widths"] == [32, 128, 128, 128]
+    mine = registry.check_options(
+        "seg-transunet", {"preset": "paper", "layout": "radprobe", **TINY_TRANSUNET}
+    )
+    assert mine["layout"] == "radprobe" and mine["widths"] == [4, 4, 8, 8] and mine["epochs"] == 50
     o = registry.check_options(
         "seg-unet", {"preset": "paper", "lrs": 0.01, "refit_epochs": 3, "channels": [4, 8], "shots": [1, 2]}
     )
@@ -129,6 +138,9 @@ def test_paper_preset_settings_and_options_given_win():
         ("seg-unet", {"preset": "paper", "refit_epochs": 0}, "seg-unet.refit_epochs=0"),
         ("seg-transunet", {"refit": True, "refit_lr": -1}, "seg-transunet.refit_lr=-1"),
         ("seg-decoder", {"preset": "paper"}, "the paper ran no seg-decoder"),
+        ("seg-transunet", {"preset": "paper", "widths": [4, 4, 8, 8]}, "layout='paper' needs widths[0]"),
+        ("seg-transunet", {"layout": "paper", "widths": [32, 64, 128, 128]}, "seg-transunet.widths"),
+        ("seg-transunet", {"layout": "R50"}, "seg-transunet.layout='R50'"),
     ],
 )
 def test_bad_options_are_one_line_before_training(proto, options, culprit):
@@ -139,17 +151,20 @@ def test_bad_options_are_one_line_before_training(proto, options, culprit):
 
 def _split(name: str, n: int, seed: int, size: int = 16) -> SegSplit:
     images, masks = _shapes(n, 32, seed)
-    images, masks = images[..., ::2, ::2].copy(), masks[:, ::2, ::2].copy()  # 16 px: fast
+    if size == 16:
+        images, masks = images[..., ::2, ::2].copy(), masks[:, ::2, ::2].copy()  # 16 px: fast
     cases = [Case(f"{name}{i}", f"{name}-p{i}", None, slice(i, i + 1), (size, size)) for i in range(n)]  # type: ignore[arg-type]
     return SegSplit(name, cases, masks, list(masks), images=images)
 
 
-def image_data(n_train: int = 8, n_val: int = 4, n_test: int = 3) -> SegData:
+def image_data(n_train: int = 8, n_val: int = 4, n_test: int = 3, size: int = 16) -> SegData:
+    """Discs and squares at 16 px (or 32)."""
     splits = [
-        _split(s, n, i) for i, (s, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
+        _split(s, n, i, size)
+        for i, (s, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test)))
     ]
     dataset = SimpleNamespace(classes=("background", "disc", "square"))
-    return SegData(dataset, *splits, size=16)  # type: ignore[arg-type]
+    return SegData(dataset, *splits, size=size)  # type: ignore[arg-type]
 
 
 class _SGD(torch.optim.SGD):
@@ -258,7 +273,7 @@ def test_eval_rows_of_the_paper_preset(easy2d, tmp_path: Path):
         progress=False,
         options={
             "seg-unet": {"preset": "paper", "channels": [4, 8], **tiny},
-            "seg-transunet": {"preset": "paper", **TINY_TRANSUNET, **tiny, "shots": [1], "repeats": 1},
+            "seg-transunet": {"preset": "paper", **SMALL_PAPER_TRANSUNET, **tiny, "shots": [1], "repeats": 1},
         },
     )
     rows = {r["protocol"]: r for r in evaluate(cfg).rows if r["metric"] == "dice_macro"}
@@ -270,7 +285,10 @@ def test_eval_rows_of_the_paper_preset(easy2d, tmp_path: Path):
     assert unet["hparams"]["model"].startswith("milesial") and unet["backbone"] == "monai:unet"
     assert unet["selected"]["refit"]["rows"] == unet["n_train"] + unet["n_val"]
     assert tu["hparams"]["shots"] == 1 and "refit" not in tu["selected"]  # few-shot: no refit
-    assert "not the paper's R50-ViT-L_16" in tu["hparams"]["layout"] and 0 <= tu["value"] <= 1
+    assert tu["hparams"]["layout"].startswith(
+        "paper: the released R50-ViT-L_16 structure, not the released size"
+    )
+    assert tu["hparams"]["model"].startswith("TransUNet R50-ViT-L_16 as released") and 0 <= tu["value"] <= 1
 
 
 def test_default_runs_keep_their_hparams():
@@ -288,6 +306,14 @@ def test_default_runs_keep_their_hparams():
         "model": "TransUNet (2D: ResNet-style CNN + ViT + cascaded upsampler)", "augmentation": "none",
     }  # fmt: skip
     assert "refit" not in unet.fits[0].selected
+
+
+def test_the_paper_layout_without_the_preset_records_which_model_ran():
+    # 32 px: at 16 the 1/16 map is one pixel, one value per group for the GroupNorms
+    given = {**SMALL_PAPER_TRANSUNET, "layout": "paper"}
+    h = seg_transunet(image_data(size=32), **registry_defaults("seg-transunet", **given)).hparams
+    assert h["model"].startswith("TransUNet R50-ViT-L_16 as released") and h["in_channels"] == 1
+    assert h["layout"].startswith("paper: the released R50-ViT-L_16 structure, not the released size")
 
 
 def registry_defaults(proto: str, **given: Any) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from torch import nn
 from radprobe.segmentation import scratch
 from radprobe.segmentation.protocols import SegData, SegResult, _common, _image_stats, _run
 from radprobe.segmentation.train import image_fetch
-from radprobe.segmentation.transunet import TransUNet
+from radprobe.segmentation.transunet import PAPER_SIZE, TransUNet
 
 
 def seg_transunet(
@@ -31,6 +31,7 @@ def seg_transunet(
     vit_depth: int = 4,
     vit_heads: int = 3,
     decoder_channels: Sequence[int] = (128, 64, 32, 16),
+    layout: str = "radprobe",
     preset: str | None = None,
     refit: bool = False,
     refit_lr: float | None = None,
@@ -42,8 +43,10 @@ def seg_transunet(
 ) -> SegResult:
     """TransUNet (R-ViT hybrid encoder + cascaded upsampler) trained from scratch on the images.
 
-    ``preset="paper"``: the training of ``transunet.ipynb`` (:mod:`.scratch`) on this TransUNet at the
-    size the options give (the paper's R50-ViT-L_16 layout: :data:`PAPER_LAYOUT`). ``refit``,
+    ``layout``: ``"radprobe"`` (BatchNorm basic-block CNN, CPU-sized defaults) or ``"paper"`` (the
+    released R50-ViT-L_16 parts at the size the options give). ``preset="paper"``: the training of
+    ``transunet.ipynb`` (:mod:`.scratch`) on ``layout="paper"`` at the released size
+    (:data:`~radprobe.segmentation.transunet.PAPER_SIZE`) unless options say otherwise. ``refit``,
     ``refit_lr``, ``refit_epochs``: as for ``seg-unet``."""
     opts = dict(locals())
     opts.pop("data")
@@ -61,12 +64,17 @@ def seg_transunet(
         "vit_heads": vit_heads,
         "decoder_channels": list(decoder_channels),
     }
-    model = "TransUNet (2D: ResNet-style CNN + ViT + cascaded upsampler)"
+    model = MODELS[layout]
     if preset == "paper":
-        hparams = {**_common(opts), **arch, **scratch.paper_hparams(opts, model), "layout": _layout(arch)}
+        hparams = {
+            **_common(opts),
+            **arch,
+            **scratch.paper_hparams(opts, model),
+            "layout": _layout(layout, arch),
+        }
 
         def build_paper() -> nn.Module:
-            return scratch.PaperInput(TransUNet(3, C, data.size, **arch))  # type: ignore[arg-type]
+            return scratch.PaperInput(TransUNet(3, C, data.size, layout=layout, **arch))  # type: ignore[arg-type]
 
         return _run("seg-transunet", data, build_paper, fetch, opts, hparams, sweep=scratch.paper_sweep)
     hparams = {
@@ -77,26 +85,29 @@ def seg_transunet(
         "augmentation": "none",
         **scratch.refit_hparams(opts),
     }
+    if layout != "radprobe":  # default runs keep their hparams
+        hparams["layout"] = _layout(layout, arch)
 
     def build() -> TransUNet:
-        return TransUNet(in_ch, C, data.size, mean=mean, std=std, **arch)  # type: ignore[arg-type]
+        return TransUNet(in_ch, C, data.size, mean=mean, std=std, layout=layout, **arch)  # type: ignore[arg-type]
 
     return _run("seg-transunet", data, build, fetch, opts, hparams)
 
 
-# the channel layout of the paper's R50-ViT-L_16 (transunet.ipynb cell 2; dinov2/models/transunet.py)
-PAPER_LAYOUT = {
-    "widths": [64, 256, 512, 1024],
-    "vit_dim": 1024,
-    "vit_depth": 24,
-    "vit_heads": 16,
-    "decoder_channels": [256, 128, 64, 16],
+MODELS = {
+    "radprobe": "TransUNet (2D: ResNet-style CNN + ViT + cascaded upsampler)",
+    "paper": "TransUNet R50-ViT-L_16 as released (ResNet-50 v2 hybrid: StdConv + GroupNorm bottlenecks "
+    "(3, 4, 9); pre-norm ViT, dropout 0.1; cascaded upsampler, n_skip 3)",
 }
 
 
-def _layout(arch: dict[str, Any]) -> str:
-    """How a paper-preset TransUNet's size compares with the paper's (recorded in its hparams)."""
-    if arch == PAPER_LAYOUT:
-        return "the paper's R50-ViT-L_16 channel layout"
-    opts = ", ".join(f"{k}={json.dumps(v)}" for k, v in PAPER_LAYOUT.items())
-    return f"not the paper's R50-ViT-L_16 channel layout ({opts})"
+def _layout(layout: str, arch: dict[str, Any]) -> str:
+    """Which TransUNet ran and how its size compares with the paper's (recorded in its hparams)."""
+    size = "the released size"
+    if arch != PAPER_SIZE:
+        size = (
+            "not the released size (" + ", ".join(f"{k}={json.dumps(v)}" for k, v in PAPER_SIZE.items()) + ")"
+        )
+    if layout == "paper":
+        return f"paper: the released R50-ViT-L_16 structure, {size}"
+    return f"radprobe: BatchNorm basic-block CNN, ViT without dropout, not the paper's R50-ViT-L_16; {size}"

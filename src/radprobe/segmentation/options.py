@@ -44,7 +44,11 @@ _SCRATCH = {
     "refit_epochs": 100,
 }
 _HEADS = {"seg-linear": _PAPER, "seg-updecoder": _PAPER}  # frozen-feature heads
-_FROM_SCRATCH = {"seg-unet": {**_SCRATCH, "channels": [64, 128, 256, 512, 1024]}, "seg-transunet": _SCRATCH}
+# transunet.ipynb cell 2: CONFIGS_ViT_seg["R50-ViT-L_16"], built as released (transunet.PAPER_SIZE)
+_FROM_SCRATCH = {
+    "seg-unet": {**_SCRATCH, "channels": [64, 128, 256, 512, 1024]},
+    "seg-transunet": {**_SCRATCH, "layout": "paper", **transunet.PAPER_SIZE},
+}
 PAPER_PRESETS: dict[str, dict[str, Any]] = {**_HEADS, **_FROM_SCRATCH}
 
 
