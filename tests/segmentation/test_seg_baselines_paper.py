@@ -368,3 +368,37 @@ def test_paper_preset_reads_images_resized_as_released(easy2d, tmp_path: Path) -
     with pytest.raises(OptionError, match="run them separately") as e:
         plan({"seg-unet": {"preset": "paper"}}, ["seg-unet", "seg-transunet"])
     assert "\n" not in str(e.value)
+
+
+def test_predict_mode_train_is_the_notebooks_batch_statistics_in_split_order() -> None:
+    # unet.ipynb predicts val and test without model.eval(): BatchNorm normalises each batch of 8 by
+    # its own statistics (in split order, the last batch short); the model is left as it was
+    from radprobe.segmentation.train import predict, predict_in_train_mode
+
+    data = image_data(n_train=4, n_val=11)
+    torch.manual_seed(0)
+    model = scratch.PaperInput(MilesialUNet(3, len(data.classes), [4, 8, 16, 32, 64])).eval()
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.running_mean += 5.0  # eval-mode statistics far from any batch's
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fetch = image_fetch(data.val.images, "cpu")
+    got = predict_in_train_mode(model, fetch, data.val, batch_size=8, seed=0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not model.training
+    want = []
+    with torch.no_grad():
+        for rows in (np.arange(0, 8), np.arange(8, 11)):  # batches of 8 in split order
+            reference = scratch.PaperInput(MilesialUNet(3, len(data.classes), [4, 8, 16, 32, 64]))
+            reference.load_state_dict(before)
+            logits = reference.train()(fetch(rows))
+            want += [z.argmax(0).numpy() for z in logits]
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    assert any((g != e).any() for g, e in zip(got, predict(model, fetch, data.val), strict=True))
+    o = registry.check_options("seg-unet", {"preset": "paper"})
+    assert o["predict_mode"] == "train"
+    with pytest.raises(OptionError, match="takes effect with preset=paper"):
+        registry.check_options("seg-transunet", {"predict_mode": "train"})
+    with pytest.raises(OptionError, match="expected 'eval' or 'train'"):
+        registry.check_options("seg-unet", {"preset": "paper", "predict_mode": "batch"})

@@ -36,6 +36,7 @@ def seg_transunet(
     refit: bool = False,
     refit_lr: float | None = None,
     refit_epochs: int | None = None,
+    predict_mode: str = "eval",
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
@@ -76,7 +77,17 @@ def seg_transunet(
         def build_paper() -> nn.Module:
             return scratch.PaperInput(TransUNet(3, C, data.size, layout=layout, **arch))  # type: ignore[arg-type]
 
-        return _run("seg-transunet", data, build_paper, fetch, opts, hparams, sweep=scratch.paper_sweep)
+        pick = lambda seed: scratch.predictor(opts, seed)  # noqa: E731
+        return _run(
+            "seg-transunet",
+            data,
+            build_paper,
+            fetch,
+            opts,
+            hparams,
+            sweep=scratch.paper_sweep,
+            predictor=pick,
+        )
     hparams = {
         **_common(opts),
         **arch,

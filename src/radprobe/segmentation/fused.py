@@ -30,7 +30,15 @@ from radprobe.core.sampling import stream_order
 from radprobe.metrics.segmentation import split_dice
 from radprobe.segmentation import online as online_mod
 from radprobe.segmentation.heads import count_trainable
-from radprobe.segmentation.train import Fetch, Inputs, TrainStats, precise_bn, predict, to_labels
+from radprobe.segmentation.train import (
+    Fetch,
+    Inputs,
+    Predictor,
+    TrainStats,
+    precise_bn,
+    predict,
+    to_labels,
+)
 
 SMOOTH = 1e-5  # MONAI DiceLoss's smooth_nr = smooth_dr default
 
@@ -356,16 +364,18 @@ def sequential_sweep(
     seed: int,
     lrs: Sequence[float],
     train_one: Callable[[nn.Module, float], TrainStats],
+    predictor: Predictor = predict,
 ) -> tuple[nn.Module, dict[str, Any], TrainStats]:
     """One model per lr from the same initial weights, trained by ``train_one(model, lr)``; the best
-    validation macro Dice is kept (the first of equals) with its :func:`selection`."""
+    validation macro Dice (of ``predictor``'s maps) is kept (the first of equals) with its
+    :func:`selection`."""
     assert data.val.masks is not None
     scores: list[float] = []
     best: tuple[int, nn.Module, TrainStats] | None = None
     for i, lr in enumerate(lrs):
         (model,) = init_heads(build, 1, seed)
         stats = train_one(model, lr)
-        score = split_dice(predict(model, fetch["val"], data.val), data.val.masks, len(data.classes))
+        score = split_dice(predictor(model, fetch["val"], data.val), data.val.masks, len(data.classes))
         scores.append(score)
         if best is None or score > scores[best[0]]:
             best = (i, model, stats)

@@ -42,6 +42,8 @@ _SCRATCH = {
     "refit": True,
     "refit_lr": 1e-3,
     "refit_epochs": 100,
+    # val and test are predicted without model.eval() (unet.ipynb cells 2:37-49, 4:48-60)
+    "predict_mode": "train",
 }
 _HEADS = {"seg-linear": _PAPER, "seg-updecoder": _PAPER}  # frozen-feature heads
 # transunet.ipynb cell 2: CONFIGS_ViT_seg["R50-ViT-L_16"], built as released (transunet.PAPER_SIZE)
@@ -145,6 +147,10 @@ def resolve_options(
             if v not in AUGMENT:
                 raise _fail(proto, k, v, " or ".join(repr(a) for a in AUGMENT))
             out[k] = v
+        elif k == "predict_mode":
+            if v not in ("eval", "train"):
+                raise _fail(proto, k, v, "'eval' or 'train'")
+            out[k] = v
         elif k == "sampler":
             if v not in SAMPLERS:
                 raise _fail(proto, k, v, " or ".join(repr(a) for a in SAMPLERS))
@@ -167,7 +173,7 @@ def _check_combinations(proto: str, given: dict[str, Any], out: dict[str, Any]) 
     for k in ("refit_lr", "refit_epochs"):
         if given.get(k) is not None and not out.get("refit"):
             raise OptionError("--set", f"{proto}.{k}: takes effect with refit=true (or preset=paper)")
-    for k, plain in (("augment", "none"), ("sampler", "epoch")):
+    for k, plain in (("augment", "none"), ("sampler", "epoch"), ("predict_mode", "eval")):
         if out.get(k, plain) != plain and out.get("preset") != "paper":
             raise OptionError("--set", f"{proto}.{k}={out[k]!r}: takes effect with preset=paper")
     if "res_units" in given and out.get("preset") == "paper":

@@ -47,6 +47,7 @@ from radprobe.segmentation.milesial_unet import MilesialUNet
 from radprobe.segmentation.online import Pixels
 from radprobe.segmentation.train import (
     Fetch,
+    Predictor,
     TrainSettings,
     TrainStats,
     grid_fetch,
@@ -162,6 +163,7 @@ def _run(
     opts: dict[str, Any],
     hparams: dict[str, Any],
     sweep: Callable[..., tuple[nn.Module, dict[str, Any], TrainStats]] | None = None,
+    predictor: Callable[[int], Predictor] | None = None,
 ) -> SegResult:
     """Train (a sweep per full-data run or few-shot draw: ``_sweep`` unless ``sweep`` is given) and
     score the test split."""
@@ -183,7 +185,7 @@ def _run(
         seed = _seed(data.seed, shots or 0, r)
         model, selected, stats = (sweep or _sweep)(data, build, fetch, idx, opts, seed)
         trainable = selected["trainable_params"]
-        preds = predict(model, fetch["test"], data.test)
+        preds = (predictor(seed) if predictor is not None else predict)(model, fetch["test"], data.test)
         scores = [
             case_scores(p, m, C, c.spacing, nsd_tolerance=data.nsd_tolerance_mm)
             for p, m, c in zip(preds, test_masks, data.test.cases, strict=True)
@@ -330,6 +332,7 @@ def seg_unet(
     refit: bool = False,
     refit_lr: float | None = None,
     refit_epochs: int | None = None,
+    predict_mode: str = "eval",
     shots: int | Sequence[int] | None = None,
     repeats: int = 3,
     save_predictions: bool = False,
@@ -352,7 +355,8 @@ def seg_unet(
     if preset == "paper":
         hparams = {**_common(opts), "channels": list(channels), **scratch.paper_hparams(opts, scratch.UNET)}
         build = lambda: scratch.PaperInput(MilesialUNet(3, C, channels))  # noqa: E731
-        return _run("seg-unet", data, build, fetch, opts, hparams, sweep=scratch.paper_sweep)
+        pick = lambda seed: scratch.predictor(opts, seed)  # noqa: E731
+        return _run("seg-unet", data, build, fetch, opts, hparams, sweep=scratch.paper_sweep, predictor=pick)
     hparams = {
         **_common(opts),
         "channels": list(channels),

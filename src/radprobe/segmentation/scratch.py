@@ -20,8 +20,10 @@ builds R50-ViT-L_16; repository MohammedSB/DINOv2ForRadiology at cb91e01, paths 
   mask with one seed (``dinov2/data/transforms.py:117-151``, ``dinov2/data/datasets/mc.py:104-111``).
 
 radprobe selects the best validation macro Dice of the sweep (recorded as ``selected.lr``); few-shot
-draws keep that model (there is no train + val refit of a few-shot set). Predictions use eval mode
-with exact BatchNorm statistics of the training rows (the notebooks predict in train mode).
+draws keep that model (there is no train + val refit of a few-shot set). The notebooks predict val
+and test without ``model.eval()``: ``predict_mode="train"`` (the preset) does the same, BatchNorm on
+each batch of 8 in split order and dropout on; ``"eval"`` predicts in eval mode with exact BatchNorm
+statistics of the training rows.
 """
 
 from __future__ import annotations
@@ -37,7 +39,15 @@ import torch
 from torch import nn
 
 from radprobe.segmentation import fused, online
-from radprobe.segmentation.train import Fetch, TrainStats, finish, optimize
+from radprobe.segmentation.train import (
+    Fetch,
+    Predictor,
+    TrainStats,
+    finish,
+    optimize,
+    predict,
+    predict_in_train_mode,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -155,7 +165,8 @@ def paper_sweep(
     def train_one(model: nn.Module, lr: float) -> TrainStats:
         return train_scratch(model, fetch["train"], data.train.targets, rows, settings(lr, opts["epochs"]))
 
-    model, selected, stats = fused.sequential_sweep(data, build, fetch, seed, opts["lrs"], train_one)
+    pick = predictor(opts, seed)
+    model, selected, stats = fused.sequential_sweep(data, build, fetch, seed, opts["lrs"], train_one, pick)
     lr = selected["lr"]
     if opts.get("refit") and train_idx is None:
         tv_fetch, tv_targets, tv_rows = fused.train_plus_val(data, fetch)
@@ -171,6 +182,15 @@ def paper_sweep(
             "cosine_period": period,
         }
     return model, selected, stats
+
+
+def predictor(opts: dict[str, Any], seed: int) -> Predictor:
+    """How a run predicts: radprobe's eval mode (``predict_mode="eval"``), or as the notebooks do
+    (``"train"``: BatchNorm on each batch's statistics, dropout on, batches in split order)."""
+    if opts.get("predict_mode", "eval") != "train":
+        return predict
+    bs = int(opts["batch_size"])
+    return lambda model, fetch, split: predict_in_train_mode(model, fetch, split, bs, seed)
 
 
 def refit_hparams(opts: dict[str, Any]) -> dict[str, Any]:
@@ -201,5 +221,12 @@ def paper_hparams(opts: dict[str, Any], model: str) -> dict[str, Any]:
         "image and mask together",
         "batches": "split order, not shuffled, last batch short",
         "sweep": "one model per lr from the same start, selected on val macro Dice",
+        "prediction": PREDICTION[opts.get("predict_mode", "eval")],
         **refit_hparams(opts),
     }
+
+
+PREDICTION = {
+    "eval": "eval mode, BatchNorm statistics of the training rows",
+    "train": "train mode as released: BatchNorm on each batch of batch_size rows in split order, dropout on",
+}

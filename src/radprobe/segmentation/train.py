@@ -185,6 +185,32 @@ def to_labels(logits: torch.Tensor, hw: tuple[int, ...]) -> torch.Tensor:
     return logits.max(1).indices.to(torch.uint8 if logits.shape[1] <= 256 else torch.int16).cpu()
 
 
+Predictor = Callable[[nn.Module, Fetch, SegSplit], list[np.ndarray]]
+
+
+@torch.no_grad()
+def predict_in_train_mode(
+    model: nn.Module, fetch: Fetch, split: SegSplit, batch_size: int, seed: int
+) -> list[np.ndarray]:
+    """Predicted class maps as Baharoon et al.'s notebooks predict: without ``model.eval()``, so
+    BatchNorm normalises each batch by its own statistics and dropout stays on (seeded), in batches of
+    ``batch_size`` rows in split order, the last one short. The model's weights and running
+    statistics are left as they were."""
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    shapes = [c.shape[-2:] for c in split.cases for _ in range(c.rows.stop - c.rows.start)]
+    rows_out: list[np.ndarray] = []
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for i in range(0, split.n_rows, batch_size):
+            logits = model(fetch(np.arange(i, min(i + batch_size, split.n_rows))))
+            rows_out += [to_labels(z[None], shapes[i + k])[0].numpy() for k, z in enumerate(logits)]
+    model.load_state_dict(saved)
+    model.eval()
+    return split.assemble(rows_out)
+
+
 @torch.no_grad()
 def predict(model: nn.Module, fetch: Fetch, split: SegSplit, chunk: int = 16) -> list[np.ndarray]:
     """Predicted class maps of every case of ``split``, each at its original mask shape."""
