@@ -320,3 +320,28 @@ def test_refit_option_without_the_preset_retrains_the_selected_lr_on_train_and_v
     assert sel["refit"]["rows"] == 12
     # a default run adds nothing to its hparams, so its result key is unchanged
     assert fused.paper_hparams({"preset": None, "refit": False}, "x") == {}
+
+
+def test_paper_schedule_is_cosine_annealing_stepped_every_iteration(monkeypatch):
+    # segmentation.py:438, 319: CosineAnnealingLR(optimizer, max_iter, eta_min=0), stepped per iteration
+    seen: list[list[float]] = []
+    real = torch.optim.SGD
+
+    class SGD(real):
+        def step(self, closure: Any = None) -> Any:
+            seen.append([g["lr"] for g in self.param_groups])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "SGD", SGD)
+    data = grid_data(n_train=10)
+    build = lambda: LinearHead(1, 16, 3, bn=False)  # noqa: E731
+    lrs = [1e-3, 1e-1]
+    fused.paper_sweep(data, build, _fetch(data, [1]), None, _opts(lrs=lrs, sampler="stream"), seed=0)
+    total = 3 * 3  # 3 epochs of ceil(10 / 4) batches
+    assert len(seen) == total
+    ref_opt = real([{"params": [torch.zeros(1)], "lr": lr} for lr in lrs], lr=lrs[0])
+    ref = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, total, eta_min=0)
+    for got in seen:
+        np.testing.assert_allclose(got, [g["lr"] for g in ref_opt.param_groups], rtol=1e-12)
+        ref_opt.step()
+        ref.step()
