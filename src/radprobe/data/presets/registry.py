@@ -17,6 +17,7 @@ READ_OPTIONS = {
     "bits": "integer images are divided by 2**bits - 1",
     "slices": "1: one 2D sample per slice of each volume",
     "axis": "slicing axis of volumes (default 2, axial)",
+    "orient": "canonical (RAS+ display planes, default) | stored (NIfTI array as stored, no reorientation)",
     "allow_outside_root": "1: read files that resolve (symlinks) outside the dataset root",
 }
 PAPER_OPTION = {"paper": "1: the conventions of Baharoon et al. (arXiv 2312.02366), see 'paper'"}
@@ -86,7 +87,7 @@ class PresetInfo:
         }
 
 
-_CLS_READ = {k: v for k, v in READ_OPTIONS.items() if k not in ("slices", "axis")}
+_CLS_READ = {k: v for k, v in READ_OPTIONS.items() if k not in ("slices", "axis", "orient")}
 NIH_FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
