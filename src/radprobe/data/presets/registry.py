@@ -341,7 +341,9 @@ PRESETS: dict[str, PresetInfo] = {
             module="radprobe.data.presets.abdomen:index_btcv",
             example="btcv:/data/BTCV?window=soft",
             options={**READ_OPTIONS, **PAPER_OPTION, **CARVED, **SPLIT_OPTION},
-            paper="split=paper",
+            # The released slicing: the stored array (no reorientation), then torch.clamp(-1024, 600);
+            # the window is that clamp plus a linear map, which the per-slice min-max after Resize cancels.
+            paper="split=paper&window=-212,1624&orient=stored",
         ),
         PresetInfo(
             name="amos",
@@ -371,7 +373,9 @@ PRESETS: dict[str, PresetInfo] = {
                 **SPLIT_OPTION,
                 "subset": "ct (default; ids <= 500) | mri (ids > 500) | all",
             },
-            paper="split=paper",
+            # The released slicing: the stored array (no reorientation), then torch.clamp(-1024, 600);
+            # the window is that clamp plus a linear map, which the per-slice min-max after Resize cancels.
+            paper="split=paper&window=-212,1624&orient=stored",
         ),
         PresetInfo(
             name="msd",
@@ -403,7 +407,9 @@ PRESETS: dict[str, PresetInfo] = {
                 "channel": "modality index of 4D (multi-modal) tasks, e.g. BrainTumour (default 0)",
                 **SPLIT_OPTION,
             },
-            paper="split=paper",
+            # The released msd_heart.py: the stored array, no clamp (MRI); min-max per volume is linear,
+            # so the per-slice min-max after Resize cancels it (the default percentile clipping would not).
+            paper="split=paper&norm=minmax&orient=stored",
         ),
         PresetInfo(
             name="medmnist",
