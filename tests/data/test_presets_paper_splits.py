@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from radprobe.data import load_dataset
+from radprobe.data import ReadOptions, load_dataset
 from radprobe.data.presets.paper_splits import BTCV_CASES, HEART_CASES
+from radprobe.data.presets.registry import PRESETS
 from radprobe.errors import DataError
 
 
@@ -78,6 +79,50 @@ def test_btcv_paper_names_the_missing_volume_in_one_line(tmp_path: Path) -> None
         load_dataset(f"btcv:{root}?paper=1")
 
 
+def test_btcv_paper_reads_the_stored_slices_through_the_released_clamp(tmp_path: Path) -> None:
+    import nibabel as nib
+
+    from radprobe.data.presets.replicas import make_btcv
+
+    make_btcv(tmp_path, n=40)  # LPS-like affine, so stored and canonical planes differ
+    raw = tmp_path / "BTCV" / "RawData" / "Training"
+    for c in range(11, 21):  # BTCV's 30 labelled volumes are 1-10 and 21-40
+        (raw / "img" / f"img{c:04d}.nii.gz").unlink()
+        (raw / "label" / f"label{c:04d}.nii.gz").unlink()
+    root = tmp_path / "BTCV"
+    ds = load_dataset(f"btcv:{root}?paper=1&slices=1")
+    assert ds.read == ReadOptions(window=(-212.0, 1624.0), orient="stored")
+    for r in ds.split("test")[:12:5]:
+        # btcv.py:87-88 and btcv_slice.py:72-79: stored slices, torch.clamp(-1024, 600) at load time
+        x = nib.load(r.image.path).get_fdata().transpose(2, 0, 1)[r.image.index]
+        y = nib.load(r.mask.path).get_fdata().transpose(2, 0, 1)[r.mask.index]
+        np.testing.assert_allclose(ds.load_image(r), (np.clip(x, -1024, 600) + 1024) / 1624, atol=1e-6)
+        np.testing.assert_array_equal(ds.load_mask(r), y)
+    paper = load_dataset(f"btcv:{root}?paper=1")
+    assert paper.manifest_digest() != load_dataset(f"btcv:{root}?split=paper").manifest_digest()
+    # a plain spec reads as before this option existed: same read options, so the same digest
+    plain = load_dataset(f"btcv:{root}")
+    assert plain.read.to_dict() == {"window": None, "norm": "auto", "bits": None, "channel": 0}
+    assert plain.manifest_digest() == load_dataset(f"btcv:{root}?orient=canonical").manifest_digest()
+    explicit = load_dataset(f"btcv:{root}?paper=1&orient=canonical&window=")  # explicit options win
+    assert explicit.read == ReadOptions() and explicit.conventions["paper"] == PRESETS["btcv"].paper
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ("btcv", {"split": "paper", "window": "-212,1624", "orient": "stored"}),
+        ("amos", {"split": "paper", "window": "-212,1624", "orient": "stored"}),
+        ("msd", {"split": "paper", "norm": "minmax", "orient": "stored"}),
+    ],
+)
+def test_paper_expands_to_the_released_volume_reading(preset: str, expected: dict[str, str]) -> None:
+    from radprobe.data.presets import expand_paper
+
+    assert expand_paper(PRESETS[preset], {"paper": "1"}) == {**expected, "paper": "1"}
+    assert expand_paper(PRESETS[preset], {"paper": "1", "orient": "canonical"})["orient"] == "canonical"
+
+
 # ---------------------------------------------------------------------------- AMOS
 
 
@@ -105,6 +150,8 @@ def test_amos_paper_takes_80_20_50_ct_volumes_by_position_as_the_released_cell(t
     assert (got["train"], got["val"], got["test"]) == (set(train), set(val), set(test))
     assert [len(train), len(val), len(test), len(unused)] == [80, 20, 50, 150]
     assert "amos_0001" in got["train"] and "amos_0540" not in set().union(*got.values())
+    # amos.py:80-86 clamps CT to [-1024, 600] too; slices as stored (amos.py:131-132)
+    assert load_dataset(f"amos:{root}?paper=1").read == ReadOptions(window=(-212.0, 1624.0), orient="stored")
     with pytest.raises(
         DataError, match=r"^amos: split=paper uses the CT volumes \(subset=ct\); got subset=all$"
     ):
@@ -148,6 +195,8 @@ def test_msd_heart_paper_is_the_inferred_12_4_4_with_a_warning(tmp_path: Path) -
     train = sorted(got["train"])
     # the released notebook's train slices run from la_005_000.npy to la_030_109.npy
     assert len(train) == 12 and (train[0], train[-1]) == ("la_005", "la_030")
+    # msd_heart.py:65-70: no clamp (MRI), so a linear min-max per volume; slices as stored
+    assert load_dataset(f"msd:{root}?paper=1").read == ReadOptions(norm="minmax", orient="stored")
     from radprobe.data import check_dataset
 
     assert any("no Task02_Heart split" in p.message for p in check_dataset(f"msd:{root}?paper=1"))

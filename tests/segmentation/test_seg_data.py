@@ -155,3 +155,29 @@ def test_large_slice_stacks_spill_to_an_unlinked_memory_map(tmp_path, volumes, m
         stack.add(p)
     out = stack.finish()
     np.testing.assert_array_equal(out, np.concatenate([np.repeat(p, 3 // p.shape[1], axis=1) for p in parts]))
+
+
+def test_orient_stored_cases_take_the_stored_axes_for_shape_and_spacing(tmp_path):
+    from radprobe.segmentation.data import nifti_spacing
+
+    # stored axes i, j, k with voxel sizes 0.7, 2.0, 1.3 mm, permuted against RAS (i -> -y, j -> z, k -> x)
+    affine = np.array([[0, 0, 1.3, 0], [-0.7, 0, 0, 0], [0, 2.0, 0, 0], [0, 0, 0, 1.0]])
+    rng = np.random.default_rng(0)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    for i in range(3):
+        lab = (rng.random((6, 8, 4)) > 0.7).astype(np.uint8)
+        img = nib.Nifti1Image(lab.astype(np.int16) * 50, affine)
+        nib.save(img, tmp_path / "images" / f"p{i}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(lab, affine), tmp_path / "masks" / f"p{i}.nii.gz")
+    path = str(tmp_path / "images" / "p0_0000.nii.gz")
+    assert nifti_spacing(path, 2, "stored") == pytest.approx((1.3, 0.7, 2.0))  # moveaxis only
+    assert nifti_spacing(path, 0, "stored") == pytest.approx((0.7, 2.0, 1.3))
+    assert nifti_spacing(path, 2) == pytest.approx((2.0, 0.7, 1.3))  # canonical: (z, then y, x in-plane)
+    ds = load_dataset(f"nifti:{tmp_path}?orient=stored&classes=background,fg")
+    split = load_split(ds, "train", 8, keep_masks=True)
+    for case, mask in zip(split.cases, split.masks, strict=True):
+        released = nib.load(case.record.mask.path).get_fdata().transpose(2, 0, 1)
+        assert case.shape == released.shape == (4, 6, 8)
+        assert case.spacing == pytest.approx((1.3, 0.7, 2.0))
+        np.testing.assert_array_equal(mask, released)

@@ -103,7 +103,7 @@ class Dataset:
         if record.mask is None:
             raise DataError(f"sample {record.sample_id} of dataset {self.name} has no mask")
         with _naming_row(record):
-            raw = read_mask(record.mask)
+            raw = read_mask(record.mask, self.read)  # the image's orientation (orient=)
         if self.mask_values is not None:
             values = np.asarray(self.mask_values)
             order = np.argsort(values)

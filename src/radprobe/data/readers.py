@@ -16,11 +16,15 @@ Intensity scaling (``ReadOptions``), in order of precedence:
 DICOM MONOCHROME1 images are inverted after scaling, so bone is bright as in MONOCHROME2. RGBA drops
 alpha; palette images become RGB; RGB stays HxWx3.
 
-Volumes are (D, H, W). NIfTI volumes are first brought to the closest canonical (RAS+) orientation,
-then ``D`` runs along canonical ``axis`` (2 = inferior->superior) and each (H, W) plane is in radiological
-display orientation (anterior/superior up, patient right on the left). Image and mask go through the
-same steps, so they stay aligned whatever the affine. DICOM series are stacked in ascending position
-along the slice normal (ImagePositionPatient), falling back to InstanceNumber, then file name.
+Volumes are (D, H, W). With ``orient="canonical"`` (default) NIfTI volumes are first brought to the
+closest canonical (RAS+) orientation, then ``D`` runs along canonical ``axis`` (2 = inferior->superior)
+and each (H, W) plane is in radiological display orientation (anterior/superior up, patient right on
+the left). With ``orient="stored"`` the affine is ignored: the volume is ``np.moveaxis(data, axis, 0)``
+of the stored array, so for ``axis=2`` slice k is ``get_fdata()[:, :, k]``, as Baharoon et al.'s
+released code slices BTCV, AMOS and MSD Heart. Image and mask go through the same steps
+(``read_mask(ref, opts)``), so they stay aligned whatever the affine. DICOM series are stacked in
+ascending position along the slice normal (ImagePositionPatient), falling back to InstanceNumber, then
+file name.
 Multi-frame DICOM files and MedMNIST 3D arrays are read as stored. An ``image-stack`` (a folder of 2D
 slice images, e.g. the SARS-CoV-2 CT patient folders) is stacked in natural file-name order (``2.png``
 before ``10.png``); colour slices become grayscale.
@@ -58,6 +62,7 @@ H5_SUFFIXES = (".h5", ".hdf5", ".mat")
 VOLUME_KINDS = ("nifti", "dicom-series", "image-stack")
 MASK_SET_KINDS = ("mask-set", "mask-union")
 NORMS = ("auto", "dtype", "minmax", "percentile")
+ORIENTS = ("canonical", "stored")
 PERCENTILES = (0.5, 99.5)
 
 log = logging.getLogger(__name__)
@@ -74,10 +79,13 @@ class ReadOptions:
     bits: int | None = None
     channel: int = 0
     pad: int | None = None
+    orient: str = "canonical"  # NIfTI volumes: "canonical" (RAS+, display planes) or "stored"
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise DataError(f"norm={self.norm!r}: expected one of {', '.join(NORMS)}")
+        if self.orient not in ORIENTS:
+            raise DataError(f"orient={self.orient!r}: expected canonical or stored")
         if self.bits is not None and not 1 <= self.bits <= 32:
             raise DataError(f"bits={self.bits}: expected 1..32")
         if self.pad is not None and not 1 <= self.pad <= 8192:
@@ -92,6 +100,8 @@ class ReadOptions:
         }
         if self.pad is not None:  # only when set, so digests of datasets without padding stay as they were
             out["pad"] = self.pad
+        if self.orient != "canonical":  # likewise: digests of canonical datasets stay as they were
+            out["orient"] = self.orient
         return out
 
 
@@ -492,6 +502,16 @@ def to_display(data: np.ndarray, axis: int) -> np.ndarray:
     return np.ascontiguousarray(v)
 
 
+def orient_volume(data: np.ndarray, axis: int, orient: str) -> np.ndarray:
+    """3D array -> (D, H, W): ``to_display`` of a canonical array, or only ``moveaxis`` when ``stored``."""
+    if orient != "stored":
+        return to_display(data, axis)
+    if axis not in (0, 1, 2):
+        raise DataError(f"axis={axis}: expected 0, 1 or 2")
+    # no transpose or flip: slice k is data[..., k] (axis 2) as the released code saves it
+    return np.ascontiguousarray(np.moveaxis(data, axis, 0))
+
+
 def _nifti_load(path: str) -> Any:
     import nibabel as nib
 
@@ -504,12 +524,13 @@ def _nifti_load(path: str) -> Any:
 
 
 def read_nifti(path: str, opts: ReadOptions, axis: int, *, mask: bool = False) -> np.ndarray:
-    """A NIfTI volume -> (D, H, W) in canonical display orientation (see module docstring)."""
+    """A NIfTI volume -> (D, H, W), canonical display or stored orientation (see module docstring)."""
     import nibabel as nib
 
     img = _nifti_load(path)
     try:
-        img = nib.as_closest_canonical(img)
+        if opts.orient != "stored":
+            img = nib.as_closest_canonical(img)
         data = np.asarray(img.dataobj) if mask else np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as e:  # truncated/corrupt data surfaces as many error types
         raise DataError(f"cannot read NIfTI data in {path}: {e}") from None
@@ -523,7 +544,7 @@ def read_nifti(path: str, opts: ReadOptions, axis: int, *, mask: bool = False) -
         data = data[..., None]
     elif data.ndim != 3:
         raise DataError(f"NIfTI {path} has shape {data.shape}; expected a 3D (or 4D) volume")
-    vol = _without_nan(to_display(data, axis), path, mask=mask)
+    vol = _without_nan(orient_volume(data, axis, opts.orient), path, mask=mask)
     if mask:
         return np.rint(vol).astype(np.int32)  # int32 halves cached masks; callers get int64
     return scale(vol, opts, auto="percentile")
@@ -547,12 +568,14 @@ def _without_nan(vol: np.ndarray, path: str, *, mask: bool) -> np.ndarray:
     return out
 
 
-def nifti_shape(path: str) -> tuple[int, ...]:
-    """Shape of a NIfTI volume after canonical reorientation, from the header only."""
+def nifti_shape(path: str, orient: str = "canonical") -> tuple[int, ...]:
+    """Shape of a NIfTI volume after canonical reorientation (or as stored), from the header only."""
     import nibabel as nib
 
     img = _nifti_load(path)
     shape = tuple(int(s) for s in img.shape[:3])
+    if orient == "stored":
+        return shape
     ornt = nib.io_orientation(img.affine)
     out = [0, 0, 0]
     for src, (dst, _) in enumerate(ornt[: len(shape)]):
@@ -560,10 +583,11 @@ def nifti_shape(path: str) -> tuple[int, ...]:
     return tuple(out)
 
 
-def volume_depth(ref: ImageRef) -> int:
-    """Number of slices along ``ref.axis`` without loading pixel data (nifti, dicom-series)."""
+def volume_depth(ref: ImageRef, orient: str = "canonical") -> int:
+    """Number of slices along ``ref.axis`` without loading pixel data (nifti, dicom-series); ``orient``
+    as the dataset's ``ReadOptions.orient``, since a NIfTI's stored and canonical axes may differ."""
     if ref.kind == "nifti":
-        shape = nifti_shape(ref.path)
+        shape = nifti_shape(ref.path, orient)
         return shape[ref.axis] if len(shape) == 3 else 1
     if ref.kind == "dicom-series":
         return len(_series_files(ref.path))
@@ -729,6 +753,9 @@ def pad_image(img: np.ndarray, size: int, what: str) -> np.ndarray:
     return out
 
 
-def read_mask(ref: ImageRef) -> np.ndarray:
-    """Read a mask as an int64 label map with raw stored values, oriented like its image."""
-    return _read(ref, ReadOptions(), mask=True)
+def read_mask(ref: ImageRef, opts: ReadOptions | None = None) -> np.ndarray:
+    """Read a mask as an int64 label map with raw stored values, oriented like its image read with
+    ``opts`` (only ``opts.orient`` matters: intensity options never touch masks)."""
+    # Dropping the intensity options keeps one cache entry per mask volume whatever the window.
+    orient = opts.orient if opts is not None else "canonical"
+    return _read(ref, ReadOptions(orient=orient), mask=True)

@@ -31,7 +31,9 @@ percent-decoded (write ``%26`` for ``&``). Options:
     norm=auto|dtype|minmax|percentile   intensity scaling when no window is given (readers.py)
     bits=<n>              integer images are divided by 2**n - 1 (e.g. 12-bit data in 16-bit PNGs)
     channel=<i>           volume of a 4D NIfTI to read (default 0)
-    axis=0|1|2            slicing axis of volumes (canonical RAS+ axes; default 2 = axial)
+    axis=0|1|2            slicing axis of volumes (canonical RAS+ axes, stored axes with orient=stored;
+                          default 2 = axial)
+    orient=canonical|stored  NIfTI: reorient to RAS+ display planes (default), or slice the stored array
     slices=1              turn each volume into 2D samples, one per slice along ``axis``
     patient_re=<regex>    derive the patient id from the file name (first group, else the whole match)
     mask_values=0,128,255 mask pixel values that map to class indices 0, 1, 2, ...
@@ -94,6 +96,7 @@ COMMON_OPTIONS = frozenset(
         "bits",
         "channel",
         "axis",
+        "orient",
         "slices",
         "patient_re",
         "mask_values",

@@ -253,7 +253,7 @@ def volume_depths(dataset: Dataset, records: list[Record]) -> list[int]:
     out = []
     for r in records:
         try:
-            out.append(volume_depth(r.image))
+            out.append(volume_depth(r.image, dataset.read.orient))
         except DataError:
             out.append(int(dataset.load_image(r).shape[0]))  # formats without a cheap header read
     return out

@@ -110,17 +110,21 @@ def intensity(dataset: Dataset) -> dict[str, object]:
     return {**read.to_dict(), "used": used}
 
 
-def nifti_spacing(path: str, axis: int) -> tuple[float, float, float] | None:
-    """Voxel size (mm) along the (D, H, W) axes the NIfTI reader produces for slicing ``axis``."""
+def nifti_spacing(path: str, axis: int, orient: str = "canonical") -> tuple[float, float, float] | None:
+    """Voxel size (mm) along the (D, H, W) axes the NIfTI reader produces for slicing ``axis`` with
+    ``ReadOptions.orient`` = ``orient``."""
     import nibabel as nib
 
     try:
-        zooms = nib.as_closest_canonical(nib.load(path)).header.get_zooms()[:3]
+        img = nib.load(path)
+        zooms = (img if orient == "stored" else nib.as_closest_canonical(img)).header.get_zooms()[:3]
     except Exception:  # spacing is a nicety for HD95; unreadable headers fail later, loudly
         return None
     if len(zooms) < 3:
         return None
     rest = [a for a in range(3) if a != axis]
+    if orient == "stored":  # readers.orient_volume: moveaxis(axis -> 0) only
+        return (float(zooms[axis]), float(zooms[rest[0]]), float(zooms[rest[1]]))
     # readers.to_display: moveaxis(axis -> 0) then swap the two in-plane axes
     return (float(zooms[axis]), float(zooms[rest[1]]), float(zooms[rest[0]]))
 
@@ -223,7 +227,7 @@ def load_split(
         n = mask.shape[0] if dataset.ndim == 3 else 1
         spacing = None
         if dataset.ndim == 3 and rec.image.kind == "nifti":
-            spacing = nifti_spacing(rec.image.path, rec.image.axis)
+            spacing = nifti_spacing(rec.image.path, rec.image.axis, dataset.read.orient)
         cases.append(Case(rec.sample_id, rec.patient_id, rec, slice(row, row + n), mask.shape, spacing))
         row += n
         targets.append(resize_masks(mask if dataset.ndim == 3 else mask[None], size))

@@ -206,6 +206,7 @@ def read_options(options: dict[str, str]) -> ReadOptions:
         bits=opt_int(options, "bits"),
         channel=opt_int(options, "channel", 0) or 0,
         pad=opt_int(options, "pad"),
+        orient=(options.get("orient") or "canonical").strip().lower(),
     )
 
 
@@ -255,15 +256,16 @@ def seg_classes(
     return ("background", *(f"class_{i}" for i in range(1, len(ordered)))), ordered
 
 
-def expand_slices(records: list[Record], issues: list[Problem]) -> list[Record]:
-    """One 2D record per slice of each volume record (``slices=1``)."""
+def expand_slices(records: list[Record], issues: list[Problem], orient: str = "canonical") -> list[Record]:
+    """One 2D record per slice of each volume record (``slices=1``); ``orient`` as the dataset's
+    ``ReadOptions.orient``, which decides a NIfTI's depth along ``axis``."""
     out = []
     for r in records:
         if r.image.kind not in VOLUME_KINDS or r.image.index is not None:
             out.append(r)
             continue
         try:
-            depth = volume_depth(r.image)
+            depth = volume_depth(r.image, orient)
         except DataError as e:
             issues.append(error(f"sample {r.sample_id}: {e}"))
             continue
@@ -300,6 +302,7 @@ def finish_source(
     opts: dict[str, str],
 ) -> Source:
     """The ``Source`` of indexed records: segmentation classes, ``slices=1`` expansion, dimensionality."""
+    read = read_options(opts)
     mask_values = None
     mask_classes: tuple[str, ...] = ()
     if task == "segmentation":
@@ -311,7 +314,7 @@ def finish_source(
             error(f"{spec.path}: found {len(classes)} class(es) {list(classes)}; need at least two")
         )
     if opt_bool(opts, "slices"):
-        records = expand_slices(records, issues)
+        records = expand_slices(records, issues, read.orient)
     ndim = ndim_of(records, issues, spec.path)
     return Source(
         name=opts.get("name") or default_name,
@@ -321,7 +324,7 @@ def finish_source(
         ndim=ndim,
         root=root,
         modality=opts.get("modality", ""),
-        read=read_options(opts),
+        read=read,
         mask_values=mask_values,
         has_patients=has_patients,
         issues=issues,

@@ -94,10 +94,11 @@ def finish(
     """The Source of a preset: slices expanded on request, split options and conventions attached."""
     opts = spec.options
     fractions, counts = split_numbers(spec, patients_allowed=patients_allowed)
+    read = read_options(opts)
     if opt_bool(opts, "slices"):
         if not any(r.image.kind in VOLUME_KINDS for r in records):
             raise DataError(f"{spec.scheme}: slices=1 applies to volumes; this dataset holds 2D images")
-        records = expand_slices(records, issues)
+        records = expand_slices(records, issues, read.orient)
     return Source(
         name=opts.get("name") or default_name or spec.scheme,
         task=task,
@@ -106,7 +107,7 @@ def finish(
         ndim=ndim_of(records, issues, spec.path),
         root=root,
         modality=modality or PRESETS[spec.scheme].modality,
-        read=read_options(opts),
+        read=read,
         mask_values=None,
         has_patients=True,
         issues=issues,

@@ -17,6 +17,7 @@ READ_OPTIONS = {
     "bits": "integer images are divided by 2**bits - 1",
     "slices": "1: one 2D sample per slice of each volume",
     "axis": "slicing axis of volumes (default 2, axial)",
+    "orient": "canonical (RAS+ display planes, default) | stored (NIfTI array as stored, no reorientation)",
     "allow_outside_root": "1: read files that resolve (symlinks) outside the dataset root",
 }
 PAPER_OPTION = {"paper": "1: the conventions of Baharoon et al. (arXiv 2312.02366), see 'paper'"}
@@ -86,7 +87,7 @@ class PresetInfo:
         }
 
 
-_CLS_READ = {k: v for k, v in READ_OPTIONS.items() if k not in ("slices", "axis")}
+_CLS_READ = {k: v for k, v in READ_OPTIONS.items() if k not in ("slices", "axis", "orient")}
 NIH_FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
@@ -340,7 +341,9 @@ PRESETS: dict[str, PresetInfo] = {
             module="radprobe.data.presets.abdomen:index_btcv",
             example="btcv:/data/BTCV?window=soft",
             options={**READ_OPTIONS, **PAPER_OPTION, **CARVED, **SPLIT_OPTION},
-            paper="split=paper",
+            # The released slicing: the stored array (no reorientation), then torch.clamp(-1024, 600);
+            # the window is that clamp plus a linear map, which the per-slice min-max after Resize cancels.
+            paper="split=paper&window=-212,1624&orient=stored",
         ),
         PresetInfo(
             name="amos",
@@ -370,7 +373,9 @@ PRESETS: dict[str, PresetInfo] = {
                 **SPLIT_OPTION,
                 "subset": "ct (default; ids <= 500) | mri (ids > 500) | all",
             },
-            paper="split=paper",
+            # The released slicing: the stored array (no reorientation), then torch.clamp(-1024, 600);
+            # the window is that clamp plus a linear map, which the per-slice min-max after Resize cancels.
+            paper="split=paper&window=-212,1624&orient=stored",
         ),
         PresetInfo(
             name="msd",
@@ -402,7 +407,9 @@ PRESETS: dict[str, PresetInfo] = {
                 "channel": "modality index of 4D (multi-modal) tasks, e.g. BrainTumour (default 0)",
                 **SPLIT_OPTION,
             },
-            paper="split=paper",
+            # The released msd_heart.py: the stored array, no clamp (MRI); min-max per volume is linear,
+            # so the per-slice min-max after Resize cancels it (the default percentile clipping would not).
+            paper="split=paper&norm=minmax&orient=stored",
         ),
         PresetInfo(
             name="medmnist",
