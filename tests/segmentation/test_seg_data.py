@@ -181,3 +181,16 @@ def test_orient_stored_cases_take_the_stored_axes_for_shape_and_spacing(tmp_path
         assert case.shape == released.shape == (4, 6, 8)
         assert case.spacing == pytest.approx((1.3, 0.7, 2.0))
         np.testing.assert_array_equal(mask, released)
+
+
+def test_predictions_of_a_stored_orientation_dataset_save_on_the_source_grid(tmp_path, volumes):
+    # orient=stored (the paper presets of BTCV, AMOS, MSD Heart) reads the stored array: a saved
+    # prediction equal to the mask must be the mask file, voxel for voxel, under its own affine
+    root = volumes(n=3, shape=(20, 20, 12))
+    ds = load_dataset(f"nifti:{root}?orient=stored")
+    split = load_split(ds, "train", 20)
+    for case, mask in zip(split.cases, split.masks, strict=True):
+        path = save_prediction(tmp_path / "pred", case, mask, ds.read.orient)
+        saved, src = nib.load(path), nib.load(case.record.mask.path)
+        np.testing.assert_allclose(saved.affine, src.affine)
+        np.testing.assert_array_equal(np.asarray(saved.dataobj), np.asarray(src.dataobj))

@@ -110,8 +110,9 @@ def _from_display(pred: np.ndarray, axis: int) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(u, 0, axis))
 
 
-def save_prediction(folder: Path, case: Case, pred: np.ndarray) -> Path:
-    """Write one predicted class map (PNG for 2D, NIfTI for 3D); returns its path."""
+def save_prediction(folder: Path, case: Case, pred: np.ndarray, orient: str = "canonical") -> Path:
+    """Write one predicted class map (PNG for 2D, NIfTI for 3D, on its source volume's voxel grid);
+    returns its path. ``orient``: how the dataset read the volume (``readers.ReadOptions.orient``)."""
     folder.mkdir(parents=True, exist_ok=True)
     name = slug(case.sample_id)
     if pred.ndim == 2:
@@ -124,7 +125,10 @@ def save_prediction(folder: Path, case: Case, pred: np.ndarray) -> Path:
 
     path = folder / f"{name}.nii.gz"
     ref = case.record.image
-    if ref.kind == "nifti":
+    if ref.kind == "nifti" and orient == "stored":  # read as stored: only the slicing axis moved
+        affine = nib.load(ref.path).affine
+        data = np.ascontiguousarray(np.moveaxis(pred, 0, ref.axis))
+    elif ref.kind == "nifti":
         affine = nib.as_closest_canonical(nib.load(ref.path)).affine
         data = _from_display(pred, ref.axis)
     else:

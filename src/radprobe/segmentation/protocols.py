@@ -208,7 +208,8 @@ def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict
     if opts["save_predictions"]:
         folder = data.out / "predictions" / prefix
         for case, pred in zip(data.test.cases, preds, strict=True):
-            written.append(str(output.save_prediction(folder, case, pred)))
+            orient = getattr(getattr(data.dataset, "read", None), "orient", "canonical")
+            written.append(str(output.save_prediction(folder, case, pred, orient)))
     for case, gt, pred in list(zip(data.test.cases, data.test.masks, preds, strict=True))[: opts["overlays"]]:
         path = data.out / "overlays" / f"{prefix}__{output.slug(case.sample_id)}.png"
         who = scratch[1] if scratch else data.info.name if data.info is not None else ""
