@@ -339,23 +339,26 @@ def test_paper_grid_on_single_vector_blocks_is_the_cnn_grid_too(blocks_input, sa
 # --- augmented views (train_views): epoch e trains on view e mod n ----------------------------------
 
 
-def _reference_sgd(views, labels, cfg, seed, epochs, batch_size, classes):
+def _reference_sgd(views, labels, cfg, seed, epochs, batch_size, classes, steps=None):
     """One head trained by autograd, step by step, as the protocol describes its SGD: cross-entropy,
-    momentum 0.9, cosine schedule, lr * batch / 256, epoch e's batches read from view e mod n."""
+    momentum 0.9, cosine schedule, lr * batch / 256. ``steps``: each step's (rows, passes); by default
+    the permutation sampler's batches, epoch e's read from view e mod n."""
     n = len(labels)
     bs = min(batch_size, n)
     per_epoch = -(-n // bs)
     iterations = epochs * per_epoch
-    batches, _ = linear._batches(n, bs, iterations, seed)
+    if steps is None:
+        batches, _ = linear._batches(n, bs, iterations, seed)
+        steps = [(batches[it].numpy(), np.full(bs, it // per_epoch)) for it in range(iterations)]
     w = linear._initial_weights(seed, [cfg], 1, 12 * (cfg.n_blocks + cfg.avgpool), classes)[0].double()
     w.requires_grad_(True)
     b = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
     bufs = [torch.zeros_like(w), torch.zeros_like(b)]
     y = torch.as_tensor(labels).long()
-    for it in range(iterations):
-        blocks = torch.as_tensor(views[(it // per_epoch) % len(views)][batches[it].numpy()]).double()
-        x = linear.linear_input(blocks, cfg.n_blocks, cfg.avgpool)
-        loss = torch.nn.functional.cross_entropy(x @ w + b, y[batches[it]])
+    for it, (rows, passes) in enumerate(steps):
+        picked = [torch.as_tensor(views[p % len(views)][r]) for r, p in zip(rows, passes, strict=True)]
+        x = linear.linear_input(torch.stack(picked).double(), cfg.n_blocks, cfg.avgpool)
+        loss = torch.nn.functional.cross_entropy(x @ w + b, y[rows])
         gw, gb = torch.autograd.grad(loss, [w, b])
         lr = cfg.lr * bs / 256 * 0.5 * (1 + np.cos(np.pi * it / iterations))
         with torch.no_grad():
@@ -428,28 +431,11 @@ def test_stream_sampler_reads_each_rows_view_of_its_pass_as_a_step_by_step_refer
     iterations = epochs * -(-n // bs)
     entries = np.concatenate([stream_order(n, bs, e, seed) for e in range(epochs)])[: iterations * bs]
     assert len(entries) == iterations * bs and entries.max() // n == 4  # 128 rows a step: 5 passes
-    w = linear._initial_weights(seed, [cfg], 1, 12 * (cfg.n_blocks + cfg.avgpool), 3)[0].double()
-    w.requires_grad_(True)
-    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
-    bufs = [torch.zeros_like(w), torch.zeros_like(b)]
-    y = torch.as_tensor(train.labels).long()
-    for it in range(iterations):
-        step = entries[it * bs : (it + 1) * bs]
-        rows, passes = step % n, step // n
-        blocks = torch.stack(
-            [torch.as_tensor(train.views[p][r]) for r, p in zip(rows, passes, strict=True)]
-        ).double()
-        x = linear.linear_input(blocks, cfg.n_blocks, cfg.avgpool)
-        loss = torch.nn.functional.cross_entropy(x @ w + b, y[rows])
-        gw, gb = torch.autograd.grad(loss, [w, b])
-        lr = cfg.lr * bs / 256 * 0.5 * (1 + np.cos(np.pi * it / iterations))
-        with torch.no_grad():
-            for p, g, buf in ((w, gw, bufs[0]), (b, gb, bufs[1])):
-                buf.mul_(0.9).add_(g)
-                p.sub_(lr * buf)
+    steps = [(e % n, e // n) for e in entries.reshape(iterations, bs)]
+    w, b = _reference_sgd(train.views, train.labels, cfg, seed, epochs, bs, 3, steps)
     _, hw, hb = heads.heads[cfg.variant]
-    np.testing.assert_allclose(hw[0].numpy(), w.detach().numpy(), atol=2e-5)
-    np.testing.assert_allclose(hb[0].numpy(), b.detach().numpy(), atol=2e-5)
+    np.testing.assert_allclose(hw[0].numpy(), w.numpy(), atol=2e-5)
+    np.testing.assert_allclose(hb[0].numpy(), b.numpy(), atol=2e-5)
 
 
 def test_more_passes_than_views_is_said_in_one_line(blocks_input):
