@@ -254,10 +254,14 @@ class ImageSet(TorchDataset):
         return torch.from_numpy(row.astype(np.int32) if row.dtype == np.uint16 else row)
 
     def _raw(self, i: int) -> torch.Tensor:
-        """Row ``i`` as a (3, R, R) image in [0, 1]."""
-        if self.pixels is not None:
-            return torch.from_numpy(np.asarray(self.pixels[i], dtype=np.float32)).expand(3, -1, -1)
-        return self._load(i) * self._std + self._mean
+        """Row ``i`` as a (1 or 3, R, R) image in [0, 1], not normalised.
+
+        Grayscale stays one channel through augmentation (a third of the work; the normalisation
+        broadcasts it), as in :meth:`device_batch`, so both paths compute the same numbers.
+        """
+        if self.pixels is None and self.decoded is None:
+            return self.preprocess.geometry(self.dataset.load_image(self.records[i]))
+        return to_float(self._stored(i), self.storage)
 
     def _load(self, i: int) -> torch.Tensor:
         """Row ``i`` preprocessed: decoded now, or read from the decoded-image entry."""

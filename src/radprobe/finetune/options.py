@@ -197,7 +197,8 @@ class TrainOptions:
         "device",
         "device: training rows stored resized (decoded-image cache, volume slices) get the affine "
         "augmentation in one batched resampling on the training device, the per-item draws; other "
-        "rows, and cpu, are augmented one at a time in the loader (the same numbers to float rounding)",
+        "rows, and cpu, are augmented one at a time in the loader (the same numbers: bit for bit on a "
+        "CPU, to float rounding on CUDA)",
         choices=AUGMENT_ON,
     )
     preset: str | None = _opt(
