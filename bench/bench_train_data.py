@@ -87,8 +87,12 @@ def main(
     epochs: int = 3,
     device: str = "cpu",
     bs: int = 64,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     from bench_extraction import make_pngs
+
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     root = Path(tempfile.mkdtemp())
     t0 = time.perf_counter()
@@ -100,15 +104,18 @@ def main(
         "note": NOTE if device == "cpu" else NOTE_GPU,
         "png_generation_s": round(made, 1),
         "source_px": 512,
+        "torch_threads": torch.get_num_threads(),
         "augment": "Augment() defaults: crop_scale 0.85, rotate 10, intensity 0.1",
         "cases": cases,
     }
 
 
 NOTE = (
-    "2-core CPU shared with other work; torch threads as set by default; no model: loader + "
-    "augmentation + normalisation only. On a CPU 'device' the batched path does the same arithmetic "
-    "in the main process in one call; its gain here is per-image overhead, not a faster device"
+    "2-core CPU shared with other work (load average 1.1-2.3 around the run); torch on 1 thread "
+    "(2 threads spin against the other load); no model: loader + augmentation + normalisation only. "
+    "On a CPU 'device' the batched path does the same arithmetic in the main process, larger than "
+    "the caches at 224 px, and gives up the workers' parallelism: its gain here is small; the path "
+    "is built for a GPU"
 )
 NOTE_GPU = "CUDA: batched = stored rows pinned, copied non-blocking, augmented on the GPU; no model"
 
@@ -116,7 +123,11 @@ if __name__ == "__main__":
     from common import write_result
 
     if "--gpu" in sys.argv:
-        print(write_result("train_data_gpu", main(n=768, workers=(0, 8), epochs=2, device="cuda", bs=128)))
+        print(
+            write_result(
+                "train_data_gpu", main(n=768, workers=(0, 8), epochs=2, device="cuda", bs=128, threads=None)
+            )
+        )
     elif "--quick" in sys.argv:  # a smoke run; writes nothing
         print(main(n=64, resolutions=(112,), workers=(0,), epochs=1))
     else:

@@ -93,8 +93,7 @@ class Augment:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch (B, C, R, R) in [0, 1] through its drawn affines and jitter, on ``x``'s device, and
         its (B, R, R) class maps, when given, moved by the same affines (nearest, no jitter)."""
-        # the draws are float64; rounding them to x's dtype is what the per-image path always did
-        grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+        grid = _affine_grid(theta.to(x.device, x.dtype), x.shape[-2], x.shape[-1])
         out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if mask is not None:
             m = F.grid_sample(
@@ -104,8 +103,9 @@ class Augment:
         if jitter is not None:
             contrast, brightness = jitter.to(x.device, x.dtype).view(-1, 2, 1, 1, 1).unbind(1)
             mean = out.flatten(1).mean(1).view(-1, 1, 1, 1)  # each image's own mean
-            out = (out - mean) * contrast + mean + brightness
-        return out.clamp(0.0, 1.0), mask
+            # (out - mean) * contrast + mean + brightness, in place: a batch is one pass per step
+            out.sub_(mean).mul_(contrast).add_(mean).add_(brightness)
+        return out.clamp_(0.0, 1.0), mask
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return self.pair(x, None, g)[0]
@@ -117,6 +117,22 @@ class Augment:
         theta, jitter = self.draw([g])
         out, moved = self.apply(x[None], theta, jitter, None if mask is None else mask[None])
         return out[0], None if moved is None else moved[0]
+
+
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, height, width), align_corners=False)`` to float rounding, written
+    out: each output coordinate is two products of a row and a column term, where affine_grid fills a
+    (B, H, W, 3) base grid and multiplies it, which on a CPU batch costs more than the resampling."""
+    # pixel centres in [-1, 1] without corner alignment: (2k + 1) / n - 1
+    xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
+    ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
+    t = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1)
+    grid = torch.empty(len(theta), height, width, 2, device=theta.device, dtype=theta.dtype)
+    for k in range(2):  # output x, then y: row k of theta
+        torch.add(
+            t[:, k, 0] * xs[None, None, :], t[:, k, 1] * ys[None, :, None] + t[:, k, 2], out=grid[..., k]
+        )
+    return grid
 
 
 AFFINE = "one bilinear affine resampling of the resized image (crop, rotation, flip) + intensity jitter"
