@@ -6,12 +6,16 @@
 # PNGs, each without the decoded-image cache, building its entry and reading it as a second backbone:
 # goal ratio >= 0.9 reading it; about 4 minutes, at most 450 s), and bench_peft_memory (ViT-B/14,
 # 224 px, batch 64, bf16: where LoRA's and DoRA's memory goes against finetune; ten short cases,
-# under 2 minutes, at most 150 s), and bench_decode (2,048 JPEGs: PIL vs nvJPEG decode rate and the
+# under 2 minutes, at most 150 s), bench_decode (2,048 JPEGs: PIL vs nvJPEG decode rate and the
 # largest pixel difference, at most 90 s: whether GPU decoding would pay for the decoded-image
-# cache's first pass). SKIP_CLI=1 and BENCHES=... pick parts:
+# cache's first pass) and bench_train_data (768 generated 512-px PNGs decoded at 112 and 224 px: the
+# trained protocols' loader with per-item CPU augmentation against batches augmented on the GPU, no
+# model; under a minute, at most 90 s). Everything together can pass 10 minutes: on a machine lent
+# for 10-minute calls, run it in two, e.g. `BENCHES="extraction decode train_data"` after
+# `SKIP_CLI=1 BENCHES="finetune peft_memory"`. SKIP_CLI=1 and BENCHES=... pick parts:
 # `SKIP_CLI=1 BENCHES=extraction bash bench/gpu_checks.sh` is the extraction case alone, and
 # `SKIP_CLI=1 BENCHES=peft_memory bash bench/gpu_checks.sh` the PEFT memory case alone
-# (bench/results/peft_memory_gpu.json).
+# (bench/results/peft_memory_gpu.json); `SKIP_CLI=1 BENCHES=train_data` the training data path alone.
 # The machine has torch but no network: missing packages travel as wheels in .whl/ (see the
 # device notes); OUT is the folder whose files come back.
 set -uo pipefail
@@ -105,8 +109,9 @@ json.dump({"rows": len(a), "equal": a == b}, open(sys.argv[1], "w"))
 print("torchrun rows", len(a), "equal", a == b)
 PY
 fi
-for b in ${BENCHES-finetune extraction peft_memory decode}; do
-  limit=300; [ "$b" = extraction ] && limit=450; [ "$b" = peft_memory ] && limit=150; [ "$b" = decode ] && limit=90
+for b in ${BENCHES-finetune extraction peft_memory decode train_data}; do
+  limit=300; [ "$b" = extraction ] && limit=450; [ "$b" = peft_memory ] && limit=150
+  [ "$b" = decode ] && limit=90; [ "$b" = train_data ] && limit=90
   (cd bench && timeout $limit python3 "bench_$b.py" --gpu && cp "results/${b}_gpu.json" "$OUT/")
   echo "bench $b rc=$?"
 done

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -51,8 +51,13 @@ class Augment:
     hflip: bool = False
     ratio: tuple[float, float] = (0.9, 1.1)  # aspect ratio of the crop: near square, anatomy keeps shape
 
-    def _grid(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """The sampling grid of one random affine (draws 7 numbers from ``g``)."""
+    def params(self, g: torch.Generator) -> tuple[list[float], list[float] | None]:
+        """One image's draws from ``g``: its affine ``theta`` (output -> input sampling coordinates, the
+        2 x 3 matrix row by row) and its jitter (contrast, brightness; None without jitter).
+
+        Draws 7 numbers, then 2 when jittering: the order the per-image path has always used, so
+        drawing them ahead of the resampling gives the same numbers.
+        """
         u = torch.rand(7, generator=g, dtype=torch.float64).tolist()
         area = self.crop_scale + (1.0 - self.crop_scale) * u[0]
         # aspect ratios whose crop fits inside the image at this area (area 1: square, no crop)
@@ -64,18 +69,43 @@ class Augment:
         angle = math.radians(self.rotate * (2 * u[4] - 1))
         flip = -1.0 if self.hflip and u[5] < 0.5 else 1.0
         c, s = math.cos(angle), math.sin(angle)
-        # output -> input sampling coordinates: rotate the scaled (cropped) grid, then shift it
-        theta = torch.tensor([[flip * sx * c, -sy * s, tx], [flip * sx * s, sy * c, ty]], dtype=x.dtype)[None]
-        return F.affine_grid(theta, [1, *x.shape], align_corners=False)
+        # rotate the scaled (cropped) grid, then shift it
+        theta = [flip * sx * c, -sy * s, tx, flip * sx * s, sy * c, ty]
+        if not self.intensity:
+            return theta, None
+        v = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+        return theta, [1.0 + self.intensity * (2 * v[0] - 1), self.intensity * (2 * v[1] - 1)]
 
-    def _jitter(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        if self.intensity:
-            v = torch.rand(2, generator=g, dtype=torch.float64).tolist()
-            contrast = 1.0 + self.intensity * (2 * v[0] - 1)
-            brightness = self.intensity * (2 * v[1] - 1)
-            mean = x.mean()
-            x = (x - mean) * contrast + mean + brightness
-        return x.clamp(0.0, 1.0)
+    def draw(self, gens: list[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`params` of a batch, one generator per image: theta (B, 2, 3) and jitter (B, 2) or
+        None, float64 on the CPU."""
+        drawn = [self.params(g) for g in gens]
+        theta = torch.tensor([t for t, _ in drawn], dtype=torch.float64).view(-1, 2, 3)
+        jitter = None if not self.intensity else torch.tensor([j for _, j in drawn], dtype=torch.float64)
+        return theta, jitter
+
+    def apply(
+        self,
+        x: torch.Tensor,
+        theta: torch.Tensor,
+        jitter: torch.Tensor | None,
+        mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch (B, C, R, R) in [0, 1] through its drawn affines and jitter, on ``x``'s device, and
+        its (B, R, R) class maps, when given, moved by the same affines (nearest, no jitter)."""
+        grid = _affine_grid(theta.to(x.device, x.dtype), x.shape[-2], x.shape[-1])
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if mask is not None:
+            m = F.grid_sample(
+                mask[:, None].to(grid.dtype), grid, mode="nearest", padding_mode="zeros", align_corners=False
+            )
+            mask = m[:, 0].round().to(mask.dtype)
+        if jitter is not None:
+            contrast, brightness = jitter.to(x.device, x.dtype).view(-1, 2, 1, 1, 1).unbind(1)
+            mean = out.flatten(1).mean(1).view(-1, 1, 1, 1)  # each image's own mean
+            # (out - mean) * contrast + mean + brightness, in place: a batch is one pass per step
+            out.sub_(mean).mul_(contrast).add_(mean).add_(brightness)
+        return out.clamp_(0.0, 1.0), mask
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return self.pair(x, None, g)[0]
@@ -83,19 +113,26 @@ class Augment:
     def pair(
         self, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The augmented image and, when given, its (R, R) class map moved by the same affine."""
-        grid = self._grid(x, g)
-        out = F.grid_sample(x[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-        if mask is not None:
-            m = F.grid_sample(
-                mask[None, None].to(grid.dtype),
-                grid,
-                mode="nearest",
-                padding_mode="zeros",
-                align_corners=False,
-            )
-            mask = m[0, 0].round().to(mask.dtype)
-        return self._jitter(out, g), mask
+        """The augmented (C, R, R) image and, when given, its (R, R) class map moved by the same affine."""
+        theta, jitter = self.draw([g])
+        out, moved = self.apply(x[None], theta, jitter, None if mask is None else mask[None])
+        return out[0], None if moved is None else moved[0]
+
+
+def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``F.affine_grid(theta, (B, C, height, width), align_corners=False)`` to float rounding, written
+    out: each output coordinate is two products of a row and a column term, where affine_grid fills a
+    (B, H, W, 3) base grid and multiplies it, which on a CPU batch costs more than the resampling."""
+    # pixel centres in [-1, 1] without corner alignment: (2k + 1) / n - 1
+    xs = (torch.arange(width, device=theta.device, dtype=theta.dtype) * 2 + 1) / width - 1
+    ys = (torch.arange(height, device=theta.device, dtype=theta.dtype) * 2 + 1) / height - 1
+    t = theta[:, :, :, None, None]  # (B, 2, 3, 1, 1)
+    grid = torch.empty(len(theta), height, width, 2, device=theta.device, dtype=theta.dtype)
+    for k in range(2):  # output x, then y: row k of theta
+        torch.add(
+            t[:, k, 0] * xs[None, None, :], t[:, k, 1] * ys[None, :, None] + t[:, k, 2], out=grid[..., k]
+        )
+    return grid
 
 
 AFFINE = "one bilinear affine resampling of the resized image (crop, rotation, flip) + intensity jitter"
@@ -156,6 +193,11 @@ class ImageSet(TorchDataset):
     A :class:`ResizedCrop` augmentation decodes each training row's original image (not the decoded
     entry, which is already resized), except for rows from ``pixels`` or with masks, which get its
     affine approximation (:attr:`augmentation` says which).
+
+    ``batched`` (set by the training loop where :attr:`batchable`): items are the stored rows as they
+    are — un-augmented, un-normalised, in their storage dtype — with their row and draw, ``(stored,
+    row, draw[, mask])``, and :meth:`device_batch` augments and normalises a whole batch on the
+    device, with the same draws as the per-item path.
     """
 
     def __init__(
@@ -187,6 +229,7 @@ class ImageSet(TorchDataset):
                 f"decoded-image entry {decoded.path} has {len(decoded)} rows, expected {len(records)}"
             )
         self.epoch = 0
+        self.batched = False
         # stream sampling: an index is pass * len + row, and a row's view is drawn per pass
         self.stream = False
         self._mean = torch.tensor(preprocess.mean).view(3, 1, 1)
@@ -195,23 +238,58 @@ class ImageSet(TorchDataset):
     def __len__(self) -> int:
         return len(self.records) if self.pixels is None else len(self.pixels)
 
-    def _raw(self, i: int) -> torch.Tensor:
-        """Row ``i`` as a (3, R, R) image in [0, 1]."""
+    @property
+    def batchable(self) -> bool:
+        """Whether :meth:`device_batch` can augment this set: stored rows (decoded entry or ``pixels``)
+        and the affine augmentation (a torchvision crop needs each decoded original, on the CPU)."""
+        stored = self.decoded is not None or self.pixels is not None
+        return stored and self.crop is None and isinstance(self.augment, Augment)
+
+    @property
+    def augment_path(self) -> str:
+        """Where training rows are augmented: ``device`` (batched), ``cpu`` (per item) or ``none``."""
+        if self.augment is None:
+            return "none"
+        return "device" if self.batched else "cpu"
+
+    @property
+    def storage(self) -> str:
+        """The dtype of :meth:`_stored` rows, as :func:`~radprobe.features.images.to_float` reads it."""
+        return (
+            "float32"
+            if self.pixels is not None or self.decoded is None
+            else str(self.decoded.meta["storage"])
+        )
+
+    def _stored(self, i: int) -> torch.Tensor:
+        """Row ``i`` as stored: (1 or 3, R, R) in :attr:`storage` (uint16 widened: torch indexes int32)."""
         if self.pixels is not None:
-            return torch.from_numpy(np.asarray(self.pixels[i], dtype=np.float32)).expand(3, -1, -1)
-        return self._load(i) * self._std + self._mean
+            return torch.from_numpy(np.asarray(self.pixels[i], dtype=np.float32))
+        assert self.decoded is not None
+        row = np.array(self.decoded.arrays[PIXELS][i])
+        return torch.from_numpy(row.astype(np.int32) if row.dtype == np.uint16 else row)
+
+    def _raw(self, i: int) -> torch.Tensor:
+        """Row ``i`` as a (1 or 3, R, R) image in [0, 1], not normalised.
+
+        Grayscale stays one channel through augmentation (a third of the work; the normalisation
+        broadcasts it), as in :meth:`device_batch`, so both paths compute the same numbers.
+        """
+        if self.pixels is None and self.decoded is None:
+            return self.preprocess.geometry(self.dataset.load_image(self.records[i]))
+        return to_float(self._stored(i), self.storage)
 
     def _load(self, i: int) -> torch.Tensor:
         """Row ``i`` preprocessed: decoded now, or read from the decoded-image entry."""
         if self.decoded is None:
             return self.preprocess(self.dataset.load_image(self.records[i]))
-        row = np.array(self.decoded.arrays[PIXELS][i])
-        stored = torch.from_numpy(row.astype(np.int32) if row.dtype == np.uint16 else row)
-        return self.preprocess.normalise(to_float(stored, str(self.decoded.meta["storage"])))
+        return self.preprocess.normalise(to_float(self._stored(i), self.storage))
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | tuple[torch.Tensor, int, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
         draw, i = divmod(i, len(self)) if self.stream else (self.epoch, i)
         mask = None if self.masks is None else torch.from_numpy(np.asarray(self.masks[i]))
+        if self.batched:
+            return (self._stored(i), i, draw) if mask is None else (self._stored(i), i, draw, mask)
         if self.crop is not None:
             return self._cropped(i, draw), i
         if self.pixels is None and self.augment is None:
@@ -223,6 +301,25 @@ class ImageSet(TorchDataset):
                 x, mask = self.augment.pair(x, mask, g)
             x = (x - self._mean) / self._std
         return (x, i) if mask is None else (x, i, mask)
+
+    def device_batch(self, batch: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        """A ``batched`` loader batch augmented and normalised on ``device``: ``[images, rows]``, or
+        ``[images, rows, masks]``, as the per-item loader would have given them.
+
+        Each row's affine and jitter are drawn on the CPU from the generator the per-item path seeds
+        for it (seed, draw, row), while the stored pixels travel; then one resampling of the batch.
+        """
+        assert isinstance(self.augment, Augment)
+        stored, rows, draws = batch[0].to(device, non_blocking=True), batch[1], batch[2]
+        mask = batch[3].to(device, non_blocking=True) if len(batch) > 3 else None
+        gens = [
+            torch.Generator().manual_seed(derived_seed("aug", self.seed, d, r))
+            for r, d in zip(rows.tolist(), draws.tolist(), strict=True)
+        ]
+        theta, jitter = self.augment.draw(gens)
+        x, mask = self.augment.apply(to_float(stored, self.storage), theta, jitter, mask)
+        x = self.preprocess.normalise(x)  # grayscale rows broadcast to three channels here
+        return [x, rows] if mask is None else [x, rows, mask]
 
     def _cropped(self, i: int, draw: int) -> torch.Tensor:
         """Row ``i`` through :attr:`crop` in draw ``draw``: crop of the decoded original, preprocessed."""
@@ -243,6 +340,7 @@ def train_loader(
     num_workers: int = 0,
     shard: tuple[int, int] | None = None,
     stream: bool = False,
+    pin_memory: bool = False,
 ) -> DataLoader:
     """Shuffled batches of one epoch; the order is a function of (seed, epoch) only.
 
@@ -251,7 +349,7 @@ def train_loader(
     epoch is instead the next ``ceil(n / batch)`` full batches of one endless stream of permutations
     (:func:`stream_order`). ``shard=(rank, world)``: this rank's rows of every batch (rows rank,
     rank + world, ...), for data-parallel training; the batches together are the single-process
-    batches.
+    batches. ``pin_memory``: batches in page-locked memory, for non-blocking copies to CUDA.
     """
     images.epoch, images.stream = epoch, stream
     if stream:
@@ -266,11 +364,12 @@ def train_loader(
             sampler=order,
             num_workers=num_workers,
             drop_last=not stream and len(images) > batch_size,
+            pin_memory=pin_memory,
         )
     rank, world = shard
     n = stream_batches(len(images), batch_size) if stream else batches_per_epoch(len(images), batch_size)
     batches = [order[i * batch_size : (i + 1) * batch_size][rank::world] for i in range(n)]
-    return DataLoader(images, batch_sampler=batches, num_workers=num_workers)
+    return DataLoader(images, batch_sampler=batches, num_workers=num_workers, pin_memory=pin_memory)
 
 
 def eval_loader(

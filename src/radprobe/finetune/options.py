@@ -29,6 +29,7 @@ SELECTIONS = ("best", "last")
 HEAD_GRIDS = ("none", "paper")
 LORA_BIASES = ("none", "lora_only", "all")
 CROPS = ("affine", "torchvision")
+AUGMENT_ON = ("device", "cpu")
 
 # Baharoon et al. (arXiv 2312.02366), MohammedSB/DINOv2ForRadiology at cb91e01: what its trained
 # classification runs share (dinov2/eval/classification/linear.py; line numbers in the comments).
@@ -91,6 +92,7 @@ ADDED_OPTIONS: dict[str, Any] = {
     "recompute": True,  # dora: the same numbers either way
     "preset": None,  # lora and dora have always recorded it
     "eval_mode_after": None,
+    "augment_on": "device",
 }
 
 
@@ -190,6 +192,14 @@ class TrainOptions:
         "statistics; checkpointing that runs in train mode only (transformers backbones, DoRA's "
         "recompute) then stops saving memory (default: never)",
         low=1,
+    )
+    augment_on: str = _opt(
+        "device",
+        "device: training rows stored resized (decoded-image cache, volume slices) get the affine "
+        "augmentation in one batched resampling on the training device, the per-item draws; other "
+        "rows, and cpu, are augmented one at a time in the loader (the same numbers: bit for bit on a "
+        "CPU, to float rounding on CUDA)",
+        choices=AUGMENT_ON,
     )
     preset: str | None = _opt(
         None,

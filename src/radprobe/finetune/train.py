@@ -14,6 +14,12 @@ Resumability: each epoch starts by seeding torch's global RNG (dropout, LoRA dro
 (seed, epoch), and batch order and augmentation are functions of (seed, epoch, index), so an epoch
 replayed after a crash is the epoch that would have run. A checkpoint is written after every epoch.
 
+Augmentation on the device (``augment_on=device``, the default): when the training rows are stored
+(decoded-image entry or resized ``pixels``) and the augmentation is the affine one, the loader
+only reads stored rows and each batch is augmented and normalised on the device in one batched
+resampling (:meth:`ImageSet.device_batch`), with the per-item path's draws; elsewhere, and with
+``augment_on=cpu``, each item is augmented on the CPU in the loader.
+
 ``eval_mode_after``: from that epoch on the encoder trains in eval mode (no dropout, BatchNorm on
 its running statistics), as the paper's released code does after its first mid-run evaluation.
 """
@@ -114,6 +120,7 @@ def fit(
     Under torchrun (:mod:`radprobe.finetune.distributed`) the ranks train one model together.
     """
     run = _setup(built, opts, device, len(train.images), seed, num_workers, label)
+    train.images.batched = opts.augment_on == "device" and train.images.batchable
     state = _start_state(run, checkpoints, warn)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -221,10 +228,13 @@ def _train_epoch(run: _Run, train: Split, state: TrainState, bar: Progress, task
         run.num_workers,
         shard=run.shard,
         stream=opts.sampler == "stream",
+        pin_memory=train.images.batched and device.type == "cuda",
     )
     for j, batch in enumerate(loader):
         group_start = (j // run.accum) * run.accum
         in_group = min(run.accum, run.n_batches - group_start)
+        if train.images.batched:
+            batch = train.images.device_batch(batch, device)
         x, rows, y = unpack(batch, train, device)
         with autocast(device, opts.amp, opts.amp_dtype):
             logits = run.net(x)

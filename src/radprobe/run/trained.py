@@ -247,7 +247,9 @@ def train_protocol(
         wall_time_s=state.wall_time_s + (refit.wall_time_s if refit is not None else 0.0) + test_s,
         imgs_per_s=state.train_images / state.train_time_s if state.train_time_s else 0.0,
         peak_mem_mb=max(state.peak_mem_mb, peak_memory_mb(plan.device)),
-        env=_env(plan.device),
+        # where training rows were augmented (device: batched on the training device; the refit's
+        # train + val rows are decoded per item): the same numbers to float rounding, so not a key
+        env={**_env(plan.device), "augment_path": train.images.augment_path},
     )
     notes = (
         [f"{len(unused)} backbone parameters the forward pass never reaches were kept frozen: {unused[:3]}"]
