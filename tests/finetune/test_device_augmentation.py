@@ -148,3 +148,21 @@ def test_rows_record_the_augmentation_path_and_cpu_alone_enters_the_key(tmp_path
     assert rows["cpu"]["env"]["augment_path"] == "cpu"
     assert "augment_on" not in rows["device"]["hparams"] and rows["cpu"]["hparams"]["augment_on"] == "cpu"
     assert rows["device"]["value"] == rows["cpu"]["value"]
+
+
+def test_2d_segmentation_training_reads_the_decoded_entry_and_augments_on_the_device(tmp_path) -> None:
+    # images and their masks move together through the batched affine; the numbers are the per-item ones
+    from ft_helpers import SEG_DATASET, make_cfg, seg_options
+
+    from radprobe.run.evaluate import evaluate
+
+    rows = {}
+    for where in ("device", "cpu"):
+        opts = {"bitfit": seg_options("bitfit", epochs=1, augment=True, augment_on=where)}
+        cfg = make_cfg(
+            tmp_path / where, ["bitfit"], opts, dataset=SEG_DATASET, n_boot=0, cache_root=tmp_path / "cache"
+        )
+        rows[where] = next(r for r in evaluate(cfg).rows if r["metric"] == "dice_macro")
+    assert rows["device"]["env"]["augment_path"] == "device"
+    assert rows["cpu"]["env"]["augment_path"] == "cpu"
+    assert rows["device"]["value"] == pytest.approx(rows["cpu"]["value"], abs=1e-9)

@@ -70,8 +70,8 @@ def _env(device: torch.device) -> dict[str, Any]:
 
 
 def _decoded(plan: Plan, backbone: Backbone, name: str) -> Any:
-    """The split's decoded-image entry (2D classification), so training decodes each image once for
-    all its epochs and protocols; None without the image cache."""
+    """The split's decoded-image entry (2D), so training decodes each image once for all its epochs
+    and protocols; None without the image cache."""
     cfg = plan.cfg
     if not (cfg.image_cache and image_cache_enabled()) or plan.dataset.ndim != 2:
         return None
@@ -93,7 +93,9 @@ def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | Resized
         return Split(images, ds.labels(recs))
     # training masks travel with their images through augmentation; val/test targets are indexed
     masks = seg.targets if name == "train" else None
-    images = ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, masks, seg.images)
+    # 2D: the split's decoded-image entry (read every epoch, augmented on the device); 3D: the slices
+    decoded = _decoded(plan, backbone, name) if seg.images is None else None
+    images = ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, masks, seg.images, decoded)
     return Split(images, seg.targets, seg)
 
 
