@@ -18,7 +18,7 @@ from radprobe.core.sampling import stream_order
 from radprobe.data import load_dataset
 from radprobe.errors import OptionError
 from radprobe.features.cache import FeatureCache, FeatureSpec
-from radprobe.features.extract import extract_split
+from radprobe.features.extract import extract_split, volume_depths
 from radprobe.features.image_source import decoded_split
 from radprobe.features.images import PIXELS, ImageCache
 from radprobe.protocols import registry
@@ -148,3 +148,28 @@ def test_augment_and_sampler_are_checked_in_one_line() -> None:
         with pytest.raises(OptionError, match=match) as e:
             registry.check_options("seg-linear", bad)
         assert "\n" not in str(e.value)
+
+
+def test_online_grids_of_volume_slices_without_a_turn_are_the_extracted_slice_grids(
+    volumes, tmp_path: Path, monkeypatch
+) -> None:
+    # slices of volumes: the pixels entry holds one row per slice, in the order of the per-slice cache
+    ds = load_dataset(f"folder:{volumes(n=4)}")
+    bb = create_backbone("test:vit-tiny", pretrained=False)
+    layer = bb.info.num_blocks - 1
+    spec = FeatureSpec(n_blocks=1, grid_layers=(layer,), dtype="float16")
+    fs, _ = extract_split(bb, ds, "train", FeatureCache(tmp_path / "f"), spec, num_workers=0, per_slice=True)
+    depths = volume_depths(ds, ds.split("train"))
+    entry = decoded_split(
+        ImageCache(tmp_path / "i"), ds, "train", replace(bb.preprocess, minmax=False), 0, depths
+    )
+    assert entry is not None and entry.sample_ids == fs.sample_ids and len(entry) == sum(depths)
+    px = Pixels(entry.arrays[PIXELS], str(entry.meta["storage"]), entry.sample_ids)
+    size = bb.preprocess.resolution
+    targets = np.zeros((len(fs), size, size), dtype=np.uint8)
+    grids = OnlineGrids(bb, [layer], [px], seed=0, device="cpu")
+    rows = np.array([len(fs) - 1, 0, depths[0]])  # the last slice, the first, the second volume's first
+    monkeypatch.setattr(online, "draw", lambda *a: (False, 0.0))
+    x, _ = grids(rows, np.zeros(3, dtype=np.int64), targets)
+    want = np.asarray(fs.grid(layer)[rows], dtype=np.float32)
+    assert np.allclose(x[layer].numpy(), want, atol=2e-3)
