@@ -166,3 +166,32 @@ def test_2d_segmentation_training_reads_the_decoded_entry_and_augments_on_the_de
     assert rows["device"]["env"]["augment_path"] == "device"
     assert rows["cpu"]["env"]["augment_path"] == "cpu"
     assert rows["device"]["value"] == pytest.approx(rows["cpu"]["value"], abs=1e-9)
+
+
+def test_a_refits_train_plus_val_reads_both_entries_as_one(tmp_path) -> None:
+    # the refit's train + val rows: the two splits' decoded entries joined in order, augmented as device
+    # batches; each row equals the one its own split's set gives
+    from radprobe.finetune.data import JoinedEntry
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("val", 3)):
+        for i in range(n):
+            d = tmp_path / "data" / split / f"c{i % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (32, 32), dtype=np.uint8)).save(d / f"{split}{i}.png")
+    ds = load_dataset(f"folder:{tmp_path / 'data'}")
+    pre = create_backbone(BACKBONE, pretrained=False, resolution=32).preprocess
+    cache = ImageCache(tmp_path / "images")
+    train, val = (decoded_split(cache, ds, s, pre) for s in ("train", "val"))
+    joined = JoinedEntry.of([train, val])
+    n_train, n_val = len(ds.split("train")), len(ds.split("val"))
+    assert joined is not None and len(joined) == n_train + n_val and n_val >= 2
+    recs = ds.split("train") + ds.split("val")
+    both = ImageSet(ds, recs, pre, AUGMENTS[1], seed=3, decoded=joined)
+    assert both.batchable and both.storage == "uint8"
+    alone = ImageSet(ds, ds.split("val"), pre, None, seed=3, decoded=val)
+    plain = ImageSet(ds, recs, pre, None, seed=3, decoded=joined)
+    assert torch.equal(plain[n_train + 1][0], alone[1][0])  # row 1 of val, after the train rows
+    per_item, batched = _both(both, [0, n_train + 1, n_train - 1, len(recs) + 2, 2 * len(recs) + n_train])
+    assert torch.equal(batched[0], per_item[0])
+    assert JoinedEntry.of([train, None]) is None

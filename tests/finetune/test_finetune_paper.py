@@ -531,3 +531,25 @@ def test_torchvision_crop_on_segmentation_keeps_the_affine_path_and_says_so(tmp_
         and rows[0].hparams["augmentation"] == train.images.augmentation
     )
     assert "approximating" in rows[0].hparams["augmentation"]
+
+
+def test_a_refit_with_the_affine_crop_reads_train_and_val_from_their_decoded_entries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from radprobe.finetune.data import JoinedEntry
+
+    seen: list[Any] = []
+    real_fit = trained_mod.fit
+
+    def fit(built, train, val, task, opts, **kw):  # type: ignore[no-untyped-def]
+        seen.append(train.images)
+        return real_fit(built, train, val, task, opts, **kw)
+
+    monkeypatch.setattr(trained_mod, "fit", fit)
+    opts = {"preset": "paper", "epochs": 1, "batch_size": 64, "rank": 2, "crop": "affine"}
+    cfg = make_cfg(tmp_path / "run", ["lora"], {"lora": opts}, dataset=MULTILABEL, cache_root=tmp_path / "c")
+    train_protocol(validate(cfg), "lora", "test-run")
+    search, refit = seen
+    assert not isinstance(search.decoded, JoinedEntry) and search.decoded is not None
+    assert isinstance(refit.decoded, JoinedEntry) and len(refit.decoded) == len(refit.records)
+    assert refit.batchable  # the refit's rows are augmented as device batches too

@@ -179,6 +179,47 @@ def describe(augment: Augment | ResizedCrop | None, resized_rows: bool = False) 
     return AFFINE
 
 
+class _Rows:
+    """Rows of several arrays read as one: row ``i`` of the first, then of the next, and so on."""
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        k = int(np.searchsorted(self.starts, i, side="right")) - 1
+        return self.parts[k][i - int(self.starts[k])]
+
+
+class JoinedEntry:
+    """Decoded-image entries of several splits read as one (a refit's train + val), in order; what
+    :class:`ImageSet` reads of an entry: its pixel rows, storage, length and path."""
+
+    def __init__(self, entries: list[FeatureSet]) -> None:
+        storages = {str(e.meta["storage"]) for e in entries}
+        if len(storages) != 1:
+            raise ValueError(f"entries stored as {sorted(storages)}: rows of one set share one storage")
+        self.meta = {"storage": storages.pop()}
+        self.path = entries[0].path
+        self.arrays = {PIXELS: _Rows([e.arrays[PIXELS] for e in entries])}
+
+    def __len__(self) -> int:
+        return len(self.arrays[PIXELS])
+
+    @classmethod
+    def of(cls, entries: list[FeatureSet | None]) -> JoinedEntry | None:
+        """The joined entry, or None when a split has none or their storages differ."""
+        if any(e is None for e in entries):
+            return None
+        found = [e for e in entries if e is not None]
+        if len({str(e.meta["storage"]) for e in found}) != 1:
+            return None
+        return cls(found)
+
+
 class ImageSet(TorchDataset):
     """Preprocessed (and, for training, augmented) images of one split, with their row index.
 
@@ -209,7 +250,7 @@ class ImageSet(TorchDataset):
         seed: int = 0,
         masks: np.ndarray | None = None,
         pixels: np.ndarray | None = None,
-        decoded: FeatureSet | None = None,
+        decoded: FeatureSet | JoinedEntry | None = None,
     ) -> None:
         self.dataset = dataset
         self.records = records

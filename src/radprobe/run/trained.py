@@ -40,7 +40,7 @@ from radprobe.features.image_source import decoded_split
 from radprobe.features.images import ImageCache
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
-from radprobe.finetune.data import Augment, ImageSet, ResizedCrop, describe
+from radprobe.finetune.data import Augment, ImageSet, JoinedEntry, ResizedCrop, describe
 from radprobe.finetune.heads import Head, HeadGrid, make_head, paper_grid
 from radprobe.finetune.methods import Built, TrainModel, build_model, param_groups
 from radprobe.finetune.options import TrainOptions
@@ -83,7 +83,11 @@ def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | Resized
     ds = plan.dataset
     if name == "train+val":  # a refit's training set (classification only)
         recs = ds.split("train") + ds.split("val")
-        return Split(ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed), ds.labels(recs))
+        joined = None
+        if not isinstance(augment, ResizedCrop):  # torchvision's crop reads the originals
+            joined = JoinedEntry.of([_decoded(plan, backbone, s) for s in ("train", "val")])
+        images = ImageSet(ds, recs, backbone.preprocess, augment, plan.cfg.seed, decoded=joined)
+        return Split(images, ds.labels(recs))
     recs = ds.split(name)
     seg = plan.seg.get(name)
     if seg is None:
