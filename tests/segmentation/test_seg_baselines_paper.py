@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pytest
 import torch
+from seg_helpers import shapes
 
 from radprobe.errors import OptionError
 from radprobe.metrics.segmentation import split_dice
@@ -75,23 +76,8 @@ def test_milesial_unet_logits_have_the_input_size(h, w):
         assert model(torch.rand(2, 3, h, w)).shape == (2, 4, h, w)
 
 
-def _shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A bright disc (class 1) and a grey square (class 2) on a dark noisy background."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images = np.zeros((n, 1, size, size), np.float32)
-    masks = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        cy, cx, r = rng.uniform(8, 24), rng.uniform(8, 14), rng.uniform(5, 7)
-        masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-        y0 = int(rng.uniform(4, 16))
-        masks[i, y0 : y0 + 10, 19:29] = 2
-        images[i, 0] = 0.1 + 0.6 * (masks[i] == 1) + 0.3 * (masks[i] == 2) + rng.normal(0, 0.03, (size, size))
-    return np.clip(images, 0, 1).astype(np.float16), masks
-
-
 def test_overfits_a_tiny_training_set_with_the_paper_loop():
-    images, masks = _shapes(8, 32, 0)
+    images, masks = shapes(8, 32, 0)
     torch.manual_seed(0)
     model = scratch.PaperInput(MilesialUNet(3, 3, (8, 16, 32)))
     fetch, rows = image_fetch(images, "cpu"), np.arange(8)
@@ -150,7 +136,7 @@ def test_bad_options_are_one_line_before_training(proto, options, culprit):
 
 
 def _split(name: str, n: int, seed: int, size: int = 16) -> SegSplit:
-    images, masks = _shapes(n, 32, seed)
+    images, masks = shapes(n, 32, seed)
     if size == 16:
         images, masks = images[..., ::2, ::2].copy(), masks[:, ::2, ::2].copy()  # 16 px: fast
     cases = [Case(f"{name}{i}", f"{name}-p{i}", None, slice(i, i + 1), (size, size)) for i in range(n)]  # type: ignore[arg-type]

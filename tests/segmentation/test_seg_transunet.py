@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from seg_helpers import shapes
 
 from radprobe.cli import main
 from radprobe.errors import RadprobeError
@@ -53,23 +54,9 @@ def test_every_part_learns_and_skips_reach_the_decoder():
     assert ins == [32 + 16, 16 + 8, 16 + 8, 8 + 0]  # head channels 2 x 16, then skips
 
 
-def _shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images = np.zeros((n, 1, size, size), np.float32)
-    masks = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        cy, cx, r = rng.uniform(8, 24), rng.uniform(8, 14), rng.uniform(5, 7)
-        masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-        y0 = int(rng.uniform(4, 16))
-        masks[i, y0 : y0 + 10, 19:29] = 2
-        images[i, 0] = 0.1 + 0.6 * (masks[i] == 1) + 0.3 * (masks[i] == 2) + rng.normal(0, 0.03, (size, size))
-    return images.astype(np.float16), masks
-
-
 def test_overfits_a_tiny_training_set_through_the_training_loop():
     torch.manual_seed(0)
-    images, masks = _shapes(8, 32, 0)
+    images, masks = shapes(8, 32, 0)
     model = TransUNet(1, 3, 32, **TINY, mean=float(images.mean()), std=float(images.std()))
     fetch = image_fetch(images, "cpu")
     rows = np.arange(8)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from seg_helpers import shapes
 from torch import nn
 
 from radprobe.metrics.segmentation import split_dice
@@ -105,23 +106,9 @@ def test_released_structure_skips_dropout_and_init():
     assert quarter[0].shape[-2:] == (15, 15)  # the unpadded max-pool leaves 4k - 1
 
 
-def _shapes(n: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    images = np.zeros((n, 1, size, size), np.float32)
-    masks = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        cy, cx, r = rng.uniform(8, 24), rng.uniform(8, 14), rng.uniform(5, 7)
-        masks[i][(yy - cy) ** 2 + (xx - cx) ** 2 <= r * r] = 1
-        y0 = int(rng.uniform(4, 16))
-        masks[i, y0 : y0 + 10, 19:29] = 2
-        images[i, 0] = 0.1 + 0.6 * (masks[i] == 1) + 0.3 * (masks[i] == 2) + rng.normal(0, 0.03, (size, size))
-    return images.astype(np.float16), masks
-
-
 def test_shrunk_paper_layout_overfits_a_tiny_training_set():
     torch.manual_seed(0)
-    images, masks = _shapes(8, 32, 0)
+    images, masks = shapes(8, 32, 0)
     model = TransUNet(1, 3, 32, **SMALL, mean=float(images.mean()), std=float(images.std()), layout="paper")
     fetch = image_fetch(images, "cpu")
     rows = np.arange(8)
