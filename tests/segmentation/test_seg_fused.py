@@ -345,3 +345,24 @@ def test_paper_schedule_is_cosine_annealing_stepped_every_iteration(monkeypatch)
         np.testing.assert_allclose(got, [g["lr"] for g in ref_opt.param_groups], rtol=1e-12)
         ref_opt.step()
         ref.step()
+
+
+def test_paper_decoders_keep_the_running_batchnorm_averages_of_their_training_batches():
+    # the released heads are evaluated on BatchNorm's running averages (momentum 0.1) of the training
+    # batches; radprobe's default loop replaces them by exact averages over the training rows
+    from radprobe.segmentation.train import precise_bn
+
+    data = grid_data(dim=32)
+    layers = updecoder_layers(2)
+    fetch = _fetch(data, sorted(set(layers)))
+    build = lambda: UpDecoder(layers, 32, 3)  # noqa: E731
+    opts = _opts(lrs=[1e-2, 1e-1], epochs=1)
+    for fuse in (True, False):
+        model, sel, _ = fused.paper_sweep(data, build, fetch, None, opts, seed=3, fused=fuse)
+        bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert all(int(m.num_batches_tracked) == sel["train_steps"] for m in bns)
+        running = [m.running_mean.clone() for m in bns]
+        precise_bn(model, fetch["train"], data.train.rows(), 4)
+        assert any(
+            not torch.allclose(r, m.running_mean, atol=1e-4) for r, m in zip(running, bns, strict=True)
+        )

@@ -57,6 +57,9 @@ class FusedSettings:
     augment: bool = True  # turns of the cached grids (the ``augment="grids"`` approximation)
     device: str = "cpu"
     sampler: str = "epoch"  # "epoch": a permutation per pass; "stream": DINOv2's InfiniteSampler
+    # True: BatchNorm statistics averaged exactly over the training rows after training (radprobe);
+    # False: the running averages (momentum 0.1) of the training batches, as the released heads keep
+    precise_bn: bool = True
 
 
 # the released augmentation through the backbone: (rows, pass of each row, targets) -> inputs, targets
@@ -283,7 +286,8 @@ def train_fused(
         seen += len(batch)
     seconds = time.perf_counter() - t0
     for h in heads:
-        precise_bn(h, fetch, rows, bs)  # BatchNorm heads (the decoder); a no-op for the linear head
+        if s.precise_bn:
+            precise_bn(h, fetch, rows, bs)  # BatchNorm heads (the decoder); a no-op for the linear head
         h.eval()
     return TrainStats(step, seconds, seen / seconds if seconds > 0 else 0.0, peak_memory_mb(device), last)
 
@@ -434,7 +438,7 @@ def paper_sweep(
         return FusedSettings(
             rates, opts["epochs"], opts["min_steps"], opts["batch_size"], seed,
             weight_decay=opts["weight_decay"], augment=opts.get("augment", "grids") == "grids",
-            device=data.device, sampler=opts.get("sampler") or "epoch",
+            device=data.device, sampler=opts.get("sampler") or "epoch", precise_bn=False,
         )  # fmt: skip
 
     if fused:

@@ -90,8 +90,19 @@ class UpDecoder(nn.Module):
 
 
 def _bn_relu(x: torch.Tensor, bns: Sequence[nn.BatchNorm2d]) -> torch.Tensor:
+    """K heads' BatchNorm (batch statistics, as in training) + ReLU on their stacked channels; each
+    module's running statistics move as its own forward would move them."""
     w, b = torch.cat([m.weight for m in bns]), torch.cat([m.bias for m in bns])
-    return F.relu(F.batch_norm(x, None, None, w, b, training=True, eps=bns[0].eps))
+    mean = torch.cat([m.running_mean for m in bns])  # type: ignore[misc]
+    var = torch.cat([m.running_var for m in bns])  # type: ignore[misc]
+    out = F.batch_norm(x, mean, var, w, b, training=True, momentum=bns[0].momentum, eps=bns[0].eps)
+    with torch.no_grad():
+        sizes = [m.num_features for m in bns]
+        for m, mu, v in zip(bns, mean.split(sizes), var.split(sizes), strict=True):
+            m.running_mean.copy_(mu)  # type: ignore[union-attr]
+            m.running_var.copy_(v)  # type: ignore[union-attr]
+            m.num_batches_tracked += 1  # type: ignore[operator]
+    return F.relu(out)
 
 
 def _fused_block(
