@@ -18,7 +18,7 @@ from radprobe.errors import OptionError
 from radprobe.metrics.segmentation import split_dice
 from radprobe.protocols import registry
 from radprobe.run.evaluate import EvalConfig, evaluate
-from radprobe.segmentation import scratch
+from radprobe.segmentation import score_options, scratch
 from radprobe.segmentation.baselines import seg_transunet
 from radprobe.segmentation.data import Case, SegSplit
 from radprobe.segmentation.milesial_unet import MilesialUNet
@@ -305,7 +305,7 @@ def test_the_paper_layout_without_the_preset_records_which_model_ran():
 def registry_defaults(proto: str, **given: Any) -> dict[str, Any]:
     """A tiny default run's options, resolved as ``radprobe eval`` resolves them."""
     opts = registry.check_options(proto, {**given, "lrs": [1e-3], "epochs": 0, "min_steps": 1, "overlays": 0})
-    return {k: v for k, v in opts.items() if k != "nsd_tolerance_mm"}
+    return score_options.split_scoring(opts)[0]  # the runner's own options, as run/segment passes them
 
 
 def test_refit_without_the_preset_uses_the_default_loop_with_refit_lr_and_epochs(monkeypatch):

@@ -257,7 +257,7 @@ def check_options(name: str, options: dict[str, Any], *, n_train: int | None = N
     if spec.family == "segmentation":
         own, scoring = score_options.split_scoring(options)
         resolved = seg_options.resolve_options(name, spec.runner, own, n_train)
-        return {**resolved, **score_options.resolve_scoring(name, scoring)}
+        return {**resolved, **score_options.resolve_scoring(name, scoring, resolved.get("preset"))}
     hints = typing.get_type_hints(spec.runner, include_extras=True)
     return {k: _coerce(v, hints[k], f"{name}.{k}={v!r}") if k in hints else v for k, v in options.items()}
 
@@ -277,7 +277,12 @@ def describe(name: str) -> list[dict[str, Any]]:
         out.append({"name": p.name, "default": default, "type": _type_text(hints.get(p.name)), "help": ""})
     if spec.family == "segmentation":
         out += [
-            {"name": k, "default": v, "type": "float | None", "help": score_options.SCORING_HELP[k]}
+            {
+                "name": k,
+                "default": v,
+                "type": score_options.SCORING_TYPES[k],
+                "help": score_options.SCORING_HELP[k],
+            }
             for k, v in score_options.SCORING_OPTIONS.items()
         ]
     return out

@@ -39,7 +39,7 @@ from radprobe.results.rows import Subject, base_row, ci_method, eval_key
 from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
 from radprobe.run.frozen import extract_all
 from radprobe.run.scoring import score_cases
-from radprobe.segmentation.data import SegSplit, intensity, load_split, uniform_spacing
+from radprobe.segmentation.data import SegSplit, at_input, intensity, load_split, uniform_spacing
 from radprobe.segmentation.heads import decoder_plan, linear_layer
 from radprobe.segmentation.online import Pixels
 from radprobe.segmentation.output import slug
@@ -231,9 +231,14 @@ def _run_heads(
         t0 = time.perf_counter()
         own, scoring = split_scoring(plan.options[name])
         scored = replace(data, nsd_tolerance_mm=scoring.get("nsd_tolerance_mm"))
+        shared = common
+        if scoring.get("score_at") == "input":  # val (selection) and test at the input resolution
+            scored = replace(scored, val=at_input(data.val), test=at_input(data.test))
+            shared = {**common, "scored_at": f"input resolution {plan.size} px, masks resized nearest-exact"}
+            shared["hd95_unit"] = _hd95_unit(scored.test)
         result = registry.get(name).runner(scored, **own)  # type: ignore[misc]
         wall = time.perf_counter() - t0
-        rows = _rows(cfg, run_id, data, backbone, feats, ext, result, common, wall)
+        rows = _rows(cfg, run_id, scored, backbone, feats, ext, result, shared, wall)
         store.write(rows)
         summary.rows.extend(asdict(r) for r in rows)
     return summary

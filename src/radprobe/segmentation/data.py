@@ -17,7 +17,7 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,8 @@ class SegSplit:
     masks: list[np.ndarray] | None = None  # original-size masks per case (for scoring)
     images: np.ndarray | None = None  # (rows, channels, T, T) float16 in [0, 1] (seg-unet input)
     features: dict[int, np.ndarray] = field(default_factory=dict)  # layer -> (rows, D, h, w)
+    at_input: bool = False  # scored at the input resolution (``at_input``): heads upsample as they train
+    original: SegSplit | None = None  # the split at its masks' own size, when this one is ``at_input``
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -95,6 +97,41 @@ class SegSplit:
             n = c.rows.stop - c.rows.start
             out += [f"{c.sample_id}#{k}" for k in range(n)] if len(c.shape) == 3 else [c.sample_id]
         return out
+
+
+def at_input(split: SegSplit) -> SegSplit:
+    """``split`` scored at the input resolution: each case's masks are its training targets (resized
+    nearest-exact to T x T, as the released eval transform resizes them) and its shape and in-plane
+    voxel size follow, so predictions are made and scored at T x T."""
+    size = int(split.targets.shape[-1])
+    cases, masks = [], []
+    for c in split.cases:
+        h, w = c.shape[-2:]
+        spacing = None
+        if c.spacing is not None:
+            spacing = (*c.spacing[:-2], c.spacing[-2] * h / size, c.spacing[-1] * w / size)
+        cases.append(replace(c, shape=(*c.shape[:-2], size, size), spacing=spacing))
+        rows = split.targets[c.rows]
+        masks.append(rows if len(c.shape) == 3 else rows[0])
+    return replace(split, cases=cases, masks=masks, at_input=True, original=split)
+
+
+def to_original(split: SegSplit, preds: Sequence[np.ndarray]) -> tuple[SegSplit, list[np.ndarray]]:
+    """Predictions of an ``at_input`` split brought back to each case's own mask size (nearest
+    neighbour), with the original split, for the outputs written beside the rows."""
+    if split.original is None:
+        return split, list(preds)
+    back = []
+    for case, pred in zip(split.original.cases, preds, strict=True):
+        stack = pred if pred.ndim == 3 else pred[None]
+        t = torch.from_numpy(stack.astype(np.float32))[:, None]
+        up = (
+            F.interpolate(t, size=tuple(case.shape[-2:]), mode="nearest-exact")[:, 0]
+            .numpy()
+            .astype(pred.dtype)
+        )
+        back.append(up if pred.ndim == 3 else up[0])
+    return split.original, back
 
 
 def intensity(dataset: Dataset) -> dict[str, object]:

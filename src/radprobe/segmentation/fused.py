@@ -38,6 +38,7 @@ from radprobe.segmentation.train import (
     precise_bn,
     predict,
     to_labels,
+    upsampling,
 )
 
 SMOOTH = 1e-5  # MONAI DiceLoss's smooth_nr = smooth_dr default
@@ -311,7 +312,8 @@ def predict_heads(
         for i in range(0, len(rows), chunk):
             lg = forward(fetch(rows[i : i + chunk]))
             b, _, h, w = lg.shape
-            parts.append(to_labels(lg.view(b * K, -1, h, w), case.shape[-2:]).view(b, K, *case.shape[-2:]))
+            labels = to_labels(lg.view(b * K, -1, h, w), case.shape[-2:], upsampling(heads[0], split))
+            parts.append(labels.view(b, K, *case.shape[-2:]))
         pred = torch.cat(parts).numpy()
         for k in range(K):
             out[k].append(pred[:, k] if len(case.shape) == 3 else pred[0, k])

@@ -35,7 +35,7 @@ from radprobe.backbones.base import BackboneInfo
 from radprobe.data import Dataset
 from radprobe.metrics.segmentation import CaseScores, case_scores
 from radprobe.segmentation import fused, output, scratch
-from radprobe.segmentation.data import SegSplit, draw_cases
+from radprobe.segmentation.data import SegSplit, draw_cases, to_original
 from radprobe.segmentation.heads import (
     LightDecoder,
     LinearHead,
@@ -200,17 +200,20 @@ def _run(
 
 
 def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict[str, Any]) -> list[str]:
-    """Test predictions (``save_predictions``) and the first ``overlays`` overlays; returns the paths."""
+    """Test predictions (``save_predictions``) and the first ``overlays`` overlays, at each case's own
+    size; returns the paths."""
     assert data.out is not None and data.test.masks is not None
+    test, preds = to_original(data.test, preds)
+    assert test.masks is not None
     scratch = SCRATCH_MODELS.get(proto)
     prefix = f"{output.slug(scratch[0]) if scratch else data.tag}__{proto}"
     written = []
     if opts["save_predictions"]:
         folder = data.out / "predictions" / prefix
-        for case, pred in zip(data.test.cases, preds, strict=True):
+        for case, pred in zip(test.cases, preds, strict=True):
             orient = getattr(getattr(data.dataset, "read", None), "orient", "canonical")
             written.append(str(output.save_prediction(folder, case, pred, orient)))
-    for case, gt, pred in list(zip(data.test.cases, data.test.masks, preds, strict=True))[: opts["overlays"]]:
+    for case, gt, pred in list(zip(test.cases, test.masks, preds, strict=True))[: opts["overlays"]]:
         path = data.out / "overlays" / f"{prefix}__{output.slug(case.sample_id)}.png"
         who = scratch[1] if scratch else data.info.name if data.info is not None else ""
         output.overlay_case(path, data.dataset, case, gt, pred, f"{who} · {proto} · {case.sample_id}")

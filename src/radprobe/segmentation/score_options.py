@@ -6,6 +6,10 @@ and the metric names state them instead (``nsd@2mm_macro``).
     nsd_tolerance_mm  NSD tolerance in millimetres. None (default): 2 mm where every case's voxel
                       spacing is known (NIfTI volumes), else 2 pixels (``nsd@2px``). Set, it needs
                       the spacing: a dataset without it is refused before anything is trained.
+    score_at          "original" (default): predictions resized to each case's mask, scored there;
+                      "input" (``preset=paper``): scored at the input resolution against the masks
+                      resized nearest-exact, as Baharoon et al.'s eval transforms do. Rows of an
+                      ``input`` run say so (``hparams.scored_at``).
 """
 
 from __future__ import annotations
@@ -16,10 +20,13 @@ from typing import Any
 
 from radprobe.errors import OptionError
 
-SCORING_OPTIONS: dict[str, Any] = {"nsd_tolerance_mm": None}
+SCORING_OPTIONS: dict[str, Any] = {"nsd_tolerance_mm": None, "score_at": "original"}
 SCORING_HELP = {
     "nsd_tolerance_mm": "NSD tolerance in mm (default: 2 mm with known voxel spacing, else 2 px)",
+    "score_at": "original: at each case's mask size; input: at the input resolution (preset=paper)",
 }
+SCORING_TYPES = {"nsd_tolerance_mm": "float | None", "score_at": "str"}
+SCORE_AT = ("original", "input")
 
 
 def split_scoring(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -29,9 +36,17 @@ def split_scoring(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return runner, scoring
 
 
-def resolve_scoring(proto: str, given: dict[str, Any]) -> dict[str, Any]:
-    """The scoring options of ``proto`` with their defaults, each checked (one line naming it)."""
+def resolve_scoring(proto: str, given: dict[str, Any], preset: str | None = None) -> dict[str, Any]:
+    """The scoring options of ``proto`` with their defaults (``preset="paper"``: scored at the input
+    resolution), each checked (one line naming it)."""
     out = dict(SCORING_OPTIONS)
+    if preset == "paper":
+        out["score_at"] = "input"
+    at = given.get("score_at")
+    if at is not None:
+        if at not in SCORE_AT:
+            raise OptionError("--set", f"{proto}.score_at={at!r}: expected 'original' or 'input'")
+        out["score_at"] = at
     v = given.get("nsd_tolerance_mm")
     if v is not None:
         try:

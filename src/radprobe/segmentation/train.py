@@ -178,9 +178,15 @@ def precise_bn(model: nn.Module, fetch: Fetch, rows: np.ndarray, batch_size: int
         m.momentum = mom
 
 
-def to_labels(logits: torch.Tensor, hw: tuple[int, ...]) -> torch.Tensor:
-    """(B, C, h, w) logits -> (B, H, W) class maps at ``hw`` (bilinear upsampling, then argmax), on CPU."""
-    logits = F.interpolate(logits.float(), size=tuple(hw), mode="bilinear", align_corners=False)
+def upsampling(model: nn.Module, split: SegSplit) -> str:
+    """How ``model``'s logits reach ``split``'s masks: bilinearly, or, scored at the input resolution,
+    as the head upsamples in training (the released heads: bilinear, or bicubic for the up decoder)."""
+    return getattr(model, "upsample", "bilinear") if split.at_input else "bilinear"
+
+
+def to_labels(logits: torch.Tensor, hw: tuple[int, ...], mode: str = "bilinear") -> torch.Tensor:
+    """(B, C, h, w) logits -> (B, H, W) class maps at ``hw`` (``mode`` upsampling, then argmax), on CPU."""
+    logits = F.interpolate(logits.float(), size=tuple(hw), mode=mode, align_corners=False)
     # max(1).indices is argmax(1) (first maximum, NaN as maximum), several times faster on a CPU
     return logits.max(1).indices.to(torch.uint8 if logits.shape[1] <= 256 else torch.int16).cpu()
 
@@ -205,7 +211,8 @@ def predict_in_train_mode(
         torch.manual_seed(seed)
         for i in range(0, split.n_rows, batch_size):
             logits = model(fetch(np.arange(i, min(i + batch_size, split.n_rows))))
-            rows_out += [to_labels(z[None], shapes[i + k])[0].numpy() for k, z in enumerate(logits)]
+            mode = upsampling(model, split)
+            rows_out += [to_labels(z[None], shapes[i + k], mode)[0].numpy() for k, z in enumerate(logits)]
     model.load_state_dict(saved)
     model.eval()
     return split.assemble(rows_out)
@@ -221,7 +228,7 @@ def predict(model: nn.Module, fetch: Fetch, split: SegSplit, chunk: int = 16) ->
         hw = case.shape[-2:]
         parts = []
         for i in range(0, len(rows), chunk):
-            parts.append(to_labels(model(fetch(rows[i : i + chunk])), hw))
+            parts.append(to_labels(model(fetch(rows[i : i + chunk])), hw, upsampling(model, split)))
         pred = torch.cat(parts).numpy()
         out.append(pred if len(case.shape) == 3 else pred[0])
     return out
