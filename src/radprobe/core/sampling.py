@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from radprobe.utils import digest
@@ -37,3 +38,15 @@ def stream_order(n: int, batch_size: int, epoch: int, seed: int) -> list[int]:
         perm = torch.randperm(n, generator=g).tolist()
         out += [p * n + r for r in perm[max(start - p * n, 0) : min(stop - p * n, n)]]
     return out
+
+
+def stream_steps(n: int, batch_size: int, steps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``steps`` full batches of the stream (epoch after epoch of :func:`stream_order`):
+    (steps, batch_size) row indices and each row's pass over the data."""
+    entries: list[int] = []
+    epoch = 0
+    while len(entries) < steps * batch_size:
+        entries += stream_order(n, batch_size, epoch, seed)
+        epoch += 1
+    passes, rows = np.divmod(np.asarray(entries[: steps * batch_size], dtype=np.int64), n)
+    return rows.reshape(steps, batch_size), passes.reshape(steps, batch_size)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Ge, Gt
 
-from radprobe.core.sampling import stream_order
+from radprobe.core.sampling import stream_steps
 from radprobe.metrics.fast import headline_scores
 from radprobe.protocols.base import ProtocolInput, ProtocolResult, SplitFeatures
 from radprobe.utils import digest
@@ -171,15 +171,10 @@ def _batches(
     """(iterations, bs) sample indices and each one's pass over the data (which augmented view it
     reads). ``"permutation"``: reshuffled whenever fewer than ``bs`` remain, a pass being an epoch of
     ``ceil(n / bs)`` steps; ``"stream"``: DINOv2's InfiniteSampler, full batches cut from one endless
-    stream of seeded permutations (``core.sampling.stream_order``), a pass being one permutation."""
+    stream of seeded permutations (``core.sampling.stream_steps``), a pass being one permutation."""
     if sampler == "stream":
-        entries: list[int] = []
-        epoch = 0
-        while len(entries) < iterations * bs:
-            entries += stream_order(n, bs, epoch, seed)
-            epoch += 1
-        idx = torch.tensor(entries[: iterations * bs], dtype=torch.long).view(iterations, bs)
-        return idx % n, idx // n
+        rows, passes = stream_steps(n, bs, iterations, seed)
+        return torch.from_numpy(rows), torch.from_numpy(passes)
     gen = torch.Generator().manual_seed(seed)
     per_perm = n // bs
     rows = []

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radprobe.core.runtime import peak_memory_mb
-from radprobe.core.sampling import stream_order
+from radprobe.core.sampling import stream_steps
 from radprobe.metrics.segmentation import split_dice
 from radprobe.segmentation import online as online_mod
 from radprobe.segmentation.heads import count_trainable
@@ -220,13 +220,13 @@ def batches(
     """``total`` batches of ``rows`` and each row's pass over the data. ``s.sampler="epoch"``: a
     permutation per pass (``rng``), the last batch short; ``"stream"``: full batches cut from one
     endless stream of seeded permutations, ``ceil(n / batch)`` an epoch (the released sampler)."""
+    if s.sampler == "stream":
+        pos, passes = stream_steps(len(rows), bs, total, s.seed)
+        yield from zip(rows[pos], passes, strict=True)
+        return
     step, epoch, n = 0, 0, len(rows)
     while step < total:
-        if s.sampler == "stream":
-            passes, pos = np.divmod(np.asarray(stream_order(n, bs, epoch, s.seed), dtype=np.int64), n)
-            order = rows[pos]
-        else:
-            order, passes = rows[rng.permutation(n)], np.full(n, epoch)
+        order, passes = rows[rng.permutation(n)], np.full(n, epoch)
         for i in range(0, len(order), bs):
             if step >= total:
                 return
