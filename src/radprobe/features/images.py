@@ -84,6 +84,12 @@ def _exact_in(x: np.ndarray, storage: str) -> bool:
     return bool(np.array_equal(_lut(storage)[q.astype(np.int64)], x))
 
 
+def stored_tensor(rows: np.ndarray) -> torch.Tensor:
+    """Stored pixels as a tensor :func:`to_float` can read (uint16 widened to int32: torch indexes
+    int32, and older torch has no uint16)."""
+    return torch.from_numpy(rows.astype(np.int32) if rows.dtype == np.uint16 else rows)
+
+
 def to_float(x: torch.Tensor, storage: str) -> torch.Tensor:
     """Stored pixels (on their device) as the float32 geometry values they stand for."""
     if storage == "float32":

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
 from radprobe.core.sampling import derived_seed, stream_batches, stream_order
-from radprobe.features.images import PIXELS, to_float
+from radprobe.features.images import PIXELS, stored_tensor, to_float
 from radprobe.features.views import crop_and_flip
 
 if TYPE_CHECKING:
@@ -307,8 +307,7 @@ class ImageSet(TorchDataset):
         if self.pixels is not None:
             return torch.from_numpy(np.asarray(self.pixels[i], dtype=np.float32))
         assert self.decoded is not None
-        row = np.array(self.decoded.arrays[PIXELS][i])
-        return torch.from_numpy(row.astype(np.int32) if row.dtype == np.uint16 else row)
+        return stored_tensor(np.array(self.decoded.arrays[PIXELS][i]))
 
     def _raw(self, i: int) -> torch.Tensor:
         """Row ``i`` as a (1 or 3, R, R) image in [0, 1], not normalised.

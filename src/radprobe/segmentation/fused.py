@@ -35,6 +35,7 @@ from radprobe.segmentation.train import (
     Inputs,
     Predictor,
     TrainStats,
+    concat_fetch,
     precise_bn,
     predict,
     to_labels,
@@ -328,24 +329,6 @@ def init_heads(build: Callable[[], nn.Module], n: int, seed: int) -> list[nn.Mod
             torch.manual_seed(seed)
             out.append(build())
     return out
-
-
-def concat_fetch(first: Fetch, second: Fetch, n_first: int) -> Fetch:
-    """Rows ``< n_first`` from ``first``, the others (less ``n_first``) from ``second``, in order."""
-
-    def fetch(rows: np.ndarray) -> Inputs:
-        a, b = rows < n_first, rows >= n_first
-        xa, xb = first(rows[a]), second(rows[b] - n_first)
-
-        def merge(ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
-            out = ta.new_empty((len(rows), *ta.shape[1:]))
-            out[torch.from_numpy(np.flatnonzero(a)).to(out.device)] = ta
-            out[torch.from_numpy(np.flatnonzero(b)).to(out.device)] = tb
-            return out
-
-        return {k: merge(xa[k], xb[k]) for k in xa} if isinstance(xa, dict) else merge(xa, xb)
-
-    return fetch
 
 
 def selection(

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from radprobe.core.sampling import derived_seed
 from radprobe.features.extract import extraction_autocast
-from radprobe.features.images import to_float
+from radprobe.features.images import stored_tensor, to_float
+from radprobe.segmentation.train import Fetch, concat_fetch, read_rows
 
 if TYPE_CHECKING:
     from radprobe.backbones.base import Backbone
@@ -78,6 +79,11 @@ class Pixels:
     row_ids: list[str]
 
 
+def _pixels(part: Pixels) -> Fetch:
+    """Rows of one split's stored pixels -> their float32 values (CPU)."""
+    return lambda rows: to_float(stored_tensor(read_rows(part.rows, rows)), part.storage)
+
+
 class OnlineGrids:
     """Grids of augmented training rows, computed by the frozen ``backbone`` per batch.
 
@@ -89,27 +95,17 @@ class OnlineGrids:
     def __init__(
         self, backbone: Backbone, layers: Sequence[int], parts: Sequence[Pixels], seed: int, device: str
     ) -> None:
-        self.backbone = backbone
-        self.layers = tuple(layers)
-        self.parts = list(parts)
-        self.starts = np.cumsum([0] + [len(p.rows) for p in self.parts])
-        self.row_ids = [i for p in self.parts for i in p.row_ids]
-        self.seed = seed
         self.device = torch.device(device)
+        self.backbone = backbone.to(self.device).eval()
+        self.layers = tuple(layers)
+        self.row_ids = [i for p in parts for i in p.row_ids]
+        # each part's rows read as float pixels; later parts' rows follow earlier ones
+        self._read = _pixels(parts[0])
+        n = len(parts[0].rows)
+        for p in parts[1:]:
+            self._read, n = concat_fetch(self._read, _pixels(p), n), n + len(p.rows)
+        self.seed = seed
         self.forwards = 0  # images through the backbone, for the row's accounting
-
-    def _read(self, rows: np.ndarray) -> torch.Tensor:
-        out: list[torch.Tensor | None] = [None] * len(rows)
-        part = np.searchsorted(self.starts, rows, side="right") - 1
-        for k in np.unique(part):
-            pick = np.flatnonzero(part == k)
-            p = self.parts[int(k)]
-            local = rows[pick] - self.starts[k]
-            stored = np.asarray(p.rows[np.sort(local)])[np.argsort(np.argsort(local))]
-            t = torch.from_numpy(stored.astype(np.int32) if stored.dtype == np.uint16 else stored)
-            for j, row in zip(pick, to_float(t, p.storage), strict=True):
-                out[j] = row
-        return torch.stack(out)  # type: ignore[arg-type]
 
     def __call__(
         self, rows: np.ndarray, passes: np.ndarray, targets: np.ndarray
@@ -125,7 +121,6 @@ class OnlineGrids:
         pp = self.backbone.preprocess
         if pp.minmax:  # RescaleImage comes after the rotation in the released transform
             x = pp.stretch(x)
-        self.backbone.to(self.device).eval()
         with torch.no_grad(), extraction_autocast(self.device, self.backbone):
             out = self.backbone(pp.normalise(x), n_blocks=1, grid_layers=self.layers)
         self.forwards += len(rows)

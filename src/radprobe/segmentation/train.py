@@ -48,16 +48,37 @@ class TrainStats:
     final_loss: float
 
 
+def read_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``array[rows]`` read in sorted order (sequential on a memory map), returned in ``rows``' order."""
+    return np.asarray(array[np.sort(rows)])[np.argsort(np.argsort(rows))]
+
+
 def grid_fetch(features: dict[int, np.ndarray], layers: list[int], device: str) -> Fetch:
     """Rows of cached grids -> {layer: float32 tensor} on ``device``."""
 
     def fetch(rows: np.ndarray) -> dict[int, torch.Tensor]:
-        idx = np.sort(rows)  # sorted reads are sequential on a memory map
-        back = np.argsort(np.argsort(rows))
         return {
-            layer: torch.from_numpy(np.asarray(features[layer][idx], dtype=np.float32)[back]).to(device)
+            layer: torch.from_numpy(read_rows(features[layer], rows).astype(np.float32)).to(device)
             for layer in layers
         }
+
+    return fetch
+
+
+def concat_fetch(first: Fetch, second: Fetch, n_first: int) -> Fetch:
+    """Rows ``< n_first`` from ``first``, the others (less ``n_first``) from ``second``, in order."""
+
+    def fetch(rows: np.ndarray) -> Inputs:
+        a, b = rows < n_first, rows >= n_first
+        xa, xb = first(rows[a]), second(rows[b] - n_first)
+
+        def merge(ta: torch.Tensor, tb: torch.Tensor) -> torch.Tensor:
+            out = ta.new_empty((len(rows), *ta.shape[1:]))
+            out[torch.from_numpy(np.flatnonzero(a)).to(out.device)] = ta
+            out[torch.from_numpy(np.flatnonzero(b)).to(out.device)] = tb
+            return out
+
+        return {k: merge(xa[k], xb[k]) for k in xa} if isinstance(xa, dict) else merge(xa, xb)
 
     return fetch
 
