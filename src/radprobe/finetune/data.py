@@ -212,10 +212,8 @@ class JoinedEntry:
     @classmethod
     def of(cls, entries: list[FeatureSet | None]) -> JoinedEntry | None:
         """The joined entry, or None when a split has none or their storages differ."""
-        if any(e is None for e in entries):
-            return None
         found = [e for e in entries if e is not None]
-        if len({str(e.meta["storage"]) for e in found}) != 1:
+        if len(found) < len(entries) or len({str(e.meta["storage"]) for e in found}) != 1:
             return None
         return cls(found)
 

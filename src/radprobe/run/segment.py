@@ -234,8 +234,8 @@ def _run_heads(
         shared = common
         if scoring.get("score_at") == "input":  # val (selection) and test at the input resolution
             scored = replace(scored, val=at_input(data.val), test=at_input(data.test))
+            # hd95_unit stands: at_input scales the spacings it keeps and keeps the unknown ones unknown
             shared = {**common, "scored_at": f"input resolution {plan.size} px, masks resized nearest-exact"}
-            shared["hd95_unit"] = _hd95_unit(scored.test)
         result = registry.get(name).runner(scored, **own)  # type: ignore[misc]
         wall = time.perf_counter() - t0
         rows = _rows(cfg, run_id, scored, backbone, feats, ext, result, shared, wall)

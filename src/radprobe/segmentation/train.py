@@ -228,11 +228,11 @@ def predict_in_train_mode(
     shapes = [c.shape[-2:] for c in split.cases for _ in range(c.rows.stop - c.rows.start)]
     rows_out: list[np.ndarray] = []
     device = next(model.parameters()).device
+    mode = upsampling(model, split)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for i in range(0, split.n_rows, batch_size):
             logits = model(fetch(np.arange(i, min(i + batch_size, split.n_rows))))
-            mode = upsampling(model, split)
             rows_out += [to_labels(z[None], shapes[i + k], mode)[0].numpy() for k, z in enumerate(logits)]
     model.load_state_dict(saved)
     model.eval()
