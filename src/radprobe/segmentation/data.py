@@ -123,13 +123,7 @@ def to_original(split: SegSplit, preds: Sequence[np.ndarray]) -> tuple[SegSplit,
         return split, list(preds)
     back = []
     for case, pred in zip(split.original.cases, preds, strict=True):
-        stack = pred if pred.ndim == 3 else pred[None]
-        t = torch.from_numpy(stack.astype(np.float32))[:, None]
-        up = (
-            F.interpolate(t, size=tuple(case.shape[-2:]), mode="nearest-exact")[:, 0]
-            .numpy()
-            .astype(pred.dtype)
-        )
+        up = resize_masks(pred if pred.ndim == 3 else pred[None], case.shape[-2:]).astype(pred.dtype)
         back.append(up if pred.ndim == 3 else up[0])
     return split.original, back
 
@@ -166,11 +160,13 @@ def nifti_spacing(path: str, axis: int, orient: str = "canonical") -> tuple[floa
     return (float(zooms[axis]), float(zooms[rest[1]]), float(zooms[rest[0]]))
 
 
-def resize_masks(masks: np.ndarray, size: int) -> np.ndarray:
-    """(N, H, W) class maps -> (N, size, size), nearest neighbour (pixel centres, no half-pixel shift)."""
+def resize_masks(masks: np.ndarray, size: int | tuple[int, ...]) -> np.ndarray:
+    """(N, H, W) class maps -> (N, size, size) (or (N, *size)), nearest neighbour (pixel centres, no
+    half-pixel shift)."""
+    hw = (size, size) if isinstance(size, int) else tuple(size)
     t = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32))[:, None]
-    if tuple(t.shape[-2:]) != (size, size):
-        t = F.interpolate(t, size=(size, size), mode="nearest-exact")
+    if tuple(t.shape[-2:]) != hw:
+        t = F.interpolate(t, size=hw, mode="nearest-exact")
     dtype = np.uint8 if masks.max(initial=0) < 256 else np.int16
     return t[:, 0].round().numpy().astype(dtype)
 

@@ -210,8 +210,8 @@ def write_outputs(proto: str, data: SegData, preds: list[np.ndarray], opts: dict
     written = []
     if opts["save_predictions"]:
         folder = data.out / "predictions" / prefix
+        orient = getattr(getattr(data.dataset, "read", None), "orient", "canonical")
         for case, pred in zip(test.cases, preds, strict=True):
-            orient = getattr(getattr(data.dataset, "read", None), "orient", "canonical")
             written.append(str(output.save_prediction(folder, case, pred, orient)))
     for case, gt, pred in list(zip(test.cases, test.masks, preds, strict=True))[: opts["overlays"]]:
         path = data.out / "overlays" / f"{prefix}__{output.slug(case.sample_id)}.png"
