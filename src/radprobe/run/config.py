@@ -6,7 +6,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from radprobe.config import cache_dir, image_cache_enabled
 from radprobe.errors import OptionError, RadprobeError
+from radprobe.features.images import ImageCache
 from radprobe.utils import load_yaml
 
 
@@ -94,3 +96,11 @@ def check_n_boot(n_boot: int) -> None:
         raise OptionError(
             "--bootstrap", f"{n_boot}: expected a non-negative number of resamples", setting="n_boot"
         )
+
+
+def image_cache(cfg: EvalConfig) -> ImageCache | None:
+    """The run's decoded-image cache (``<cache root>/images``), or None where the run or the
+    environment turns it off (``--no-image-cache``, ``RADPROBE_IMAGE_CACHE=0``)."""
+    if not (cfg.image_cache and image_cache_enabled()):
+        return None
+    return ImageCache((cfg.cache_root or cache_dir()) / "images")

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from radprobe.config import cache_dir, image_cache_enabled
+from radprobe.config import cache_dir
 from radprobe.core.runtime import env_info, resolve_device, threads_for
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.features.cache import FeatureCache, FeatureSet, FeatureSpec
@@ -23,7 +23,6 @@ from radprobe.features.extract import (
     pool_volumes,
     volume_offsets,
 )
-from radprobe.features.images import ImageCache
 from radprobe.features.views import view_family
 from radprobe.progress import make_progress
 from radprobe.protocols import registry
@@ -31,7 +30,7 @@ from radprobe.protocols.base import Bags, ProtocolInput, SplitFeatures
 from radprobe.results import ResultRow
 from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
-from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
+from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot, image_cache
 from radprobe.run.scoring import score_classification
 from radprobe.utils import digest
 
@@ -192,7 +191,7 @@ def extract_all(
     """
     root = cfg.cache_root or cache_dir()
     cache = FeatureCache(root / "features")
-    images = ImageCache(root / "images") if cfg.image_cache and image_cache_enabled() else None
+    images = image_cache(cfg)
     feats: dict[str, FeatureSet] = {}
     stats: dict[str, ExtractStats] = {}
     name = backbone.info.name

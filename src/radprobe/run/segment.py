@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from scipy import stats as sstats
 
-from radprobe.config import cache_dir, image_cache_enabled
 from radprobe.core.runtime import env_info, resolve_device
 from radprobe.errors import OptionError, RadprobeError
 from radprobe.features.cache import FeatureSet, FeatureSpec
@@ -36,7 +35,7 @@ from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Subject, base_row, ci_method, eval_key
-from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot
+from radprobe.run.config import EvalConfig, EvalSummary, check_n_boot, image_cache
 from radprobe.run.frozen import extract_all
 from radprobe.run.scoring import score_cases
 from radprobe.segmentation.data import SegSplit, at_input, intensity, load_split, uniform_spacing
@@ -252,10 +251,9 @@ def _pixels(plan: SegPlan, stack: contextlib.ExitStack) -> dict[str, Pixels]:
     if not any(plan.options[p].get("augment") == "images" for p in plan.protocols):
         return {}
     cfg, dataset = plan.cfg, plan.dataset
-    if cfg.image_cache and image_cache_enabled():
-        cache = ImageCache((cfg.cache_root or cache_dir()) / "images")
-    else:
-        cache = ImageCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="radprobe-px-"))))
+    cache = image_cache(cfg) or ImageCache(
+        Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="radprobe-px-")))
+    )
     geometry = replace(plan.backbone.preprocess, minmax=False)  # min-max comes after the rotation
     out: dict[str, Pixels] = {}
     for name in ("train", "val"):

@@ -34,10 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from radprobe.config import cache_dir, image_cache_enabled
 from radprobe.core.runtime import env_info, peak_memory_mb
 from radprobe.features.image_source import decoded_split
-from radprobe.features.images import ImageCache
 from radprobe.finetune import distributed
 from radprobe.finetune.checkpoint import Checkpointer, TrainState
 from radprobe.finetune.data import Augment, ImageSet, JoinedEntry, ResizedCrop, describe
@@ -50,7 +48,7 @@ from radprobe.protocols import registry
 from radprobe.results import ResultRow, ResultStore
 from radprobe.results.predictions import predictions_path
 from radprobe.results.rows import Scored, Subject, base_row, eval_key, metric_rows
-from radprobe.run.config import EvalSummary
+from radprobe.run.config import EvalSummary, image_cache
 from radprobe.run.scoring import score_cases, score_classification, scored_cases
 from radprobe.run.trained_plan import Plan, validate
 from radprobe.utils import digest
@@ -72,11 +70,10 @@ def _env(device: torch.device) -> dict[str, Any]:
 def _decoded(plan: Plan, backbone: Backbone, name: str) -> Any:
     """The split's decoded-image entry (2D), so training decodes each image once for all its epochs
     and protocols; None without the image cache."""
-    cfg = plan.cfg
-    if not (cfg.image_cache and image_cache_enabled()) or plan.dataset.ndim != 2:
+    cache = image_cache(plan.cfg)
+    if cache is None or plan.dataset.ndim != 2:
         return None
-    cache = ImageCache((cfg.cache_root or cache_dir()) / "images")
-    return decoded_split(cache, plan.dataset, name, backbone.preprocess, cfg.num_workers or 0)
+    return decoded_split(cache, plan.dataset, name, backbone.preprocess, plan.cfg.num_workers or 0)
 
 
 def _split(plan: Plan, backbone: Backbone, name: str, augment: Augment | ResizedCrop | None) -> Split:
