@@ -22,6 +22,25 @@ from radprobe.finetune.predict import Split
 from radprobe.finetune.train import fit, lr_factor
 
 
+def _fit_binary(built: Any, ds: Any, bb: Any, opts: Any, checkpoints: Path) -> dict[str, torch.Tensor]:
+    """Train ``built`` on the binary set's train split (val for selection) on the CPU; its final weights."""
+    split = {
+        s: Split(ImageSet(ds, ds.split(s), bb.preprocess), ds.labels(ds.split(s))) for s in ("train", "val")
+    }
+    fit(
+        built,
+        split["train"],
+        split["val"],
+        "binary",
+        opts,
+        seed=0,
+        device=torch.device("cpu"),
+        checkpoints=Checkpointer(checkpoints, "k"),
+        progress=False,
+    )
+    return {k: v.detach().clone() for k, v in built.model.state_dict().items()}
+
+
 def test_schedule_warms_up_then_decays_to_zero() -> None:
     assert lr_factor(0, 100, 10) == pytest.approx(0.1)
     assert lr_factor(9, 100, 10) == pytest.approx(1.0)
@@ -39,21 +58,7 @@ def _train(tmp: Path, batch: int, accum: int) -> dict[str, torch.Tensor]:
     raw = fast_options("finetune", epochs=1, batch_size=batch, accum_steps=accum, grad_clip=0.0)
     opts = parse_options("finetune", raw, batch)
     built = build_model("finetune", bb, head, opts)
-    split = {
-        s: Split(ImageSet(ds, ds.split(s), bb.preprocess), ds.labels(ds.split(s))) for s in ("train", "val")
-    }
-    fit(
-        built,
-        split["train"],
-        split["val"],
-        "binary",
-        opts,
-        seed=0,
-        device=torch.device("cpu"),
-        checkpoints=Checkpointer(tmp / f"b{batch}a{accum}", "k"),
-        progress=False,
-    )
-    return {k: v.detach().clone() for k, v in built.model.state_dict().items()}
+    return _fit_binary(built, ds, bb, opts, tmp / f"b{batch}a{accum}")
 
 
 def test_accumulating_two_half_batches_equals_one_full_batch(tmp_path: Path) -> None:
@@ -141,21 +146,7 @@ def _lora_run(tmp: Path, modes: list[tuple[int, str, bool]], epoch: list[int]) -
 
     for name, m in [*watched, ("head", built.model.head)]:
         m.register_forward_pre_hook(spy(name))
-    split = {
-        s: Split(ImageSet(ds, ds.split(s), bb.preprocess), ds.labels(ds.split(s))) for s in ("train", "val")
-    }
-    fit(
-        built,
-        split["train"],
-        split["val"],
-        "binary",
-        opts,
-        seed=0,
-        device=torch.device("cpu"),
-        checkpoints=Checkpointer(tmp, "k"),
-        progress=False,
-    )
-    return {k: v.detach().clone() for k, v in built.model.state_dict().items()}
+    return _fit_binary(built, ds, bb, opts, tmp)
 
 
 def test_eval_mode_after_switches_the_encoder_not_the_head_and_survives_resume(
